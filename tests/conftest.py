@@ -1,0 +1,143 @@
+"""Shared fixtures: the backend x device x dtype cases every numerical test runs on.
+
+A case turns host float64 NumPy data into arrays of its backend, device and dtype,
+and states the tolerance for comparing with a float64 reference:
+
+- float64: rtol 1e-10 (relative to the largest reference magnitude)
+- float32: 4 * sqrt(eps32) ~ 1.4e-3; GPU float32 twice that.
+
+Cases whose library or device is missing are skipped with a visible reason (``-rs``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from xpconv import backend as xb
+
+DATA_DIR = Path(
+    os.environ.get("XPCONV_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One backend, device and dtype under test."""
+
+    id: str
+    backend_name: str
+    device: Any
+    dtype: str
+    readonly: bool = False
+    gpu: bool = False
+
+    @property
+    def backend(self) -> xb.Backend:
+        return xb.get_backend(self.backend_name, device=self.device)
+
+    @property
+    def xp(self) -> Any:
+        return self.backend.xp
+
+    @property
+    def rtol(self) -> float:
+        if self.dtype == "float64":
+            return 1e-10
+        return 4 * math.sqrt(np.finfo(np.float32).eps) * (2 if self.gpu else 1)
+
+    def asarray(self, a: Any, dtype: str | None = None) -> Any:
+        """Host data -> an array of this case (floats get the case dtype)."""
+        host = np.asarray(a)
+        if host.dtype.kind == "f":
+            host = host.astype(dtype or self.dtype)
+        if self.readonly:
+            host = host.copy()
+            host.flags.writeable = False
+        return self.backend.asarray(host, dtype=None if host.dtype.kind != "f" else host.dtype.name)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        return np.asarray(self.backend.to_numpy(a), dtype=np.float64)
+
+    def host(self, a: Any) -> np.ndarray:
+        """Host float64 copy of ``a`` after rounding to this case's dtype."""
+        return np.asarray(a).astype(self.dtype).astype(np.float64)
+
+    def assert_close(self, actual: Any, expected: np.ndarray, what: str = "") -> None:
+        """``actual`` (an array of this case) matches float64 ``expected``."""
+        got = self.to_numpy(actual)
+        assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
+        scale = max(float(np.max(np.abs(expected))), 1.0) if expected.size else 1.0
+        err = float(np.max(np.abs(got - expected))) if expected.size else 0.0
+        assert err <= self.rtol * scale, (
+            f"{what} on {self.id}: max abs error {err:.3g} > {self.rtol:.3g} * {scale:.3g}"
+        )
+
+
+CASES = [
+    Case("numpy-f64", "numpy", None, "float64"),
+    Case("numpy-f32", "numpy", None, "float32"),
+    Case("numpy-readonly-f64", "numpy", None, "float64", readonly=True),
+    Case("strict-f64", "array_api_strict", None, "float64"),
+    Case("strict-device1-f32", "array_api_strict", "device1", "float32"),
+    Case("torch-cpu-f64", "torch", "cpu", "float64"),
+    Case("torch-cpu-f32", "torch", "cpu", "float32"),
+    Case("cupy-f32", "cupy", None, "float32", gpu=True),
+    Case("torch-cuda-f32", "torch", "cuda", "float32", gpu=True),
+]
+F64_CASES = [c for c in CASES if c.dtype == "float64"]
+
+
+def _available(case: Case) -> str | None:
+    try:
+        case.backend  # noqa: B018 - selecting it is the check
+    except xb.BackendError as exc:
+        return str(exc)
+    return None
+
+
+def _params(cases: list[Case]) -> list[Any]:
+    params = []
+    for case in cases:
+        reason = _available(case)
+        marks = [pytest.mark.skip(reason=f"{case.id}: {reason}")] if reason else []
+        if case.gpu:
+            marks.append(pytest.mark.gpu)
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    return params
+
+
+@pytest.fixture(params=_params(CASES))
+def case(request: pytest.FixtureRequest) -> Case:
+    """Every backend x device x dtype combination importable here."""
+    return request.param
+
+
+@pytest.fixture(params=_params(F64_CASES))
+def case64(request: pytest.FixtureRequest) -> Case:
+    """The float64 cases (finite differences, tight parity)."""
+    return request.param
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(20261125)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    path = DATA_DIR / "mnist"
+    if not (path / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"full MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)")
+    return path
+
+
+def torch_or_skip() -> Any:
+    """The torch module, or a visible skip when it is not installed."""
+    return pytest.importorskip("torch", reason="PyTorch is the independent oracle")

@@ -1,0 +1,385 @@
+"""conv2d / conv1d and their backward: PyTorch oracle, finite differences, adjoint,
+the lecture's worked numbers and every bad configuration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import Case, torch_or_skip
+
+import xpconv.functional as F
+from xpconv.backend import BackendError, get_backend
+from xpconv.functional import _im2col
+from xpconv.functional._conv import conv_geometry
+from xpconv.functional._kernels import PORTABLE, kernels_for
+
+
+def random_config(seed: int) -> dict:
+    """A random valid convolution: shapes, stride 1-3, dilation 1-2, groups 1-4, padding."""
+    r = np.random.default_rng(seed)
+    groups = int(r.integers(1, 5))
+    c = groups * int(r.integers(1, 3))
+    o = groups * int(r.integers(1, 3))
+    kh, kw = (int(v) for v in r.integers(1, 5, size=2))
+    stride = tuple(int(v) for v in r.integers(1, 4, size=2))
+    dilation = tuple(int(v) for v in r.integers(1, 3, size=2))
+    choice = r.integers(0, 5)
+    if choice == 0:
+        padding = int(r.integers(0, 3))
+    elif choice == 1:
+        padding = tuple(int(v) for v in r.integers(0, 3, size=2))
+    elif choice == 2:
+        padding = "valid"
+    elif choice == 3:
+        padding, stride = "same", (1, 1)
+    else:
+        padding = "full"
+    # smallest input that gives at least one output row/column, plus a random margin
+    h = max(1, dilation[0] * (kh - 1) + 1 - (0 if isinstance(padding, str) else 0))
+    w = max(1, dilation[1] * (kw - 1) + 1)
+    h += int(r.integers(0, 7))
+    w += int(r.integers(0, 7))
+    return dict(
+        n=int(r.integers(1, 6)),
+        c=c,
+        o=o,
+        hw=(h, w),
+        k=(kh, kw),
+        conv=dict(stride=stride, padding=padding, dilation=dilation, groups=groups),
+        seed=seed,
+    )
+
+
+CONFIGS = [random_config(s) for s in range(200)]
+
+
+def torch_padding(conv: dict, k: tuple[int, int]) -> dict:
+    """Our padding argument in terms torch accepts ('full' is ours only)."""
+    conv = dict(conv)
+    if conv["padding"] == "full":
+        conv["padding"] = tuple(d * (kk - 1) for d, kk in zip(conv["dilation"], k))
+    return conv
+
+
+def torch_conv2d_reference(x, w, b, grad_out, conv, k):
+    """Output and gradients from torch.nn.functional.conv2d and autograd, in float64."""
+    torch = torch_or_skip()
+    tx, tw, tb = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (x, w, b))
+    out = torch.nn.functional.conv2d(tx, tw, tb, **torch_padding(conv, k))
+    out.backward(torch.tensor(grad_out, dtype=torch.float64))
+    return [t.detach().numpy() for t in (out, tx.grad, tw.grad, tb.grad)]
+
+
+def make_data(cfg: dict, case: Case):
+    r = np.random.default_rng(cfg["seed"] + 1000)
+    n, c, o, (h, w), (kh, kw) = cfg["n"], cfg["c"], cfg["o"], cfg["hw"], cfg["k"]
+    groups = cfg["conv"]["groups"]
+    x = case.host(r.normal(size=(n, c, h, w)))
+    wt = case.host(r.normal(size=(o, c // groups, kh, kw)))
+    b = case.host(r.normal(size=(o,)))
+    return x, wt, b
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"cfg{c['seed']}" for c in CONFIGS])
+def test_conv2d_matches_torch(case: Case, cfg: dict) -> None:
+    x, w, b = make_data(cfg, case)
+    geom = conv_geometry(x.shape, w.shape, **cfg["conv"])
+    grad_out = case.host(
+        np.random.default_rng(cfg["seed"]).normal(size=(x.shape[0], w.shape[0], *geom.out))
+    )
+    ref_out, ref_gx, ref_gw, ref_gb = torch_conv2d_reference(
+        x, w, b, grad_out, cfg["conv"], cfg["k"]
+    )
+    xa, wa, ba, ga = (case.asarray(a) for a in (x, w, b, grad_out))
+    out = F.conv2d(xa, wa, ba, **cfg["conv"])
+    case.assert_close(out, ref_out, "conv2d")
+    gx, gw, gb = F.conv2d_backward(ga, xa, wa, **cfg["conv"])
+    case.assert_close(gx, ref_gx, "grad_x")
+    case.assert_close(gw, ref_gw, "grad_weight")
+    case.assert_close(gb, ref_gb, "grad_bias")
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:40], ids=[f"cfg{c['seed']}" for c in CONFIGS[:40]])
+def test_conv1d_matches_torch(case: Case, cfg: dict) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(cfg["seed"])
+    groups = cfg["conv"]["groups"]
+    k, length = cfg["k"][1], cfg["hw"][1]
+    stride, dilation = cfg["conv"]["stride"][1], cfg["conv"]["dilation"][1]
+    padding = cfg["conv"]["padding"]
+    if isinstance(padding, tuple):
+        padding = padding[1]
+    if padding == "same":
+        stride = 1
+    x = case.host(r.normal(size=(cfg["n"], cfg["c"], length)))
+    w = case.host(r.normal(size=(cfg["o"], cfg["c"] // groups, k)))
+    b = case.host(r.normal(size=(cfg["o"],)))
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    tconv = dict(conv, padding=dilation * (k - 1) if padding == "full" else padding)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ref = torch.nn.functional.conv1d(tx, tw, tb, **tconv)
+    g = case.host(r.normal(size=tuple(ref.shape)))
+    ref.backward(torch.tensor(g))
+    xa, wa, ba = (case.asarray(a) for a in (x, w, b))
+    case.assert_close(F.conv1d(xa, wa, ba, **conv), ref.detach().numpy(), "conv1d")
+    gx, gw, gb = F.conv1d_backward(case.asarray(g), xa, wa, **conv)
+    case.assert_close(gx, tx.grad.numpy(), "conv1d grad_x")
+    case.assert_close(gw, tw.grad.numpy(), "conv1d grad_weight")
+    case.assert_close(gb, tb.grad.numpy(), "conv1d grad_bias")
+
+
+# ------------------------------------------------------------- finite differences
+
+
+def central_difference(f, a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    grad = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        plus, minus = a.copy(), a.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        grad[idx] = (f(plus) - f(minus)) / (2 * eps)
+    return grad
+
+
+FD_CONFIGS = [c for c in CONFIGS if c["n"] * c["c"] * np.prod(c["hw"]) <= 120][:12]
+
+
+@pytest.mark.parametrize("cfg", FD_CONFIGS, ids=[f"cfg{c['seed']}" for c in FD_CONFIGS])
+def test_conv2d_backward_finite_differences(case64: Case, cfg: dict) -> None:
+    x, w, b = make_data(cfg, case64)
+    conv = cfg["conv"]
+    geom = conv_geometry(x.shape, w.shape, **conv)
+    r = np.random.default_rng(cfg["seed"] + 7)
+    proj = r.normal(size=(x.shape[0], w.shape[0], *geom.out))
+
+    def loss(xh, wh, bh):
+        out = F.conv2d(case64.asarray(xh), case64.asarray(wh), case64.asarray(bh), **conv)
+        return float(np.sum(case64.to_numpy(out) * proj))
+
+    gx, gw, gb = F.conv2d_backward(
+        case64.asarray(proj), case64.asarray(x), case64.asarray(w), **conv
+    )
+    # central differences in float64 are good to about 1e-8 relative, not 1e-10
+    for got, fd in (
+        (gx, central_difference(lambda v: loss(v, w, b), x)),
+        (gw, central_difference(lambda v: loss(x, v, b), w)),
+        (gb, central_difference(lambda v: loss(x, w, v), b)),
+    ):
+        np.testing.assert_allclose(case64.to_numpy(got), fd, rtol=1e-6, atol=1e-6)
+
+
+def test_finite_difference_tolerance_is_meaningful(rng: np.random.Generator) -> None:
+    """A wrong gradient (the lecture's unflipped kernel) fails the same comparison."""
+    x = rng.normal(size=(1, 1, 5, 5))
+    w = rng.normal(size=(1, 1, 3, 3))
+    proj = rng.normal(size=(1, 1, 5, 5))
+    gx, _, _ = F.conv2d_backward(proj, x, w, padding=1)
+    wrong = F.conv2d(proj, np.ascontiguousarray(w.transpose(1, 0, 2, 3)), padding=1)  # no flip
+    fd = central_difference(lambda v: float(np.sum(F.conv2d(v, w, padding=1) * proj)), x)
+    np.testing.assert_allclose(gx, fd, rtol=1e-7, atol=1e-7)
+    assert np.max(np.abs(wrong - fd)) > 1e-2
+
+
+# ------------------------------------------------------------------- adjoint
+
+
+ADJOINT_CONFIGS = CONFIGS[:30]
+
+
+@pytest.mark.parametrize("cfg", ADJOINT_CONFIGS, ids=[f"cfg{c['seed']}" for c in ADJOINT_CONFIGS])
+def test_im2col_col2im_adjoint(case: Case, cfg: dict) -> None:
+    """<im2col(x), y> == <x, col2im(y)> for the portable and the selected kernels."""
+    x, w, _ = make_data(cfg, case)
+    geom = conv_geometry(x.shape, w.shape, **cfg["conv"])
+    rows = geom.in_channels * geom.taps
+    y = case.host(
+        np.random.default_rng(cfg["seed"]).normal(size=(rows, geom.batch * np.prod(geom.out)))
+    )
+    xa, ya = case.asarray(x), case.asarray(y)
+    for kernels in {PORTABLE, kernels_for(case.xp)}:
+        cols = case.to_numpy(kernels.im2col(case.xp, xa, geom))
+        back = case.to_numpy(kernels.col2im(case.xp, ya, geom))
+        lhs, rhs = float(np.sum(cols * y)), float(np.sum(x * back))
+        assert abs(lhs - rhs) <= case.rtol * 10 * max(1.0, abs(lhs)), (kernels.name, lhs, rhs)
+
+
+def test_fast_path_matches_portable(case: Case, rng: np.random.Generator) -> None:
+    """Whatever fast path the backend selects gives the portable path's columns."""
+    kernels = kernels_for(case.xp)
+    for cfg in CONFIGS[:25]:
+        x, w, _ = make_data(cfg, case)
+        geom = conv_geometry(x.shape, w.shape, **cfg["conv"])
+        xa = case.asarray(x)
+        ref = case.to_numpy(PORTABLE.im2col(case.xp, xa, geom))
+        np.testing.assert_array_equal(case.to_numpy(kernels.im2col(case.xp, xa, geom)), ref)
+        y = case.asarray(rng.normal(size=ref.shape))
+        case.assert_close(
+            kernels.col2im(case.xp, y, geom), case.to_numpy(PORTABLE.col2im(case.xp, y, geom))
+        )
+
+
+def test_portable_im2col_known_values() -> None:
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    geom = conv_geometry(x.shape, (1, 1, 2, 2), stride=2)
+    cols = _im2col.im2col(get_backend("numpy").xp, x, geom)
+    np.testing.assert_array_equal(
+        cols, [[0, 2, 8, 10], [1, 3, 9, 11], [4, 6, 12, 14], [5, 7, 13, 15]]
+    )
+
+
+# ------------------------------------------------------------- the lecture's numbers
+
+
+def test_lecture_1d_single(case: Case) -> None:
+    x = case.asarray(np.array([[[1.0, 2, 3, 4, 5]]]))
+    w = case.asarray(np.array([[[1.0, 1, 1]]]))
+    out = F.conv1d(x, w, padding=1)
+    case.assert_close(out, np.array([[[3.0, 6, 9, 12, 9]]]), "output")
+    assert float(case.to_numpy(out).sum()) == 39
+    gx, gw, _ = F.conv1d_backward(case.asarray(np.ones((1, 1, 5))), x, w, padding=1)
+    case.assert_close(gx, np.array([[[2.0, 3, 3, 3, 2]]]), "input gradient")
+    case.assert_close(gw, np.array([[[10.0, 15, 14]]]), "kernel gradient")
+
+
+def test_lecture_1d_batch(case: Case) -> None:
+    x = case.asarray(np.array([[[0.0, 1, 2, 3, 4, 5, 6]], [[1.0, 2, 3, 4, 5, 6, 7]]]))
+    w = case.asarray(np.array([[[1.0, 1, 1]]]))
+    out = F.conv1d(x, w, padding=1)
+    expected = np.array([[[1.0, 3, 6, 9, 12, 15, 11]], [[3.0, 6, 9, 12, 15, 18, 13]]])
+    case.assert_close(out, expected, "output")
+    _, gw, _ = F.conv1d_backward(case.asarray(np.ones((2, 1, 7))), x, w, padding=1)
+    case.assert_close(gw, np.array([[[36.0, 49, 48]]]), "kernel gradient")
+
+
+def test_same_padding_even_kernel_places_extra_at_bottom_right() -> None:
+    x = np.zeros((1, 1, 4, 4))
+    x[0, 0, 0, 0] = 1.0
+    w = np.zeros((1, 1, 2, 2))
+    w[0, 0, 0, 0] = 1.0
+    out = F.conv2d(x, w, padding="same")
+    assert out.shape == (1, 1, 4, 4)
+    assert out[0, 0, 0, 0] == 1.0  # the extra zero row/column is after the image
+
+
+def test_inputs_are_not_modified(rng: np.random.Generator) -> None:
+    x, w, b = rng.normal(size=(2, 2, 5, 5)), rng.normal(size=(3, 2, 3, 3)), rng.normal(size=3)
+    copies = [a.copy() for a in (x, w, b)]
+    out = F.conv2d(x, w, b, padding=1)
+    F.conv2d_backward(out, x, w, padding=1)
+    for a, c in zip((x, w, b), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+# ------------------------------------------------------------- bad configurations
+
+X = np.ones((2, 4, 6, 6))
+W = np.ones((8, 4, 3, 3))
+
+BAD = [
+    # (description, call, exception, words the message must contain)
+    (
+        "output below 1",
+        lambda: F.conv2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 3, 3))),
+        ValueError,
+        ["x", "too small", "(2, 2)"],
+    ),
+    (
+        "groups divide channels",
+        lambda: F.conv2d(X, np.ones((8, 2, 3, 3)), groups=3),
+        ValueError,
+        ["groups", "divisible", "3"],
+    ),
+    (
+        "groups divide outputs",
+        lambda: F.conv2d(X, np.ones((6, 2, 3, 3)), groups=4),
+        ValueError,
+        ["groups", "6"],
+    ),
+    (
+        "weight channel mismatch",
+        lambda: F.conv2d(X, np.ones((8, 3, 3, 3))),
+        ValueError,
+        ["weight", "4", "(8, 3, 3, 3)"],
+    ),
+    ("rank of x", lambda: F.conv2d(np.ones((4, 6, 6)), W), ValueError, ["x", "4-D", "3-D"]),
+    ("rank of weight", lambda: F.conv2d(X, np.ones((8, 4, 3))), ValueError, ["weight", "4-D"]),
+    ("rank conv1d", lambda: F.conv1d(X, np.ones((8, 4, 3))), ValueError, ["x", "3-D", "4-D"]),
+    ("stride zero", lambda: F.conv2d(X, W, stride=0), ValueError, ["stride", "positive", "0"]),
+    ("stride negative pair", lambda: F.conv2d(X, W, stride=(1, -2)), ValueError, ["stride", "-2"]),
+    ("stride float", lambda: F.conv2d(X, W, stride=1.5), TypeError, ["stride", "1.5"]),
+    ("stride bool", lambda: F.conv2d(X, W, stride=True), TypeError, ["stride", "True"]),
+    ("dilation zero", lambda: F.conv2d(X, W, dilation=0), ValueError, ["dilation", "0"]),
+    (
+        "padding negative",
+        lambda: F.conv2d(X, W, padding=-1),
+        ValueError,
+        ["padding", "non-negative", "-1"],
+    ),
+    (
+        "padding unknown mode",
+        lambda: F.conv2d(X, W, padding="sam"),
+        ValueError,
+        ["padding", "'sam'", "same"],
+    ),
+    (
+        "same with stride",
+        lambda: F.conv2d(X, W, padding="same", stride=2),
+        ValueError,
+        ["padding", "same", "stride"],
+    ),
+    ("groups zero", lambda: F.conv2d(X, W, groups=0), ValueError, ["groups", "0"]),
+    (
+        "integer x",
+        lambda: F.conv2d(np.ones((2, 4, 6, 6), dtype=np.int64), W),
+        TypeError,
+        ["x", "floating", "int64"],
+    ),
+    (
+        "bool weight",
+        lambda: F.conv2d(X, np.ones((8, 4, 3, 3), dtype=bool)),
+        TypeError,
+        ["weight", "floating", "bool"],
+    ),
+    (
+        "mixed dtypes",
+        lambda: F.conv2d(X, W.astype(np.float32)),
+        TypeError,
+        ["weight", "float64", "float32"],
+    ),
+    ("bias shape", lambda: F.conv2d(X, W, np.ones(7)), ValueError, ["bias", "(8,)", "(7,)"]),
+    (
+        "grad_out shape",
+        lambda: F.conv2d_backward(np.ones((2, 8, 5, 5)), X, W),
+        ValueError,
+        ["grad_out", "(2, 8, 4, 4)"],
+    ),
+    ("not an array", lambda: F.conv2d([[1.0]], W), TypeError, ["x", "array"]),
+    (
+        "conv1d pair stride",
+        lambda: F.conv1d(np.ones((1, 1, 5)), np.ones((1, 1, 3)), stride=(1, 2)),
+        TypeError,
+        ["stride"],
+    ),
+]
+
+
+@pytest.mark.parametrize("call, exc, words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_configuration_errors(call, exc, words) -> None:
+    with pytest.raises(exc) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def test_mixed_backends_name_both_arguments() -> None:
+    torch = torch_or_skip()
+    with pytest.raises(BackendError, match=r"x is .*numpy.* but weight is .*torch"):
+        F.conv2d(X, torch.ones((8, 4, 3, 3), dtype=torch.float64))
+
+
+def test_mixed_devices_name_both_arguments() -> None:
+    strict = pytest.importorskip("array_api_strict")
+    x = strict.asarray(X)
+    w = strict.asarray(W, device=strict.Device("device1"))
+    with pytest.raises(BackendError, match=r"x is .*CPU_DEVICE.* but weight is .*device1"):
+        F.conv2d(x, w)

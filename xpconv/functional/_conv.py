@@ -1,0 +1,303 @@
+"""Convolution: forward by im2col and one matmul, backward by the transposed matmuls.
+
+Shapes use the PyTorch layout, so weights and results compare with PyTorch directly:
+
+- ``conv2d``: x (N, C, H, W), weight (O, C // groups, KH, KW), bias (O,)
+  -> (N, O, OH, OW), with ``OH = floor((H + PT + PB - DH * (KH - 1) - 1) / SH) + 1``.
+- ``conv1d``: x (N, C, L), weight (O, C // groups, K), bias (O,) -> (N, O, OL).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._checks import check_float, check_rank, int_pair, namespace, positive_int
+from ._im2col import ConvGeometry
+from ._kernels import kernels_for
+
+Array = Any
+IntOrPair = int | tuple[int, int]
+Padding = int | tuple[int, int] | str
+
+__all__ = [
+    "conv1d",
+    "conv1d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "conv_geometry",
+    "conv_output_size",
+]
+
+PADDING_MODES = ("valid", "same", "full")
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    """Output length ``floor((I + P_total - D * (K - 1) - 1) / S) + 1``."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _resolve_padding(
+    padding: Padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in PADDING_MODES:
+            raise ValueError(
+                f"padding: expected an int, a pair of ints or one of {PADDING_MODES}, "
+                f"got {padding!r}"
+            )
+        if mode == "valid":
+            return (0, 0), (0, 0)
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        if mode == "full":
+            return (totals[0], totals[0]), (totals[1], totals[1])
+        if stride != (1, 1):
+            raise ValueError(f"padding: 'same' needs stride 1, got stride {stride}")
+        # PyTorch puts the extra row/column of an even kernel at the bottom/right.
+        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
+    ph, pw = int_pair(padding, "padding", minimum=0)
+    return (ph, ph), (pw, pw)
+
+
+def conv_geometry(
+    x_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    *,
+    stride: IntOrPair = 1,
+    padding: Padding = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> ConvGeometry:
+    """Validate a 2-D convolution and compute all its sizes.
+
+    Raises ValueError/TypeError naming the argument, the expected and the actual value.
+    """
+    n, c, h, w = x_shape
+    o, cg, kh, kw = weight_shape
+    stride = int_pair(stride, "stride", minimum=1)
+    dilation = int_pair(dilation, "dilation", minimum=1)
+    groups = positive_int(groups, "groups")
+    if c % groups:
+        raise ValueError(f"groups: input channels ({c}) must be divisible by groups, got {groups}")
+    if o % groups:
+        raise ValueError(f"groups: output channels ({o}) must be divisible by groups, got {groups}")
+    if cg != c // groups:
+        raise ValueError(
+            f"weight: expected {c // groups} input channels per group (x has {c} channels, "
+            f"groups={groups}), got weight of shape {tuple(weight_shape)}"
+        )
+    if min(kh, kw) < 1 or min(n, c, h, w) < 1:
+        raise ValueError(
+            f"x, weight: expected non-empty arrays, got x of shape {tuple(x_shape)} and "
+            f"weight of shape {tuple(weight_shape)}"
+        )
+    pad = _resolve_padding(padding, (kh, kw), stride, dilation)
+    out = tuple(
+        conv_output_size(size, k, s, sum(p), d)
+        for size, k, s, p, d in zip((h, w), (kh, kw), stride, pad, dilation)
+    )
+    if min(out) < 1:
+        raise ValueError(
+            f"x: input of spatial size {(h, w)} with padding {pad} is too small for kernel "
+            f"{(kh, kw)} with dilation {dilation} and stride {stride}: output size would be "
+            f"{out}, expected at least (1, 1)"
+        )
+    return ConvGeometry(n, c, (h, w), o, (kh, kw), stride, dilation, pad, groups, out)
+
+
+def _check_bias(bias: Array | None, out_channels: int) -> None:
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise ValueError(f"bias: expected shape ({out_channels},), got {tuple(bias.shape)}")
+
+
+def _grouped_matmul(xp: Any, a: Array, b: Array, groups: int) -> Array:
+    """Block-diagonal product: ``a`` split by rows, ``b`` by rows, one 2-D matmul each."""
+    if groups == 1:
+        return a @ b
+    ra, rb = a.shape[0] // groups, b.shape[0] // groups
+    parts = [a[g * ra : (g + 1) * ra, ...] @ b[g * rb : (g + 1) * rb, ...] for g in range(groups)]
+    return xp.concat(parts, axis=0)
+
+
+def conv2d_forward(
+    xp: Any, x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
+) -> tuple[Array, Array]:
+    """Unchecked forward: returns the output (N, O, OH, OW) and the columns for backward."""
+    kernels = kernels_for(xp)
+    cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, N*OH*OW)
+    o, (oh, ow) = geom.out_channels, geom.out
+    w2 = xp.reshape(weight, (o, -1))
+    out = _grouped_matmul(xp, w2, cols, geom.groups)  # (O, N*OH*OW)
+    out = xp.permute_dims(xp.reshape(out, (o, geom.batch, oh, ow)), (1, 0, 2, 3))
+    if bias is not None:
+        out = out + xp.reshape(bias, (1, o, 1, 1))
+    return out, cols
+
+
+def conv2d_backward_cols(
+    xp: Any, grad_out: Array, cols: Array, weight: Array, geom: ConvGeometry
+) -> tuple[Array, Array, Array]:
+    """Unchecked backward from saved columns: (grad_x, grad_weight, grad_bias)."""
+    o, groups = geom.out_channels, geom.groups
+    g2 = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (o, -1))  # (O, N*OH*OW)
+    w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
+    if groups == 1:
+        grad_w = g2 @ cols.T
+        grad_cols = w2.T @ g2
+    else:
+        og, rows = o // groups, cols.shape[0] // groups
+        grad_w = xp.concat(
+            [
+                g2[g * og : (g + 1) * og, ...] @ cols[g * rows : (g + 1) * rows, ...].T
+                for g in range(groups)
+            ],
+            axis=0,
+        )
+        grad_cols = xp.concat(
+            [
+                w2[g * og : (g + 1) * og, ...].T @ g2[g * og : (g + 1) * og, ...]
+                for g in range(groups)
+            ],
+            axis=0,
+        )
+    grad_x = kernels_for(xp).col2im(xp, grad_cols, geom)
+    grad_bias = xp.sum(g2, axis=1)
+    return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
+
+
+def _prepare2d(x: Array, weight: Array, bias: Array | None, **conv: Any) -> tuple[Any, Any]:
+    xp = namespace(x=x, weight=weight, bias=bias)
+    check_rank(x, "x", 4, "(N, C, H, W)")
+    check_rank(weight, "weight", 4, "(O, C // groups, KH, KW)")
+    check_float(xp, x=x, weight=weight, bias=bias)
+    geom = conv_geometry(tuple(x.shape), tuple(weight.shape), **conv)
+    _check_bias(bias, geom.out_channels)
+    return xp, geom
+
+
+def conv2d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    *,
+    stride: IntOrPair = 1,
+    padding: Padding = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> Array:
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    Args:
+        x: input (N, C, H, W), float32 or float64.
+        weight: kernels (O, C // groups, KH, KW), same dtype and backend as ``x``.
+        bias: optional (O,).
+        stride, dilation: an int or a pair (height, width), positive.
+        padding: an int or a pair (zeros on both sides), or ``"valid"`` (none),
+            ``"same"`` (output size = input size; stride 1; an even kernel gets the
+            extra row/column at the bottom/right, like PyTorch) or ``"full"``
+            (``dilation * (K - 1)`` on both sides).
+        groups: split channels into this many independent convolutions.
+
+    Returns:
+        (N, O, OH, OW) with ``OH = floor((H + 2P - D(KH - 1) - 1) / S) + 1``.
+    """
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    xp, geom = _prepare2d(x, weight, bias, **conv)
+    return conv2d_forward(xp, x, weight, bias, geom)[0]
+
+
+def conv2d_backward(
+    grad_out: Array,
+    x: Array,
+    weight: Array,
+    *,
+    stride: IntOrPair = 1,
+    padding: Padding = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> tuple[Array, Array, Array]:
+    """Vector-Jacobian product of :func:`conv2d`.
+
+    Args:
+        grad_out: gradient of the loss with respect to the output, (N, O, OH, OW).
+        x, weight and the keyword arguments: as given to :func:`conv2d`.
+
+    Returns:
+        ``(grad_x, grad_weight, grad_bias)`` of shapes (N, C, H, W),
+        (O, C // groups, KH, KW) and (O,).
+    """
+    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    xp, geom = _prepare2d(x, weight, None, **conv)
+    namespace(x=x, grad_out=grad_out)
+    check_float(xp, x=x, grad_out=grad_out)
+    expected = (geom.batch, geom.out_channels, *geom.out)
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
+    cols = kernels_for(xp).im2col(xp, x, geom)
+    return conv2d_backward_cols(xp, grad_out, cols, weight, geom)
+
+
+# ------------------------------------------------------------------------------ 1-D
+
+
+def _one_dim(value: Any, name: str, fill: int) -> Any:
+    """Lift a 1-D argument to the 2-D one of a height-1 convolution."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (tuple, list)):
+        if len(value) != 1:
+            raise TypeError(f"{name}: expected an int (or a 1-tuple) for conv1d, got {value!r}")
+        (value,) = value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {value!r}")
+    return (fill, value)
+
+
+def _lift1d(x: Array, weight: Array, stride: Any, padding: Any, dilation: Any) -> Any:
+    check_rank(x, "x", 3, "(N, C, L)")
+    check_rank(weight, "weight", 3, "(O, C // groups, K)")
+    conv = dict(
+        stride=_one_dim(stride, "stride", 1),
+        padding=_one_dim(padding, "padding", 0),
+        dilation=_one_dim(dilation, "dilation", 1),
+    )
+    xp = namespace(x=x, weight=weight)
+    return xp, xp.expand_dims(x, axis=2), xp.expand_dims(weight, axis=2), conv
+
+
+def conv1d(
+    x: Array,
+    weight: Array,
+    bias: Array | None = None,
+    *,
+    stride: int = 1,
+    padding: int | str = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Array:
+    """1-D cross-correlation, as ``torch.nn.functional.conv1d``.
+
+    x (N, C, L), weight (O, C // groups, K), bias (O,) -> (N, O, OL) with
+    ``OL = floor((L + 2P - D(K - 1) - 1) / S) + 1``. Arguments as :func:`conv2d`.
+    """
+    xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation)
+    out = conv2d(x4, w4, bias, groups=groups, **conv)
+    return out[:, :, 0, :]
+
+
+def conv1d_backward(
+    grad_out: Array,
+    x: Array,
+    weight: Array,
+    *,
+    stride: int = 1,
+    padding: int | str = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> tuple[Array, Array, Array]:
+    """Vector-Jacobian product of :func:`conv1d`: (grad_x, grad_weight, grad_bias)."""
+    xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation)
+    check_rank(grad_out, "grad_out", 3, "(N, O, OL)")
+    g4 = xp.expand_dims(grad_out, axis=2)
+    gx, gw, gb = conv2d_backward(g4, x4, w4, groups=groups, **conv)
+    return gx[:, :, 0, :], gw[:, :, 0, :], gb

@@ -1,0 +1,62 @@
+"""The one interface behind which backend-specific fast paths live.
+
+The portable Array-API implementations are the default and the reference the tests
+check. A backend may register faster versions of the same functions (same signature,
+same results); :func:`kernels_for` picks them automatically, and
+``XPCONV_PORTABLE=1`` in the environment, or :func:`use_portable`, forces the
+portable path everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+
+from . import _im2col
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The data-movement kernels of convolution (see ``_im2col`` for the contract)."""
+
+    name: str
+    im2col: Callable[..., Any]
+    col2im: Callable[..., Any]
+
+
+PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)
+_FAST: dict[str, Callable[[], Kernels | None]] = {}
+_forced_portable = os.environ.get("XPCONV_PORTABLE", "") not in ("", "0")
+
+
+def register_fast_path(namespace_check: str, loader: Callable[[], Kernels | None]) -> None:
+    """Register kernels for the namespaces where ``array_api_compat.<namespace_check>``."""
+    _FAST[namespace_check] = loader
+
+
+def kernels_for(xp: Any) -> Kernels:
+    """The kernels to use for namespace ``xp``: a registered fast path, else portable."""
+    if _forced_portable:
+        return PORTABLE
+    for check, loader in _FAST.items():
+        if getattr(array_api_compat, check)(xp):
+            fast = loader()
+            if fast is not None:
+                return fast
+    return PORTABLE
+
+
+@contextmanager
+def use_portable(enabled: bool = True):
+    """Force the portable kernels inside a ``with`` block (used by parity tests)."""
+    global _forced_portable
+    previous, _forced_portable = _forced_portable, enabled
+    try:
+        yield
+    finally:
+        _forced_portable = previous
