@@ -4,6 +4,73 @@ No state, no globals, no in-place writes into arrays a caller can see. Each op f
 its namespace from its arguments with ``array_api_compat`` and works on any backend.
 """
 
+from ._activation import (
+    ACTIVATIONS,
+    identity,
+    identity_backward,
+    leaky_relu,
+    leaky_relu_backward,
+    log_softmax,
+    log_softmax_backward,
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    softmax,
+    softmax_backward,
+    tanh,
+    tanh_backward,
+)
 from ._conv import conv1d, conv1d_backward, conv2d, conv2d_backward, conv_output_size
+from ._dropout import dropout, dropout_backward
+from ._linear import flatten, flatten_backward, linear, linear_backward
+from ._loss import mse, mse_backward, softmax_cross_entropy, softmax_cross_entropy_backward
+from ._pool import (
+    MaxPoolSaved,
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+    max_pool2d_backward_saved,
+    max_pool2d_forward,
+)
 
-__all__ = ["conv1d", "conv1d_backward", "conv2d", "conv2d_backward", "conv_output_size"]
+__all__ = [
+    "ACTIVATIONS",
+    "MaxPoolSaved",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+    "conv1d",
+    "conv1d_backward",
+    "conv2d",
+    "conv2d_backward",
+    "conv_output_size",
+    "dropout",
+    "dropout_backward",
+    "flatten",
+    "flatten_backward",
+    "identity",
+    "identity_backward",
+    "leaky_relu",
+    "leaky_relu_backward",
+    "linear",
+    "linear_backward",
+    "log_softmax",
+    "log_softmax_backward",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "max_pool2d_backward_saved",
+    "max_pool2d_forward",
+    "mse",
+    "mse_backward",
+    "relu",
+    "relu_backward",
+    "sigmoid",
+    "sigmoid_backward",
+    "softmax",
+    "softmax_backward",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_backward",
+    "tanh",
+    "tanh_backward",
+]

@@ -1,0 +1,841 @@
+"""Pooling, dense, flatten, activations, dropout and losses: PyTorch oracle, finite
+differences, the max-pool fast path and tie rule, and every bad input."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from conftest import Case, torch_or_skip
+
+import xpconv.functional as F
+from xpconv.backend import BackendError, get_backend
+from xpconv.functional import _pool
+
+# ---------------------------------------------------------------------- utilities
+
+
+def central_difference(f, a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    grad = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        plus, minus = a.copy(), a.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        grad[idx] = (f(plus) - f(minus)) / (2 * eps)
+    return grad
+
+
+def assert_fd(got, fd: np.ndarray, case: Case) -> None:
+    # central differences in float64 are good to about 1e-8 relative, not 1e-10
+    np.testing.assert_allclose(case.to_numpy(got), fd, rtol=1e-6, atol=1e-6)
+
+
+def torch_reference(fn, inputs: list[np.ndarray], grad_out: np.ndarray | float | None):
+    """Output and input gradients of ``fn`` through torch autograd, in float64."""
+    torch = torch_or_skip()
+    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in inputs]
+    out = fn(*ts)
+    g = torch.tensor(grad_out, dtype=torch.float64) if grad_out is not None else None
+    out.backward(g)
+    return out.detach().numpy(), [t.grad.numpy() for t in ts]
+
+
+def distinct_values(r: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values with gaps of at least 0.1: no ties, even after finite-difference steps."""
+    return (r.permutation(int(np.prod(shape))).reshape(shape) - np.prod(shape) / 2) * 0.1
+
+
+# ------------------------------------------------------------------------ pooling
+
+
+def pool_config(seed: int) -> dict:
+    """A random valid pooling: kernel 1-4 (non-square), stride 1-3 or default,
+    padding 0..kernel//2, batch 1-4, input just large enough plus a random margin."""
+    r = np.random.default_rng(seed)
+    kh, kw = (int(v) for v in r.integers(1, 5, size=2))
+    square = r.random() < 0.3
+    if square:
+        kw = kh
+    choice = int(r.integers(0, 4))
+    if choice == 0:
+        stride = None
+    elif choice == 1:
+        stride = (kh, kw)
+    elif choice == 2:
+        stride = int(r.integers(1, 4))
+    else:
+        stride = tuple(int(v) for v in r.integers(1, 4, size=2))
+    ph, pw = int(r.integers(0, kh // 2 + 1)), int(r.integers(0, kw // 2 + 1))
+    h = max(1, kh - 2 * ph) + int(r.integers(0, 7))
+    w = max(1, kw - 2 * pw) + int(r.integers(0, 7))
+    return dict(
+        shape=(int(r.integers(1, 5)), int(r.integers(1, 4)), h, w),
+        pool=dict(
+            kernel_size=kh if square else (kh, kw),
+            stride=stride,
+            padding=ph if square and ph == pw else (ph, pw),
+        ),
+        seed=seed,
+    )
+
+
+POOL_CONFIGS = [pool_config(s) for s in range(36)]
+POOL_IDS = [f"pool{c['seed']}" for c in POOL_CONFIGS]
+
+
+def out_shape(cfg: dict) -> tuple[int, ...]:
+    geom = _pool.pool_geometry(cfg["shape"], **cfg["pool"])
+    return (*cfg["shape"][:2], *geom.out)
+
+
+@pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=POOL_IDS)
+def test_max_pool2d_matches_torch(case: Case, cfg: dict) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(cfg["seed"])
+    x = case.host(r.normal(size=cfg["shape"]))
+    g = case.host(r.normal(size=out_shape(cfg)))
+    ref, (ref_gx,) = torch_reference(
+        lambda t: torch.nn.functional.max_pool2d(t, **cfg["pool"]), [x], g
+    )
+    xa, ga = case.asarray(x), case.asarray(g)
+    case.assert_close(F.max_pool2d(xa, **cfg["pool"]), ref, "max_pool2d")
+    case.assert_close(F.max_pool2d_backward(ga, xa, **cfg["pool"]), ref_gx, "grad_x")
+    out, saved = F.max_pool2d_forward(xa, **cfg["pool"])
+    case.assert_close(out, ref, "max_pool2d_forward")
+    case.assert_close(F.max_pool2d_backward_saved(ga, saved), ref_gx, "grad_x from saved")
+
+
+@pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=POOL_IDS)
+def test_avg_pool2d_matches_torch(case: Case, cfg: dict) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(cfg["seed"])
+    x = case.host(r.normal(size=cfg["shape"]))
+    g = case.host(r.normal(size=out_shape(cfg)))
+    ref, (ref_gx,) = torch_reference(
+        lambda t: torch.nn.functional.avg_pool2d(t, **cfg["pool"]), [x], g
+    )
+    xa, ga = case.asarray(x), case.asarray(g)
+    case.assert_close(F.avg_pool2d(xa, **cfg["pool"]), ref, "avg_pool2d")
+    case.assert_close(F.avg_pool2d_backward(ga, xa, **cfg["pool"]), ref_gx, "grad_x")
+
+
+FD_POOL = [c for c in POOL_CONFIGS if np.prod(c["shape"]) <= 60][:8]
+
+
+@pytest.mark.parametrize("cfg", FD_POOL, ids=[f"pool{c['seed']}" for c in FD_POOL])
+def test_pool_backward_finite_differences(case64: Case, cfg: dict) -> None:
+    r = np.random.default_rng(cfg["seed"])
+    x = distinct_values(r, cfg["shape"])
+    proj = r.normal(size=out_shape(cfg))
+    for forward, backward in (
+        (F.max_pool2d, F.max_pool2d_backward),
+        (F.avg_pool2d, F.avg_pool2d_backward),
+    ):
+
+        def loss(v, forward=forward):
+            return float(np.sum(case64.to_numpy(forward(case64.asarray(v), **cfg["pool"])) * proj))
+
+        got = backward(case64.asarray(proj), case64.asarray(x), **cfg["pool"])
+        assert_fd(got, central_difference(loss, x), case64)
+
+
+TILED = [c for c in POOL_CONFIGS if _pool.pool_geometry(c["shape"], **c["pool"]).tiled] + [
+    dict(shape=(2, 3, 8, 8), pool=dict(kernel_size=2), seed=100),
+    dict(shape=(2, 2, 7, 9), pool=dict(kernel_size=(2, 3)), seed=101),  # remainder cropped
+    dict(shape=(1, 2, 7, 7), pool=dict(kernel_size=3, padding=1), seed=102),
+    dict(shape=(3, 1, 5, 6), pool=dict(kernel_size=(3, 2), stride=(3, 2)), seed=103),
+]
+
+
+@pytest.mark.parametrize("cfg", TILED, ids=[f"tiled{c['seed']}" for c in TILED])
+def test_tiled_fast_path_equals_general_path(case: Case, cfg: dict) -> None:
+    """stride == kernel: the stacked fast path gives the tap loop's results exactly,
+    also with ties (small integers), and the forward equals the reshape reduction."""
+    r = np.random.default_rng(cfg["seed"])
+    xp = case.xp
+    for x in (r.normal(size=cfg["shape"]), r.integers(0, 3, size=cfg["shape"]) * 1.0):
+        xa = case.asarray(x)
+        out, saved = F.max_pool2d_forward(xa, **cfg["pool"])
+        assert saved.geometry.tiled
+        g = case.asarray(r.normal(size=tuple(out.shape)))
+        fast = _pool._max_backward(xp, g, saved, tiled=True)
+        general = _pool._max_backward(xp, g, saved, tiled=False)
+        np.testing.assert_array_equal(case.to_numpy(fast), case.to_numpy(general))
+        geom = saved.geometry
+        avg_fast = _pool._avg_backward(xp, g, geom, tiled=True)
+        avg_general = _pool._avg_backward(xp, g, geom, tiled=False)
+        np.testing.assert_array_equal(case.to_numpy(avg_fast), case.to_numpy(avg_general))
+        # the forward equals max over a (N, C, OH, KH, OW, KW) view of the padded input
+        (kh, kw), (oh, ow), (ph, pw) = geom.kernel, geom.out, geom.pad
+        padded = np.pad(
+            case.host(x), ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf
+        )[:, :, : oh * kh, : ow * kw]
+        blocks = padded.reshape(*padded.shape[:2], oh, kh, ow, kw)
+        np.testing.assert_array_equal(case.to_numpy(out), blocks.max(axis=(3, 5)))
+
+
+def test_max_pool_ties_go_to_first_maximum(case: Case) -> None:
+    x = np.array([[[[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 2.0, 2.0]]]])
+    g = np.array([[[[3.0, 5.0]]]])
+    gx = F.max_pool2d_backward(case.asarray(g), case.asarray(x), 2)
+    case.assert_close(gx, np.array([[[[3.0, 0, 0, 5], [0, 0, 0, 0]]]]), "tie rule")
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [
+        dict(kernel_size=2),
+        dict(kernel_size=(2, 3), padding=1),
+        dict(kernel_size=3, stride=1),
+        dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+    ],
+    ids=["2x2", "2x3-pad", "3x3-overlap", "3x2-overlap-pad"],
+)
+def test_max_pool_ties_match_torch(case: Case, pool: dict) -> None:
+    """Many equal values (relu-like zeros): gradients land where torch's CPU kernel puts them."""
+    torch = torch_or_skip()
+    r = np.random.default_rng(11)
+    x = np.maximum(r.integers(-2, 3, size=(2, 3, 7, 8)), 0) * 1.0
+    out = torch.nn.functional.max_pool2d(torch.tensor(x), **pool)
+    g = r.normal(size=tuple(out.shape))
+    _, (ref_gx,) = torch_reference(lambda t: torch.nn.functional.max_pool2d(t, **pool), [x], g)
+    gx = F.max_pool2d_backward(case.asarray(g), case.asarray(x), **pool)
+    case.assert_close(gx, ref_gx, "grad_x with ties")
+
+
+# -------------------------------------------------------------- linear, flatten
+
+LINEAR_SHAPES = [(1, 1, 1), (3, 5, 2), (4, 7, 10), (8, 16, 3)]
+
+
+@pytest.mark.parametrize("shape", LINEAR_SHAPES, ids=[f"{n}x{i}->{o}" for n, i, o in LINEAR_SHAPES])
+def test_linear_matches_torch(case: Case, shape: tuple[int, int, int]) -> None:
+    torch = torch_or_skip()
+    n, fin, fout = shape
+    r = np.random.default_rng(n * 100 + fin)
+    x, w, b = (case.host(r.normal(size=s)) for s in ((n, fin), (fout, fin), (fout,)))
+    g = case.host(r.normal(size=(n, fout)))
+    ref, (rgx, rgw, rgb) = torch_reference(torch.nn.functional.linear, [x, w, b], g)
+    xa, wa, ba = case.asarray(x), case.asarray(w), case.asarray(b)
+    case.assert_close(F.linear(xa, wa, ba), ref, "linear")
+    case.assert_close(F.linear(xa, wa), ref - b, "linear without bias")
+    gx, gw, gb = F.linear_backward(case.asarray(g), xa, wa)
+    case.assert_close(gx, rgx, "grad_x")
+    case.assert_close(gw, rgw, "grad_weight")
+    case.assert_close(gb, rgb, "grad_bias")
+
+
+def test_linear_backward_finite_differences(case64: Case, rng: np.random.Generator) -> None:
+    x, w, b, proj = (rng.normal(size=s) for s in ((3, 4), (2, 4), (2,), (3, 2)))
+    a = case64.asarray
+
+    def loss(xh, wh, bh):
+        return float(np.sum(case64.to_numpy(F.linear(a(xh), a(wh), a(bh))) * proj))
+
+    gx, gw, gb = F.linear_backward(a(proj), a(x), a(w))
+    assert_fd(gx, central_difference(lambda v: loss(v, w, b), x), case64)
+    assert_fd(gw, central_difference(lambda v: loss(x, v, b), w), case64)
+    assert_fd(gb, central_difference(lambda v: loss(x, w, v), b), case64)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 4, 5), (1, 1, 1), (3, 2, 1, 4, 1)])
+def test_flatten_and_backward(case: Case, shape: tuple[int, ...]) -> None:
+    r = np.random.default_rng(len(shape))
+    x = case.host(r.normal(size=shape))
+    out = F.flatten(case.asarray(x))
+    case.assert_close(out, x.reshape(shape[0], -1), "flatten")
+    g = case.host(r.normal(size=(shape[0], int(np.prod(shape[1:])))))
+    back = F.flatten_backward(case.asarray(g), tuple(out.shape[:1]) + tuple(shape[1:]))
+    case.assert_close(back, g.reshape(shape), "flatten_backward")
+
+
+def test_flatten_backward_finite_differences(case64: Case, rng: np.random.Generator) -> None:
+    x, proj = rng.normal(size=(2, 2, 3)), rng.normal(size=(2, 6))
+
+    def loss(v):
+        return float(np.sum(case64.to_numpy(F.flatten(case64.asarray(v))) * proj))
+
+    got = F.flatten_backward(case64.asarray(proj), x.shape)
+    assert_fd(got, central_difference(loss, x), case64)
+
+
+def test_flatten_on_a_transposed_view(case: Case, rng: np.random.Generator) -> None:
+    x = case.host(rng.normal(size=(3, 4, 2)))
+    xt = case.xp.permute_dims(case.asarray(x), (0, 2, 1))
+    case.assert_close(F.flatten(xt), np.transpose(x, (0, 2, 1)).reshape(3, -1), "flatten")
+
+
+# --------------------------------------------------------------------- activations
+
+
+def torch_activation(name: str, axis: int, slope: float):
+    torch = torch_or_skip()
+    tf = torch.nn.functional
+    return {
+        "identity": lambda t: t * 1.0,
+        "relu": tf.relu,
+        "leaky_relu": lambda t: tf.leaky_relu(t, slope),
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "softmax": lambda t: tf.softmax(t, dim=axis),
+        "log_softmax": lambda t: tf.log_softmax(t, dim=axis),
+    }[name]
+
+
+def activation_pair(name: str, axis: int, slope: float):
+    forward, backward = F.ACTIVATIONS[name]
+    if name in ("softmax", "log_softmax"):
+        return (lambda x: forward(x, axis=axis)), (lambda g, x, out=None: backward(g, x, out, axis))
+    if name == "leaky_relu":
+        return (lambda x: forward(x, slope)), (
+            lambda g, x, out=None: backward(g, x, out, negative_slope=slope)
+        )
+    return forward, backward
+
+
+ACTIVATION_CASES = [
+    ("identity", -1, 0.0),
+    ("relu", -1, 0.0),
+    ("leaky_relu", -1, 0.01),
+    ("leaky_relu", -1, 0.3),
+    ("sigmoid", -1, 0.0),
+    ("tanh", -1, 0.0),
+    ("softmax", -1, 0.0),
+    ("softmax", 1, 0.0),
+    ("log_softmax", -1, 0.0),
+    ("log_softmax", 0, 0.0),
+]
+ACTIVATION_IDS = [f"{n}-axis{a}-slope{s}" for n, a, s in ACTIVATION_CASES]
+
+
+@pytest.mark.parametrize("name, axis, slope", ACTIVATION_CASES, ids=ACTIVATION_IDS)
+def test_activation_matches_torch(case: Case, name: str, axis: int, slope: float) -> None:
+    r = np.random.default_rng(len(name) + axis)
+    x = r.normal(scale=3.0, size=(4, 5, 3))
+    x[0, 0, :] = 0.0  # the kinks: relu'(0) = 0, leaky_relu'(0) = slope, as torch
+    x, g = case.host(x), case.host(r.normal(size=x.shape))
+    ref, (ref_gx,) = torch_reference(torch_activation(name, axis, slope), [x], g)
+    forward, backward = activation_pair(name, axis, slope)
+    xa, ga = case.asarray(x), case.asarray(g)
+    out = forward(xa)
+    case.assert_close(out, ref, name)
+    case.assert_close(backward(ga, xa), ref_gx, f"{name} backward")
+    case.assert_close(backward(ga, xa, out), ref_gx, f"{name} backward from out")
+
+
+@pytest.mark.parametrize("name, axis, slope", ACTIVATION_CASES, ids=ACTIVATION_IDS)
+def test_activation_backward_finite_differences(
+    case64: Case, name: str, axis: int, slope: float
+) -> None:
+    r = np.random.default_rng(3)
+    x = r.normal(size=(3, 4))
+    x = np.where(np.abs(x) < 0.05, 0.5, x)  # away from the kinks
+    proj = r.normal(size=x.shape)
+    forward, backward = activation_pair(name, axis, slope)
+
+    def loss(v):
+        return float(np.sum(case64.to_numpy(forward(case64.asarray(v))) * proj))
+
+    got = backward(case64.asarray(proj), case64.asarray(x))
+    assert_fd(got, central_difference(loss, x), case64)
+
+
+def test_activations_table() -> None:
+    assert set(F.ACTIVATIONS) == {
+        "identity",
+        "relu",
+        "leaky_relu",
+        "sigmoid",
+        "tanh",
+        "softmax",
+        "log_softmax",
+    }
+    assert F.ACTIVATIONS["tanh"] == (F.tanh, F.tanh_backward)
+
+
+def test_sigmoid_and_softmax_are_stable_for_large_inputs(case: Case) -> None:
+    x = np.array([[-1e4, -800.0, -50.0, 0.0, 50.0, 800.0, 1e4]])
+    xa = case.asarray(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = F.sigmoid(xa)
+        gs = F.sigmoid_backward(case.asarray(np.ones_like(x)), xa)
+        sm = F.softmax(xa)
+        lsm = F.log_softmax(xa)
+    expected = np.array([[0.0, 0.0, np.exp(-50.0), 0.5, 1.0, 1.0, 1.0]])
+    case.assert_close(s, expected, "sigmoid")
+    assert np.all(np.isfinite(case.to_numpy(gs)))
+    case.assert_close(sm, np.array([[0.0] * 6 + [1.0]]), "softmax")
+    case.assert_close(lsm, x - 1e4, "log_softmax")
+    assert np.all(case.to_numpy(s) >= 0) and np.all(case.to_numpy(s) <= 1)
+
+
+# ------------------------------------------------------------------------ dropout
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_matches_torch_with_the_mask(case: Case, p: float) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(int(p * 10))
+    x, g = case.host(r.normal(size=(4, 3, 5))), case.host(r.normal(size=(4, 3, 5)))
+    out, mask = F.dropout(case.asarray(x), p, rng=np.random.default_rng(7))
+    m = case.to_numpy(mask)
+    assert set(np.unique(m)) <= {0.0, float(case.host(1 / (1 - p)))}
+    assert tuple(mask.shape) == x.shape and mask.dtype == case.asarray(x).dtype
+    ref, (ref_gx,) = torch_reference(lambda t: t * torch.tensor(m), [x], g)
+    case.assert_close(out, ref, "dropout")
+    case.assert_close(F.dropout_backward(case.asarray(g), mask), ref_gx, "dropout backward")
+
+
+def test_dropout_same_seed_same_mask_on_every_backend(case: Case) -> None:
+    x = np.random.default_rng(1).normal(size=(6, 7, 5)).astype(case.dtype)
+    _, mask = F.dropout(case.asarray(x), 0.4, rng=np.random.default_rng(42))
+    _, ref = F.dropout(x, 0.4, rng=np.random.default_rng(42))  # the NumPy backend
+    np.testing.assert_array_equal(case.to_numpy(mask), ref)
+
+
+def test_dropout_reuses_a_given_mask(case: Case, rng: np.random.Generator) -> None:
+    x = case.host(rng.normal(size=(3, 4)))
+    _, mask = F.dropout(case.asarray(x), 0.5, rng=rng)
+    out, same = F.dropout(case.asarray(x), 0.5, mask=mask)
+    assert same is mask
+    case.assert_close(out, x * case.to_numpy(mask), "dropout with a given mask")
+
+
+def test_dropout_off_at_inference_and_for_p_zero(case: Case, rng: np.random.Generator) -> None:
+    xa = case.asarray(rng.normal(size=(3, 4)))
+    for kwargs in (dict(p=0.5, training=False), dict(p=0.0, rng=rng), dict(p=0, training=True)):
+        out, mask = F.dropout(xa, **kwargs)
+        assert out is xa and mask is None
+    g = case.asarray(rng.normal(size=(3, 4)))
+    assert F.dropout_backward(g, None) is g
+
+
+def test_dropout_mask_has_mean_one(case: Case) -> None:
+    x = case.asarray(np.ones((200, 5000)))
+    _, mask = F.dropout(x, 0.3, rng=np.random.default_rng(3))
+    m = case.to_numpy(mask)
+    assert abs(m.mean() - 1.0) < 5e-3  # the mean's std is sqrt(p / (1 - p) / size) ~ 6.5e-4
+    assert abs((m == 0).mean() - 0.3) < 3e-3
+
+
+def test_dropout_backward_finite_differences(case64: Case, rng: np.random.Generator) -> None:
+    x, proj = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
+    _, mask = F.dropout(case64.asarray(x), 0.4, rng=rng)
+
+    def loss(v):
+        out, _ = F.dropout(case64.asarray(v), 0.4, mask=mask)
+        return float(np.sum(case64.to_numpy(out) * proj))
+
+    assert_fd(F.dropout_backward(case64.asarray(proj), mask), central_difference(loss, x), case64)
+
+
+# ------------------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize("n, k", [(1, 2), (5, 3), (16, 10)])
+def test_cross_entropy_integer_labels_match_torch(case: Case, n: int, k: int) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(n * k)
+    logits = case.host(r.normal(scale=2.0, size=(n, k)))
+    labels = r.integers(0, k, size=n)
+    tl = torch.tensor(labels)
+    ref, (ref_g,) = torch_reference(
+        lambda t: torch.nn.functional.cross_entropy(t, tl), [logits], 0.7
+    )
+    la, ya = case.asarray(logits), case.asarray(labels)
+    loss = F.softmax_cross_entropy(la, ya)
+    assert loss.ndim == 0
+    case.assert_close(loss, ref, "cross-entropy")
+    case.assert_close(F.softmax_cross_entropy_backward(la, ya, 0.7), ref_g, "gradient")
+    grad0d = case.asarray(np.asarray(0.7))
+    case.assert_close(F.softmax_cross_entropy_backward(la, ya, grad0d), ref_g, "0-d grad")
+
+
+@pytest.mark.parametrize("n, k", [(1, 2), (5, 3), (16, 10)])
+def test_cross_entropy_probability_labels_match_torch(case: Case, n: int, k: int) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(n + k)
+    logits = case.host(r.normal(scale=2.0, size=(n, k)))
+    probs = r.random(size=(n, k))
+    probs = case.host(probs / probs.sum(axis=1, keepdims=True))
+    tp = torch.tensor(probs)
+    ref, (ref_g,) = torch_reference(
+        lambda t: torch.nn.functional.cross_entropy(t, tp), [logits], 1.3
+    )
+    la, pa = case.asarray(logits), case.asarray(probs)
+    case.assert_close(F.softmax_cross_entropy(la, pa), ref, "cross-entropy")
+    case.assert_close(F.softmax_cross_entropy_backward(la, pa, 1.3), ref_g, "gradient")
+
+
+def test_cross_entropy_integer_and_one_hot_labels_agree(case: Case) -> None:
+    r = np.random.default_rng(5)
+    logits = case.asarray(r.normal(size=(6, 4)))
+    labels = r.integers(0, 4, size=6)
+    one_hot = case.asarray(np.eye(4)[labels])
+    for f in (F.softmax_cross_entropy, F.softmax_cross_entropy_backward):
+        np.testing.assert_array_equal(
+            case.to_numpy(f(logits, case.asarray(labels))), case.to_numpy(f(logits, one_hot))
+        )
+
+
+def test_cross_entropy_is_stable_for_huge_logits(case: Case) -> None:
+    r = np.random.default_rng(9)
+    logits = np.round(r.normal(size=(5, 4)) * 3) * 1e4 / 3  # magnitudes up to ~1e4 and more
+    logits[0] = [1e4, -1e4, 1e4, 0.0]
+    labels = np.array([1, 0, 3, 2, 1])
+    la, ya = case.asarray(logits), case.asarray(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = case.to_numpy(F.softmax_cross_entropy(la, ya))
+        grad = case.to_numpy(F.softmax_cross_entropy_backward(la, ya))
+    assert np.isfinite(loss) and np.all(np.isfinite(grad))
+    x = case.host(logits)
+    shifted = x - x.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    onehot = np.eye(4)[labels]
+    np.testing.assert_allclose(loss, -np.sum(onehot * log_p) / 5, rtol=case.rtol)
+    case.assert_close(F.softmax_cross_entropy_backward(la, ya), (np.exp(log_p) - onehot) / 5)
+
+
+def test_cross_entropy_backward_finite_differences(case64: Case) -> None:
+    r = np.random.default_rng(2)
+    logits = r.normal(size=(3, 4))
+    labels = np.array([0, 3, 1])
+    soft = r.random(size=(3, 4))  # rows need not sum to one
+    for targets in (case64.asarray(labels), case64.asarray(soft)):
+
+        def loss(v, targets=targets):
+            return float(case64.to_numpy(F.softmax_cross_entropy(case64.asarray(v), targets)))
+
+        got = F.softmax_cross_entropy_backward(case64.asarray(logits), targets, 2.0)
+        assert_fd(got, 2.0 * central_difference(loss, logits), case64)
+
+
+@pytest.mark.parametrize("shape", [(1,), (4, 3), (2, 3, 5)])
+def test_mse_matches_torch(case: Case, shape: tuple[int, ...]) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(len(shape))
+    pred, target = case.host(r.normal(size=shape)), case.host(r.normal(size=shape))
+    ref, (ref_gp, ref_gt) = torch_reference(torch.nn.functional.mse_loss, [pred, target], 0.5)
+    pa, ta = case.asarray(pred), case.asarray(target)
+    loss = F.mse(pa, ta)
+    assert loss.ndim == 0
+    case.assert_close(loss, ref, "mse")
+    case.assert_close(F.mse_backward(pa, ta, 0.5), ref_gp, "mse gradient")
+    case.assert_close(F.mse_backward(ta, pa, 0.5), ref_gt, "mse gradient for target")
+
+
+def test_mse_backward_finite_differences(case64: Case, rng: np.random.Generator) -> None:
+    pred, target = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
+    ta = case64.asarray(target)
+
+    def loss(v):
+        return float(case64.to_numpy(F.mse(case64.asarray(v), ta)))
+
+    assert_fd(F.mse_backward(case64.asarray(pred), ta), central_difference(loss, pred), case64)
+
+
+# ------------------------------------------------------------- inputs unchanged
+
+
+def test_inputs_are_not_modified(rng: np.random.Generator) -> None:
+    x4 = rng.normal(size=(2, 3, 5, 5))
+    g4 = rng.normal(size=(2, 3, 3, 2))
+    x2, w, b, g2 = (rng.normal(size=s) for s in ((4, 5), (3, 5), (3,), (4, 3)))
+    labels = np.array([0, 2, 1, 2])
+    probs = np.full((4, 3), 1 / 3)
+    arrays = (x4, g4, x2, w, b, g2, labels, probs)
+    copies = [a.copy() for a in arrays]
+    pool = dict(kernel_size=2, padding=(1, 0))
+    F.max_pool2d_backward(g4, x4, **pool)
+    out, saved = F.max_pool2d_forward(x4, **pool)
+    F.max_pool2d_backward_saved(g4, saved)
+    F.avg_pool2d_backward(g4, x4, **pool)
+    F.avg_pool2d(x4, **pool)
+    F.linear(x2, w, b)
+    F.linear_backward(g2, x2, w)
+    F.flatten_backward(F.flatten(x4), x4.shape)
+    for forward, backward in F.ACTIVATIONS.values():
+        backward(x2 * 3, x2, forward(x2))
+        backward(x2 * 3, x2)
+    _, mask = F.dropout(x2, 0.5, rng=rng)
+    F.dropout_backward(x2 * 3, mask)
+    for targets in (labels, probs):
+        F.softmax_cross_entropy(g2, targets)
+        F.softmax_cross_entropy_backward(g2, targets)
+    F.mse_backward(x2, x2 * 2)
+    for a, c in zip(arrays, copies):
+        np.testing.assert_array_equal(a, c)
+
+
+# ---------------------------------------------------------------------- bad input
+
+X4 = np.ones((2, 3, 6, 6))
+G4 = np.ones((2, 3, 3, 3))
+X2, W2, G2 = np.ones((4, 5)), np.ones((3, 5)), np.ones((4, 3))
+LOGITS = np.zeros((4, 3))
+
+BAD = [
+    # (description, call, exception, words the message must contain)
+    ("pool rank", lambda: F.max_pool2d(np.ones((3, 6, 6)), 2), ValueError, ["x", "4-D", "3-D"]),
+    ("pool integer x", lambda: F.avg_pool2d(X4.astype(int), 2), TypeError, ["x", "floating"]),
+    ("pool kernel zero", lambda: F.max_pool2d(X4, 0), ValueError, ["kernel_size", "0"]),
+    ("pool kernel float", lambda: F.max_pool2d(X4, 2.0), TypeError, ["kernel_size", "2.0"]),
+    ("pool kernel triple", lambda: F.avg_pool2d(X4, (2, 2, 2)), TypeError, ["kernel_size"]),
+    ("pool stride zero", lambda: F.max_pool2d(X4, 2, stride=0), ValueError, ["stride", "0"]),
+    ("pool padding negative", lambda: F.avg_pool2d(X4, 2, padding=-1), ValueError, ["padding"]),
+    (
+        "pool padding over half",
+        lambda: F.max_pool2d(X4, (3, 4), padding=(1, 3)),
+        ValueError,
+        ["padding", "kernel_size // 2", "(1, 2)", "(1, 3)"],
+    ),
+    (
+        "pool output below 1",
+        lambda: F.max_pool2d(np.ones((1, 1, 2, 5)), 3),
+        ValueError,
+        ["x", "too small", "(2, 5)"],
+    ),
+    (
+        "pool grad_out shape",
+        lambda: F.max_pool2d_backward(np.ones((2, 3, 2, 3)), X4, 2),
+        ValueError,
+        ["grad_out", "(2, 3, 3, 3)", "(2, 3, 2, 3)"],
+    ),
+    (
+        "avg grad_out dtype",
+        lambda: F.avg_pool2d_backward(G4.astype(np.float32), X4, 2),
+        TypeError,
+        ["grad_out", "float64", "float32"],
+    ),
+    (
+        "pool saved not saved",
+        lambda: F.max_pool2d_backward_saved(G4, X4),
+        TypeError,
+        ["saved", "max_pool2d_forward"],
+    ),
+    (
+        "pool saved grad shape",
+        lambda: F.max_pool2d_backward_saved(np.ones((2, 3, 1, 1)), F.max_pool2d_forward(X4, 2)[1]),
+        ValueError,
+        ["grad_out", "(2, 3, 3, 3)"],
+    ),
+    ("linear x rank", lambda: F.linear(np.ones(5), W2), ValueError, ["x", "2-D", "1-D"]),
+    ("linear weight rank", lambda: F.linear(X2, np.ones(5)), ValueError, ["weight", "2-D"]),
+    (
+        "linear features",
+        lambda: F.linear(X2, np.ones((3, 4))),
+        ValueError,
+        ["weight", "5", "(3, 4)"],
+    ),
+    ("linear bias", lambda: F.linear(X2, W2, np.ones(4)), ValueError, ["bias", "(3,)", "(4,)"]),
+    (
+        "linear dtypes",
+        lambda: F.linear(X2, W2.astype(np.float32)),
+        TypeError,
+        ["weight", "float64", "float32"],
+    ),
+    (
+        "linear grad_out",
+        lambda: F.linear_backward(np.ones((4, 2)), X2, W2),
+        ValueError,
+        ["grad_out", "(4, 3)", "(4, 2)"],
+    ),
+    ("linear not array", lambda: F.linear([[1.0]], W2), TypeError, ["x", "array"]),
+    ("flatten rank", lambda: F.flatten(np.ones(3)), ValueError, ["x", "2 dimensions", "1-D"]),
+    (
+        "flatten_backward shape",
+        lambda: F.flatten_backward(np.ones((2, 5)), (2, 3, 2)),
+        ValueError,
+        ["grad_out", "(2, 6)", "(2, 5)"],
+    ),
+    ("relu integer", lambda: F.relu(np.ones(3, dtype=int)), TypeError, ["x", "floating"]),
+    ("relu bool", lambda: F.relu(np.ones(3, dtype=bool)), TypeError, ["x", "bool"]),
+    (
+        "activation grad shape",
+        lambda: F.tanh_backward(np.ones(3), np.ones(4)),
+        ValueError,
+        ["grad_out", "(4,)", "(3,)"],
+    ),
+    (
+        "activation out shape",
+        lambda: F.sigmoid_backward(np.ones(4), np.ones(4), np.ones(2)),
+        ValueError,
+        ["out", "(4,)", "(2,)"],
+    ),
+    (
+        "activation grad dtype",
+        lambda: F.relu_backward(np.ones(4, dtype=np.float32), np.ones(4)),
+        TypeError,
+        ["grad_out", "float32"],
+    ),
+    ("softmax axis", lambda: F.softmax(X2, axis=2), ValueError, ["axis", "2", "-2"]),
+    ("log_softmax axis type", lambda: F.log_softmax(X2, axis=1.0), TypeError, ["axis", "1.0"]),
+    ("softmax 0-d", lambda: F.softmax(np.asarray(1.0)), ValueError, ["axis"]),
+    (
+        "leaky slope",
+        lambda: F.leaky_relu(X2, negative_slope="0.1"),
+        TypeError,
+        ["negative_slope", "'0.1'"],
+    ),
+    ("dropout p range", lambda: F.dropout(X2, 1.0, rng=np.random.default_rng()), ValueError, ["p"]),
+    ("dropout p negative", lambda: F.dropout(X2, -0.1), ValueError, ["p", "-0.1"]),
+    ("dropout p nan", lambda: F.dropout(X2, float("nan")), ValueError, ["p", "nan"]),
+    ("dropout p type", lambda: F.dropout(X2, "0.5"), TypeError, ["p", "'0.5'"]),
+    ("dropout rng missing", lambda: F.dropout(X2, 0.5), TypeError, ["rng", "Generator"]),
+    (
+        "dropout rng legacy",
+        lambda: F.dropout(X2, 0.5, rng=np.random.RandomState(0)),
+        TypeError,
+        ["rng", "RandomState"],
+    ),
+    (
+        "dropout mask shape",
+        lambda: F.dropout(X2, 0.5, mask=np.ones((4, 4))),
+        ValueError,
+        ["mask", "(4, 5)", "(4, 4)"],
+    ),
+    ("dropout integer x", lambda: F.dropout(X2.astype(int), 0.5), TypeError, ["x", "floating"]),
+    (
+        "dropout_backward shape",
+        lambda: F.dropout_backward(X2, np.ones((4, 4))),
+        ValueError,
+        ["mask", "(4, 5)", "(4, 4)"],
+    ),
+    (
+        "labels length",
+        lambda: F.softmax_cross_entropy(LOGITS, np.array([0, 1, 2])),
+        ValueError,
+        ["labels", "4", "3"],
+    ),
+    (
+        "labels too large",
+        lambda: F.softmax_cross_entropy(LOGITS, np.array([0, 1, 3, 2])),
+        ValueError,
+        ["labels", "[0, 3)", "max 3"],
+    ),
+    (
+        "labels negative",
+        lambda: F.softmax_cross_entropy_backward(LOGITS, np.array([0, -1, 2, 2])),
+        ValueError,
+        ["labels", "min -1"],
+    ),
+    (
+        "labels bool",
+        lambda: F.softmax_cross_entropy(LOGITS, np.array([True, False, True, True])),
+        TypeError,
+        ["labels", "bool"],
+    ),
+    (
+        "labels integer rank",
+        lambda: F.softmax_cross_entropy(LOGITS, np.zeros((4, 3), dtype=np.int64)),
+        ValueError,
+        ["labels", "1-D", "2-D"],
+    ),
+    (
+        "labels float rank",
+        lambda: F.softmax_cross_entropy(LOGITS, np.zeros(4)),
+        ValueError,
+        ["labels", "2-D", "integer"],
+    ),
+    (
+        "labels classes",
+        lambda: F.softmax_cross_entropy(LOGITS, np.zeros((4, 5))),
+        ValueError,
+        ["labels", "3 columns", "(4, 5)"],
+    ),
+    (
+        "labels rows",
+        lambda: F.softmax_cross_entropy(LOGITS, np.zeros((5, 3))),
+        ValueError,
+        ["labels", "4 rows", "5"],
+    ),
+    (
+        "labels dtype",
+        lambda: F.softmax_cross_entropy(LOGITS, np.zeros((4, 3), dtype=np.float32)),
+        TypeError,
+        ["labels", "float64", "float32"],
+    ),
+    (
+        "logits rank",
+        lambda: F.softmax_cross_entropy(np.zeros(3), np.array([0])),
+        ValueError,
+        ["logits", "2-D", "1-D"],
+    ),
+    (
+        "logits integer",
+        lambda: F.softmax_cross_entropy(np.zeros((2, 3), dtype=int), np.array([0, 1])),
+        TypeError,
+        ["logits", "floating"],
+    ),
+    (
+        "logits empty",
+        lambda: F.softmax_cross_entropy(np.zeros((0, 3)), np.zeros(0, dtype=int)),
+        ValueError,
+        ["logits", "non-empty"],
+    ),
+    (
+        "loss grad shape",
+        lambda: F.softmax_cross_entropy_backward(LOGITS, np.zeros(4, dtype=int), np.ones(2)),
+        ValueError,
+        ["grad", "0-d", "(2,)"],
+    ),
+    (
+        "loss grad bool",
+        lambda: F.mse_backward(X2, X2, True),
+        TypeError,
+        ["grad", "True"],
+    ),
+    ("mse shape", lambda: F.mse(X2, np.ones((5, 4))), ValueError, ["target", "(4, 5)", "(5, 4)"]),
+    (
+        "mse dtype",
+        lambda: F.mse(X2, X2.astype(np.float32)),
+        TypeError,
+        ["target", "float64", "float32"],
+    ),
+    ("mse empty", lambda: F.mse(np.ones((0, 2)), np.ones((0, 2))), ValueError, ["pred", "empty"]),
+]
+
+
+@pytest.mark.parametrize("call, exc, words", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_input_errors(call, exc, words) -> None:
+    with pytest.raises(exc) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+def test_mixed_backends_name_both_arguments() -> None:
+    torch = torch_or_skip()
+    tw = torch.ones((3, 5), dtype=torch.float64)
+    with pytest.raises(BackendError, match=r"x is .*numpy.* but weight is .*torch"):
+        F.linear(X2, tw)
+    with pytest.raises(BackendError, match=r"logits is .*numpy.* but labels is .*torch"):
+        F.softmax_cross_entropy(LOGITS, torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(BackendError, match=r"x is .*numpy.* but grad_out is .*torch"):
+        F.max_pool2d_backward(torch.ones((2, 3, 3, 3), dtype=torch.float64), X4, 2)
+
+
+def test_mixed_devices_name_both_arguments() -> None:
+    strict = pytest.importorskip("array_api_strict")
+    x = strict.asarray(X2)
+    mask = strict.asarray(X2, device=strict.Device("device1"))
+    with pytest.raises(BackendError, match=r"x is .*CPU_DEVICE.* but mask is .*device1"):
+        F.dropout(x, 0.5, mask=mask)
+
+
+def test_results_stay_on_the_input_device() -> None:
+    be = get_backend("array_api_strict", device="device1")
+    x = be.asarray(np.random.default_rng(0).normal(size=(2, 3, 4, 4)))
+    out, saved = F.max_pool2d_forward(x, 2, padding=1)
+    for a in (
+        out,
+        F.max_pool2d_backward_saved(be.asarray(np.ones(tuple(out.shape))), saved),
+        F.avg_pool2d_backward(be.asarray(np.ones(tuple(out.shape))), x, 2, padding=1),
+        F.relu(x),
+        F.dropout(x, 0.5, rng=np.random.default_rng(0))[1],
+        F.softmax_cross_entropy(F.flatten(x), be.asarray(np.array([0, 1]))),
+    ):
+        assert be.owns(a), a

@@ -1,0 +1,436 @@
+"""Layers, model, optimizers and trainer on every backend; whole-model parity;
+the lecture's MNIST result."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import CASES, Case, torch_or_skip
+
+import xpconv as xc
+from xpconv import layers as L
+from xpconv.backend import BackendError
+from xpconv.optimizers import SGD, Adam, ExponentialDecay, LinearDecay
+
+# --------------------------------------------------------------------- layers
+
+LAYER_CASES = [
+    ("conv2d", lambda: L.Conv2D(3, (3, 2), padding="same", activation="tanh"), (2, 5, 6)),
+    ("conv2d-stride-groups", lambda: L.Conv2D(4, 3, stride=2, groups=2, padding=1), (4, 7, 7)),
+    ("conv1d", lambda: L.Conv1D(3, 3, padding=1, activation="relu"), (2, 9)),
+    ("maxpool", lambda: L.MaxPool2D(2), (2, 6, 6)),
+    ("maxpool-overlap", lambda: L.MaxPool2D(3, stride=2, padding=1), (2, 7, 7)),
+    ("avgpool", lambda: L.AvgPool2D(2, stride=1), (2, 5, 5)),
+    ("flatten", lambda: L.Flatten(), (2, 3, 3)),
+    ("dense", lambda: L.Dense(4, activation="sigmoid"), (7,)),
+    ("dense-nobias", lambda: L.Dense(neurons=3, use_bias=False, init="lecture"), (5,)),
+    ("relu", lambda: L.ReLU(), (6,)),
+    ("leaky_relu", lambda: L.LeakyReLU(negative_slope=0.2), (6,)),
+    ("sigmoid", lambda: L.Sigmoid(), (6,)),
+    ("tanh", lambda: L.Tanh(), (6,)),
+    ("softmax", lambda: L.Softmax(), (6,)),
+    ("log_softmax", lambda: L.LogSoftmax(), (6,)),
+    ("identity", lambda: L.Identity(), (6,)),
+    ("dropout-eval", lambda: L.Dropout(0.3), (6,)),
+]
+
+
+def _model(make, shape, case: Case, seed: int = 3) -> xc.Sequential:
+    return xc.Sequential(
+        [make()],
+        backend=case.backend,
+        dtype=case.dtype,
+        seed=seed,
+        input_shape=shape,
+        loss="mse",
+    )
+
+
+def _distinct(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Values without ties (max pooling needs a unique argmax)."""
+    n = math.prod(shape)
+    return (rng.permutation(n).reshape(shape) / n - 0.5) * 4 + rng.normal(size=shape) * 1e-3
+
+
+@pytest.mark.parametrize(
+    "make, shape", [c[1:] for c in LAYER_CASES], ids=[c[0] for c in LAYER_CASES]
+)
+def test_layer_matches_float64_reference(case: Case, make, shape, rng: np.random.Generator) -> None:
+    """Forward and backward on every backend equal the NumPy float64 run of the same layer."""
+    x = case.host(_distinct(rng, (3, *shape)))
+    ref_case = CASES[0]
+    ref, model = _model(make, shape, ref_case), _model(make, shape, case)
+    out_ref = ref.forward(x, training=False)
+    grad = rng.normal(size=out_ref.shape)
+    gx_ref = ref.backward(grad)
+    out = model.forward(case.asarray(x), training=False)
+    case.assert_close(out, np.asarray(out_ref), "forward")
+    case.assert_close(model.backward(case.asarray(grad)), np.asarray(gx_ref), "grad_x")
+    for (name, p), p_ref in zip(model.parameters().items(), ref.parameters().values()):
+        case.assert_close(p.grad, np.asarray(p_ref.grad), name)
+
+
+@pytest.mark.parametrize(
+    "make, shape", [c[1:] for c in LAYER_CASES], ids=[c[0] for c in LAYER_CASES]
+)
+def test_layer_gradients_finite_differences(
+    case64: Case, make, shape, rng: np.random.Generator
+) -> None:
+    model = _model(make, shape, case64)
+    x = _distinct(rng, (2, *shape))
+    proj = rng.normal(size=(2, *model.output_shape))
+
+    def loss() -> float:
+        return float(
+            np.sum(case64.to_numpy(model.forward(case64.asarray(x), training=False)) * proj)
+        )
+
+    model.forward(case64.asarray(x), training=False)
+    gx = case64.to_numpy(model.backward(case64.asarray(proj)))
+    grads = {n: case64.to_numpy(p.grad) for n, p in model.parameters().items()}
+    eps = 1e-6
+    fd = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        keep = x[idx]
+        x[idx] = keep + eps
+        up = loss()
+        x[idx] = keep - eps
+        down = loss()
+        x[idx] = keep
+        fd[idx] = (up - down) / (2 * eps)
+    np.testing.assert_allclose(gx, fd, rtol=1e-6, atol=1e-6)
+    for name, p in model.parameters().items():
+        host = case64.to_numpy(p.value)
+        fd = np.zeros_like(host)
+        for idx in np.ndindex(host.shape):
+            for sign in (1, -1):
+                moved = host.copy()
+                moved[idx] += sign * eps
+                p.value = case64.asarray(moved)
+                fd[idx] += sign * loss() / (2 * eps)
+        p.value = case64.asarray(host)
+        np.testing.assert_allclose(grads[name], fd, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_dropout_layer_is_seeded_and_identity_at_inference(case: Case) -> None:
+    x = np.ones((4, 50))
+    model = _model(lambda: L.Dropout(0.5), (50,), case, seed=11)
+    assert np.array_equal(case.to_numpy(model.forward(case.asarray(x), training=False)), x)
+    masked = case.to_numpy(model.forward(case.asarray(x), training=True))
+    reference = _model(lambda: L.Dropout(0.5), (50,), CASES[0], seed=11)
+    np.testing.assert_array_equal(masked, reference.forward(x, training=True))
+    assert set(np.unique(masked)) <= {0.0, 2.0} and 0 < masked.mean() < 2
+
+
+def test_dense_infers_and_checks_input_width() -> None:
+    model = xc.Sequential([L.Flatten(), L.Dense(neurons=10)], input_shape=(2, 3, 4))
+    assert model.parameters()["dense_0.weight"].shape == (10, 24)
+    with pytest.raises(ValueError, match=r"dense_0: in_features expected 20, got input with 24"):
+        xc.Sequential([L.Flatten(), L.Dense(10, in_features=20)], input_shape=(2, 3, 4))
+    with pytest.raises(ValueError, match=r"conv2d_0: in_channels expected 3, got input with 1"):
+        xc.Sequential([L.Conv2D(4, 3, in_channels=3)], input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match=r"dense_0: expected flat input .*Flatten"):
+        xc.Sequential([L.Dense(4)], input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "init", ["glorot_normal", "glorot_uniform", "he_normal", "he_uniform", "lecture"]
+)
+def test_initialisers_have_the_stated_scale(init: str) -> None:
+    model = xc.Sequential([L.Conv2D(64, 3, init=init)], input_shape=(32, 9, 9), dtype="float64")
+    w = model.backend.to_numpy(model.parameters()["conv2d_0.weight"].value)
+    fan_in, fan_out = 32 * 9, 64 * 9
+    expected = {
+        "glorot_normal": math.sqrt(2 / (fan_in + fan_out)),
+        "glorot_uniform": math.sqrt(2 / (fan_in + fan_out)),
+        "he_normal": math.sqrt(2 / fan_in),
+        "he_uniform": math.sqrt(2 / fan_in),
+        "lecture": 2 / (32 + 64),
+    }[init]
+    assert abs(w.std() / expected - 1) < 0.05
+
+
+def test_same_seed_same_initial_weights_on_every_backend(case: Case) -> None:
+    a = xc.zoo.lenet(backend=case.backend, dtype="float32", seed=5)
+    b = xc.zoo.lenet(backend="numpy", dtype="float32", seed=5)
+    for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        np.testing.assert_array_equal(va, vb, err_msg=name)
+
+
+# ----------------------------------------------------------------- optimizers
+
+
+def _torch_run(make_opt, steps: int, w0: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    torch = torch_or_skip()
+    w = torch.tensor(w0, requires_grad=True)
+    opt = make_opt(torch, [w])
+    for t in range(steps):
+        opt.zero_grad()
+        loss = ((w - torch.tensor(targets[t])) ** 2).sum() * 0.5
+        loss.backward()
+        opt.step()
+    return w.detach().numpy()
+
+
+OPTIMIZERS = [
+    ("sgd", lambda: SGD(0.1), lambda t, p: t.optim.SGD(p, lr=0.1)),
+    ("momentum", lambda: SGD(0.1, momentum=0.9), lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.9)),
+    (
+        "nesterov",
+        lambda: SGD(0.05, momentum=0.8, nesterov=True),
+        lambda t, p: t.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True),
+    ),
+    (
+        "weight-decay",
+        lambda: SGD(0.1, momentum=0.5, weight_decay=0.01),
+        lambda t, p: t.optim.SGD(p, lr=0.1, momentum=0.5, weight_decay=0.01),
+    ),
+    ("adam", lambda: Adam(0.01), lambda t, p: t.optim.Adam(p, lr=0.01)),
+    (
+        "adam-wd",
+        lambda: Adam(0.02, beta1=0.8, weight_decay=0.1),
+        lambda t, p: t.optim.Adam(p, lr=0.02, betas=(0.8, 0.999), weight_decay=0.1),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "make, make_torch", [o[1:] for o in OPTIMIZERS], ids=[o[0] for o in OPTIMIZERS]
+)
+def test_optimizer_matches_torch(case: Case, make, make_torch, rng: np.random.Generator) -> None:
+    """Minimising 0.5 * |w - target_t|^2 with moving targets, step by step like torch.optim.
+
+    SGD momentum here is the lecture's form (v = m v - lr g; w += v); with a constant
+    learning rate it equals torch's (v = m v + g; w -= lr v).
+    """
+    w0, targets = rng.normal(size=(3, 4)), rng.normal(size=(12, 3, 4))
+    opt = make()
+    p = L.Parameter(case.asarray(w0), "w")
+    for t in range(12):
+        p.grad = p.value - case.asarray(targets[t])
+        opt.step({"w": p})
+    case.assert_close(p.value, _torch_run(make_torch, 12, w0, targets), "weights")
+
+
+def test_learning_rate_decay_endpoints() -> None:
+    for sched in (LinearDecay(0.1, 0.05), ExponentialDecay(0.1, 0.05)):
+        assert sched(0, 11) == pytest.approx(0.1) and sched(10, 11) == pytest.approx(0.05)
+    assert ExponentialDecay(0.1, 0.05)(5, 11) == pytest.approx(0.1 * 0.5**0.5)
+    assert LinearDecay(0.1, 0.05)(5, 11) == pytest.approx(0.075)
+    opt = SGD(0.1, final_lr=0.05, decay="exponential")
+    opt.setup(3)
+    rates = []
+    for _ in range(3):
+        rates.append(opt.lr)
+        opt.step({})
+    assert rates == pytest.approx([0.1, 0.1 * 0.5**0.5, 0.05])
+
+
+def test_optimizer_argument_errors() -> None:
+    with pytest.raises(ValueError, match="lr"):
+        SGD(0)
+    with pytest.raises(ValueError, match="momentum"):
+        SGD(0.1, momentum=1.5)
+    with pytest.raises(ValueError, match="nesterov"):
+        SGD(0.1, nesterov=True)
+    with pytest.raises(ValueError, match="decay"):
+        SGD(0.1, final_lr=0.01, decay="cosine")
+    with pytest.raises(ValueError, match="beta1"):
+        Adam(beta1=1.0)
+
+
+# ------------------------------------------------------------------ the model
+
+
+def small_lenet(case_or_backend, dtype: str, seed: int = 0) -> xc.Sequential:
+    backend = case_or_backend.backend if isinstance(case_or_backend, Case) else case_or_backend
+    return xc.Sequential(
+        [
+            L.Conv2D(4, 3, padding="same", activation="relu"),
+            L.MaxPool2D(2),
+            L.Conv2D(8, 3, padding="same", activation="relu"),
+            L.MaxPool2D(2),
+            L.Flatten(),
+            L.Dense(16, activation="relu"),
+            L.Dense(10),
+        ],
+        backend=backend,
+        dtype=dtype,
+        seed=seed,
+        input_shape=(1, 12, 12),
+    )
+
+
+def _train_losses(model: xc.Sequential, steps: int = 20) -> list[float]:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(steps, 8, 1, 12, 12))
+    y = rng.integers(0, 10, size=(steps, 8))
+    opt = SGD(0.05, momentum=0.9)
+    losses = []
+    for t in range(steps):
+        losses.append(float(model.train_batch(x[t], y[t])))
+        opt.step(model.parameters())
+    return losses
+
+
+@pytest.mark.slow
+def test_whole_model_parity_across_backends(case: Case) -> None:
+    """20 steps of a small LeNet from one seed: the same losses on every backend."""
+    ref = _train_losses(small_lenet(xc.get_backend("numpy"), case.dtype))
+    got = _train_losses(small_lenet(case, case.dtype))
+    tol = 1e-9 if case.dtype == "float64" else 1e-4
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+    assert ref[-1] < ref[0]
+
+
+def test_model_moved_between_backends_predicts_the_same(case: Case, rng) -> None:
+    model = small_lenet(xc.get_backend("numpy"), case.dtype, seed=4)
+    x = rng.normal(size=(5, 1, 12, 12))
+    before = model.backend.to_numpy(model.predict(x))
+    model.to(case.backend)
+    after = case.to_numpy(model.predict(x))
+    assert model.backend is case.backend
+    case.assert_close(model.predict(case.asarray(x)), before.astype(np.float64), "moved")
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    model.to("numpy")
+    np.testing.assert_array_equal(model.backend.to_numpy(model.predict(x)), before)
+
+
+def test_summary_lists_shapes_and_parameter_counts(capsys) -> None:
+    model = xc.zoo.lecture()
+    text = model.summary()
+    assert "(None, 16, 28, 28)" in text and "(None, 12544)" in text and "(None, 10)" in text
+    assert f"{16 * 25 + 16:,}" in text and f"{12544 * 10 + 10:,}" in text
+    assert f"total parameters: {16 * 26 + 125450:,}" in text
+    assert capsys.readouterr().out.strip() == text.strip()
+
+
+def test_model_input_errors() -> None:
+    model = small_lenet(xc.get_backend("numpy"), "float32")
+    with pytest.raises(
+        ValueError, match=r"x: expected examples of shape \(1, 12, 12\).*\(1, 10, 10\)"
+    ):
+        model.forward(np.zeros((2, 1, 10, 10), dtype=np.float32))
+    torch = torch_or_skip()
+    with pytest.raises(BackendError, match=r"x: expected an array of backend 'numpy'.*torch"):
+        model.forward(torch.zeros((2, 1, 12, 12)))
+    with pytest.warns(UserWarning, match="float64 data cast to the model's float32"):
+        model.forward(np.zeros((2, 1, 12, 12)))
+
+
+def test_get_config_round_trip() -> None:
+    model = small_lenet(xc.get_backend("numpy"), "float64", seed=9)
+    clone = xc.Sequential.from_config(model.get_config())
+    for (name, a), b in zip(model.state_dict().items(), clone.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+# ------------------------------------------------------------------ trainer
+
+
+def _toy_data(n: int = 240, seed: int = 0):
+    """Two blobs of 1x6x6 images, easily separable."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    x = rng.normal(size=(n, 1, 6, 6)).astype(np.float32) * 0.5
+    x[:, 0, :3, :] += (y[:, None, None] * 2 - 1).astype(np.float32)
+    return x, y
+
+
+def _toy_model(backend="numpy", seed=0) -> xc.Sequential:
+    return xc.Sequential(
+        [L.Conv2D(2, 3, padding=1, activation="tanh"), L.Flatten(), L.Dense(2)],
+        backend=backend,
+        seed=seed,
+        input_shape=(1, 6, 6),
+    )
+
+
+def test_trainer_learns_with_history_and_validation(case: Case) -> None:
+    x, y = _toy_data()
+    model = _toy_model(case.backend)
+    trainer = xc.Trainer(model, SGD(0.1, momentum=0.9), progress=False, log_every=3)
+    hist = trainer.fit(
+        x[:200], y[:200], epochs=3, batch_size=20, validation_data=(x[200:], y[200:])
+    )
+    assert hist.epoch == [1, 2, 3]
+    assert hist.loss[-1] < hist.loss[0]
+    assert hist.val_accuracy[-1] >= 0.9
+    assert len(hist.images_per_second) == 3
+    assert "val_acc" in hist.table()
+
+
+def test_trainer_eval_every_and_early_stopping_restores_best() -> None:
+    x, y = _toy_data()
+    model = _toy_model()
+    trainer = xc.Trainer(model, SGD(0.5, momentum=0.9), progress=False)
+    snapshots = []
+    hist = trainer.fit(
+        x[:200],
+        y[:200],
+        epochs=30,
+        batch_size=50,
+        validation_data=(x[200:], y[200:]),
+        early_stopping=2,
+        on_epoch_end=lambda t: snapshots.append(t.model.state_dict()),
+    )
+    assert len(hist.epoch) < 30
+    losses = [v for v in hist.val_loss if v is not None]
+    best = int(np.argmin(losses))
+    assert len(losses) - 1 - best == 2
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, snapshots[best][name])
+    hist2 = xc.Trainer(_toy_model(), SGD(0.1), progress=False).fit(
+        x, y, epochs=4, batch_size=60, validation_data=(x, y), eval_every=2
+    )
+    assert [v is not None for v in hist2.val_loss] == [False, True, False, True]
+
+
+def test_trainer_shuffling_is_seeded() -> None:
+    x, y = _toy_data()
+    runs = []
+    for _ in range(2):
+        trainer = xc.Trainer(_toy_model(), SGD(0.1), seed=3, progress=False)
+        runs.append(trainer.fit(x, y, epochs=2, batch_size=16).loss)
+    assert runs[0] == runs[1]
+    other = xc.Trainer(_toy_model(), SGD(0.1), seed=4, progress=False).fit(
+        x, y, epochs=2, batch_size=16
+    )
+    assert other.loss != runs[0]
+
+
+def test_trainer_progress_bar_runs(capsys) -> None:
+    pytest.importorskip("tqdm")
+    x, y = _toy_data(60)
+    xc.Trainer(_toy_model(), SGD(0.1), progress=True).fit(x, y, epochs=1, batch_size=20)
+    assert "epoch 1/1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- the lecture's result
+
+
+@pytest.mark.slow
+def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
+    """The lecture's model in 8 lines, one epoch of full MNIST, >= 91.5% test accuracy."""
+    from xpconv.datasets import mnist
+
+    data = mnist(mnist_dir, progress=False)
+    # --- the user code: 8 lines ---
+    model = xc.Sequential(
+        [
+            xc.Conv2D(16, 5, padding="same", activation="tanh", init="glorot_normal"),
+            xc.Flatten(),
+            xc.Dense(10),
+        ],
+        input_shape=(1, 28, 28),
+        seed=0,
+    )
+    optimizer = xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential")
+    xc.Trainer(model, optimizer, progress=False).fit(
+        data.x_train, data.y_train, epochs=1, batch_size=60
+    )
+    accuracy = model.evaluate(data.x_test, data.y_test)["accuracy"]
+    # ------------------------------
+    assert accuracy >= 0.915, accuracy

@@ -1,0 +1,94 @@
+"""Dense (fully connected) layer and flatten, with their backward passes.
+
+Shapes use the PyTorch layout: ``linear``: x (N, IN), weight (OUT, IN), bias (OUT,)
+-> (N, OUT); ``flatten``: (N, D1, D2, ...) -> (N, D1 * D2 * ...).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._checks import check_float, check_rank, namespace
+
+Array = Any
+
+__all__ = ["flatten", "flatten_backward", "linear", "linear_backward"]
+
+
+def _check_linear(x: Array, weight: Array, bias: Array | None) -> Any:
+    xp = namespace(x=x, weight=weight, bias=bias)
+    check_rank(x, "x", 2, "(N, IN)")
+    check_rank(weight, "weight", 2, "(OUT, IN)")
+    check_float(xp, x=x, weight=weight, bias=bias)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"weight: expected {x.shape[1]} input features (x has shape {tuple(x.shape)}), "
+            f"got weight of shape {tuple(weight.shape)}"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    return xp
+
+
+def linear(x: Array, weight: Array, bias: Array | None = None) -> Array:
+    """Affine map ``x @ weight.T + bias``, as ``torch.nn.functional.linear``.
+
+    Args:
+        x: input (N, IN), float32 or float64.
+        weight: (OUT, IN), same dtype and backend as ``x``.
+        bias: optional (OUT,).
+
+    Returns:
+        (N, OUT).
+    """
+    _check_linear(x, weight, bias)
+    out = x @ weight.T
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+def linear_backward(grad_out: Array, x: Array, weight: Array) -> tuple[Array, Array, Array]:
+    """Vector-Jacobian product of :func:`linear`.
+
+    Args:
+        grad_out: gradient with respect to the output, (N, OUT).
+        x, weight: as given to :func:`linear`.
+
+    Returns:
+        ``(grad_x, grad_weight, grad_bias)`` of shapes (N, IN), (OUT, IN) and (OUT,).
+    """
+    xp = _check_linear(x, weight, None)
+    namespace(x=x, grad_out=grad_out)
+    check_float(xp, x=x, grad_out=grad_out)
+    expected = (x.shape[0], weight.shape[0])
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
+    return grad_out @ weight, grad_out.T @ x, xp.sum(grad_out, axis=0)
+
+
+def flatten(x: Array) -> Array:
+    """Keep the batch axis and flatten the others: (N, D1, D2, ...) -> (N, D1 * D2 * ...)."""
+    xp = namespace(x=x)
+    if x.ndim < 2:
+        raise ValueError(
+            f"x: expected an array of at least 2 dimensions (N, ...), got {x.ndim}-D "
+            f"of shape {tuple(x.shape)}"
+        )
+    return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+
+
+def flatten_backward(grad_out: Array, x_shape: tuple[int, ...]) -> Array:
+    """Vector-Jacobian product of :func:`flatten`: (N, prod(rest)) -> ``x_shape``."""
+    xp = namespace(grad_out=grad_out)
+    x_shape = tuple(int(v) for v in x_shape)
+    if len(x_shape) < 2:
+        raise ValueError(f"x_shape: expected the shape of an array (N, ...), got {x_shape}")
+    expected = (x_shape[0], math.prod(x_shape[1:]))
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(
+            f"grad_out: expected shape {expected} (x_shape {x_shape} flattened), "
+            f"got {tuple(grad_out.shape)}"
+        )
+    return xp.reshape(grad_out, x_shape)

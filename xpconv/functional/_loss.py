@@ -1,0 +1,166 @@
+"""Losses with mean reduction, returned as 0-d arrays, and their gradients.
+
+- ``softmax_cross_entropy``: logits (N, K) and labels, either integer class indices
+  (N,) or floating rows (N, K) (one-hot or probabilities), as
+  ``torch.nn.functional.cross_entropy``. Computed through a stable log-softmax, so
+  logits of any finite magnitude give a finite loss and gradient.
+- ``mse``: mean of the squared differences over all elements, as
+  ``torch.nn.functional.mse_loss``.
+
+Each backward takes ``grad``, the gradient of the final objective with respect to the
+loss (1.0 when the loss is the objective): a Python number or a 0-d floating array.
+The loss does not keep the device in sync; reading it with ``float(loss)`` does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+import array_api_extra as xpx
+
+from ._activation import _log_softmax, _softmax
+from ._checks import check_float, check_rank, namespace
+
+Array = Any
+
+__all__ = ["mse", "mse_backward", "softmax_cross_entropy", "softmax_cross_entropy_backward"]
+
+
+def _targets(logits: Array, labels: Array) -> tuple[Any, Array, bool]:
+    """Validate; returns (xp, targets (N, K) of the logits' dtype, labels were indices)."""
+    xp = namespace(logits=logits, labels=labels)
+    check_rank(logits, "logits", 2, "(N, K)")
+    check_float(xp, logits=logits)
+    n, k = (int(v) for v in logits.shape)
+    if n < 1 or k < 1:
+        raise ValueError(f"logits: expected a non-empty (N, K) array, got shape {(n, k)}")
+    if xp.isdtype(labels.dtype, "bool"):
+        raise TypeError(
+            f"labels: expected integer class indices or floating rows, got dtype {labels.dtype}"
+        )
+    if xp.isdtype(labels.dtype, "integral"):
+        if labels.ndim != 1:
+            raise ValueError(
+                f"labels: expected a 1-D array (N,) of integer class indices, got "
+                f"{labels.ndim}-D of shape {tuple(labels.shape)}"
+            )
+        _check_length(labels, n, logits)
+        lo, hi = int(xp.min(labels)), int(xp.max(labels))
+        if lo < 0 or hi >= k:
+            raise ValueError(
+                f"labels: expected class indices in [0, {k}) for {k} classes, "
+                f"got min {lo} and max {hi}"
+            )
+        return xp, xpx.one_hot(labels, k, dtype=logits.dtype, xp=xp), True
+    if not xp.isdtype(labels.dtype, "real floating"):
+        raise TypeError(
+            f"labels: expected integer class indices or floating rows, got dtype {labels.dtype}"
+        )
+    if labels.ndim != 2:
+        raise ValueError(
+            f"labels: expected floating labels as a 2-D array (N, K) of class probabilities "
+            f"(integer class indices need an integer dtype), got {labels.ndim}-D of shape "
+            f"{tuple(labels.shape)}"
+        )
+    check_float(xp, logits=logits, labels=labels)
+    _check_length(labels, n, logits)
+    if labels.shape[1] != k:
+        raise ValueError(
+            f"labels: expected {k} columns, one per class of logits {(n, k)}, got "
+            f"labels of shape {tuple(labels.shape)}"
+        )
+    return xp, labels, False
+
+
+def _check_length(labels: Array, n: int, logits: Array) -> None:
+    if labels.shape[0] != n:
+        raise ValueError(
+            f"labels: expected {n} rows, one per row of logits {tuple(logits.shape)}, "
+            f"got {labels.shape[0]}"
+        )
+
+
+def _zero_d(xp: Any, value: Any, like: Array) -> Array:
+    """A 0-d array (NumPy reductions return scalars) on ``like``'s device."""
+    return xp.asarray(value, device=array_api_compat.device(like))
+
+
+def _grad_scale(xp: Any, grad: Any, like: Array, like_name: str) -> Any:
+    """``grad`` as a Python float or a 0-d array of ``like``'s dtype."""
+    if isinstance(grad, bool):
+        raise TypeError(f"grad: expected a number or a 0-d floating array, got {grad!r}")
+    if isinstance(grad, (int, float)):
+        return float(grad)
+    namespace(**{like_name: like, "grad": grad})
+    if grad.ndim != 0:
+        raise ValueError(f"grad: expected a number or a 0-d array, got shape {tuple(grad.shape)}")
+    if not xp.isdtype(grad.dtype, "real floating"):
+        raise TypeError(f"grad: expected a floating dtype, got {grad.dtype}")
+    return grad if grad.dtype == like.dtype else xp.astype(grad, like.dtype)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean cross-entropy of ``softmax(logits)`` against ``labels``.
+
+    Args:
+        logits: unnormalised scores (N, K), float32 or float64.
+        labels: integer class indices (N,) in [0, K), or floating (N, K) rows of the
+            logits' dtype (one-hot or class probabilities).
+
+    Returns:
+        0-d array ``-sum(labels_onehot * log_softmax(logits)) / N``.
+    """
+    xp, targets, _ = _targets(logits, labels)
+    n = logits.shape[0]
+    return _zero_d(xp, -xp.sum(targets * _log_softmax(xp, logits, 1)) / n, logits)
+
+
+def softmax_cross_entropy_backward(logits: Array, labels: Array, grad: Any = 1.0) -> Array:
+    """Gradient of :func:`softmax_cross_entropy` with respect to the logits.
+
+    Args:
+        logits, labels: as given to :func:`softmax_cross_entropy`.
+        grad: gradient with respect to the loss, a number or a 0-d array (default 1).
+
+    Returns:
+        (N, K): ``(softmax(logits) * sum(t, axis=1) - t) / N * grad`` with ``t`` the
+        one-hot or floating labels; ``(softmax(logits) - t) / N * grad`` when each row
+        of ``t`` sums to one.
+    """
+    xp, targets, indices = _targets(logits, labels)
+    scale = _grad_scale(xp, grad, logits, "logits")
+    s = _softmax(xp, logits, 1)
+    if not indices:  # rows that do not sum to one (soft labels) weight the softmax
+        s = s * xp.sum(targets, axis=1, keepdims=True)
+    return (s - targets) / logits.shape[0] * scale
+
+
+def _check_mse(pred: Array, target: Array) -> Any:
+    xp = namespace(pred=pred, target=target)
+    check_float(xp, pred=pred, target=target)
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(
+            f"target: expected the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
+        )
+    if math.prod(pred.shape) == 0:
+        raise ValueError(f"pred: expected a non-empty array, got shape {tuple(pred.shape)}")
+    return xp
+
+
+def mse(pred: Array, target: Array) -> Array:
+    """Mean squared error over all elements: 0-d ``mean((pred - target) ** 2)``.
+
+    ``pred`` and ``target`` have one shape and one floating dtype.
+    """
+    xp = _check_mse(pred, target)
+    diff = pred - target
+    return _zero_d(xp, xp.sum(diff * diff) / math.prod(pred.shape), pred)
+
+
+def mse_backward(pred: Array, target: Array, grad: Any = 1.0) -> Array:
+    """Gradient of :func:`mse` with respect to ``pred``: ``2 (pred - target) / size * grad``."""
+    xp = _check_mse(pred, target)
+    scale = _grad_scale(xp, grad, pred, "pred")
+    return (pred - target) * (2.0 / math.prod(pred.shape)) * scale

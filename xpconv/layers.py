@@ -1,0 +1,605 @@
+"""Layers: own their parameters, call the functional ops, remember what backward needs.
+
+A layer is built once its input shape is known (per example, without the batch axis:
+``(C, H, W)`` for images, ``(features,)`` for vectors). Sizes the user leaves out, such
+as a dense layer's input width, are inferred then, as in the lecture's
+``Dense(neurons=10)``; sizes given explicitly are checked against the input.
+
+``forward(x, training)`` maps (N, *input_shape) to (N, *output_shape) and keeps what
+``backward(grad)`` needs; ``backward`` returns the gradient with respect to the input
+and stores parameter gradients in ``Parameter.grad``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from . import functional as F
+from .backend import Backend
+from .functional._conv import conv2d_backward_cols, conv2d_forward, conv_geometry
+from .initializers import get_initializer
+
+Array = Any
+Shape = tuple[int, ...]
+
+__all__ = [
+    "LAYERS",
+    "Activation",
+    "AvgPool2D",
+    "BuildContext",
+    "Conv1D",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Identity",
+    "Layer",
+    "LeakyReLU",
+    "LogSoftmax",
+    "MaxPool2D",
+    "Parameter",
+    "ReLU",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+]
+
+
+class Parameter:
+    """A trainable array and its gradient; optimizers replace ``value``, never mutate it."""
+
+    __slots__ = ("grad", "name", "value")
+
+    def __init__(self, value: Array, name: str) -> None:
+        self.value = value
+        self.grad: Array | None = None
+        self.name = name
+
+    @property
+    def shape(self) -> Shape:
+        return tuple(self.value.shape)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name}, shape={self.shape})"
+
+
+@dataclass
+class BuildContext:
+    """What a layer needs to create parameters: where, in which dtype, from which seed."""
+
+    backend: Backend
+    dtype: Any
+    init_rng: np.random.Generator
+    dropout_rng: np.random.Generator
+
+
+class Layer:
+    """Base class. Subclasses set ``output_shape`` in ``_build`` and implement the passes."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Parameter] = {}
+        self.input_shape: Shape | None = None
+        self.output_shape: Shape | None = None
+        self.name = type(self).__name__
+
+    # -- building ------------------------------------------------------------------
+    def build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        """Create parameters for inputs of ``input_shape``; returns the output shape."""
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.output_shape = tuple(self._build(self.input_shape, ctx))
+        return self.output_shape
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        return input_shape
+
+    def _param(self, ctx: BuildContext, name: str, host: np.ndarray) -> None:
+        value = ctx.backend.asarray(host, dtype=ctx.dtype)
+        self.params[name] = Parameter(value, f"{self.name}.{name}")
+
+    @property
+    def built(self) -> bool:
+        return self.output_shape is not None
+
+    # -- passes --------------------------------------------------------------------
+    def forward(self, x: Array, training: bool) -> Array:
+        raise NotImplementedError
+
+    def backward(self, grad: Array) -> Array:
+        raise NotImplementedError
+
+    # -- description ---------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments, JSON-serialisable, for checkpoints."""
+        return {}
+
+    def describe(self) -> str:
+        """One line for ``summary()``."""
+        return self.name
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(p.shape) for p in self.params.values())
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _as_pair(value: Any, name: str) -> tuple[int, int]:
+    from .functional._checks import int_pair
+
+    return int_pair(value, name, minimum=0)
+
+
+class _ActivationMixin:
+    """A fused activation after the layer's own op (``activation="tanh"``)."""
+
+    def _set_activation(self, activation: str | None) -> None:
+        name = activation or "identity"
+        if name not in F.ACTIVATIONS:
+            raise ValueError(
+                f"{type(self).__name__}: activation expected one of {sorted(F.ACTIVATIONS)}, "
+                f"got {activation!r}"
+            )
+        self.activation = activation
+        self._act_forward, self._act_backward = F.ACTIVATIONS[name]
+        self._fused = name != "identity"
+
+    def _activate(self, z: Array) -> Array:
+        if not self._fused:
+            return z
+        out = self._act_forward(z)
+        self._act_saved = (z, out)
+        return out
+
+    def _deactivate(self, grad: Array) -> Array:
+        if not self._fused:
+            return grad
+        z, out = self._act_saved
+        return self._act_backward(grad, z, out=out)
+
+
+class Conv2D(_ActivationMixin, Layer):
+    """2-D convolution: (N, C, H, W) -> (N, filters, OH, OW); weight (filters, C // groups, KH, KW).
+
+    Args:
+        filters: output channels.
+        kernel_size: an int or a pair (KH, KW).
+        stride, padding, dilation, groups: as :func:`xpconv.functional.conv2d`.
+        activation: optional fused activation (``"relu"``, ``"tanh"``, ...).
+        use_bias: add a bias per output channel (initialised to zero).
+        init: weight initialiser name (see :mod:`xpconv.initializers`) or callable.
+        in_channels: checked against the input when given, inferred otherwise.
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        *,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        activation: str | None = None,
+        use_bias: bool = True,
+        init: str = "glorot_normal",
+        in_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        from .functional._checks import positive_int
+
+        self.filters = positive_int(filters, f"{self.name}: filters")
+        self.kernel_size = _as_pair(kernel_size, f"{self.name}: kernel_size")
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.use_bias, self.init, self.in_channels = use_bias, init, in_channels
+        get_initializer(init)
+        self._set_activation(activation)
+
+    def _conv_args(self) -> dict[str, Any]:
+        return dict(
+            stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups
+        )
+
+    def _weight_shape(self, channels: int) -> Shape:
+        return (self.filters, channels // self.groups, *self.kernel_size)
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
+        channels = input_shape[0]
+        if self.in_channels is not None and self.in_channels != channels:
+            raise ValueError(
+                f"{self.name}: in_channels expected {self.in_channels}, got input with "
+                f"{channels} channels (input shape {input_shape})"
+            )
+        wshape = self._weight_shape(channels)
+        try:
+            self._geom = conv_geometry((1, *input_shape), wshape, **self._conv_args())
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self.name}: {exc}") from exc
+        kh, kw = self.kernel_size
+        fan_in = (channels // self.groups) * kh * kw
+        fan_out = (self.filters // self.groups) * kh * kw
+        self._param(
+            ctx, "weight", get_initializer(self.init)(ctx.init_rng, wshape, fan_in, fan_out)
+        )
+        if self.use_bias:
+            self._param(ctx, "bias", np.zeros(self.filters))
+        return (self.filters, *self._geom.out)
+
+    def forward(self, x: Array, training: bool) -> Array:
+        xp = array_namespace(self.params["weight"].value)
+        geom = replace(self._geom, batch=int(x.shape[0]))
+        bias = self.params["bias"].value if self.use_bias else None
+        out, cols = conv2d_forward(xp, x, self.params["weight"].value, bias, geom)
+        self._saved = (xp, cols, geom)
+        return self._activate(out)
+
+    def backward(self, grad: Array) -> Array:
+        xp, cols, geom = self._saved
+        grad = self._deactivate(grad)
+        gx, gw, gb = conv2d_backward_cols(xp, grad, cols, self.params["weight"].value, geom)
+        self.params["weight"].grad = gw
+        if self.use_bias:
+            self.params["bias"].grad = gb
+        self._saved = None
+        return gx
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(
+            filters=self.filters,
+            kernel_size=list(self.kernel_size),
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            init=self.init if isinstance(self.init, str) else "glorot_normal",
+            in_channels=self.in_channels,
+        )
+
+    def describe(self) -> str:
+        kh, kw = self.kernel_size
+        act = f", {self.activation}" if self.activation else ""
+        return f"Conv2D({self.filters}, {kh}x{kw}, padding={self.padding!r}{act})"
+
+
+class Conv1D(Conv2D):
+    """1-D convolution: (N, C, L) -> (N, filters, OL); weight (filters, C // groups, K)."""
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int | str = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        activation: str | None = None,
+        use_bias: bool = True,
+        init: str = "glorot_normal",
+        in_channels: int | None = None,
+    ) -> None:
+        from .functional._conv import _one_dim
+
+        super().__init__(
+            filters,
+            (1, kernel_size),
+            stride=_one_dim(stride, "stride", 1),
+            padding=_one_dim(padding, "padding", 0),
+            dilation=_one_dim(dilation, "dilation", 1),
+            groups=groups,
+            activation=activation,
+            use_bias=use_bias,
+            init=init,
+            in_channels=in_channels,
+        )
+        self._config1d = dict(kernel_size=kernel_size, stride=stride, padding=padding)
+        self._config1d["dilation"] = dilation
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        if len(input_shape) != 2:
+            raise ValueError(f"{self.name}: expected input (C, L), got {input_shape}")
+        channels, length = input_shape
+        out = super()._build((channels, 1, length), ctx)
+        w = self.params["weight"]
+        w.value = w.value[:, :, 0, :]  # stored as (O, C // groups, K), the PyTorch layout
+        return (out[0], out[2])
+
+    def forward(self, x: Array, training: bool) -> Array:
+        xp = array_namespace(self.params["weight"].value)
+        w = self.params["weight"]
+        w4, w.value = w.value, xp.expand_dims(w.value, axis=2)
+        try:
+            out = super().forward(xp.expand_dims(x, axis=2), training)
+        finally:
+            w.value = w4
+        return out[:, :, 0, :]
+
+    def backward(self, grad: Array) -> Array:
+        xp = array_namespace(self.params["weight"].value)
+        w = self.params["weight"]
+        w3, w.value = w.value, xp.expand_dims(w.value, axis=2)
+        try:
+            gx = super().backward(xp.expand_dims(grad, axis=2))
+        finally:
+            w.value = w3
+        w.grad = w.grad[:, :, 0, :]
+        return gx[:, :, 0, :]
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(self._config1d)
+        return config
+
+
+class _Pool2D(Layer):
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+    ) -> None:
+        super().__init__()
+        self.kernel_size = _as_pair(kernel_size, f"{self.name}: kernel_size")
+        self.stride = (
+            self.kernel_size if stride is None else _as_pair(stride, f"{self.name}: stride")
+        )
+        self.padding = _as_pair(padding, f"{self.name}: padding")
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
+        c, h, w = input_shape
+        out = [
+            (size + 2 * p - k) // s + 1
+            for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding)
+        ]
+        if min(out) < 1:
+            raise ValueError(
+                f"{self.name}: input of spatial size {(h, w)} is too small for kernel "
+                f"{self.kernel_size} with padding {self.padding}"
+            )
+        return (c, *out)
+
+    def _args(self) -> dict[str, Any]:
+        return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
+
+    def get_config(self) -> dict[str, Any]:
+        return {k: list(v) for k, v in self._args().items()}
+
+    def describe(self) -> str:
+        return f"{self.name}({self.kernel_size[0]}x{self.kernel_size[1]})"
+
+
+class MaxPool2D(_Pool2D):
+    """Max pooling: (N, C, H, W) -> (N, C, OH, OW); stride defaults to the kernel size."""
+
+    def forward(self, x: Array, training: bool) -> Array:
+        out, self._saved = F.max_pool2d_forward(x, **self._args())
+        return out
+
+    def backward(self, grad: Array) -> Array:
+        gx = F.max_pool2d_backward_saved(grad, self._saved)
+        self._saved = None
+        return gx
+
+
+class AvgPool2D(_Pool2D):
+    """Average pooling (padded zeros count): (N, C, H, W) -> (N, C, OH, OW)."""
+
+    def forward(self, x: Array, training: bool) -> Array:
+        self._x = x
+        return F.avg_pool2d(x, **self._args())
+
+    def backward(self, grad: Array) -> Array:
+        gx = F.avg_pool2d_backward(grad, self._x, **self._args())
+        self._x = None
+        return gx
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...)."""
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        return (math.prod(input_shape),)
+
+    def forward(self, x: Array, training: bool) -> Array:
+        self._shape = tuple(x.shape)
+        return F.flatten(x)
+
+    def backward(self, grad: Array) -> Array:
+        return F.flatten_backward(grad, self._shape)
+
+
+class Dense(_ActivationMixin, Layer):
+    """Fully connected: (N, IN) -> (N, units); weight (units, IN), the PyTorch layout.
+
+    ``in_features`` is inferred from the input when left out (the lecture's
+    ``Dense(neurons=10)``); ``neurons`` is accepted as another name for ``units``.
+    """
+
+    def __init__(
+        self,
+        units: int | None = None,
+        *,
+        activation: str | None = None,
+        use_bias: bool = True,
+        init: str = "glorot_normal",
+        in_features: int | None = None,
+        neurons: int | None = None,
+    ) -> None:
+        super().__init__()
+        from .functional._checks import positive_int
+
+        if (units is None) == (neurons is None):
+            raise TypeError(f"{self.name}: give exactly one of units or neurons")
+        self.units = positive_int(units if units is not None else neurons, f"{self.name}: units")
+        self.use_bias, self.init, self.in_features = use_bias, init, in_features
+        get_initializer(init)
+        self._set_activation(activation)
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        if len(input_shape) != 1:
+            raise ValueError(
+                f"{self.name}: expected flat input (features,), got {input_shape}; "
+                "put a Flatten() layer before it"
+            )
+        (fan_in,) = input_shape
+        if self.in_features is not None and self.in_features != fan_in:
+            raise ValueError(
+                f"{self.name}: in_features expected {self.in_features}, got input with "
+                f"{fan_in} features"
+            )
+        shape = (self.units, fan_in)
+        self._param(
+            ctx, "weight", get_initializer(self.init)(ctx.init_rng, shape, fan_in, self.units)
+        )
+        if self.use_bias:
+            self._param(ctx, "bias", np.zeros(self.units))
+        return (self.units,)
+
+    def forward(self, x: Array, training: bool) -> Array:
+        self._x = x
+        bias = self.params["bias"].value if self.use_bias else None
+        return self._activate(F.linear(x, self.params["weight"].value, bias))
+
+    def backward(self, grad: Array) -> Array:
+        grad = self._deactivate(grad)
+        gx, gw, gb = F.linear_backward(grad, self._x, self.params["weight"].value)
+        self.params["weight"].grad = gw
+        if self.use_bias:
+            self.params["bias"].grad = gb
+        self._x = None
+        return gx
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(
+            units=self.units,
+            activation=self.activation,
+            use_bias=self.use_bias,
+            init=self.init if isinstance(self.init, str) else "glorot_normal",
+            in_features=self.in_features,
+        )
+
+    def describe(self) -> str:
+        act = f", {self.activation}" if self.activation else ""
+        return f"Dense({self.units}{act})"
+
+
+class Dropout(Layer):
+    """Inverted dropout with probability ``p``; identity at inference.
+
+    Masks come from the model's seeded generator, so they are the same on every backend.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"{self.name}: p expected a float in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        self._rng = ctx.dropout_rng
+        return input_shape
+
+    def forward(self, x: Array, training: bool) -> Array:
+        out, self._mask = F.dropout(x, self.p, rng=self._rng, training=training)
+        return out
+
+    def backward(self, grad: Array) -> Array:
+        return F.dropout_backward(grad, self._mask)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def describe(self) -> str:
+        return f"Dropout({self.p})"
+
+
+class Activation(_ActivationMixin, Layer):
+    """An activation as a layer of its own: ``Activation("relu")``."""
+
+    def __init__(self, activation: str, **kwargs: Any) -> None:
+        super().__init__()
+        self._set_activation(activation)
+        self._kwargs = kwargs
+        if kwargs:
+            forward, backward = self._act_forward, self._act_backward
+            self._act_forward = lambda z: forward(z, **kwargs)
+            self._act_backward = lambda g, z, out=None: backward(g, z, out=out, **kwargs)
+
+    def forward(self, x: Array, training: bool) -> Array:
+        return self._activate(x)
+
+    def backward(self, grad: Array) -> Array:
+        return self._deactivate(grad)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"activation": self.activation, **self._kwargs}
+
+    def describe(self) -> str:
+        return f"Activation({self.activation})"
+
+
+def _named_activation(act: str, doc: str) -> type[Activation]:
+    def __init__(self, **kwargs: Any) -> None:
+        Activation.__init__(self, act, **kwargs)
+        self.name = type(self).__name__
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self._kwargs)
+
+    name = {"identity": "Identity", "relu": "ReLU", "leaky_relu": "LeakyReLU"}.get(act)
+    name = name or {"log_softmax": "LogSoftmax"}.get(act) or act.capitalize()
+    return type(
+        name, (Activation,), {"__init__": __init__, "get_config": get_config, "__doc__": doc}
+    )
+
+
+Identity = _named_activation("identity", "f(x) = x.")
+ReLU = _named_activation("relu", "f(x) = max(x, 0).")
+LeakyReLU = _named_activation("leaky_relu", "f(x) = x if x > 0 else negative_slope * x.")
+Sigmoid = _named_activation("sigmoid", "f(x) = 1 / (1 + exp(-x)).")
+Tanh = _named_activation("tanh", "f(x) = tanh(x).")
+Softmax = _named_activation("softmax", "Softmax over the last axis.")
+LogSoftmax = _named_activation("log_softmax", "Log-softmax over the last axis.")
+
+LAYERS: dict[str, type[Layer]] = {
+    cls.__name__: cls
+    for cls in (
+        Conv2D,
+        Conv1D,
+        MaxPool2D,
+        AvgPool2D,
+        Flatten,
+        Dense,
+        Dropout,
+        Activation,
+        Identity,
+        ReLU,
+        LeakyReLU,
+        Sigmoid,
+        Tanh,
+        Softmax,
+        LogSoftmax,
+    )
+}
+
+
+def layer_from_config(kind: str, config: dict[str, Any]) -> Layer:
+    """Rebuild a layer from ``type(layer).__name__`` and ``layer.get_config()``."""
+    if kind not in LAYERS:
+        raise ValueError(f"layer: expected one of {sorted(LAYERS)}, got {kind!r}")
+    config = dict(config)
+    for key in ("kernel_size", "stride", "padding", "dilation"):
+        if isinstance(config.get(key), list):
+            config[key] = tuple(config[key])
+    return LAYERS[kind](**config)

@@ -1,0 +1,74 @@
+"""Loss objects: a forward that returns a 0-d array and a backward that returns the
+gradient with respect to the predictions, both from the functional ops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import functional as F
+
+Array = Any
+
+__all__ = ["LOSSES", "Loss", "MeanSquaredError", "SoftmaxCrossEntropy", "get_loss"]
+
+
+class Loss:
+    """``forward(pred, target)`` -> 0-d loss; ``backward()`` -> d loss / d pred."""
+
+    name = "loss"
+
+    def forward(self, pred: Array, target: Array) -> Array:
+        self._saved = (pred, target)
+        return self._forward(pred, target)
+
+    def backward(self) -> Array:
+        pred, target = self._saved
+        self._saved = None
+        return self._backward(pred, target)
+
+    def _forward(self, pred: Array, target: Array) -> Array:
+        raise NotImplementedError
+
+    def _backward(self, pred: Array, target: Array) -> Array:
+        raise NotImplementedError
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Mean cross-entropy of softmax(logits (N, K)) against integer labels (N,) or
+    one-hot/probability rows (N, K); gradient (softmax - onehot) / N."""
+
+    name = "softmax_cross_entropy"
+
+    def _forward(self, pred: Array, target: Array) -> Array:
+        return F.softmax_cross_entropy(pred, target)
+
+    def _backward(self, pred: Array, target: Array) -> Array:
+        return F.softmax_cross_entropy_backward(pred, target)
+
+
+class MeanSquaredError(Loss):
+    """Mean of (pred - target)^2 over all elements."""
+
+    name = "mse"
+
+    def _forward(self, pred: Array, target: Array) -> Array:
+        return F.mse(pred, target)
+
+    def _backward(self, pred: Array, target: Array) -> Array:
+        return F.mse_backward(pred, target)
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "cross_entropy": SoftmaxCrossEntropy,
+    "mse": MeanSquaredError,
+}
+
+
+def get_loss(loss: str | Loss) -> Loss:
+    """A loss by name (see ``LOSSES``) or a ``Loss`` passed through."""
+    if isinstance(loss, Loss):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {sorted(LOSSES)}, got {loss!r}")
+    return LOSSES[loss]()

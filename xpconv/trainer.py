@@ -1,0 +1,299 @@
+"""Trainer: mini-batch training with shuffling, validation, early stopping and resume.
+
+    trainer = Trainer(model, SGD(0.1, momentum=0.9, final_lr=0.05), seed=0)
+    history = trainer.fit(x_train, y_train, epochs=1, batch_size=60,
+                          validation_data=(x_test, y_test))
+
+Metrics stay on the device during an epoch and are read once per logging interval
+(``log_every`` steps), so a GPU is not synchronised on every step. A loss that becomes
+NaN or infinite stops training with :class:`TrainingError` naming the epoch and step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .functional._checks import positive_int
+from .model import Sequential
+from .optimizers import Optimizer
+
+Array = Any
+
+__all__ = ["History", "Trainer", "TrainingError"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the message names epoch and step."""
+
+
+@dataclass
+class History:
+    """Per-epoch metrics. Validation entries are ``None`` in epochs without evaluation."""
+
+    epoch: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float | None] = field(default_factory=list)
+    val_accuracy: list[float | None] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    images_per_second: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        return asdict(self)
+
+    def table(self) -> str:
+        """A short text table, one row per epoch."""
+        head = f"{'epoch':>5} {'loss':>8} {'acc':>7} {'val_loss':>9} {'val_acc':>8} {'img/s':>8}"
+        rows = [head]
+        for i, epoch in enumerate(self.epoch):
+            vl, va = self.val_loss[i], self.val_accuracy[i]
+            rows.append(
+                f"{epoch:>5} {self.loss[i]:>8.4f} {self.accuracy[i]:>7.2%} "
+                f"{'' if vl is None else f'{vl:.4f}':>9} {'' if va is None else f'{va:.2%}':>8} "
+                f"{self.images_per_second[i]:>8.0f}"
+            )
+        return "\n".join(rows)
+
+
+def _progress_bar(enabled: bool, total: int, desc: str) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="img", leave=True, dynamic_ncols=True)
+
+
+class Trainer:
+    """Runs the training loop of a :class:`~xpconv.model.Sequential` with an optimizer.
+
+    Args:
+        model: the model (built or not).
+        optimizer: an :class:`~xpconv.optimizers.Optimizer`.
+        seed: seeds the shuffling generator (host NumPy).
+        progress: show a progress bar per epoch (needs tqdm).
+        log_every: steps between reads of the running loss from the device.
+    """
+
+    def __init__(
+        self,
+        model: Sequential,
+        optimizer: Optimizer,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        log_every: int = 50,
+    ) -> None:
+        if not isinstance(model, Sequential):
+            raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
+        self.model, self.optimizer = model, optimizer
+        self.seed = seed
+        self.rng = np.random.default_rng([seed, 2])
+        self.progress = progress
+        self.log_every = positive_int(log_every, "log_every")
+        self.epochs_done = 0
+        self.history = History()
+        self._best: tuple[float, dict[str, np.ndarray]] | None = None
+
+    # ------------------------------------------------------------------ data
+    def _prepare(self, x: Any, y: Any, argument: str) -> tuple[Array, Array]:
+        n = int(getattr(x, "shape", [0])[0]) if hasattr(x, "shape") else len(x)
+        if n < 1:
+            raise ValueError(f"{argument}: expected a non-empty dataset, got {n} examples")
+        x_dev = self.model.as_input(x, argument)
+        y_dev = self.model.as_target(y, n, argument.replace("x", "y"))
+        if y_dev.ndim == 1:
+            self._check_labels(y_dev, argument.replace("x", "y"))
+        return x_dev, y_dev
+
+    def _check_labels(self, y: Array, argument: str) -> None:
+        xp = self.model.xp
+        if not xp.isdtype(y.dtype, "integral"):
+            return
+        classes = self.model.output_shape[0]
+        low, high = int(xp.min(y)), int(xp.max(y))
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"{argument}: expected labels in [0, {classes}) for a model with {classes} "
+                f"outputs, got values from {low} to {high}"
+            )
+
+    # ------------------------------------------------------------------ loop
+    def fit(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation_data: tuple[Any, Any] | None = None,
+        eval_every: int = 1,
+        early_stopping: int | None = None,
+        restore_best: bool = True,
+        shuffle: bool = True,
+        on_epoch_end: Callable[[Trainer], None] | None = None,
+    ) -> History:
+        """Train until ``epochs`` epochs are done in total (resumed runs continue).
+
+        Args:
+            x: training inputs (N, *input_shape), host NumPy or arrays of the model's backend.
+            y: integer labels (N,) in [0, classes) or float targets (N, *output_shape).
+            epochs: total number of epochs of the run.
+            batch_size: examples per step (the last batch may be smaller).
+            validation_data: optional (x_val, y_val), evaluated every ``eval_every`` epochs.
+            early_stopping: stop after this many evaluations without improvement of the
+                validation loss (training loss without validation data).
+            restore_best: with early stopping, put back the weights of the best epoch.
+            shuffle: reshuffle the examples every epoch (from the trainer's seed).
+            on_epoch_end: called with the trainer after every epoch (checkpoints).
+
+        Returns:
+            The :class:`History` of the whole run.
+        """
+        epochs = positive_int(epochs, "epochs")
+        batch_size = positive_int(batch_size, "batch_size")
+        eval_every = positive_int(eval_every, "eval_every")
+        if early_stopping is not None:
+            positive_int(early_stopping, "early_stopping")
+        x_dev, y_dev = self._prepare(x, y, "x")
+        val = None
+        if validation_data is not None:
+            if len(validation_data) != 2:
+                raise ValueError("validation_data: expected a pair (x_val, y_val)")
+            val = self._prepare(*validation_data, "x_val")
+        n = int(x_dev.shape[0])
+        steps = math.ceil(n / batch_size)
+        self.optimizer.setup(epochs * steps)
+        waited = 0
+        for epoch in range(self.epochs_done, epochs):
+            loss, acc, seconds = self._run_epoch(x_dev, y_dev, epoch, epochs, batch_size, shuffle)
+            h = self.history
+            h.epoch.append(epoch + 1)
+            h.loss.append(loss)
+            h.accuracy.append(acc)
+            h.lr.append(self.optimizer.lr)
+            h.seconds.append(seconds)
+            h.images_per_second.append(n / seconds if seconds > 0 else float("inf"))
+            monitored = loss
+            if val is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
+                metrics = self.model.evaluate(*val)
+                h.val_loss.append(metrics["loss"])
+                h.val_accuracy.append(metrics["accuracy"])
+                monitored = metrics["loss"]
+            else:
+                h.val_loss.append(None)
+                h.val_accuracy.append(None)
+            self.epochs_done = epoch + 1
+            if on_epoch_end is not None:
+                on_epoch_end(self)
+            if early_stopping is not None and (val is None or h.val_loss[-1] is not None):
+                if self._best is None or monitored < self._best[0]:
+                    self._best, waited = (monitored, self.model.state_dict()), 0
+                else:
+                    waited += 1
+                    if waited >= early_stopping:
+                        break
+        if early_stopping is not None and restore_best and self._best is not None:
+            self.model.load_state_dict(self._best[1])
+        self.model.eval()
+        return self.history
+
+    def _run_epoch(
+        self, x: Array, y: Array, epoch: int, epochs: int, batch_size: int, shuffle: bool
+    ) -> tuple[float, float, float]:
+        model, be, xp = self.model, self.model.backend, self.model.xp
+        n = int(x.shape[0])
+        order = self.rng.permutation(n) if shuffle else np.arange(n)
+        model.train()
+        params = model.parameters()
+        bar = _progress_bar(self.progress, n, f"epoch {epoch + 1}/{epochs}")
+        start = time.perf_counter()
+        loss_sum, correct, pending = 0.0, 0, []
+        seen = 0
+        try:
+            for step, first in enumerate(range(0, n, batch_size)):
+                idx = be.asarray(order[first : first + batch_size])
+                xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
+                loss = model.train_batch(xb, yb)
+                self.optimizer.step(params)
+                count = int(idx.shape[0])
+                pending.append(loss)
+                loss_sum = loss_sum + loss * count
+                if yb.ndim == 1:
+                    hits = xp.argmax(model._last_output, axis=1) == yb
+                    correct = correct + xp.sum(xp.astype(hits, xp.int64))
+                seen += count
+                if (step + 1) % self.log_every == 0 or first + batch_size >= n:
+                    self._check_finite(pending, epoch, step)
+                    pending = []
+                    if bar is not None:
+                        bar.set_postfix(
+                            loss=f"{float(loss_sum) / seen:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                        )
+                if bar is not None:
+                    bar.update(count)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
+        return float(loss_sum) / n, int(correct) / n, seconds
+
+    def _check_finite(self, losses: list[Array], epoch: int, last_step: int) -> None:
+        """Read the interval's losses once; on a non-finite one, name its step."""
+        xp = self.model.xp
+        if bool(xp.all(xp.isfinite(xp.stack(losses)))):
+            return
+        values = [float(v) for v in losses]
+        bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
+        step = last_step - len(values) + 1 + bad
+        raise TrainingError(
+            f"loss became {values[bad]} at epoch {epoch + 1}, step {step + 1}; "
+            "training stopped (lower the learning rate or check the data for NaN/inf); "
+            "checkpoints written before this point are kept"
+        )
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Everything needed to resume exactly: host arrays and JSON metadata."""
+        be = self.model.backend
+        arrays = {
+            f"optimizer/{k}": be.to_numpy(v) for k, v in self.optimizer.state_arrays().items()
+        }
+        meta = {
+            "epochs_done": self.epochs_done,
+            "optimizer": self.optimizer.get_config(),
+            "optimizer_step": self.optimizer.step_count,
+            "shuffle_rng": self.rng.bit_generator.state,
+            "dropout_rng": self.model.dropout_rng.bit_generator.state,
+            "history": self.history.as_dict(),
+            "seed": self.seed,
+        }
+        return arrays, meta
+
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (the model's weights are loaded separately)."""
+        be, dtype = self.model.backend, self.model.dtype
+        prefix = "optimizer/"
+        self.optimizer.load_state_arrays(
+            {
+                k[len(prefix) :]: be.asarray(v, dtype=dtype)
+                for k, v in arrays.items()
+                if k.startswith(prefix)
+            }
+        )
+        self.optimizer.step_count = int(meta["optimizer_step"])
+        self.rng.bit_generator.state = meta["shuffle_rng"]
+        self.model.dropout_rng.bit_generator.state = meta["dropout_rng"]
+        self.epochs_done = int(meta["epochs_done"])
+        self.history = History(**meta["history"])
