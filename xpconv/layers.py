@@ -119,7 +119,7 @@ class Layer:
 
     def describe(self) -> str:
         """One line for ``summary()``."""
-        return self.name
+        return type(self).__name__
 
     def num_parameters(self) -> int:
         return sum(math.prod(p.shape) for p in self.params.values())

@@ -1,0 +1,8 @@
+"""``python -m xpconv``: the same as the ``xpconv`` command (see :mod:`xpconv.cli`)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
