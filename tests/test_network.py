@@ -64,10 +64,12 @@ def test_layer_matches_float64_reference(case: Case, make, shape, rng: np.random
     ref, model = _model(make, shape, ref_case), _model(make, shape, case)
     out_ref = ref.forward(x, training=False)
     grad = rng.normal(size=out_ref.shape)
-    gx_ref = ref.backward(grad)
+    gx_ref = ref.backward(grad, input_grad=True)
     out = model.forward(case.asarray(x), training=False)
     case.assert_close(out, np.asarray(out_ref), "forward")
-    case.assert_close(model.backward(case.asarray(grad)), np.asarray(gx_ref), "grad_x")
+    case.assert_close(
+        model.backward(case.asarray(grad), input_grad=True), np.asarray(gx_ref), "grad_x"
+    )
     for (name, p), p_ref in zip(model.parameters().items(), ref.parameters().values()):
         case.assert_close(p.grad, np.asarray(p_ref.grad), name)
 
@@ -88,7 +90,7 @@ def test_layer_gradients_finite_differences(
         )
 
     model.forward(case64.asarray(x), training=False)
-    gx = case64.to_numpy(model.backward(case64.asarray(proj)))
+    gx = case64.to_numpy(model.backward(case64.asarray(proj), input_grad=True))
     grads = {n: case64.to_numpy(p.grad) for n, p in model.parameters().items()}
     eps = 1e-6
     fd = np.zeros_like(x)

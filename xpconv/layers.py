@@ -86,6 +86,8 @@ class Layer:
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
         self.name = type(self).__name__
+        # False for a network's first layer: nobody needs the gradient of its input.
+        self.needs_input_grad = True
 
     # -- building ------------------------------------------------------------------
     def build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
@@ -243,7 +245,9 @@ class Conv2D(_ActivationMixin, Layer):
     def backward(self, grad: Array) -> Array:
         xp, cols, geom = self._saved
         grad = self._deactivate(grad)
-        gx, gw, gb = conv2d_backward_cols(xp, grad, cols, self.params["weight"].value, geom)
+        gx, gw, gb = conv2d_backward_cols(
+            xp, grad, cols, self.params["weight"].value, geom, need_input_grad=self.needs_input_grad
+        )
         self.params["weight"].grad = gw
         if self.use_bias:
             self.params["bias"].grad = gb
@@ -332,7 +336,7 @@ class Conv1D(Conv2D):
         finally:
             w.value = w3
         w.grad = w.grad[:, :, 0, :]
-        return gx[:, :, 0, :]
+        return None if gx is None else gx[:, :, 0, :]
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

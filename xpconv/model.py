@@ -98,6 +98,7 @@ class Sequential:
             names[type(layer).__name__] = index + 1
             layer.name = f"{type(layer).__name__.lower()}_{index}"
             shape = layer.build(shape, ctx)
+            layer.needs_input_grad = layer is not self.layers[0]
         self.input_shape = tuple(int(s) for s in input_shape)
         return self
 
@@ -193,11 +194,20 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad: Array) -> Array:
-        """Back-propagate ``grad`` (N, *output_shape); fills every ``Parameter.grad``."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
-        return grad
+    def backward(self, grad: Array, *, input_grad: bool = False) -> Array | None:
+        """Back-propagate ``grad`` (N, *output_shape); fills every ``Parameter.grad``.
+
+        Returns the gradient with respect to the input (N, *input_shape) when
+        ``input_grad`` is true; otherwise the first layer may skip computing it.
+        """
+        first = self.layers[0]
+        first.needs_input_grad = input_grad
+        try:
+            for layer in reversed(self.layers):
+                grad = layer.backward(grad)
+        finally:
+            first.needs_input_grad = False
+        return grad if input_grad else None
 
     def train_batch(self, x: Any, y: Any) -> Array:
         """Forward in training mode, loss, backward. Returns the loss as a 0-d array

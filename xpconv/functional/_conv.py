@@ -127,22 +127,35 @@ def conv2d_forward(
     cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, N*OH*OW)
     o, (oh, ow) = geom.out_channels, geom.out
     w2 = xp.reshape(weight, (o, -1))
-    out = _grouped_matmul(xp, w2, cols, geom.groups)  # (O, N*OH*OW)
-    out = xp.permute_dims(xp.reshape(out, (o, geom.batch, oh, ow)), (1, 0, 2, 3))
+    out = _grouped_matmul(xp, w2, cols, geom.groups)  # (O, N*OH*OW), a fresh array
     if bias is not None:
-        out = out + xp.reshape(bias, (1, o, 1, 1))
+        out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
+    out = xp.permute_dims(xp.reshape(out, (o, geom.batch, oh, ow)), (1, 0, 2, 3))
     return out, cols
 
 
 def conv2d_backward_cols(
-    xp: Any, grad_out: Array, cols: Array, weight: Array, geom: ConvGeometry
-) -> tuple[Array, Array, Array]:
-    """Unchecked backward from saved columns: (grad_x, grad_weight, grad_bias)."""
+    xp: Any,
+    grad_out: Array,
+    cols: Array,
+    weight: Array,
+    geom: ConvGeometry,
+    *,
+    need_input_grad: bool = True,
+) -> tuple[Array | None, Array, Array]:
+    """Unchecked backward from saved columns: (grad_x, grad_weight, grad_bias).
+
+    With ``need_input_grad=False`` (a network's first layer) grad_x is ``None`` and its
+    matmul and col2im are skipped.
+    """
     o, groups = geom.out_channels, geom.groups
     g2 = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (o, -1))  # (O, N*OH*OW)
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
+    grad_bias = xp.sum(g2, axis=1)
     if groups == 1:
         grad_w = g2 @ cols.T
+        if not need_input_grad:
+            return None, xp.reshape(grad_w, weight.shape), grad_bias
         grad_cols = w2.T @ g2
     else:
         og, rows = o // groups, cols.shape[0] // groups
@@ -160,8 +173,7 @@ def conv2d_backward_cols(
             ],
             axis=0,
         )
-    grad_x = kernels_for(xp).col2im(xp, grad_cols, geom)
-    grad_bias = xp.sum(g2, axis=1)
+    grad_x = kernels_for(xp).col2im(xp, grad_cols, geom) if need_input_grad else None
     return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
 
 
