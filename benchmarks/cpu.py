@@ -1,0 +1,276 @@
+"""The CPU suite: throughput of every contender, per-layer times, and a peer check.
+
+Throughput: for each workload, mode and batch size, all contenders are built, warmed
+up and timed in interleaved rounds (:mod:`benchmarks.timing`); a record per contender
+gives images per second (batch / median seconds per step) and the ratio to PyTorch's
+``nn.Module`` measured in the same rounds.
+
+array-api-strict is a reference implementation (every operation checked, nothing
+fused or in place): it runs one step per repeat, in fewer rounds, and only up to a
+batch size limit; its records carry ``reference_only: true``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .timing import Policy, run_interleaved
+from .workloads import (
+    CONTENDERS,
+    DTYPE,
+    LR,
+    MOMENTUM,
+    REFERENCE_ONLY,
+    build_xpconv,
+    copy_weights,
+    make_data,
+    make_runner,
+    torch_net,
+)
+
+__all__ = ["Settings", "peer_check", "per_layer", "throughput"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure. The defaults are the full run."""
+
+    workloads: tuple[str, ...] = ("W1", "W2")
+    modes: tuple[str, ...] = ("train", "inference")
+    batches: tuple[int, ...] = (32, 128, 512)
+    contenders: tuple[str, ...] = CONTENDERS
+    warmup: int = 3
+    rounds: int = 7
+    target_s: float = 0.3
+    max_steps: int = 50
+    strict_max_batch: int = 128
+    strict_rounds: int = 3
+    pause_s: float = 0.02
+    per_layer_batch: int = 128
+    per_layer_repeats: int = 7
+    loops_repeats: int = 3
+    memory_steps: int = 3
+    seed: int = 0
+
+
+def _policy(contender: str, settings: Settings) -> Policy:
+    if contender in REFERENCE_ONLY:
+        return Policy(
+            warmup=1,
+            rounds=min(settings.rounds, settings.strict_rounds),
+            target_s=0.0,
+            fixed_steps=1,
+        )
+    return Policy(
+        warmup=settings.warmup,
+        rounds=settings.rounds,
+        target_s=settings.target_s,
+        max_steps=settings.max_steps,
+    )
+
+
+def _runs_at(contender: str, batch: int, settings: Settings) -> bool:
+    return contender not in REFERENCE_ONLY or batch <= settings.strict_max_batch
+
+
+def throughput(
+    settings: Settings, progress: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """One record per workload, mode, batch size and contender."""
+    records: list[dict[str, Any]] = []
+    for workload in settings.workloads:
+        for mode in settings.modes:
+            for batch in settings.batches:
+                names = [c for c in settings.contenders if _runs_at(c, batch, settings)]
+                if not names:
+                    continue
+                if progress:
+                    progress(f"{workload} {mode} batch {batch}: {', '.join(names)}")
+                runners = {
+                    name: make_runner(name, workload, mode, batch, settings.seed) for name in names
+                }
+                policies = {name: _policy(name, settings) for name in names}
+                timings = run_interleaved(runners, policies, pause_s=settings.pause_s)
+                del runners
+                torch_rate = batch / timings["torch"].median_s if "torch" in timings else None
+                for name in names:
+                    t = timings[name]
+                    rate = batch / t.median_s
+                    records.append(
+                        {
+                            "workload": workload,
+                            "mode": mode,
+                            "batch": batch,
+                            "backend": name,
+                            "images_per_s": rate,
+                            "ratio_vs_torch": None if torch_rate is None else rate / torch_rate,
+                            "median_s": t.median_s,
+                            "min_s": t.min_s,
+                            "spread": t.spread,
+                            "repeats": len(t.samples),
+                            "steps_per_repeat": t.steps,
+                            "warmup_steps": policies[name].warmup + 1,
+                            "samples_s": t.samples,
+                            "last_value": t.last_value,
+                            "finite": math.isfinite(t.last_value),
+                            "reference_only": name in REFERENCE_ONLY,
+                            "dtype": DTYPE,
+                            "device": "cpu",
+                        }
+                    )
+    return records
+
+
+def per_layer(
+    workload: str = "W2",
+    backend: str = "numpy",
+    batch: int = 128,
+    repeats: int = 7,
+    warmup: int = 2,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median forward and backward seconds of each layer in one training step.
+
+    Calls ``layer.forward(h, training=True)`` layer by layer, the loss forward and
+    backward, ``layer.backward(g)`` in reverse order, then the SGD update: exactly what
+    ``train_batch`` + ``step`` do, with a clock read between the calls.
+    """
+    from xpconv.optimizers import SGD
+
+    model = build_xpconv(workload, backend, seed)
+    optimizer = SGD(LR, momentum=MOMENTUM)
+    x_host, y_host = make_data(batch, seed)
+    x, y = model.as_input(x_host), model.as_target(y_host, batch)
+    layers = model.layers
+    fwd: list[list[float]] = [[] for _ in layers]
+    bwd: list[list[float]] = [[] for _ in layers]
+    loss_f, loss_b, opt_s, step_s = [], [], [], []
+    clock = time.perf_counter
+    for rep in range(warmup + max(1, repeats)):
+        keep = rep >= warmup
+        begin = clock()
+        h = x
+        for i, layer in enumerate(layers):
+            start = clock()
+            h = layer.forward(h, True)
+            if keep:
+                fwd[i].append(clock() - start)
+        start = clock()
+        loss = model.loss.forward(h, y)
+        mid = clock()
+        g = model.loss.backward()
+        end = clock()
+        if keep:
+            loss_f.append(mid - start)
+            loss_b.append(end - mid)
+        for i in reversed(range(len(layers))):
+            start = clock()
+            g = layers[i].backward(g)
+            if keep:
+                bwd[i].append(clock() - start)
+        start = clock()
+        optimizer.step(model.parameters())
+        value = float(loss)
+        end = clock()
+        if keep:
+            opt_s.append(end - start)
+            step_s.append(end - begin)
+    med = statistics.median
+    rows = []
+    for i, layer in enumerate(layers):
+        rows.append(
+            {
+                "layer": layer.name,
+                "description": layer.describe(),
+                "output_shape": [batch, *layer.output_shape],
+                "forward_s": med(fwd[i]),
+                "backward_s": med(bwd[i]),
+            }
+        )
+    rows.append(
+        {
+            "layer": "loss",
+            "description": model.loss.name,
+            "output_shape": [],
+            "forward_s": med(loss_f),
+            "backward_s": med(loss_b),
+        }
+    )
+    rows.append(
+        {
+            "layer": "optimizer",
+            "description": f"SGD(lr={LR}, momentum={MOMENTUM}) step",
+            "output_shape": [],
+            "forward_s": 0.0,
+            "backward_s": med(opt_s),
+        }
+    )
+    total = sum(r["forward_s"] + r["backward_s"] for r in rows)
+    for r in rows:
+        r["total_s"] = r["forward_s"] + r["backward_s"]
+        r["share"] = r["total_s"] / total if total > 0 else 0.0
+    return {
+        "workload": workload,
+        "backend": f"xpconv-{backend}",
+        "batch": batch,
+        "dtype": DTYPE,
+        "repeats": max(1, repeats),
+        "warmup_steps": warmup,
+        "layers": rows,
+        "sum_of_medians_s": total,
+        "step_median_s": med(step_s),
+        "last_loss": value,
+        "note": "optimizer time is listed under backward_s",
+    }
+
+
+def peer_check(workload: str, batch: int = 8, steps: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Do xpconv (NumPy) and the PyTorch peer compute the same thing?
+
+    Both start from the same weights; compares the logits before training and after
+    ``steps`` SGD-momentum steps on one batch (relative to the largest logit).
+    """
+    import torch
+
+    from xpconv.optimizers import SGD
+
+    model = build_xpconv(workload, "numpy", seed)
+    net = torch_net(workload)
+    copy_weights(model, net)
+    x_host, y_host = make_data(batch, seed)
+    x_t, y_t = torch.from_numpy(x_host), torch.from_numpy(y_host)
+
+    def compare() -> float:
+        with torch.no_grad():
+            theirs = net(x_t).numpy().astype(np.float64)
+        ours = np.asarray(model.forward(x_host, training=False), dtype=np.float64)
+        scale = max(float(np.max(np.abs(theirs))), 1.0)
+        return float(np.max(np.abs(ours - theirs))) / scale
+
+    before = compare()
+    optimizer = SGD(LR, momentum=MOMENTUM)
+    torch_opt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    for _ in range(steps):
+        model.train_batch(x_host, y_host)
+        optimizer.step(model.parameters())
+        torch_opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x_t), y_t).backward()
+        torch_opt.step()
+    after = compare()
+    tolerance = 1e-4
+    return {
+        "workload": workload,
+        "batch": batch,
+        "steps": steps,
+        "relative_diff_before": before,
+        "relative_diff_after_steps": after,
+        "tolerance": tolerance,
+        "ok": bool(before <= tolerance and after <= tolerance),
+    }

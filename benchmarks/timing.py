@@ -1,0 +1,111 @@
+"""Interleaved timing: every contender runs once per round, the order rotating.
+
+For one workload, mode and batch size, each contender first runs its warm-up steps,
+then one calibration step that picks how many steps a timed repeat holds (enough to
+last about ``target_s``). Then come ``rounds`` rounds; in each, every contender runs
+one timed repeat, the order rotating from round to round so that no contender always
+follows the same one. A repeat's time divided by its steps is one sample; the result
+is the median sample. Machine-wide slow-downs (another process, frequency changes)
+then hit all contenders of a round alike instead of whichever ran at that moment.
+
+Before every repeat the garbage collector runs and the process sleeps ``pause_s``
+(untimed), so worker threads left spinning by the previous contender do not steal
+the next one's cores.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Policy", "Timing", "run_interleaved", "steps_for"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one contender is timed.
+
+    Attributes:
+        warmup: untimed steps before calibration.
+        rounds: timed repeats (a contender with fewer rounds than the others takes
+            part in the first ones only).
+        target_s: a repeat lasts about this long; the step count follows from it.
+        max_steps: at most this many steps per repeat; ``fixed_steps`` overrides both.
+    """
+
+    warmup: int = 2
+    rounds: int = 5
+    target_s: float = 0.25
+    max_steps: int = 50
+    fixed_steps: int | None = None
+
+
+@dataclass
+class Timing:
+    """Per-step seconds of one contender, one sample per round."""
+
+    steps: int
+    samples: list[float] = field(default_factory=list)
+    last_value: float = math.nan
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def min_s(self) -> float:
+        return min(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the samples: how steady the rounds were."""
+        return (max(self.samples) - min(self.samples)) / self.median_s
+
+
+def steps_for(step_s: float, policy: Policy) -> int:
+    """Steps per repeat so that one repeat lasts about ``policy.target_s``."""
+    if policy.fixed_steps is not None:
+        return max(1, policy.fixed_steps)
+    if step_s <= 0:
+        return policy.max_steps
+    return max(1, min(policy.max_steps, math.ceil(policy.target_s / step_s)))
+
+
+def run_interleaved(
+    runners: dict[str, Any],
+    policies: dict[str, Policy],
+    *,
+    pause_s: float = 0.02,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Timing]:
+    """Time every runner (``runner.run(steps) -> float``) in interleaved rounds."""
+    names: Sequence[str] = list(runners)
+    timings: dict[str, Timing] = {}
+    for name in names:
+        policy = policies[name]
+        runner = runners[name]
+        if policy.warmup:
+            runner.run(policy.warmup)
+        gc.collect()
+        start = clock()
+        runner.run(1)
+        timings[name] = Timing(steps_for(clock() - start, policy))
+    rounds = max(policies[name].rounds for name in names)
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in [*names[shift:], *names[:shift]]:
+            if r >= policies[name].rounds:
+                continue
+            timing = timings[name]
+            gc.collect()
+            if pause_s > 0:
+                time.sleep(pause_s)
+            start = clock()
+            timing.last_value = runners[name].run(timing.steps)
+            timing.samples.append((clock() - start) / timing.steps)
+    return timings

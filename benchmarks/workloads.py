@@ -1,0 +1,243 @@
+"""The reference workloads, their PyTorch twins, the data, and one runner per contender.
+
+W1 is the lecture's network, W2 a small LeNet (see ``xpconv.zoo``). Both take float32
+images of shape 1x28x28 and 10 classes. The data are uniform random images and random
+labels from a fixed seed; every contender gets the same batch, moved to its backend once
+before timing, so transfers are never timed.
+
+A *contender* is one implementation being timed:
+
+- ``"xpconv-numpy"``, ``"xpconv-torch"`` (xpconv on PyTorch CPU tensors) and
+  ``"xpconv-array_api_strict"`` (a reference only: correct, not built for speed);
+- ``"torch"``: PyTorch's own ``nn.Sequential`` of the same layers, trained with
+  ``torch.optim.SGD`` (momentum 0.9) and ``F.cross_entropy`` through autograd.
+
+A runner's ``run(steps)`` performs ``steps`` training steps (forward, loss, backward,
+optimizer update) or inference passes and reads one number back at the end (the last
+loss, or one logit), which forces any pending work to finish.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from xpconv import zoo
+from xpconv.optimizers import SGD
+
+__all__ = [
+    "CLASSES",
+    "CONTENDERS",
+    "DTYPE",
+    "IMAGE_SHAPE",
+    "LR",
+    "MODES",
+    "MOMENTUM",
+    "REFERENCE_ONLY",
+    "WORKLOADS",
+    "Workload",
+    "available_contenders",
+    "build_xpconv",
+    "copy_weights",
+    "make_data",
+    "make_runner",
+    "torch_net",
+]
+
+IMAGE_SHAPE = (1, 28, 28)
+CLASSES = 10
+DTYPE = "float32"
+LR = 0.01
+MOMENTUM = 0.9
+MODES = ("train", "inference")
+
+XPCONV_BACKENDS = {
+    "xpconv-numpy": "numpy",
+    "xpconv-torch": "torch",
+    "xpconv-array_api_strict": "array_api_strict",
+}
+CONTENDERS = (*XPCONV_BACKENDS, "torch")
+REFERENCE_ONLY = frozenset({"xpconv-array_api_strict"})
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A reference network: its xpconv builder and a one-line description."""
+
+    key: str
+    zoo_name: str
+    description: str
+
+
+WORKLOADS = {
+    "W1": Workload(
+        "W1",
+        "lecture",
+        "Conv2D(1->16, 5x5, same) tanh, flatten, Dense(12544->10)",
+    ),
+    "W2": Workload(
+        "W2",
+        "lenet",
+        "Conv2D(1->32, 3x3, same) relu maxpool2, Conv2D(32->64, 3x3, same) relu "
+        "maxpool2, flatten, Dense(3136->128) relu, Dense(128->10)",
+    ),
+}
+
+
+def _has(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules
+        return False
+
+
+def available_contenders() -> dict[str, str | None]:
+    """Every contender mapped to ``None`` when it can run here, else the reason it cannot."""
+    torch_missing = None if _has("torch") else "PyTorch is not installed (pip install torch)"
+    strict_missing = (
+        None
+        if _has("array_api_strict")
+        else "array-api-strict is not installed (pip install array-api-strict)"
+    )
+    return {
+        "xpconv-numpy": None,
+        "xpconv-torch": torch_missing,
+        "xpconv-array_api_strict": strict_missing,
+        "torch": torch_missing,
+    }
+
+
+def make_data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Host images (batch, 1, 28, 28) float32 in [0, 1) and labels (batch,) int64."""
+    rng = np.random.default_rng([seed, batch])
+    x = rng.random((batch, *IMAGE_SHAPE), dtype=np.float32)
+    y = rng.integers(0, CLASSES, size=batch, dtype=np.int64)
+    return x, y
+
+
+def build_xpconv(workload: str, backend: str, seed: int = 0) -> Any:
+    """The xpconv model of ``workload`` on ``backend`` (float32, built)."""
+    builder = getattr(zoo, WORKLOADS[workload].zoo_name)
+    return builder(backend=backend, dtype=DTYPE, seed=seed)
+
+
+def torch_net(workload: str) -> Any:
+    """PyTorch's ``nn.Sequential`` with the same layers and shapes as the xpconv model."""
+    from torch import nn
+
+    channels, height, width = IMAGE_SHAPE
+    if workload == "W1":
+        return nn.Sequential(
+            nn.Conv2d(channels, 16, 5, padding=2),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(16 * height * width, CLASSES),
+        )
+    if workload == "W2":
+        return nn.Sequential(
+            nn.Conv2d(channels, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * (height // 4) * (width // 4), 128),
+            nn.ReLU(),
+            nn.Linear(128, CLASSES),
+        )
+    raise ValueError(f"workload: expected one of {sorted(WORKLOADS)}, got {workload!r}")
+
+
+def copy_weights(model: Any, net: Any) -> None:
+    """Give ``net`` (PyTorch) the xpconv model's initial weights, parameter by parameter.
+
+    Both libraries store weights in the same layout (conv (O, C, KH, KW), dense
+    (out, in)), so the two networks compute the same function from the first step.
+    """
+    import torch
+
+    state = list(model.state_dict().items())
+    params = list(net.parameters())
+    if len(state) != len(params):
+        raise ValueError(f"copy_weights: {len(state)} xpconv parameters, {len(params)} torch ones")
+    with torch.no_grad():
+        for (name, value), p in zip(state, params):
+            if tuple(value.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"copy_weights: {name} has shape {value.shape}, torch expects {tuple(p.shape)}"
+                )
+            p.copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
+
+
+class XpconvRunner:
+    """Times xpconv: ``model.train_batch`` + ``SGD.step``, or ``model.forward`` in eval mode."""
+
+    def __init__(self, workload: str, backend: str, mode: str, batch: int, seed: int = 0):
+        self.model = build_xpconv(workload, backend, seed)
+        self.optimizer = SGD(LR, momentum=MOMENTUM)
+        x, y = make_data(batch, seed)
+        self.x = self.model.as_input(x)
+        self.y = self.model.as_target(y, batch)
+        self.mode = mode
+
+    def run(self, steps: int) -> float:
+        model, x = self.model, self.x
+        if self.mode == "train":
+            loss = None
+            for _ in range(steps):
+                loss = model.train_batch(x, self.y)
+                self.optimizer.step(model.parameters())
+            return float(loss)
+        out = None
+        for _ in range(steps):
+            out = model.forward(x, training=False)
+        return float(out[0, 0])
+
+
+class TorchRunner:
+    """Times PyTorch's ``nn.Module``: autograd step with ``torch.optim.SGD``, or eval forward."""
+
+    def __init__(self, workload: str, mode: str, batch: int, seed: int = 0):
+        import torch
+
+        self.torch = torch
+        self.net = torch_net(workload)
+        copy_weights(build_xpconv(workload, "numpy", seed), self.net)
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=LR, momentum=MOMENTUM)
+        x, y = make_data(batch, seed)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+        self.mode = mode
+        self.net.train(mode == "train")
+
+    def run(self, steps: int) -> float:
+        torch, net, x = self.torch, self.net, self.x
+        if self.mode == "train":
+            loss = None
+            for _ in range(steps):
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.cross_entropy(net(x), self.y)
+                loss.backward()
+                self.optimizer.step()
+            return loss.item()
+        out = None
+        with torch.inference_mode():
+            for _ in range(steps):
+                out = net(x)
+        return out[0, 0].item()
+
+
+def make_runner(contender: str, workload: str, mode: str, batch: int, seed: int = 0) -> Any:
+    """A runner for one contender, workload, mode and batch size."""
+    if workload not in WORKLOADS:
+        raise ValueError(f"workload: expected one of {sorted(WORKLOADS)}, got {workload!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    if contender == "torch":
+        return TorchRunner(workload, mode, batch, seed)
+    if contender in XPCONV_BACKENDS:
+        return XpconvRunner(workload, XPCONV_BACKENDS[contender], mode, batch, seed)
+    raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")
