@@ -124,13 +124,13 @@ def conv2d_forward(
 ) -> tuple[Array, Array]:
     """Unchecked forward: returns the output (N, O, OH, OW) and the columns for backward."""
     kernels = kernels_for(xp)
-    cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, N*OH*OW)
+    cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, OH*OW*N)
     o, (oh, ow) = geom.out_channels, geom.out
     w2 = xp.reshape(weight, (o, -1))
-    out = _grouped_matmul(xp, w2, cols, geom.groups)  # (O, N*OH*OW), a fresh array
+    out = _grouped_matmul(xp, w2, cols, geom.groups)  # (O, OH*OW*N), a fresh array
     if bias is not None:
         out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
-    out = xp.permute_dims(xp.reshape(out, (o, geom.batch, oh, ow)), (1, 0, 2, 3))
+    out = xp.permute_dims(xp.reshape(out, (o, oh, ow, geom.batch)), (3, 0, 1, 2))
     return out, cols
 
 
@@ -149,11 +149,12 @@ def conv2d_backward_cols(
     matmul and col2im are skipped.
     """
     o, groups = geom.out_channels, geom.groups
-    g2 = xp.reshape(xp.permute_dims(grad_out, (1, 0, 2, 3)), (o, -1))  # (O, N*OH*OW)
+    g2 = xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (o, -1))  # (O, OH*OW*N)
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
     grad_bias = xp.sum(g2, axis=1)
+    kernels = kernels_for(xp)
     if groups == 1:
-        grad_w = g2 @ cols.T
+        grad_w = kernels.weight_grad(xp, g2, cols)
         if not need_input_grad:
             return None, xp.reshape(grad_w, weight.shape), grad_bias
         grad_cols = w2.T @ g2
@@ -173,7 +174,7 @@ def conv2d_backward_cols(
             ],
             axis=0,
         )
-    grad_x = kernels_for(xp).col2im(xp, grad_cols, geom) if need_input_grad else None
+    grad_x = kernels.col2im(xp, grad_cols, geom) if need_input_grad else None
     return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
 
 

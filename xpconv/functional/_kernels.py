@@ -20,13 +20,31 @@ import array_api_compat
 from . import _im2col
 
 
+def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
+    """``grad2 @ cols.T``: (O, L) x (K, L) -> (O, K)."""
+    return grad2 @ cols.T
+
+
+def _batch_innermost(x: Any) -> bool:
+    """Whether ``x`` (N, ...) is stored with its batch axis innermost (unknown: False)."""
+    return False
+
+
 @dataclass(frozen=True)
 class Kernels:
-    """The data-movement kernels of convolution (see ``_im2col`` for the contract)."""
+    """Kernels a backend may specialise.
+
+    - ``im2col`` / ``col2im``: the data movement of convolution (contract in ``_im2col``).
+    - ``weight_grad(xp, grad2, cols)``: ``grad2 @ cols.T``, the weight gradient.
+    - ``batch_innermost(x)``: whether ``x`` is stored batch-innermost, so an op can
+      return its result in the same memory order (no layout change between layers).
+    """
 
     name: str
     im2col: Callable[..., Any]
     col2im: Callable[..., Any]
+    weight_grad: Callable[..., Any] = _weight_grad
+    batch_innermost: Callable[[Any], bool] = _batch_innermost
 
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from ._checks import check_float, check_rank, namespace
+from ._kernels import kernels_for
 
 Array = Any
 
@@ -58,6 +59,8 @@ def linear_backward(grad_out: Array, x: Array, weight: Array) -> tuple[Array, Ar
 
     Returns:
         ``(grad_x, grad_weight, grad_bias)`` of shapes (N, IN), (OUT, IN) and (OUT,).
+        grad_x is stored in the memory order of ``x`` where the backend can tell
+        (a flattened convolution output keeps its batch innermost).
     """
     xp = _check_linear(x, weight, None)
     namespace(x=x, grad_out=grad_out)
@@ -65,7 +68,11 @@ def linear_backward(grad_out: Array, x: Array, weight: Array) -> tuple[Array, Ar
     expected = (x.shape[0], weight.shape[0])
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
-    return grad_out @ weight, grad_out.T @ x, xp.sum(grad_out, axis=0)
+    if kernels_for(xp).batch_innermost(x):
+        grad_x = (weight.T @ grad_out.T).T  # (IN, N) contiguous: x's own layout
+    else:
+        grad_x = grad_out @ weight
+    return grad_x, grad_out.T @ x, xp.sum(grad_out, axis=0)
 
 
 def flatten(x: Array) -> Array:

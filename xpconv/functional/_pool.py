@@ -135,6 +135,7 @@ class MaxPoolSaved:
     geometry: PoolGeometry
     source: Array
     out: Array
+    argmax: Array | None = None  # tiled windows: int8 row-major tap index of the first max
 
 
 # ----------------------------------------------------------------------- internals
@@ -216,21 +217,47 @@ def _max_backward_general(xp: Any, grad_out: Array, saved: MaxPoolSaved) -> Arra
     return _to_input(xp, acc, geom)
 
 
+def _tiled_taps(xp: Any, src: Array, geom: PoolGeometry) -> list[Array]:
+    """The taps of tiled windows in row-major order, each shaped like the output."""
+    kh, kw = geom.kernel
+    return [src[:, :, geom.rows(i), geom.cols(j)] for i in range(kh) for j in range(kw)]
+
+
+def _max_forward_tiled(xp: Any, src: Array, geom: PoolGeometry) -> tuple[Array, Array]:
+    """Window maxima and the index of each window's first maximum, in one sweep.
+
+    Arithmetic on masks rather than ``where``, and ``zeros_like`` so the index array
+    keeps the input's memory layout: both are several times faster on NumPy.
+    """
+    taps = _tiled_taps(xp, src, geom)
+    best = taps[0]
+    code = xp.zeros_like(best, dtype=xp.int8)
+    for k, tap in enumerate(taps[1:], start=1):
+        later = xp.astype(tap > best, xp.int8)  # strictly greater: ties keep the earlier tap
+        best = xp.maximum(best, tap)
+        code = code + later * (k - code)
+    return best, code
+
+
 def _max_backward_tiled(xp: Any, grad_out: Array, saved: MaxPoolSaved) -> Array:
-    geom, src, out = saved.geometry, saved.source, saved.out
-    (kh, kw), (oh, ow) = geom.kernel, geom.out
-    n, c = geom.batch, geom.channels
-    blocks = xp.reshape(src, (n, c, oh, kh, ow, kw))
-    taps = ((i, j, blocks[:, :, :, i, :, j]) for i in range(kh) for j in range(kw))
-    pieces = [grad_out * mask for _, _, mask in _first_max_masks(xp, taps, out, grad_out.dtype)]
-    # pieces[i * kw + j] is tap (i, j): stack columns last, then rows at axis 3
-    rows = [xp.stack(pieces[i * kw : (i + 1) * kw], axis=-1) for i in range(kh)]
-    grad_src = xp.reshape(xp.stack(rows, axis=3), (n, c, oh * kh, ow * kw))
+    """Each tap's inputs get the window gradient where that tap is the recorded first
+    maximum; written tap by tap into a buffer laid out like the saved input."""
+    geom, src = saved.geometry, saved.source
+    kh, kw = geom.kernel
+    code = saved.argmax if saved.argmax is not None else _max_forward_tiled(xp, src, geom)[1]
+    grad_src = xp.empty_like(src, dtype=grad_out.dtype)  # the taps tile it: all written
+    for i in range(kh):
+        for j in range(kw):
+            mask = xp.astype(code == i * kw + j, grad_out.dtype)
+            grad_src = xpx.at(grad_src)[:, :, geom.rows(i), geom.cols(j)].set(grad_out * mask)
     return _to_input(xp, grad_src, geom)
 
 
 def _max_forward(xp: Any, x: Array, geom: PoolGeometry) -> tuple[Array, MaxPoolSaved]:
     src = _source(xp, x, geom, -math.inf)
+    if geom.tiled:
+        out, code = _max_forward_tiled(xp, src, geom)
+        return out, MaxPoolSaved(geom, src, out, code)
     out = _reduce_windows(xp, src, geom, xp.maximum)
     return out, MaxPoolSaved(geom, src, out)
 
