@@ -444,3 +444,31 @@ def test_soak_2000_steps_memory_stays_flat() -> None:
             rss.append(proc.memory_info().rss)
     growth = (rss[1] - rss[0]) / rss[0]
     assert growth < 0.05, f"resident memory grew {growth:.1%} from step 200 to 2000"
+
+
+# ------------------------------------------------------------ command line
+
+CLI_CASES = [
+    ("batch size zero", ["train", "--batch-size", "0"], 2, ["--batch-size", "0"]),
+    ("epochs zero", ["train", "--epochs", "0"], 2, ["--epochs", "0"]),
+    ("unknown backend", ["train", "--backend", "nope"], 2, ["--backend", "nope"]),
+    ("empty data dir", ["train", "--data-dir", "{tmp}/none"], 1, ["{tmp}/none"]),
+    ("not a checkpoint", ["evaluate", "{tmp}/x.npz"], 1, ["{tmp}/x.npz"]),
+]
+
+
+@pytest.mark.parametrize(
+    "argv, code, words", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES]
+)
+def test_command_line_errors_are_one_clear_line(argv, code, words, tmp_path: Path, capsys) -> None:
+    from xpconv.cli import main
+
+    (tmp_path / "x.npz").write_text("not a checkpoint")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if argv[0] == "train":
+        argv += ["--out", str(tmp_path / "out"), "--no-progress", "--no-plots"]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+    for word in words:
+        assert word.format(tmp=tmp_path) in err, err
