@@ -4,6 +4,7 @@
     python -m benchmarks --quick --markdown    # batch 128, fewer rounds (< 2 minutes)
     python -m benchmarks --batch 128 --json bench.json --png ratios.png
     python -m benchmarks --gpu                 # GPU suite (needs a CUDA device)
+    python -m benchmarks --gpu-dry-run         # the GPU suite's code on the CPU, tiny sizes
 
 Prints a table of images/s per contender and the ratios to PyTorch, a per-layer table
 of W2 on NumPy, the lecture's loop convolution against conv2d, and peak memory.
@@ -171,7 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--gpu",
         action="store_true",
-        help="GPU benchmarks; exits with status 2 when no CUDA device is found",
+        help="GPU benchmarks: W2 train at batch 128 and 1024 and a ResNet-style block, "
+        "xpconv on CuPy and on PyTorch CUDA tensors against PyTorch with cuDNN (see "
+        "benchmarks/gpu.py; --batch, --rounds, --warmup, --quick, --json, --markdown "
+        "apply); exits with status 2 when no CUDA device is found",
+    )
+    p.add_argument(
+        "--gpu-dry-run",
+        action="store_true",
+        help="run the GPU suite's code on the CPU at tiny sizes (numbers mean nothing)",
+    )
+    p.add_argument(
+        "--tf32", action="store_true", help="GPU suite: allow TF32 (default: off everywhere)"
     )
     return p
 
@@ -242,8 +254,8 @@ def _memory_runs(settings: cpu.Settings, threads: int) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.gpu:
-        return gpu.main()
+    if args.gpu or args.gpu_dry_run:
+        return gpu.main(args, argv)
     for flag, value, least in (
         ("--threads", args.threads, 1),
         ("--rounds", args.rounds, 1),

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ if str(REPO_ROOT) not in sys.path:  # the benchmarks package is not installed wi
 
 import xpconv.functional as F  # noqa: E402
 from benchmarks import __main__ as cli  # noqa: E402
-from benchmarks import cpu, gpu, lecture_loops, memory, report, timing  # noqa: E402
+from benchmarks import cpu, lecture_loops, memory, report, timing  # noqa: E402
 from benchmarks.workloads import CONTENDERS, make_data  # noqa: E402
 
 TOP_KEYS = {
@@ -248,20 +247,3 @@ def test_table_and_markdown_from_records():
     assert "1,000" in text and "2,000" in text and "0.50" in text
     md = report.markdown_table(records)
     assert "| W1 | train | 128 | 1,000 | 2,000 | 0.50 |" in md
-
-
-def test_gpu_flag_without_a_device_exits_2():
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--gpu"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if gpu.has_device(gpu.detect()):
-        assert proc.returncode == gpu.EXIT_NOT_IMPLEMENTED, proc.stderr
-        assert "not implemented" in proc.stderr
-    else:
-        assert proc.returncode == 2, proc.stderr
-        assert "no CUDA device was found" in proc.stderr
-        assert "CuPy" in proc.stderr and "CUDA build of PyTorch" in proc.stderr

@@ -4,7 +4,10 @@ No state, no globals, no in-place writes into arrays a caller can see. Each op f
 its namespace from its arguments with ``array_api_compat`` and works on any backend.
 """
 
-from . import _numpy_kernels  # noqa: F401  (registers the NumPy fast path)
+from . import (
+    _cupy_kernels,  # noqa: F401  (registers the CuPy fast path; imports CuPy lazily)
+    _numpy_kernels,  # noqa: F401  (registers the NumPy fast path)
+)
 from ._activation import (
     ACTIVATIONS,
     identity,

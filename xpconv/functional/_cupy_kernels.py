@@ -1,0 +1,380 @@
+"""CuPy fast path for im2col/col2im: one elementwise CUDA kernel each (contract of ``_im2col``).
+
+The portable path pads the input, takes KH x KW strided slices and stacks them (im2col),
+and accumulates KH x KW slices into a zeroed buffer (col2im): several full passes over
+memory and as many temporaries. Here each is a single ``cupy.ElementwiseKernel``:
+
+- **im2col**: one thread per element of the column matrix (C * KH * KW, OH * OW * N).
+  It works out its row (c, ki, kj) and column (oh, ow, n), the input pixel under that
+  kernel tap, and copies it, or writes 0 where the tap falls in the padding. Padding
+  is never materialised, and the input is read through its strides, so a permuted
+  view (the batch-innermost outputs of the previous layer) is not copied first.
+- **col2im**: one thread per *input* element. It visits the KH x KW taps that can
+  have read that pixel and sums the matching column entries: a gather, so no atomics
+  and no zero-filled accumulator, and the sum runs tap by tap in the same order as the
+  portable path. The result keeps the batch innermost in memory, as the portable
+  path's does.
+
+Index arithmetic uses 32-bit integers when every index fits (64-bit division is slow on
+a GPU) and 64-bit otherwise. Each kernel allocates only its result (no padded copy, no
+accumulator), from CuPy's memory pool, which hands the same blocks back from one
+training step to the next.
+
+The formulas are written once, in the expressions below, in a small language that is
+valid C and, with :data:`PY_HELPERS`, valid Python: the CUDA source is generated from
+them, and :func:`reference_im2col` / :func:`reference_col2im` evaluate the very same
+expressions with NumPy so the arithmetic is tested on machines without a GPU.
+
+Not done yet: chunking. The contract returns the whole column matrix (the convolution
+keeps it for the backward pass), so a kernel cannot split it; a workspace limit needs
+the convolution itself to loop over column blocks (im2col of a block, then its matmul
+into the matching slice of the output).
+
+Importing this module does not import CuPy; the loader does, on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._im2col import ConvGeometry
+from ._kernels import Kernels, register_fast_path
+
+Array = Any
+
+__all__ = [
+    "COLUMN_ORDER",
+    "COL2IM_SOURCE",
+    "IM2COL_SOURCE",
+    "PREAMBLE",
+    "PY_HELPERS",
+    "batch_innermost",
+    "col2im",
+    "col2im_arguments",
+    "dense_memory",
+    "im2col",
+    "im2col_arguments",
+    "kernel_spec",
+    "make_kernels",
+    "output_permutation",
+    "output_shape",
+    "reference_col2im",
+    "reference_im2col",
+]
+
+# ------------------------------------------------------------------ the formulas
+
+#: Order of the column matrix's columns, outermost first (the ``_im2col`` contract).
+COLUMN_ORDER = ("oh", "ow", "n")
+#: Memory order of col2im's result: channels outermost, then the column order with
+#: output positions replaced by input positions (so batch innermost, like the columns).
+OUTPUT_ORDER = ("c", *({"oh": "h", "ow": "w", "n": "n"}[a] for a in COLUMN_ORDER))
+
+_SIZE = {"n": "N", "c": "C", "h": "H", "w": "W", "oh": "OH", "ow": "OW", "ki": "KH", "kj": "KW"}
+
+#: Scalar arguments of both kernels (sizes of the geometry), in call order.
+GEOMETRY_PARAMS = (
+    "N", "C", "H", "W", "KH", "KW", "SH", "SW", "DH", "DW", "PT", "PL", "OH", "OW", "NCOL",
+)  # fmt: skip
+IM2COL_PARAMS = (*GEOMETRY_PARAMS, "XN", "XC", "XH", "XW")  # element strides of the input
+COL2IM_PARAMS = (*GEOMETRY_PARAMS, "GR", "GC")  # element strides of the columns
+
+#: C macros; :data:`PY_HELPERS` are the same operations on NumPy integer arrays.
+#: Division and remainder truncate toward zero, as in C.
+PREAMBLE = """
+#define XP_DIV(a, b) ((a) / (b))
+#define XP_MOD(a, b) ((a) % (b))
+#define XP_INSIDE(v, n) ((v) >= 0 && (v) < (n))
+#define XP_TAP(a, s, o) ((a) >= 0 && (a) % (s) == 0 && (a) / (s) < (o))
+"""
+
+
+def _div(a: Any, b: Any) -> Any:
+    q = np.abs(a) // np.abs(b)
+    return np.where((np.asarray(a) < 0) != (np.asarray(b) < 0), -q, q)
+
+
+def _mod(a: Any, b: Any) -> Any:
+    return a - b * _div(a, b)
+
+
+PY_HELPERS: dict[str, Callable[..., Any]] = {
+    "XP_DIV": _div,
+    "XP_MOD": _mod,
+    "XP_INSIDE": lambda v, n: (v >= 0) & (v < n),
+    "XP_TAP": lambda a, s, o: (a >= 0) & (_mod(a, s) == 0) & (_div(a, s) < o),
+}
+
+
+def _unravel(index: str, axes: Sequence[str]) -> list[tuple[str, str]]:
+    """Statements splitting flat ``index`` into ``axes`` (outermost first, C order)."""
+    steps = []
+    inner = ""  # product of the sizes of the axes inside the current one
+    for k, axis in enumerate(reversed(axes)):
+        base = f"XP_DIV({index}, {inner})" if inner else index
+        outermost = k == len(axes) - 1
+        steps.append((axis, base if outermost else f"XP_MOD({base}, {_SIZE[axis]})"))
+        inner = f"{inner} * {_SIZE[axis]}" if inner else _SIZE[axis]
+    return steps[::-1]
+
+
+def _ravel(axes: Sequence[str]) -> str:
+    """The flat C-order index of ``axes`` (outermost first)."""
+    expr = axes[0]
+    for axis in axes[1:]:
+        expr = f"({expr}) * {_SIZE[axis]} + {axis}"
+    return expr
+
+
+#: im2col, per element ``idx`` of the (C * KH * KW, NCOL) column matrix.
+IM2COL_STEPS = (
+    ("col", "XP_MOD(idx, NCOL)"),
+    ("row", "XP_DIV(idx, NCOL)"),
+    *_unravel("col", COLUMN_ORDER),
+    *_unravel("row", ("c", "ki", "kj")),
+    ("h", "oh * SH + ki * DH - PT"),
+    ("w", "ow * SW + kj * DW - PL"),
+    ("src", "n * XN + c * XC + h * XH + w * XW"),
+)
+IM2COL_VALID = "XP_INSIDE(h, H) && XP_INSIDE(w, W)"
+
+#: col2im, per element ``idx`` of the result in memory order ``OUTPUT_ORDER``; then for
+#: every tap (ki, kj): the output position that read this pixel through it, if any.
+COL2IM_PIXEL = tuple(_unravel("idx", OUTPUT_ORDER))
+COL2IM_ROW_TAP = (("a", "h + PT - ki * DH"), ("oh", "XP_DIV(a, SH)"))
+COL2IM_COL_TAP = (("b", "w + PL - kj * DW"), ("ow", "XP_DIV(b, SW)"))
+COL2IM_HIT = "XP_TAP(a, SH, OH) && XP_TAP(b, SW, OW)"
+COL2IM_SRC = f"((c * KH + ki) * KW + kj) * GR + ({_ravel(COLUMN_ORDER)}) * GC"
+
+
+def _c_lines(steps: Sequence[tuple[str, str]], indent: str = "") -> str:
+    return "\n".join(f"{indent}const I {name} = {expr};" for name, expr in steps)
+
+
+IM2COL_SOURCE = f"""
+const I idx = static_cast<I>(i);
+{_c_lines(IM2COL_STEPS)}
+out = ({IM2COL_VALID}) ? x[src] : T(0);
+"""
+
+COL2IM_SOURCE = f"""
+const I idx = static_cast<I>(i);
+{_c_lines(COL2IM_PIXEL)}
+T acc = T(0);
+for (I ki = 0; ki < KH; ++ki) {{
+{_c_lines(COL2IM_ROW_TAP, "  ")}
+  for (I kj = 0; kj < KW; ++kj) {{
+{_c_lines(COL2IM_COL_TAP, "    ")}
+    if ({COL2IM_HIT}) {{
+      acc += cols[{COL2IM_SRC}];
+    }}
+  }}
+}}
+out = acc;
+"""
+
+# ------------------------------------------------------------------ shared host logic
+
+
+def dense_memory(a: Any, ascontiguous: Callable[[Any], Any]) -> tuple[Any, tuple[int, ...]]:
+    """``a``'s memory as a flat contiguous array, and ``a``'s strides in elements into it.
+
+    A permuted view of a contiguous array (the usual case) is used as it is; anything
+    else (a slice with gaps, negative strides) is copied to C order first. Works for
+    NumPy and CuPy arrays (``ascontiguous`` is the library's ``ascontiguousarray``).
+    """
+    order = sorted(range(a.ndim), key=lambda d: -a.strides[d])
+    view = a.transpose(order)
+    if not view.flags.c_contiguous or min(a.strides, default=0) < 0:
+        a = ascontiguous(a)
+        view = a
+    return view.reshape(-1), tuple(s // a.itemsize for s in a.strides)
+
+
+def _geometry_values(geom: ConvGeometry) -> dict[str, int]:
+    (pt, _), (pl, _) = geom.pad
+    oh, ow = geom.out
+    return dict(
+        N=geom.batch,
+        C=geom.in_channels,
+        H=geom.in_size[0],
+        W=geom.in_size[1],
+        KH=geom.kernel[0],
+        KW=geom.kernel[1],
+        SH=geom.stride[0],
+        SW=geom.stride[1],
+        DH=geom.dilation[0],
+        DW=geom.dilation[1],
+        PT=pt,
+        PL=pl,
+        OH=oh,
+        OW=ow,
+        NCOL=oh * ow * geom.batch,
+    )
+
+
+def im2col_arguments(geom: ConvGeometry, x_strides: Sequence[int]) -> dict[str, int]:
+    """The scalars of the im2col kernel (``IM2COL_PARAMS``) by name."""
+    return {**_geometry_values(geom), **dict(zip(("XN", "XC", "XH", "XW"), x_strides))}
+
+
+def col2im_arguments(geom: ConvGeometry, col_strides: Sequence[int]) -> dict[str, int]:
+    """The scalars of the col2im kernel (``COL2IM_PARAMS``) by name."""
+    return {**_geometry_values(geom), **dict(zip(("GR", "GC"), col_strides))}
+
+
+def output_permutation() -> tuple[int, ...]:
+    """Axes of the (memory-ordered) col2im buffer that give (N, C, H, W)."""
+    return tuple(OUTPUT_ORDER.index(a) for a in ("n", "c", "h", "w"))
+
+
+def output_shape(geom: ConvGeometry) -> tuple[int, ...]:
+    """Shape of col2im's buffer, axes in memory order (``OUTPUT_ORDER``)."""
+    sizes = {"n": geom.batch, "c": geom.in_channels, "h": geom.in_size[0], "w": geom.in_size[1]}
+    return tuple(sizes[a] for a in OUTPUT_ORDER)
+
+
+# Half the int32 range: a tap in the padding computes an index a little outside the
+# array before the kernel discards it, and that must not overflow either.
+_INT32_LIMIT = 2**30
+
+
+def _fits_int32(*sizes: int) -> bool:
+    return max(sizes) < _INT32_LIMIT
+
+
+# ------------------------------------------------------------------ NumPy reference
+
+
+def _eval(expr: str, env: dict[str, Any]) -> Any:
+    """One formula on NumPy arrays (C's ``&&`` of two comparisons becomes ``&``)."""
+    return eval(expr.replace("&&", "&"), {"__builtins__": {}, **PY_HELPERS}, env)
+
+
+def _evaluate(steps: Sequence[tuple[str, str]], env: dict[str, Any]) -> None:
+    for name, expr in steps:
+        env[name] = _eval(expr, env)
+
+
+def reference_im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """im2col computed by evaluating the kernel's own formulas with NumPy, one
+    "thread" per column element (for tests; slow)."""
+    memory, strides = dense_memory(np.asarray(x), np.ascontiguousarray)
+    rows = geom.in_channels * geom.taps
+    env: dict[str, Any] = {k: np.int64(v) for k, v in im2col_arguments(geom, strides).items()}
+    env["idx"] = np.arange(rows * env["NCOL"], dtype=np.int64)
+    _evaluate(IM2COL_STEPS, env)
+    valid = _eval(IM2COL_VALID, env)
+    values = np.where(valid, memory[np.where(valid, env["src"], 0)], 0)
+    return values.astype(x.dtype).reshape(rows, int(env["NCOL"]))
+
+
+def reference_col2im(cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """col2im computed by evaluating the kernel's own formulas with NumPy, one
+    "thread" per input element, the taps in the kernel's order (for tests; slow)."""
+    rows, ncol = geom.in_channels * geom.taps, _geometry_values(geom)["NCOL"]
+    memory, strides = dense_memory(np.asarray(cols).reshape(rows, ncol), np.ascontiguousarray)
+    shape = output_shape(geom)
+    env: dict[str, Any] = {k: np.int64(v) for k, v in col2im_arguments(geom, strides).items()}
+    env["idx"] = np.arange(int(np.prod(shape)), dtype=np.int64)
+    _evaluate(COL2IM_PIXEL, env)
+    acc = np.zeros(env["idx"].shape, dtype=cols.dtype)
+    for ki in range(geom.kernel[0]):
+        env["ki"] = np.int64(ki)
+        _evaluate(COL2IM_ROW_TAP, env)
+        for kj in range(geom.kernel[1]):
+            env["kj"] = np.int64(kj)
+            _evaluate(COL2IM_COL_TAP, env)
+            hit = _eval(COL2IM_HIT, env)
+            src = _eval(COL2IM_SRC, env)
+            acc = acc + np.where(hit, memory[np.where(hit, src, 0)], 0).astype(cols.dtype)
+    return acc.reshape(shape).transpose(output_permutation())
+
+
+# ------------------------------------------------------------------ CuPy kernels
+
+
+def kernel_spec(which: str, wide: bool) -> dict[str, str]:
+    """The arguments of ``cupy.ElementwiseKernel`` for ``"im2col"`` or ``"col2im"`` with
+    32-bit (``wide=False``) or 64-bit indices. Scalars get explicit integer types (CuPy
+    infers a type placeholder from arrays only); ``I`` is a typedef in the preamble."""
+    if which == "im2col":
+        raw, params, body = "x", IM2COL_PARAMS, IM2COL_SOURCE
+    elif which == "col2im":
+        raw, params, body = "cols", COL2IM_PARAMS, COL2IM_SOURCE
+    else:
+        raise ValueError(f"which: expected 'im2col' or 'col2im', got {which!r}")
+    dtype, ctype = ("int64", "long long") if wide else ("int32", "int")
+    return {
+        "in_params": ", ".join([f"raw T {raw}", *(f"{dtype} {p}" for p in params)]),
+        "out_params": "T out",
+        "operation": body,
+        "name": f"xpconv_{which}_{dtype}",
+        "preamble": f"typedef {ctype} I;\n{PREAMBLE}",
+    }
+
+
+@functools.cache
+def _kernel(which: str, wide: bool) -> Any:
+    import cupy
+
+    return cupy.ElementwiseKernel(**kernel_spec(which, wide))
+
+
+def _launch(which: str, memory: Array, values: dict[str, int], out: Array) -> None:
+    if out.size:
+        params = IM2COL_PARAMS if which == "im2col" else COL2IM_PARAMS
+        wide = not _fits_int32(out.size, memory.size)
+        _kernel(which, wide)(memory, *(values[p] for p in params), out)
+
+
+def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
+    """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N), one CUDA kernel."""
+    import cupy
+
+    with x.device:
+        memory, strides = dense_memory(x, cupy.ascontiguousarray)
+        values = im2col_arguments(geom, strides)
+        out = cupy.empty((geom.in_channels * geom.taps, values["NCOL"]), dtype=x.dtype)
+        _launch("im2col", memory, values, out)
+    return out
+
+
+def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
+    """The adjoint of :func:`im2col`: (C * KH * KW, OH * OW * N) -> (N, C, H, W), one
+    CUDA kernel; the result's memory keeps the batch innermost."""
+    import cupy
+
+    rows, ncol = geom.in_channels * geom.taps, _geometry_values(geom)["NCOL"]
+    with cols.device:
+        memory, strides = dense_memory(cols.reshape(rows, ncol), cupy.ascontiguousarray)
+        values = col2im_arguments(geom, strides)
+        out = cupy.empty(output_shape(geom), dtype=cols.dtype)
+        _launch("col2im", memory, values, out)
+    return out.transpose(output_permutation())
+
+
+def batch_innermost(x: Array) -> bool:
+    """Whether the batch axis (0) of ``x`` has the smallest stride."""
+    return x.ndim > 1 and x.shape[0] > 1 and x.strides[0] == min(abs(s) for s in x.strides)
+
+
+def make_kernels() -> Kernels:
+    """The CuPy kernels (CuPy itself is imported only when they run)."""
+    return Kernels("cupy", im2col, col2im, batch_innermost=batch_innermost)
+
+
+@functools.cache
+def _load() -> Kernels | None:
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return None
+    return make_kernels()
+
+
+register_fast_path("is_cupy_namespace", _load)
