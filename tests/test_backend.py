@@ -103,3 +103,11 @@ def test_backend_of_and_check(case: Case) -> None:
 def test_namespace_of_rejects_non_arrays() -> None:
     with pytest.raises(TypeError, match=r"x: expected an array, got builtins.list"):
         xb.namespace_of(x=[1.0, 2.0])
+
+
+def test_numpy_backend_keeps_freed_memory_unless_told_not_to(monkeypatch) -> None:
+    if sys.platform != "linux":
+        pytest.skip("the allocator setting exists on Linux with glibc only")
+    assert xb._keep_freed_memory() is True
+    monkeypatch.setenv("XPCONV_KEEP_FREED_MEMORY", "0")
+    assert xb._keep_freed_memory() is False

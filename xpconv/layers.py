@@ -201,6 +201,14 @@ class Conv2D(_ActivationMixin, Layer):
         self.use_bias, self.init, self.in_channels = use_bias, init, in_channels
         get_initializer(init)
         self._set_activation(activation)
+        # Set by Sequential when a MaxPool2D follows: bias and ReLU commute with the max,
+        # so that layer applies them to the pooled output, a quarter of the data.
+        self.pool_after: MaxPool2D | None = None
+
+    @property
+    def epilogue_commutes_with_max(self) -> bool:
+        """Whether bias + activation may run after a following max pool instead."""
+        return self.activation in (None, "identity", "relu")
 
     def _conv_args(self) -> dict[str, Any]:
         return dict(
@@ -237,14 +245,25 @@ class Conv2D(_ActivationMixin, Layer):
     def forward(self, x: Array, training: bool) -> Array:
         xp = array_namespace(self.params["weight"].value)
         geom = replace(self._geom, batch=int(x.shape[0]))
-        bias = self.params["bias"].value if self.use_bias else None
+        deferred = self.pool_after is not None
+        bias = self.params["bias"].value if self.use_bias and not deferred else None
         out, cols = conv2d_forward(xp, x, self.params["weight"].value, bias, geom)
         self._saved = (xp, cols, geom)
-        return self._activate(out)
+        return out if deferred else self._activate(out)
+
+    def epilogue_forward(self, pooled: Array) -> Array:
+        """Bias and activation, applied by the following max pool to its output."""
+        if self.use_bias:
+            xp = array_namespace(pooled)
+            pooled = pooled + xp.reshape(self.params["bias"].value, (1, -1, 1, 1))
+        return self._activate(pooled)
 
     def backward(self, grad: Array) -> Array:
         xp, cols, geom = self._saved
-        grad = self._deactivate(grad)
+        if self.pool_after is None:
+            grad = self._deactivate(grad)
+        # With a deferred bias the gradient of z still sums to the bias gradient: max
+        # pooling sends each pooled gradient to exactly one position of z.
         gx, gw, gb = conv2d_backward_cols(
             xp, grad, cols, self.params["weight"].value, geom, need_input_grad=self.needs_input_grad
         )
@@ -386,11 +405,19 @@ class _Pool2D(Layer):
 class MaxPool2D(_Pool2D):
     """Max pooling: (N, C, H, W) -> (N, C, OH, OW); stride defaults to the kernel size."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epilogue_of: Conv2D | None = None  # see Conv2D.pool_after
+
     def forward(self, x: Array, training: bool) -> Array:
         out, self._saved = F.max_pool2d_forward(x, **self._args())
+        if self.epilogue_of is not None:
+            out = self.epilogue_of.epilogue_forward(out)
         return out
 
     def backward(self, grad: Array) -> Array:
+        if self.epilogue_of is not None:
+            grad = self.epilogue_of._deactivate(grad)
         gx = F.max_pool2d_backward_saved(grad, self._saved)
         self._saved = None
         return gx

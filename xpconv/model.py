@@ -20,7 +20,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from .backend import Backend, get_backend
-from .layers import BuildContext, Layer, Parameter, layer_from_config
+from .layers import BuildContext, Conv2D, Layer, MaxPool2D, Parameter, layer_from_config
 from .losses import Loss, get_loss
 
 Array = Any
@@ -40,6 +40,9 @@ class Sequential:
         seed: seeds the weight initialisers and the dropout masks.
         input_shape: per-example input shape, e.g. (1, 28, 28); without it the model
             is built on its first input.
+        fuse: let a max pool that follows a convolution apply the convolution's bias
+            and ReLU to its (four times smaller) output; they commute with the max, so
+            outputs are unchanged.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Sequential:
         dtype: str = "float32",
         seed: int = 0,
         input_shape: Sequence[int] | None = None,
+        fuse: bool = True,
     ) -> None:
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError(f"layers: expected a non-empty list of Layer, got {layers!r}")
@@ -62,6 +66,7 @@ class Sequential:
         self.backend = get_backend(backend, device)
         self.dtype = self.backend.dtype(dtype)
         self.seed = seed
+        self.fuse = fuse
         self.training = False
         self.dropout_rng = np.random.default_rng([seed, 1])
         self.input_shape: tuple[int, ...] | None = None
@@ -99,6 +104,8 @@ class Sequential:
             layer.name = f"{type(layer).__name__.lower()}_{index}"
             shape = layer.build(shape, ctx)
             layer.needs_input_grad = layer is not self.layers[0]
+        if self.fuse:
+            _fuse_conv_pool(self.layers)
         self.input_shape = tuple(int(s) for s in input_shape)
         return self
 
@@ -370,6 +377,13 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(layer.describe() for layer in self.layers)
         return f"Sequential([{inner}], backend={self.backend.label!r}, dtype={self.dtype_name!r})"
+
+
+def _fuse_conv_pool(layers: list[Layer]) -> None:
+    """Pair each Conv2D whose bias and activation commute with a following MaxPool2D."""
+    for conv, pool in zip(layers, layers[1:]):
+        if type(conv) is Conv2D and type(pool) is MaxPool2D and conv.epilogue_commutes_with_max:
+            conv.pool_after, pool.epilogue_of = pool, conv
 
 
 def _check_finite_host(x: np.ndarray, argument: str) -> None:
