@@ -383,3 +383,16 @@ def test_mixed_devices_name_both_arguments() -> None:
     w = strict.asarray(W, device=strict.Device("device1"))
     with pytest.raises(BackendError, match=r"x is .*CPU_DEVICE.* but weight is .*device1"):
         F.conv2d(x, w)
+
+
+def test_batch_innermost_inputs_give_the_same_results(rng: np.random.Generator) -> None:
+    """The NumPy path picks other matmul orientations for batch-innermost arrays."""
+    x_c = rng.normal(size=(6, 40))
+    x_f = np.asfortranarray(x_c)  # batch innermost, as a flattened convolution output
+    w, g = rng.normal(size=(5, 40)), rng.normal(size=(6, 5))
+    kernels = kernels_for(get_backend("numpy").xp)
+    assert kernels.batch_innermost(x_f) and not kernels.batch_innermost(x_c)
+    np.testing.assert_allclose(F.linear(x_f, w), F.linear(x_c, w), rtol=1e-12)
+    for a, b in zip(F.linear_backward(g, x_f, w), F.linear_backward(g, x_c, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert F.linear_backward(g, x_f, w)[0].flags["F_CONTIGUOUS"]

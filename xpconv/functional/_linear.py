@@ -43,8 +43,10 @@ def linear(x: Array, weight: Array, bias: Array | None = None) -> Array:
     Returns:
         (N, OUT).
     """
-    _check_linear(x, weight, bias)
-    out = x @ weight.T
+    xp = _check_linear(x, weight, bias)
+    # x stored batch-innermost (a flattened convolution output): the products are faster
+    # with its contiguous transpose as the operand.
+    out = (weight @ x.T).T if kernels_for(xp).batch_innermost(x) else x @ weight.T
     if bias is not None:
         out = out + bias
     return out
@@ -70,9 +72,10 @@ def linear_backward(grad_out: Array, x: Array, weight: Array) -> tuple[Array, Ar
         raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
     if kernels_for(xp).batch_innermost(x):
         grad_x = (weight.T @ grad_out.T).T  # (IN, N) contiguous: x's own layout
+        grad_w = (x.T @ grad_out).T
     else:
-        grad_x = grad_out @ weight
-    return grad_x, grad_out.T @ x, xp.sum(grad_out, axis=0)
+        grad_x, grad_w = grad_out @ weight, grad_out.T @ x
+    return grad_x, grad_w, xp.sum(grad_out, axis=0)
 
 
 def flatten(x: Array) -> Array:
