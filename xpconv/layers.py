@@ -21,7 +21,8 @@ from array_api_compat import array_namespace
 
 from . import functional as F
 from .backend import Backend
-from .functional._conv import conv2d_backward_cols, conv2d_forward, conv_geometry
+from .functional._checks import int_pair, positive_int
+from .functional._conv import conv2d_backward_cols, conv2d_forward, conv_geometry, lift_1d_arg
 from .initializers import get_initializer
 
 Array = Any
@@ -132,8 +133,6 @@ class Layer:
 
 
 def _as_pair(value: Any, name: str) -> tuple[int, int]:
-    from .functional._checks import int_pair
-
     return int_pair(value, name, minimum=0)
 
 
@@ -193,8 +192,6 @@ class Conv2D(_ActivationMixin, Layer):
         in_channels: int | None = None,
     ) -> None:
         super().__init__()
-        from .functional._checks import positive_int
-
         self.filters = positive_int(filters, f"{self.name}: filters")
         self.kernel_size = _as_pair(kernel_size, f"{self.name}: kernel_size")
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
@@ -310,22 +307,21 @@ class Conv1D(Conv2D):
         init: str = "glorot_normal",
         in_channels: int | None = None,
     ) -> None:
-        from .functional._conv import _one_dim
-
         super().__init__(
             filters,
             (1, kernel_size),
-            stride=_one_dim(stride, "stride", 1),
-            padding=_one_dim(padding, "padding", 0),
-            dilation=_one_dim(dilation, "dilation", 1),
+            stride=lift_1d_arg(stride, "stride", 1),
+            padding=lift_1d_arg(padding, "padding", 0),
+            dilation=lift_1d_arg(dilation, "dilation", 1),
             groups=groups,
             activation=activation,
             use_bias=use_bias,
             init=init,
             in_channels=in_channels,
         )
-        self._config1d = dict(kernel_size=kernel_size, stride=stride, padding=padding)
-        self._config1d["dilation"] = dilation
+        self._config1d = dict(
+            kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation
+        )
 
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         if len(input_shape) != 2:
@@ -468,8 +464,6 @@ class Dense(_ActivationMixin, Layer):
         neurons: int | None = None,
     ) -> None:
         super().__init__()
-        from .functional._checks import positive_int
-
         if (units is None) == (neurons is None):
             raise TypeError(f"{self.name}: give exactly one of units or neurons")
         self.units = positive_int(units if units is not None else neurons, f"{self.name}: units")

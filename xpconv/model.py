@@ -20,6 +20,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from .backend import Backend, get_backend
+from .functional._checks import positive_int
 from .layers import BuildContext, Conv2D, Layer, MaxPool2D, Parameter, layer_from_config
 from .losses import Loss, get_loss
 
@@ -238,12 +239,7 @@ class Sequential:
     # ------------------------------------------------------------------ inference
     def predict(self, x: Any, batch_size: int = 512) -> Array:
         """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode."""
-        from .functional._checks import positive_int
-
-        positive_int(batch_size, "batch_size")
-        n = int(x.shape[0])
-        if n < 1:
-            raise ValueError(f"x: expected at least one example, got shape {tuple(x.shape)}")
+        n = _batches(x, batch_size)
         parts = [
             self.forward(x[i : min(i + batch_size, n), ...], training=False)
             for i in range(0, n, batch_size)
@@ -257,7 +253,7 @@ class Sequential:
     def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, float]:
         """Mean loss and accuracy over (x, y); one device sync at the end."""
         xp = self.xp
-        n = int(x.shape[0])
+        n = _batches(x, batch_size)
         total_loss, correct = 0.0, 0
         for i in range(0, n, batch_size):
             out = self.forward(x[i : min(i + batch_size, n), ...], training=False)
@@ -377,6 +373,15 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(layer.describe() for layer in self.layers)
         return f"Sequential([{inner}], backend={self.backend.label!r}, dtype={self.dtype_name!r})"
+
+
+def _batches(x: Any, batch_size: int) -> int:
+    """Check a dataset and batch size for inference; returns the number of examples."""
+    positive_int(batch_size, "batch_size")
+    n = int(x.shape[0]) if getattr(x, "ndim", 0) else 0
+    if n < 1:
+        raise ValueError(f"x: expected at least one example, got shape {tuple(x.shape)}")
+    return n
 
 
 def _fuse_conv_pool(layers: list[Layer]) -> None:

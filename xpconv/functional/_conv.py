@@ -253,7 +253,7 @@ def conv2d_backward(
 # ------------------------------------------------------------------------------ 1-D
 
 
-def _one_dim(value: Any, name: str, fill: int) -> Any:
+def lift_1d_arg(value: Any, name: str, fill: int) -> Any:
     """Lift a 1-D argument to the 2-D one of a height-1 convolution."""
     if isinstance(value, str):
         return value
@@ -270,9 +270,9 @@ def _lift1d(x: Array, weight: Array, stride: Any, padding: Any, dilation: Any) -
     check_rank(x, "x", 3, "(N, C, L)")
     check_rank(weight, "weight", 3, "(O, C // groups, K)")
     conv = dict(
-        stride=_one_dim(stride, "stride", 1),
-        padding=_one_dim(padding, "padding", 0),
-        dilation=_one_dim(dilation, "dilation", 1),
+        stride=lift_1d_arg(stride, "stride", 1),
+        padding=lift_1d_arg(padding, "padding", 0),
+        dilation=lift_1d_arg(dilation, "dilation", 1),
     )
     xp = namespace(x=x, weight=weight)
     return xp, xp.expand_dims(x, axis=2), xp.expand_dims(weight, axis=2), conv
