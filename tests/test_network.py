@@ -267,7 +267,7 @@ def small_lenet(case_or_backend, dtype: str, seed: int = 0) -> xc.Sequential:
 
 def _train_losses(model: xc.Sequential, steps: int = 20) -> list[float]:
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(steps, 8, 1, 12, 12))
+    x = rng.normal(size=(steps, 8, 1, 12, 12)).astype(model.dtype_name)
     y = rng.integers(0, 10, size=(steps, 8))
     opt = SGD(0.05, momentum=0.9)
     losses = []
@@ -289,7 +289,7 @@ def test_whole_model_parity_across_backends(case: Case) -> None:
 
 def test_model_moved_between_backends_predicts_the_same(case: Case, rng) -> None:
     model = small_lenet(xc.get_backend("numpy"), case.dtype, seed=4)
-    x = rng.normal(size=(5, 1, 12, 12))
+    x = rng.normal(size=(5, 1, 12, 12)).astype(case.dtype)
     before = model.backend.to_numpy(model.predict(x))
     model.to(case.backend)
     after = case.to_numpy(model.predict(x))
