@@ -396,3 +396,32 @@ def test_batch_innermost_inputs_give_the_same_results(rng: np.random.Generator) 
     for a, b in zip(F.linear_backward(g, x_f, w), F.linear_backward(g, x_c, w)):
         np.testing.assert_allclose(a, b, rtol=1e-12)
     assert F.linear_backward(g, x_f, w)[0].flags["F_CONTIGUOUS"]
+
+
+POOLED = [(c, pool) for c in CONFIGS[:40] for pool in [(2, 2), (2, 3)]]
+
+
+@pytest.mark.parametrize(
+    "cfg, pool", POOLED, ids=[f"cfg{c['seed']}-pool{p[0]}x{p[1]}" for c, p in POOLED]
+)
+def test_pool_ordered_columns(case: Case, cfg: dict, pool: tuple[int, int]) -> None:
+    """Pool-ordered im2col holds the plain columns of the pooled region, permuted;
+    its col2im is still the adjoint, on the portable and the selected kernels."""
+    from dataclasses import replace
+
+    x, w, _ = make_data(cfg, case)
+    plain = conv_geometry(x.shape, w.shape, **cfg["conv"])
+    if plain.out[0] < pool[0] or plain.out[1] < pool[1]:
+        pytest.skip("output smaller than the pooling window")
+    geom = replace(plain, pool=pool)
+    (kp, kq), (ph, pw), n = pool, geom.pooled, geom.batch
+    xa = case.asarray(x)
+    ref = case.to_numpy(PORTABLE.im2col(case.xp, xa, plain))
+    ref = ref.reshape(-1, *plain.out, n)[:, : kp * ph, : kq * pw, :]
+    ref = ref.reshape(-1, ph, kp, pw, kq, n).transpose(0, 2, 4, 1, 3, 5).reshape(ref.shape[0], -1)
+    y = case.host(np.random.default_rng(cfg["seed"]).normal(size=ref.shape))
+    for kernels in {PORTABLE, kernels_for(case.xp)}:
+        np.testing.assert_array_equal(case.to_numpy(kernels.im2col(case.xp, xa, geom)), ref)
+        back = case.to_numpy(kernels.col2im(case.xp, case.asarray(y), geom))
+        lhs, rhs = float(np.sum(ref * y)), float(np.sum(x * back))
+        assert abs(lhs - rhs) <= case.rtol * 10 * max(1.0, abs(lhs)), (kernels.name, lhs, rhs)

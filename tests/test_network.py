@@ -438,24 +438,31 @@ def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
     assert accuracy >= 0.915, accuracy
 
 
-def test_conv_pool_fusion_changes_nothing(case: Case, rng) -> None:
-    """Bias and ReLU moved after the max pool: same outputs, losses and gradients."""
+@pytest.mark.parametrize("size, pool", [(6, 2), (7, 2), (8, (3, 2))])
+def test_conv_pool_fusion_changes_nothing(case: Case, rng, size: int, pool) -> None:
+    """Conv2D + tiled MaxPool2D run as one step: same outputs, losses and gradients
+    (odd sizes: the rows the pool drops are not computed)."""
     fused, plain = (
         xc.Sequential(
-            [L.Conv2D(3, 3, padding=1, activation="relu"), L.MaxPool2D(2), L.Flatten(), L.Dense(4)],
+            [
+                L.Conv2D(3, 3, padding=1, activation="relu"),
+                L.MaxPool2D(pool),
+                L.Flatten(),
+                L.Dense(4),
+            ],
             backend=case.backend,
             dtype=case.dtype,
             seed=2,
-            input_shape=(2, 6, 6),
+            input_shape=(2, size, size),
             fuse=fuse,
         )
         for fuse in (True, False)
     )
-    assert fused.layers[0].pool_after is fused.layers[1] and plain.layers[0].pool_after is None
+    assert isinstance(fused._steps[0], L.ConvMaxPool) and plain._steps[0] is plain.layers[0]
     for model in (fused, plain):  # a non-zero bias, so moving it matters
         bias = model.parameters()["conv2d_0.bias"]
         bias.value = case.asarray(np.array([0.3, -0.2, 0.1]))
-    x, y = case.asarray(_distinct(rng, (5, 2, 6, 6))), np.array([0, 1, 2, 3, 0])
+    x, y = case.asarray(_distinct(rng, (5, 2, size, size))), np.array([0, 1, 2, 3, 0])
     case.assert_close(fused.forward(x), case.to_numpy(plain.forward(x)), "forward")
     case.assert_close(fused.train_batch(x, y), case.to_numpy(plain.train_batch(x, y)), "loss")
     for (name, p), q in zip(fused.parameters().items(), plain.parameters().values()):

@@ -21,7 +21,7 @@ from array_api_compat import is_array_api_obj
 
 from .backend import Backend, get_backend
 from .functional._checks import positive_int
-from .layers import BuildContext, Conv2D, Layer, MaxPool2D, Parameter, layer_from_config
+from .layers import BuildContext, ConvMaxPool, Layer, Parameter, layer_from_config
 from .losses import Loss, get_loss
 
 Array = Any
@@ -41,9 +41,9 @@ class Sequential:
         seed: seeds the weight initialisers and the dropout masks.
         input_shape: per-example input shape, e.g. (1, 28, 28); without it the model
             is built on its first input.
-        fuse: let a max pool that follows a convolution apply the convolution's bias
-            and ReLU to its (four times smaller) output; they commute with the max, so
-            outputs are unchanged.
+        fuse: run a Conv2D (ReLU or no activation) and a tiled MaxPool2D after it as one
+            step (:class:`~xpconv.layers.ConvMaxPool`): same results, less memory
+            traffic.
     """
 
     def __init__(
@@ -105,8 +105,7 @@ class Sequential:
             layer.name = f"{type(layer).__name__.lower()}_{index}"
             shape = layer.build(shape, ctx)
             layer.needs_input_grad = layer is not self.layers[0]
-        if self.fuse:
-            _fuse_conv_pool(self.layers)
+        self._steps = _plan(self.layers, self.fuse)
         self.input_shape = tuple(int(s) for s in input_shape)
         return self
 
@@ -196,8 +195,8 @@ class Sequential:
         """Outputs (N, *output_shape) for inputs (N, *input_shape)."""
         x = self.as_input(x)
         training = self.training if training is None else training
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        for step in self._steps:
+            x = step.forward(x, training)
         return x
 
     __call__ = forward
@@ -211,8 +210,8 @@ class Sequential:
         first = self.layers[0]
         first.needs_input_grad = input_grad
         try:
-            for layer in reversed(self.layers):
-                grad = layer.backward(grad)
+            for step in reversed(self._steps):
+                grad = step.backward(grad)
         finally:
             first.needs_input_grad = False
         return grad if input_grad else None
@@ -384,11 +383,19 @@ def _batches(x: Any, batch_size: int) -> int:
     return n
 
 
-def _fuse_conv_pool(layers: list[Layer]) -> None:
-    """Pair each Conv2D whose bias and activation commute with a following MaxPool2D."""
-    for conv, pool in zip(layers, layers[1:]):
-        if type(conv) is Conv2D and type(pool) is MaxPool2D and conv.epilogue_commutes_with_max:
-            conv.pool_after, pool.epilogue_of = pool, conv
+def _plan(layers: list[Layer], fuse: bool) -> list[Any]:
+    """The steps a forward pass runs: the layers, with fusable Conv2D + MaxPool2D
+    pairs replaced by one :class:`~xpconv.layers.ConvMaxPool` step."""
+    steps: list[Any] = []
+    i = 0
+    while i < len(layers):
+        if fuse and i + 1 < len(layers) and ConvMaxPool.fits(layers[i], layers[i + 1]):
+            steps.append(ConvMaxPool(layers[i], layers[i + 1]))
+            i += 2
+        else:
+            steps.append(layers[i])
+            i += 1
+    return steps
 
 
 def _check_finite_host(x: np.ndarray, argument: str) -> None:

@@ -119,17 +119,25 @@ def _grouped_matmul(xp: Any, a: Array, b: Array, groups: int) -> Array:
     return xp.concat(parts, axis=0)
 
 
+def conv2d_forward_matrix(
+    xp: Any, x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
+) -> tuple[Array, Array]:
+    """Unchecked forward: the output as a (O, columns) matrix in the column order of
+    ``geom`` (see ``_im2col``), and the columns for backward."""
+    cols = kernels_for(xp).im2col(xp, x, geom)  # (C*KH*KW, columns)
+    o = geom.out_channels
+    out = _grouped_matmul(xp, xp.reshape(weight, (o, -1)), cols, geom.groups)  # fresh
+    if bias is not None:
+        out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
+    return out, cols
+
+
 def conv2d_forward(
     xp: Any, x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
 ) -> tuple[Array, Array]:
     """Unchecked forward: returns the output (N, O, OH, OW) and the columns for backward."""
-    kernels = kernels_for(xp)
-    cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, OH*OW*N)
+    out, cols = conv2d_forward_matrix(xp, x, weight, bias, geom)
     o, (oh, ow) = geom.out_channels, geom.out
-    w2 = xp.reshape(weight, (o, -1))
-    out = _grouped_matmul(xp, w2, cols, geom.groups)  # (O, OH*OW*N), a fresh array
-    if bias is not None:
-        out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
     out = xp.permute_dims(xp.reshape(out, (o, oh, ow, geom.batch)), (3, 0, 1, 2))
     return out, cols
 
@@ -148,8 +156,22 @@ def conv2d_backward_cols(
     With ``need_input_grad=False`` (a network's first layer) grad_x is ``None`` and its
     matmul and col2im are skipped.
     """
-    o, groups = geom.out_channels, geom.groups
+    o = geom.out_channels
     g2 = xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (o, -1))  # (O, OH*OW*N)
+    return conv2d_backward_matrix(xp, g2, cols, weight, geom, need_input_grad=need_input_grad)
+
+
+def conv2d_backward_matrix(
+    xp: Any,
+    g2: Array,
+    cols: Array,
+    weight: Array,
+    geom: ConvGeometry,
+    *,
+    need_input_grad: bool = True,
+) -> tuple[Array | None, Array, Array]:
+    """:func:`conv2d_backward_cols` from the output gradient as a (O, columns) matrix."""
+    o, groups = geom.out_channels, geom.groups
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
     grad_bias = xp.sum(g2, axis=1)
     kernels = kernels_for(xp)

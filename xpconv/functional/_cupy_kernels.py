@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _im2col
 from ._im2col import ConvGeometry
 from ._kernels import Kernels, register_fast_path
 
@@ -333,7 +334,12 @@ def _launch(which: str, memory: Array, values: dict[str, int], out: Array) -> No
 
 
 def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
-    """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N), one CUDA kernel."""
+    """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N), one CUDA kernel.
+
+    Pool-ordered columns (``geom.pool != (1, 1)``) take the portable path.
+    """
+    if geom.pool != (1, 1):
+        return _im2col.im2col(xp, x, geom)
     import cupy
 
     with x.device:
@@ -347,6 +353,8 @@ def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
 def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
     """The adjoint of :func:`im2col`: (C * KH * KW, OH * OW * N) -> (N, C, H, W), one
     CUDA kernel; the result's memory keeps the batch innermost."""
+    if geom.pool != (1, 1):
+        return _im2col.col2im(xp, cols, geom)
     import cupy
 
     rows, ncol = geom.in_channels * geom.taps, _geometry_values(geom)["NCOL"]

@@ -9,6 +9,13 @@ innermost: the matmul's output (O, OH * OW * N) is then an (N, O, OH, OW) array 
 memory keeps the batch innermost, so the elementwise ops, pooling and the next im2col
 that follow all run over long contiguous rows instead of rows of OW elements.
 
+Pool-ordered columns. When a tiled KP x KQ max pool follows the convolution, the
+geometry's ``pool`` is (KP, KQ) and the columns are ordered (pi, pj, ph, pw, n) with
+``oh = KP * ph + pi``: the matmul output is then KP * KQ contiguous blocks, one per
+pooling tap, and the pool is an elementwise max over whole blocks. Output rows and
+columns beyond ``KP * PH`` and ``KQ * PW`` (which the pool drops) are not computed.
+With ``pool == (1, 1)`` this is the plain (oh, ow, n) order.
+
 im2col is a loop over the KH x KW kernel offsets, each taking one strided slice of the
 padded input (no ``as_strided``); col2im is its adjoint and accumulates those slices.
 Slice stops are kept in bounds (``start + stride * (out - 1) + 1``), as array-api-strict
@@ -43,29 +50,55 @@ class ConvGeometry:
     pad: tuple[tuple[int, int], tuple[int, int]]
     groups: int
     out: tuple[int, int]
+    pool: tuple[int, int] = (1, 1)
 
     @property
     def taps(self) -> int:
         return self.kernel[0] * self.kernel[1]
 
     @property
+    def pooled(self) -> tuple[int, int]:
+        """(PH, PW): output rows and columns per pooling tap."""
+        return self.out[0] // self.pool[0], self.out[1] // self.pool[1]
+
+    @property
+    def columns(self) -> int:
+        """Columns of the column matrix: KP * KQ * PH * PW * N."""
+        (kp, kq), (ph, pw) = self.pool, self.pooled
+        return kp * kq * ph * pw * self.batch
+
+    @property
     def padded_size(self) -> tuple[int, int]:
         (pt, pb), (pl, pr) = self.pad
         return self.in_size[0] + pt + pb, self.in_size[1] + pl + pr
 
-    def window(self, i: int, j: int) -> tuple[slice, slice]:
-        """Slices of the padded input read by kernel tap (i, j)."""
-        (dh, dw), (sh, sw), (oh, ow) = self.dilation, self.stride, self.out
-        top, left = i * dh, j * dw
+    def window(self, i: int, j: int, pi: int = 0, pj: int = 0) -> tuple[slice, slice]:
+        """Slices of the padded input read by kernel tap (i, j) for pooling tap (pi, pj)."""
+        (dh, dw), (sh, sw), (kp, kq), (ph, pw) = self.dilation, self.stride, self.pool, self.pooled
+        top, left = i * dh + pi * sh, j * dw + pj * sw
         return (
-            slice(top, top + sh * (oh - 1) + 1, sh),
-            slice(left, left + sw * (ow - 1) + 1, sw),
+            slice(top, top + sh * kp * (ph - 1) + 1, sh * kp),
+            slice(left, left + sw * kq * (pw - 1) + 1, sw * kq),
         )
 
-    def tap_index(self, i: int, j: int) -> tuple[slice, slice, slice, slice]:
-        """Index of kernel tap (i, j)'s inputs in a padded (C, Hp, Wp, N) array."""
-        rows, cols = self.window(i, j)
+    def tap_index(
+        self, i: int, j: int, pi: int = 0, pj: int = 0
+    ) -> tuple[slice, slice, slice, slice]:
+        """Index of the inputs of kernel tap (i, j), pooling tap (pi, pj), in a padded
+        (C, Hp, Wp, N) array."""
+        rows, cols = self.window(i, j, pi, pj)
         return slice(None), rows, cols, slice(None)
+
+    def all_taps(self) -> list[tuple[int, int, int, int]]:
+        """(i, j, pi, pj) in column-matrix order."""
+        (kh, kw), (kp, kq) = self.kernel, self.pool
+        return [
+            (i, j, pi, pj)
+            for i in range(kh)
+            for j in range(kw)
+            for pi in range(kp)
+            for pj in range(kq)
+        ]
 
 
 def _pad_hw(xp: Any, xt: Array, geom: ConvGeometry) -> Array:
@@ -77,14 +110,11 @@ def _pad_hw(xp: Any, xt: Array, geom: ConvGeometry) -> Array:
 
 
 def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
-    """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N)."""
-    n, c = geom.batch, geom.in_channels
-    oh, ow = geom.out
+    """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N) (or pool-ordered)."""
     xt = _pad_hw(xp, xp.permute_dims(x, (1, 2, 3, 0)), geom)  # (C, Hp, Wp, N)
-    kh, kw = geom.kernel
-    taps = [xt[geom.tap_index(i, j)] for i in range(kh) for j in range(kw)]
-    cols = xp.stack(taps, axis=1)  # (C, KH*KW, OH, OW, N)
-    return xp.reshape(cols, (c * geom.taps, oh * ow * n))
+    taps = [xt[geom.tap_index(*tap)] for tap in geom.all_taps()]
+    cols = xp.stack(taps, axis=1)  # (C, KH*KW*KP*KQ, PH, PW, N)
+    return xp.reshape(cols, (geom.in_channels * geom.taps, geom.columns))
 
 
 def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
@@ -94,14 +124,11 @@ def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
     overlapping windows accumulate. The result's memory keeps the batch innermost.
     """
     n, c = geom.batch, geom.in_channels
-    oh, ow = geom.out
-    kh, kw = geom.kernel
     hp, wp = geom.padded_size
-    cols = xp.reshape(cols, (c, kh, kw, oh, ow, n))
+    cols = xp.reshape(cols, (c, *geom.kernel, *geom.pool, *geom.pooled, n))
     acc = xp.zeros((c, hp, wp, n), dtype=cols.dtype, device=array_api_compat.device(cols))
-    for i in range(kh):
-        for j in range(kw):
-            acc = xpx.at(acc)[geom.tap_index(i, j)].add(cols[:, i, j, ...])
+    for i, j, pi, pj in geom.all_taps():
+        acc = xpx.at(acc)[geom.tap_index(i, j, pi, pj)].add(cols[:, i, j, pi, pj, ...])
     (pt, _), (pl, _) = geom.pad
     h, w = geom.in_size
     acc = acc[:, pt : pt + h, pl : pl + w, :]

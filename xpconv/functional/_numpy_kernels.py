@@ -41,34 +41,30 @@ def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N)."""
     src = _padded_chwn(np.asarray(x), geom)
     sc, sh, sw, sn = src.strides
-    (dh, dw), (th, tw) = geom.dilation, geom.stride
-    kh, kw = geom.kernel
-    oh, ow = geom.out
+    (dh, dw), (th, tw), (kp, kq) = geom.dilation, geom.stride, geom.pool
     windows = as_strided(
         src,
-        shape=(geom.in_channels, kh, kw, oh, ow, geom.batch),
-        strides=(sc, sh * dh, sw * dw, sh * th, sw * tw, sn),
+        shape=(geom.in_channels, *geom.kernel, kp, kq, *geom.pooled, geom.batch),
+        strides=(sc, sh * dh, sw * dw, sh * th, sw * tw, sh * th * kp, sw * tw * kq, sn),
         writeable=False,
     )
     cols = np.empty(windows.shape, dtype=src.dtype)
     np.copyto(cols, windows)
-    return cols.reshape(geom.in_channels * geom.taps, oh * ow * geom.batch)
+    return cols.reshape(geom.in_channels * geom.taps, geom.columns)
 
 
 def col2im(xp: Any, cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """The adjoint of :func:`im2col`: (C * KH * KW, OH * OW * N) -> (N, C, H, W)."""
     n, c = geom.batch, geom.in_channels
-    oh, ow = geom.out
-    kh, kw = geom.kernel
-    cols = np.asarray(cols).reshape(c, kh, kw, oh, ow, n)
+    cols = np.asarray(cols).reshape(c, *geom.kernel, *geom.pool, *geom.pooled, n)
     (pt, _), (pl, _) = geom.pad
     h, w = geom.in_size
-    if geom.taps == 1 and geom.stride == (1, 1) and geom.out == geom.in_size and pt == pl == 0:
+    plain = geom.pool == (1, 1) and geom.stride == (1, 1) and pt == pl == 0
+    if plain and geom.taps == 1 and geom.out == geom.in_size:
         return cols.reshape(c, h, w, n).transpose(3, 0, 1, 2)
     acc = np.zeros((c, *geom.padded_size, n), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            acc[geom.tap_index(i, j)] += cols[:, i, j]
+    for i, j, pi, pj in geom.all_taps():
+        acc[geom.tap_index(i, j, pi, pj)] += cols[:, i, j, pi, pj]
     return acc[:, pt : pt + h, pl : pl + w].transpose(3, 0, 1, 2)
 
 

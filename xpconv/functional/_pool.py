@@ -223,13 +223,13 @@ def _tiled_taps(xp: Any, src: Array, geom: PoolGeometry) -> list[Array]:
     return [src[:, :, geom.rows(i), geom.cols(j)] for i in range(kh) for j in range(kw)]
 
 
-def _max_forward_tiled(xp: Any, src: Array, geom: PoolGeometry) -> tuple[Array, Array]:
-    """Window maxima and the index of each window's first maximum, in one sweep.
+def _first_max(xp: Any, taps: list[Array]) -> tuple[Array, Array]:
+    """Elementwise maximum of same-shaped ``taps`` and the int8 index of the first one
+    that reaches it (ties keep the earlier tap).
 
     Arithmetic on masks rather than ``where``, and ``zeros_like`` so the index array
-    keeps the input's memory layout: both are several times faster on NumPy.
+    keeps the taps' memory layout: both are several times faster on NumPy.
     """
-    taps = _tiled_taps(xp, src, geom)
     best = taps[0]
     code = xp.zeros_like(best, dtype=xp.int8)
     for k, tap in enumerate(taps[1:], start=1):
@@ -237,6 +237,33 @@ def _max_forward_tiled(xp: Any, src: Array, geom: PoolGeometry) -> tuple[Array, 
         best = xp.maximum(best, tap)
         code = code + later * (k - code)
     return best, code
+
+
+def _max_forward_tiled(xp: Any, src: Array, geom: PoolGeometry) -> tuple[Array, Array]:
+    """Window maxima and the index of each window's first maximum, in one sweep."""
+    return _first_max(xp, _tiled_taps(xp, src, geom))
+
+
+def max_pool_blocks(blocks: Array) -> tuple[Array, Array]:
+    """Max pooling of a convolution output in pool-ordered columns (see ``_im2col``).
+
+    ``blocks`` (O, T, PH, PW, N) holds the T = KP * KQ pooling taps as contiguous
+    blocks; returns the pooled (O, PH, PW, N) and the int8 index of each window's
+    first maximum (row-major tap order, as :func:`max_pool2d`).
+    """
+    xp = namespace(blocks=blocks)
+    return _first_max(xp, [blocks[:, k, ...] for k in range(blocks.shape[1])])
+
+
+def max_pool_blocks_backward(grad_out: Array, argmax: Array, taps: int) -> Array:
+    """Vector-Jacobian product of :func:`max_pool_blocks`: (O, PH, PW, N) -> (O, T, PH, PW, N)."""
+    xp = namespace(grad_out=grad_out, argmax=argmax)
+    shape = (grad_out.shape[0], taps, *grad_out.shape[1:])
+    dev = array_api_compat.device(grad_out)
+    grad = xp.empty(shape, dtype=grad_out.dtype, device=dev)  # every block is written
+    for k in range(taps):
+        grad = xpx.at(grad)[:, k, ...].set(grad_out * xp.astype(argmax == k, grad_out.dtype))
+    return grad
 
 
 def _max_backward_tiled(xp: Any, grad_out: Array, saved: MaxPoolSaved) -> Array:
