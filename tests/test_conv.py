@@ -425,3 +425,16 @@ def test_pool_ordered_columns(case: Case, cfg: dict, pool: tuple[int, int]) -> N
         back = case.to_numpy(kernels.col2im(case.xp, case.asarray(y), geom))
         lhs, rhs = float(np.sum(ref * y)), float(np.sum(x * back))
         assert abs(lhs - rhs) <= case.rtol * 10 * max(1.0, abs(lhs)), (kernels.name, lhs, rhs)
+
+
+def test_numpy_kernels_work_in_a_forked_child() -> None:
+    """The copy threads are recreated after fork instead of waited on forever."""
+    import multiprocessing
+
+    x = np.random.default_rng(0).normal(size=(64, 32, 16, 16)).astype(np.float32)  # > 4 MB
+    w = np.ones((8, 32, 3, 3), dtype=np.float32)
+    expected = F.conv2d(x, w, padding=1)  # starts the threads in this process
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(F.conv2d, (x, w), {"padding": 1}).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)

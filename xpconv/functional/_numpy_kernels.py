@@ -36,6 +36,10 @@ def _executor() -> ThreadPoolExecutor | None:
     return ThreadPoolExecutor(min(cores or 1, 8)) if (cores or 1) > 1 else None
 
 
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads
+    os.register_at_fork(after_in_child=_executor.cache_clear)
+
+
 def _by_channel(work: Any, channels: int, nbytes: int) -> None:
     """Run ``work(lo, hi)`` over channel ranges, in parallel when it is worth it."""
     pool = _executor() if nbytes >= _PARALLEL_BYTES else None
