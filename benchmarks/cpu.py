@@ -138,8 +138,9 @@ def per_layer(
 ) -> dict[str, Any]:
     """Median forward and backward seconds of each layer in one training step.
 
-    Calls ``layer.forward(h, training=True)`` layer by layer, the loss forward and
-    backward, ``layer.backward(g)`` in reverse order, then the SGD update: exactly what
+    Calls ``step.forward(h, training=True)`` for each of ``model.steps`` (the layers,
+    with a fused convolution + max pool as one step), the loss forward and backward,
+    ``step.backward(g)`` in reverse order, then the SGD update: exactly what
     ``train_batch`` + ``step`` do, with a clock read between the calls.
     """
     from xpconv.optimizers import SGD
@@ -148,7 +149,7 @@ def per_layer(
     optimizer = SGD(LR, momentum=MOMENTUM)
     x_host, y_host = make_data(batch, seed)
     x, y = model.as_input(x_host), model.as_target(y_host, batch)
-    layers = model.layers
+    layers = model.steps
     fwd: list[list[float]] = [[] for _ in layers]
     bwd: list[list[float]] = [[] for _ in layers]
     loss_f, loss_b, opt_s, step_s = [], [], [], []

@@ -178,7 +178,7 @@ def test_smoke_run_writes_json_and_png(tmp_path, capsys):
 
     assert all(check["ok"] for check in data["peer_check"])
     layers = data["per_layer"]["layers"]
-    assert [r["layer"] for r in layers][:2] == ["conv2d_0", "maxpool2d_0"]
+    assert [r["layer"] for r in layers][:2] == ["conv2d_0 + maxpool2d_0", "conv2d_1 + maxpool2d_1"]
     assert all(r["forward_s"] >= 0 and r["backward_s"] >= 0 for r in layers)
     assert data["lecture_loops"]["matches"] is True
     assert data["memory"]["process_peak_rss_mb"] > 0

@@ -384,7 +384,7 @@ class _Pool2D(Layer):
         return {k: list(v) for k, v in self._args().items()}
 
     def describe(self) -> str:
-        return f"{self.name}({self.kernel_size[0]}x{self.kernel_size[1]})"
+        return f"{type(self).__name__}({self.kernel_size[0]}x{self.kernel_size[1]})"
 
 
 class MaxPool2D(_Pool2D):
@@ -592,6 +592,17 @@ class ConvMaxPool:
 
     def __init__(self, conv: Conv2D, pool: MaxPool2D) -> None:
         self.conv, self.pool = conv, pool
+
+    @property
+    def name(self) -> str:
+        return f"{self.conv.name} + {self.pool.name}"
+
+    @property
+    def output_shape(self) -> Shape | None:
+        return self.pool.output_shape
+
+    def describe(self) -> str:
+        return f"{self.conv.describe()} + {self.pool.describe()}"
 
     @staticmethod
     def fits(conv: Layer, pool: Layer) -> bool:

@@ -110,6 +110,13 @@ class Sequential:
         return self
 
     @property
+    def steps(self) -> list[Any]:
+        """The layers as a pass runs them: fused pairs (:class:`~xpconv.layers.ConvMaxPool`)
+        count as one step. Each step has ``forward(x, training)`` and ``backward(grad)``."""
+        self._require_built()
+        return list(self._steps)
+
+    @property
     def output_shape(self) -> tuple[int, ...]:
         self._require_built()
         return self.layers[-1].output_shape  # type: ignore[return-value]
