@@ -12,7 +12,6 @@ batch size limit; its records carry ``reference_only: true``.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import report
 from .timing import Policy, run_interleaved
 from .workloads import (
     CONTENDERS,
@@ -101,30 +101,16 @@ def throughput(
                 del runners
                 torch_rate = batch / timings["torch"].median_s if "torch" in timings else None
                 for name in names:
-                    t = timings[name]
-                    rate = batch / t.median_s
-                    records.append(
-                        {
-                            "workload": workload,
-                            "mode": mode,
-                            "batch": batch,
-                            "backend": name,
-                            "images_per_s": rate,
-                            "ratio_vs_torch": None if torch_rate is None else rate / torch_rate,
-                            "median_s": t.median_s,
-                            "min_s": t.min_s,
-                            "spread": t.spread,
-                            "repeats": len(t.samples),
-                            "steps_per_repeat": t.steps,
-                            "warmup_steps": policies[name].warmup + 1,
-                            "samples_s": t.samples,
-                            "last_value": t.last_value,
-                            "finite": math.isfinite(t.last_value),
-                            "reference_only": name in REFERENCE_ONLY,
-                            "dtype": DTYPE,
-                            "device": "cpu",
-                        }
+                    record = report.timing_record(
+                        workload, mode, batch, name, timings[name], torch_rate
                     )
+                    record.update(
+                        warmup_steps=policies[name].warmup + 1,
+                        reference_only=name in REFERENCE_ONLY,
+                        dtype=DTYPE,
+                        device="cpu",
+                    )
+                    records.append(record)
     return records
 
 

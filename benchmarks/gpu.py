@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from . import environment
-from .report import _align, _rate, _ratio, write_json
+from .report import _align, _lookup, _rate, _ratio, _rows, timing_record, write_json
 from .timing import Policy, Timing, steps_for
 from .workloads import (
     DTYPE,
@@ -616,33 +616,18 @@ def build_records(
     torch_rate = batch / timings["torch"].median_s if "torch" in timings else None
     records = []
     for name, t in timings.items():
-        rate = batch / t.median_s
-        records.append(
-            {
-                "workload": workload,
-                "mode": mode,
-                "batch": batch,
-                "backend": name,
-                "images_per_s": rate,
-                "ratio_vs_torch": None if torch_rate is None else rate / torch_rate,
-                "median_s": t.median_s,
-                "min_s": t.min_s,
-                "spread": t.spread,
-                "repeats": len(t.samples),
-                "steps_per_repeat": t.steps,
-                "warmup_steps": warmup + 1,
-                "samples_s": t.samples,
-                "last_value": t.last_value,
-                "finite": bool(np.isfinite(t.last_value)),
-                "reference_only": False,
-                "dtype": DTYPE,
-                "device": device,
-                "timer": timer_kinds[name],
-                "wall_median_s": statistics.median(walls[name]) if walls.get(name) else None,
-                "tf32": tf32,
-                "dry_run": dry_run,
-            }
+        record = timing_record(workload, mode, batch, name, t, torch_rate)
+        record.update(
+            warmup_steps=warmup + 1,
+            reference_only=False,
+            dtype=DTYPE,
+            device=device,
+            timer=timer_kinds[name],
+            wall_median_s=statistics.median(walls[name]) if walls.get(name) else None,
+            tf32=tf32,
+            dry_run=dry_run,
         )
+        records.append(record)
     return records
 
 
@@ -775,27 +760,14 @@ def run(
 # ------------------------------------------------------------------ tables
 
 
-def _groups(records: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:
-    seen: list[tuple[str, str, int]] = []
-    for r in records:
-        key = (r["workload"], r["mode"], r["batch"])
-        if key not in seen:
-            seen.append(key)
-    return seen
-
-
-def _index(records: Sequence[dict[str, Any]]) -> dict[tuple[str, str, int, str], dict]:
-    return {(r["workload"], r["mode"], r["batch"], r["backend"]): r for r in records}
-
-
 def format_table(records: Sequence[dict[str, Any]]) -> str:
     """Images/s per contender and the xpconv / PyTorch ratios, one row per workload."""
     present = [c for c in CONTENDERS if any(r["backend"] == c for r in records)]
-    index = _index(records)
+    index = _lookup(records)
     head = ["workload", "mode", "batch", *(SHORT[c] for c in present), "cupy/torch"]
     head.append("xp-torch/torch")
     lines = [head]
-    for workload, mode, batch in _groups(records):
+    for workload, mode, batch in _rows(records):
         row = [workload, mode, str(batch)]
         for c in present:
             rec = index.get((workload, mode, batch, c))
@@ -847,13 +819,13 @@ def context_line(report: dict[str, Any]) -> str:
 
 def markdown_table(records: Sequence[dict[str, Any]], report: dict[str, Any] | None = None) -> str:
     """The README table: images/s of the three contenders and the ratios."""
-    index = _index(records)
+    index = _lookup(records)
     lines = [
         "| Workload | Batch | xpconv, CuPy (images/s) | xpconv, PyTorch CUDA (images/s) "
         "| PyTorch + cuDNN (images/s) | CuPy / PyTorch | xpconv-torch / PyTorch |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for workload, mode, batch in _groups(records):
+    for workload, mode, batch in _rows(records):
         recs = [index.get((workload, mode, batch, c)) for c in CONTENDERS]
         rates = [_rate(r["images_per_s"]) if r else "-" for r in recs]
         ratios = [_ratio(r["ratio_vs_torch"]) if r else "-" for r in recs[:2]]

@@ -41,6 +41,30 @@ SHORT = {
 }
 
 
+def timing_record(
+    workload: str, mode: str, batch: int, backend: str, timing: Any, peer_rate: float | None
+) -> dict[str, Any]:
+    """The fields every throughput record has, from one contender's ``Timing``;
+    ``peer_rate`` is PyTorch's images/s in the same rounds (None without a peer)."""
+    rate = batch / timing.median_s
+    return {
+        "workload": workload,
+        "mode": mode,
+        "batch": batch,
+        "backend": backend,
+        "images_per_s": rate,
+        "ratio_vs_torch": None if peer_rate is None else rate / peer_rate,
+        "median_s": timing.median_s,
+        "min_s": timing.min_s,
+        "spread": timing.spread,
+        "repeats": len(timing.samples),
+        "steps_per_repeat": timing.steps,
+        "samples_s": timing.samples,
+        "last_value": timing.last_value,
+        "finite": math.isfinite(timing.last_value),
+    }
+
+
 def _rows(records: Sequence[dict[str, Any]]) -> list[tuple[str, str, int]]:
     seen: list[tuple[str, str, int]] = []
     for r in records:
