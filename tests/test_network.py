@@ -361,6 +361,8 @@ def test_trainer_learns_with_history_and_validation(case: Case) -> None:
     assert hist.loss[-1] < hist.loss[0]
     assert hist.val_accuracy[-1] >= 0.9
     assert len(hist.images_per_second) == 3
+    assert [len(v) for v in hist.step_losses] == [10, 10, 10]  # 200 examples / 20 per step
+    assert np.mean(hist.step_losses[0]) == pytest.approx(hist.loss[0], rel=1e-5)
     assert "val_acc" in hist.table()
 
 

@@ -29,8 +29,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 __all__ = ["build_parser", "main"]
 
 PROG = "xpconv"
@@ -281,51 +279,14 @@ def _zoo_name(model: Any) -> str:
     return "custom"
 
 
-class _StepLosses:
-    """Keeps every training step's loss on the device and reads them once per epoch.
-
-    Wraps ``model.train_batch`` of one model instance (the trainer calls it once per
-    step); :meth:`flush` moves the epoch's losses to the host in one transfer, so the
-    training loop gets no extra device synchronisation.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.pending: list[Any] = []
-        self.positions: list[float] = []
-        self.losses: list[float] = []
-        self._inner = model.train_batch
-        model.train_batch = self._record
-
-    def _record(self, x: Any, y: Any) -> Any:
-        loss = self._inner(x, y)
-        self.pending.append(loss)
-        return loss
-
-    def flush(self, epoch: int) -> None:
-        """Move the pending losses of (1-based) ``epoch`` to the host."""
-        if not self.pending:
-            return
-        xp = self.model.xp
-        values = self.model.backend.to_numpy(xp.stack(self.pending))
-        steps = len(self.pending)
-        self.positions += [epoch - 1 + (i + 1) / steps for i in range(steps)]
-        self.losses += [float(v) for v in np.asarray(values, dtype=np.float64)]
-        self.pending = []
-
-    def close(self) -> None:
-        if self.model.__dict__.get("train_batch") == self._record:
-            del self.model.train_batch
-
-
-def _previous_steps(checkpoint: Path) -> tuple[list[float], list[float]]:
-    """Per-step losses recorded next to a checkpoint (its run's metrics.json), if any."""
-    try:
-        data = json.loads((checkpoint.parent / "metrics.json").read_text(encoding="utf-8"))
-        steps = data.get("train_loss_steps") or {}
-        return [float(v) for v in steps["epoch"]], [float(v) for v in steps["loss"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        return [], []
+def _step_curve(history: Any) -> tuple[list[float], list[float]]:
+    """Every step's loss and its position in epochs (1.0 = end of the first epoch)."""
+    positions: list[float] = []
+    losses: list[float] = []
+    for epoch, values in zip(history.epoch, history.step_losses):
+        positions += [epoch - 1 + (i + 1) / len(values) for i in range(len(values))]
+        losses += values
+    return positions, losses
 
 
 # --------------------------------------------------------------------------- train
@@ -398,18 +359,10 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     print(f"output: {out}")
 
-    steps = _StepLosses(model)
-    if resumed_from is not None:
-        steps.positions, steps.losses = _previous_steps(resumed_from)
-        done = trainer.epochs_done
-        keep = [i for i, p in enumerate(steps.positions) if p <= done + 1e-9]
-        steps.positions = [steps.positions[i] for i in keep]
-        steps.losses = [steps.losses[i] for i in keep]
     training_path = out / "training.npz"
 
     def on_epoch_end(tr: Any) -> None:
         h = tr.history
-        steps.flush(h.epoch[-1])
         save_training(tr, training_path)
         val = ""
         if h.val_loss[-1] is not None:
@@ -442,8 +395,6 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        steps.close()
     wall = time.perf_counter() - started
     trained = trainer.epochs_done - epochs_before
     if trainer.epochs_done and not training_path.exists():
@@ -487,7 +438,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "resumed_from": None if resumed_from is None else str(resumed_from),
         "xpconv_version": __version__,
         "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "train_loss_steps": {"epoch": steps.positions, "loss": steps.losses},
+        "train_loss_steps": dict(zip(("epoch", "loss"), _step_curve(history))),
     }
     save_model(
         model,
@@ -502,7 +453,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     written = ["metrics.json", "model.npz", "training.npz"]
     if not args.no_plots:
-        written += _pictures(model, dataset, history, out, steps, model_name, len(y_train))
+        written += _pictures(model, dataset, history, out, model_name, len(y_train))
 
     print()
     print(history.table())
@@ -519,7 +470,6 @@ def _pictures(
     dataset: Any,
     history: Any,
     out: Path,
-    steps: _StepLosses,
     model_name: str,
     n_train: int,
 ) -> list[str]:
@@ -531,7 +481,7 @@ def _pictures(
             f"images): {len(history.epoch)} epoch(s), backend {model.backend.label}"
         )
         paths = plots.save_all(
-            model, dataset, history, out, steps=(steps.positions, steps.losses), title=title
+            model, dataset, history, out, steps=_step_curve(history), title=title
         )
     except ImportError as exc:
         print(f"pictures skipped: {exc}")

@@ -44,6 +44,7 @@ class History:
     lr: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     images_per_second: list[float] = field(default_factory=list)
+    step_losses: list[list[float]] = field(default_factory=list)  # every step, per epoch
 
     def as_dict(self) -> dict[str, list]:
         return asdict(self)
@@ -219,7 +220,7 @@ class Trainer:
         bar = _progress_bar(self.progress, n, f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
         loss_sum, correct, pending = 0.0, 0, []
-        seen = 0
+        seen, step_losses = 0, []
         try:
             for step, first in enumerate(range(0, n, batch_size)):
                 idx = be.asarray(order[first : first + batch_size])
@@ -234,7 +235,7 @@ class Trainer:
                     correct = correct + xp.sum(xp.astype(hits, xp.int64))
                 seen += count
                 if (step + 1) % self.log_every == 0 or first + batch_size >= n:
-                    self._check_finite(pending, epoch, step)
+                    step_losses += self._read_losses(pending, epoch, step)
                     pending = []
                     if bar is not None:
                         bar.set_postfix(
@@ -247,14 +248,16 @@ class Trainer:
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - start
+        self.history.step_losses.append(step_losses)
         return float(loss_sum) / n, int(correct) / n, seconds
 
-    def _check_finite(self, losses: list[Array], epoch: int, last_step: int) -> None:
-        """Read the interval's losses once; on a non-finite one, name its step."""
-        xp = self.model.xp
-        if bool(xp.all(xp.isfinite(xp.stack(losses)))):
-            return
-        values = [float(v) for v in losses]
+    def _read_losses(self, losses: list[Array], epoch: int, last_step: int) -> list[float]:
+        """Move the interval's losses to the host in one transfer; on a non-finite one,
+        stop with an error naming its step."""
+        model = self.model
+        values = [float(v) for v in model.backend.to_numpy(model.xp.stack(losses))]
+        if all(math.isfinite(v) for v in values):
+            return values
         bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
         step = last_step - len(values) + 1 + bad
         raise TrainingError(
