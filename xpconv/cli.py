@@ -348,7 +348,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
         print(f"      training on the first {args.limit} of {len(dataset.y_train)} examples")
 
-    out = Path(args.out) if args.out is not None else _default_out(model_name, args.dataset)
+    out = Path(args.out) if args.out is not None else _default_out(model_name, dataset.name)
     out.mkdir(parents=True, exist_ok=True)
     model.summary()
     opt = optimizer.get_config()
