@@ -130,7 +130,7 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(20261125)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mnist_dir() -> Path:
     path = DATA_DIR / "mnist"
     if not (path / "train-images-idx3-ubyte.gz").exists():
