@@ -56,6 +56,15 @@ def _torch_array():
     return torch.ones((2, 1, 6, 6))
 
 
+def _strict_model():
+    pytest.importorskip("array_api_strict")
+    return tiny_model(backend="array_api_strict")
+
+
+def _strict_labels(y):
+    return xc.get_backend("array_api_strict").asarray(y)
+
+
 def _nan_data():
     x = XD.copy()
     x[3, 0, 2, 2] = np.nan
@@ -165,6 +174,12 @@ CASES = [
     (
         "labels outside classes",
         lambda: fit(tiny_model(), XD, YD + 4),
+        ValueError,
+        ["y", "[0, 4)", "7"],
+    ),
+    (
+        "device labels outside classes",
+        lambda: _strict_model().train_batch(XD, _strict_labels(YD + 4)),
         ValueError,
         ["y", "[0, 4)", "7"],
     ),

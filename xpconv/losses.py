@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import functional as F
+from .functional import _loss
 
 Array = Any
 
@@ -35,15 +36,26 @@ class Loss:
 
 class SoftmaxCrossEntropy(Loss):
     """Mean cross-entropy of softmax(logits (N, K)) against integer labels (N,) or
-    one-hot/probability rows (N, K); gradient (softmax - onehot) / N."""
+    one-hot/probability rows (N, K); gradient (softmax - onehot) / N.
+
+    The labels' class range is checked where they enter the model
+    (:meth:`~xpconv.model.Sequential.as_target`), so a training step reads nothing
+    back from the device; the one-hot targets and log-softmax of the forward pass are
+    reused by the backward pass.
+    """
 
     name = "softmax_cross_entropy"
 
-    def _forward(self, pred: Array, target: Array) -> Array:
-        return F.softmax_cross_entropy(pred, target)
+    def forward(self, pred: Array, target: Array) -> Array:
+        xp, targets, indices = _loss._targets(pred, target, check_range=False)
+        log_probs = F.log_softmax(pred, axis=1)
+        self._saved = (xp, log_probs, targets, indices)
+        return _loss.cross_entropy_from_log_softmax(xp, log_probs, targets)
 
-    def _backward(self, pred: Array, target: Array) -> Array:
-        return F.softmax_cross_entropy_backward(pred, target)
+    def backward(self) -> Array:
+        xp, log_probs, targets, indices = self._saved
+        self._saved = None
+        return _loss.cross_entropy_gradient(xp, xp.exp(log_probs), targets, indices)
 
 
 class MeanSquaredError(Loss):

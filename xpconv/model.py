@@ -69,6 +69,7 @@ class Sequential:
         self.seed = seed
         self.fuse = fuse
         self.training = False
+        self.last_output: Array | None = None  # outputs of the last train_batch
         self.dropout_rng = np.random.default_rng([seed, 1])
         self.input_shape: tuple[int, ...] | None = None
         self._warned_cast = False
@@ -177,8 +178,13 @@ class Sequential:
         if x.shape[0] < 1:
             raise ValueError(f"{argument}: expected at least one example, got an empty batch")
 
-    def as_target(self, y: Any, n: int, argument: str = "y") -> Array:
-        """Labels (N,) integers in [0, classes), or float targets (N, *output_shape)."""
+    def as_target(self, y: Any, n: int, argument: str = "y", *, validate: bool = True) -> Array:
+        """Labels (N,) integers in [0, classes), or float targets (N, *output_shape).
+
+        Integer labels are checked against the number of classes (the model's output
+        width): on the host for host data, else by reading their range back from the
+        device once; ``validate=False`` skips that for labels checked before.
+        """
         if isinstance(y, np.ndarray) or not is_array_api_obj(y):
             y = np.asarray(y)
             if y.dtype.kind in "iu":
@@ -195,7 +201,18 @@ class Sequential:
             raise ValueError(
                 f"{argument}: expected {n} labels (one per example), got shape {tuple(y.shape)}"
             )
+        if validate and y.ndim == 1 and self.xp.isdtype(y.dtype, "integral"):
+            self._check_classes(y, argument)
         return y
+
+    def _check_classes(self, y: Array, argument: str) -> None:
+        classes = self.output_shape[-1]
+        low, high = int(self.xp.min(y)), int(self.xp.max(y))
+        if low < 0 or high >= classes:
+            raise ValueError(
+                f"{argument}: expected labels in [0, {classes}) for a model with {classes} "
+                f"outputs, got values from {low} to {high}"
+            )
 
     # ------------------------------------------------------------------ passes
     def forward(self, x: Any, training: bool | None = None) -> Array:
@@ -223,13 +240,18 @@ class Sequential:
             first.needs_input_grad = False
         return grad if input_grad else None
 
-    def train_batch(self, x: Any, y: Any) -> Array:
+    def train_batch(self, x: Any, y: Any, *, validate: bool = True) -> Array:
         """Forward in training mode, loss, backward. Returns the loss as a 0-d array
-        (on the device: reading it with ``float`` forces a sync)."""
+        (on the device: reading it with ``float`` forces a sync).
+
+        ``validate=False`` skips the class-range check of labels already checked (the
+        Trainer checks the whole dataset once), so the step never waits on the device.
+        The outputs (N, *output_shape) stay in :attr:`last_output`.
+        """
         out = self.forward(x, training=True)
-        loss = self.loss.forward(out, self.as_target(y, out.shape[0]))
+        loss = self.loss.forward(out, self.as_target(y, out.shape[0], validate=validate))
         self.backward(self.loss.backward())
-        self._last_output = out
+        self.last_output = out
         return loss
 
     def train(self) -> Sequential:
@@ -257,13 +279,17 @@ class Sequential:
         return self.backend.to_numpy(self.xp.argmax(self.predict(x, batch_size), axis=1))
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, float]:
-        """Mean loss and accuracy over (x, y); one device sync at the end."""
+        """Mean loss and accuracy over (x, y); labels are checked once, metrics read
+        once at the end."""
         xp = self.xp
         n = _batches(x, batch_size)
+        if not self.built:
+            self.build(tuple(x.shape[1:]))
+        targets = self.as_target(y, n)
         total_loss, correct = 0.0, 0
         for i in range(0, n, batch_size):
             out = self.forward(x[i : min(i + batch_size, n), ...], training=False)
-            target = self.as_target(y[i : min(i + batch_size, n), ...], out.shape[0])
+            target = targets[i : min(i + batch_size, n), ...]
             total_loss = total_loss + self.loss.forward(out, target) * out.shape[0]
             if target.ndim == 1:
                 hits = xp.argmax(out, axis=1) == target

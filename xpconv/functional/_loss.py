@@ -28,8 +28,12 @@ Array = Any
 __all__ = ["mse", "mse_backward", "softmax_cross_entropy", "softmax_cross_entropy_backward"]
 
 
-def _targets(logits: Array, labels: Array) -> tuple[Any, Array, bool]:
-    """Validate; returns (xp, targets (N, K) of the logits' dtype, labels were indices)."""
+def _targets(logits: Array, labels: Array, *, check_range: bool = True) -> tuple[Any, Array, bool]:
+    """Validate; returns (xp, targets (N, K) of the logits' dtype, labels were indices).
+
+    ``check_range=False`` skips the class-range check of integer labels, which reads
+    the labels back from the device: for callers that validated them once already.
+    """
     xp = namespace(logits=logits, labels=labels)
     check_rank(logits, "logits", 2, "(N, K)")
     check_float(xp, logits=logits)
@@ -47,7 +51,7 @@ def _targets(logits: Array, labels: Array) -> tuple[Any, Array, bool]:
                 f"{labels.ndim}-D of shape {tuple(labels.shape)}"
             )
         _check_length(labels, n, logits)
-        lo, hi = int(xp.min(labels)), int(xp.max(labels))
+        lo, hi = (int(xp.min(labels)), int(xp.max(labels))) if check_range else (0, 0)
         if lo < 0 or hi >= k:
             raise ValueError(
                 f"labels: expected class indices in [0, {k}) for {k} classes, "
@@ -113,8 +117,22 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
         0-d array ``-sum(labels_onehot * log_softmax(logits)) / N``.
     """
     xp, targets, _ = _targets(logits, labels)
-    n = logits.shape[0]
-    return _zero_d(xp, -xp.sum(targets * _log_softmax(xp, logits, 1)) / n, logits)
+    return cross_entropy_from_log_softmax(xp, _log_softmax(xp, logits, 1), targets)
+
+
+def cross_entropy_from_log_softmax(xp: Any, log_probs: Array, targets: Array) -> Array:
+    """Unchecked: mean of ``-sum(targets * log_probs)`` over the N rows, a 0-d array."""
+    n = log_probs.shape[0]
+    return _zero_d(xp, -xp.sum(targets * log_probs) / n, log_probs)
+
+
+def cross_entropy_gradient(
+    xp: Any, probs: Array, targets: Array, indices: bool, scale: Any = 1.0
+) -> Array:
+    """Unchecked: the logits' gradient from ``probs = softmax(logits)`` (N, K)."""
+    if not indices:  # rows that do not sum to one (soft labels) weight the softmax
+        probs = probs * xp.sum(targets, axis=1, keepdims=True)
+    return (probs - targets) / probs.shape[0] * scale
 
 
 def softmax_cross_entropy_backward(logits: Array, labels: Array, grad: Any = 1.0) -> Array:
@@ -131,10 +149,7 @@ def softmax_cross_entropy_backward(logits: Array, labels: Array, grad: Any = 1.0
     """
     xp, targets, indices = _targets(logits, labels)
     scale = _grad_scale(xp, grad, logits, "logits")
-    s = _softmax(xp, logits, 1)
-    if not indices:  # rows that do not sum to one (soft labels) weight the softmax
-        s = s * xp.sum(targets, axis=1, keepdims=True)
-    return (s - targets) / logits.shape[0] * scale
+    return cross_entropy_gradient(xp, _softmax(xp, logits, 1), targets, indices, scale)
 
 
 def _check_mse(pred: Array, target: Array) -> Any:
