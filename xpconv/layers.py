@@ -239,11 +239,16 @@ class Conv2D(_ActivationMixin, Layer):
             self._param(ctx, "bias", np.zeros(self.filters))
         return (self.filters, *self._geom.out)
 
+    def _kernel(self) -> Array:
+        """The weight as the 4-D (O, C // groups, KH, KW) array the convolution uses."""
+        return self.params["weight"].value
+
     def forward(self, x: Array, training: bool) -> Array:
-        xp = array_namespace(self.params["weight"].value)
+        weight = self._kernel()
+        xp = array_namespace(weight)
         geom = replace(self._geom, batch=int(x.shape[0]))
         bias = self.params["bias"].value if self.use_bias else None
-        out, cols = conv2d_forward(xp, x, self.params["weight"].value, bias, geom)
+        out, cols = conv2d_forward(xp, x, weight, bias, geom)
         self._saved = (xp, cols, geom)
         return self._activate(out)
 
@@ -251,9 +256,10 @@ class Conv2D(_ActivationMixin, Layer):
         xp, cols, geom = self._saved
         grad = self._deactivate(grad)
         gx, gw, gb = conv2d_backward_cols(
-            xp, grad, cols, self.params["weight"].value, geom, need_input_grad=self.needs_input_grad
+            xp, grad, cols, self._kernel(), geom, need_input_grad=self.needs_input_grad
         )
-        self.params["weight"].grad = gw
+        weight = self.params["weight"]
+        weight.grad = xp.reshape(gw, weight.shape)
         if self.use_bias:
             self.params["bias"].grad = gb
         self._saved = None
@@ -321,25 +327,17 @@ class Conv1D(Conv2D):
         w.value = w.value[:, :, 0, :]  # stored as (O, C // groups, K), the PyTorch layout
         return (out[0], out[2])
 
-    def forward(self, x: Array, training: bool) -> Array:
-        xp = array_namespace(self.params["weight"].value)
-        w = self.params["weight"]
-        w4, w.value = w.value, xp.expand_dims(w.value, axis=2)
-        try:
-            out = super().forward(xp.expand_dims(x, axis=2), training)
-        finally:
-            w.value = w4
-        return out[:, :, 0, :]
+    def _kernel(self) -> Array:
+        weight = self.params["weight"].value  # (O, C // groups, K)
+        return array_namespace(weight).expand_dims(weight, axis=2)
 
-    def backward(self, grad: Array) -> Array:
-        xp = array_namespace(self.params["weight"].value)
-        w = self.params["weight"]
-        w3, w.value = w.value, xp.expand_dims(w.value, axis=2)
-        try:
-            gx = super().backward(xp.expand_dims(grad, axis=2))
-        finally:
-            w.value = w3
-        w.grad = w.grad[:, :, 0, :]
+    def forward(self, x: Array, training: bool) -> Array:
+        xp = array_namespace(x)
+        return super().forward(xp.expand_dims(x, axis=2), training)[:, :, 0, :]
+
+    def backward(self, grad: Array) -> Array | None:
+        xp = array_namespace(grad)
+        gx = super().backward(xp.expand_dims(grad, axis=2))
         return None if gx is None else gx[:, :, 0, :]
 
     def get_config(self) -> dict[str, Any]:
