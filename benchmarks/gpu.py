@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from . import environment
-from .report import _align, _lookup, _rate, _ratio, _rows, timing_record, write_json
+from .report import _lookup, _rate, _ratio, _rows, rate_table, timing_record, write_json
 from .timing import Policy, Timing, steps_for
 from .workloads import (
     DTYPE,
@@ -762,21 +762,8 @@ def run(
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
     """Images/s per contender and the xpconv / PyTorch ratios, one row per workload."""
-    present = [c for c in CONTENDERS if any(r["backend"] == c for r in records)]
-    index = _lookup(records)
-    head = ["workload", "mode", "batch", *(SHORT[c] for c in present), "cupy/torch"]
-    head.append("xp-torch/torch")
-    lines = [head]
-    for workload, mode, batch in _rows(records):
-        row = [workload, mode, str(batch)]
-        for c in present:
-            rec = index.get((workload, mode, batch, c))
-            row.append(_rate(rec["images_per_s"]) if rec else "-")
-        for c in ("xpconv-cupy", "xpconv-torch-cuda"):
-            rec = index.get((workload, mode, batch, c))
-            row.append(_ratio(rec["ratio_vs_torch"]) if rec else "-")
-        lines.append(row)
-    out = _align(lines)
+    ratios = (("xpconv-cupy", "cupy/torch"), ("xpconv-torch-cuda", "xp-torch/torch"))
+    out = rate_table(records, CONTENDERS, SHORT, ratios)
     out.append(
         "images/s (higher is better); ratio = xpconv images/s / PyTorch nn.Module (cuDNN) images/s"
     )

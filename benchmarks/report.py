@@ -103,24 +103,34 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """Images/s per contender and the xpconv / PyTorch ratios, one row per
-    workload, mode and batch size."""
-    present = [c for c in CONTENDERS if any(r["backend"] == c for r in records)]
+def rate_table(
+    records: Sequence[dict[str, Any]],
+    contenders: Sequence[str],
+    short: dict[str, str],
+    ratios: Sequence[tuple[str, str]],
+) -> list[str]:
+    """Aligned lines: images/s of each contender present, then the ``ratio_vs_torch``
+    of each (contender, heading) in ``ratios``; one row per workload, mode and batch."""
+    present = [c for c in contenders if any(r["backend"] == c for r in records)]
     index = _lookup(records)
-    head = ["workload", "mode", "batch", *(SHORT[c] for c in present)]
-    head += ["numpy/torch", "xp-torch/torch"]
-    lines = [head]
+    lines = [["workload", "mode", "batch", *(short[c] for c in present), *(h for _, h in ratios)]]
     for workload, mode, batch in _rows(records):
         row = [workload, mode, str(batch)]
         for c in present:
             rec = index.get((workload, mode, batch, c))
             row.append(_rate(rec["images_per_s"]) if rec else "-")
-        for c in ("xpconv-numpy", "xpconv-torch"):
+        for c, _ in ratios:
             rec = index.get((workload, mode, batch, c))
             row.append(_ratio(rec["ratio_vs_torch"]) if rec else "-")
         lines.append(row)
-    out = _align(lines)
+    return _align(lines)
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """Images/s per contender and the xpconv / PyTorch ratios, one row per
+    workload, mode and batch size."""
+    ratios = (("xpconv-numpy", "numpy/torch"), ("xpconv-torch", "xp-torch/torch"))
+    out = rate_table(records, CONTENDERS, SHORT, ratios)
     out.append("images/s (higher is better); ratio = xpconv images/s / PyTorch nn.Module images/s")
     if any(r["backend"] in REFERENCE_ONLY for r in records):
         out.append("* array-api-strict: reference only, one step per repeat, few rounds")
