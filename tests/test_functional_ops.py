@@ -12,6 +12,7 @@ from conftest import Case, torch_or_skip
 import xpconv.functional as F
 from xpconv.backend import BackendError, get_backend
 from xpconv.functional import _pool
+from xpconv.functional._kernels import kernels_for
 
 # ---------------------------------------------------------------------- utilities
 
@@ -173,6 +174,21 @@ def test_tiled_fast_path_equals_general_path(case: Case, cfg: dict) -> None:
         )[:, :, : oh * kh, : ow * kw]
         blocks = padded.reshape(*padded.shape[:2], oh, kh, ow, kw)
         np.testing.assert_array_equal(case.to_numpy(out), blocks.max(axis=(3, 5)))
+
+
+def test_pool_blocks_backward_fast_path_matches_portable(case: Case) -> None:
+    """The selected kernels' pool-ordered max-pool backward equals the portable one,
+    including windows marked -1 (a ReLU after the pool was off: no gradient)."""
+    r = np.random.default_rng(5)
+    grad = case.asarray(r.normal(size=(6, 3, 5, 4)))  # (O, PH, PW, N)
+    argmax = r.integers(-1, 4, size=(6, 3, 5, 4)).astype(np.int8)
+    code = case.asarray(argmax)  # int8 stays int8
+    ref = case.to_numpy(_pool.max_pool_blocks_backward(grad, code, 4))
+    got = kernels_for(case.xp).max_pool_blocks_backward(grad, code, 4)
+    np.testing.assert_array_equal(case.to_numpy(got), ref)
+    taps = np.arange(4).reshape(1, 4, 1, 1, 1)
+    expected = case.to_numpy(grad)[:, None] * (argmax[:, None] == taps)  # -1: all zero
+    np.testing.assert_array_equal(ref, expected)
 
 
 def test_max_pool_ties_go_to_first_maximum(case: Case) -> None:

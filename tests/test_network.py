@@ -440,13 +440,17 @@ def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
     assert accuracy >= 0.915, accuracy
 
 
-@pytest.mark.parametrize("size, pool", [(6, 2), (7, 2), (8, (3, 2))])
-def test_conv_pool_fusion_changes_nothing(case: Case, rng, size: int, pool) -> None:
+@pytest.mark.parametrize(
+    "size, pool, lead", [(6, 2, False), (7, 2, False), (8, (3, 2), False), (6, 2, True)]
+)
+def test_conv_pool_fusion_changes_nothing(case: Case, rng, size: int, pool, lead: bool) -> None:
     """Conv2D + tiled MaxPool2D run as one step: same outputs, losses and gradients
-    (odd sizes: the rows the pool drops are not computed)."""
+    (odd sizes: the rows the pool drops are not computed; ``lead``: a 1x1 convolution
+    first, so the fused step's input gradient is checked too)."""
     fused, plain = (
         xc.Sequential(
-            [
+            [L.Conv2D(2, 1)] * lead
+            + [
                 L.Conv2D(3, 3, padding=1, activation="relu"),
                 L.MaxPool2D(pool),
                 L.Flatten(),
@@ -460,9 +464,10 @@ def test_conv_pool_fusion_changes_nothing(case: Case, rng, size: int, pool) -> N
         )
         for fuse in (True, False)
     )
-    assert isinstance(fused._steps[0], L.ConvMaxPool) and plain._steps[0] is plain.layers[0]
+    assert isinstance(fused._steps[lead], L.ConvMaxPool)
+    assert plain._steps[lead] is plain.layers[lead]
     for model in (fused, plain):  # a non-zero bias, so moving it matters
-        bias = model.parameters()["conv2d_0.bias"]
+        bias = model.parameters()[f"conv2d_{int(lead)}.bias"]
         bias.value = case.asarray(np.array([0.3, -0.2, 0.1]))
     x, y = case.asarray(_distinct(rng, (5, 2, size, size))), np.array([0, 1, 2, 3, 0])
     case.assert_close(fused.forward(x), case.to_numpy(plain.forward(x)), "forward")

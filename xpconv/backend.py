@@ -21,15 +21,15 @@ loader function to ``_LOADERS``; the numerical code does not change.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import array_api_compat
 import numpy as np
+
+from . import _host
 
 __all__ = [
     "Backend",
@@ -160,33 +160,11 @@ def _describe(a: Any) -> str:
 # --------------------------------------------------------------------------- loaders
 
 
-def _keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse instead of returning it to the system.
-
-    A training step allocates and frees the same tens of megabytes of temporaries
-    (columns, activations, gradients) every time. By default glibc serves such blocks
-    with fresh ``mmap`` calls and gives them back on free, so every step pays page
-    faults on all of it: on the reference CNN that was 15% of the step and made step
-    times erratic. Raising the mmap and trim thresholds keeps the memory in the heap;
-    resident memory then stays at its peak instead of going up and down. Only on
-    Linux with glibc; ``XPCONV_KEEP_FREED_MEMORY=0`` turns it off.
-    """
-    if os.environ.get("XPCONV_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(
-            libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-        )
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
 def _load_numpy(device: Any) -> Backend:
     if device not in (None, "cpu"):
         raise BackendError(f"device: backend 'numpy' has only device 'cpu', got {device!r}")
-    _keep_freed_memory()
+    _host.keep_freed_memory()
+    _host.quiet_blas_threads()
     xp = array_api_compat.array_namespace(np.empty(0))
     return Backend("numpy", xp, "cpu", xp.float32, np.asarray)
 

@@ -30,7 +30,8 @@ from .functional._conv import (
     conv_geometry,
     lift_1d_arg,
 )
-from .functional._pool import max_pool_blocks, max_pool_blocks_backward
+from .functional._kernels import kernels_for
+from .functional._pool import max_pool_blocks
 from .initializers import get_initializer
 
 Array = Any
@@ -583,8 +584,9 @@ class ConvMaxPool:
     Same results as the two layers in turn, less memory traffic: the convolution's
     columns are pool-ordered (see ``functional._im2col``), so its output is one
     contiguous block per pooling tap and the pool is a maximum over whole blocks; bias
-    and ReLU commute with the max and run on the four-times-smaller pooled output; rows
-    and columns the pool drops are never computed. Both layers keep their own
+    and ReLU commute with the max and run on the four-times-smaller pooled output, and
+    the ReLU's backward pass is folded into the pool's recorded argmax; rows and
+    columns the pool drops are never computed. Both layers keep their own
     parameters and standalone behaviour.
     """
 
@@ -624,7 +626,12 @@ class ConvMaxPool:
         pooled, argmax = max_pool_blocks(xp.reshape(z, (o, taps, ph, pw, geom.batch)))
         if conv.use_bias:
             pooled = pooled + xp.reshape(conv.params["bias"].value, (o, 1, 1, 1))
-        out = conv._activate(pooled)  # (O, PH, PW, N)
+        out = pooled  # (O, PH, PW, N)
+        if conv.activation == "relu":
+            out = F.relu(pooled)
+            # a window whose ReLU is off passes no gradient to any tap: mark it tap -1
+            live = xp.astype(pooled > 0, xp.int8)
+            argmax = (argmax + 1) * live - 1
         self._saved = (xp, cols, geom, argmax, taps)
         return xp.permute_dims(out, (3, 0, 1, 2))
 
@@ -632,8 +639,8 @@ class ConvMaxPool:
         conv = self.conv
         xp, cols, geom, argmax, taps = self._saved
         self._saved = None
-        grad = conv._deactivate(xp.permute_dims(grad, (1, 2, 3, 0)))
-        blocks = max_pool_blocks_backward(grad, argmax, taps)
+        grad = xp.permute_dims(grad, (1, 2, 3, 0))  # the ReLU is in ``argmax``
+        blocks = kernels_for(xp).max_pool_blocks_backward(grad, argmax, taps)
         gx, gw, gb = conv2d_backward_matrix(
             xp,
             xp.reshape(blocks, (geom.out_channels, -1)),

@@ -17,7 +17,7 @@ from typing import Any
 
 import array_api_compat
 
-from . import _im2col
+from . import _im2col, _pool
 
 
 def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
@@ -38,6 +38,8 @@ class Kernels:
     - ``weight_grad(xp, grad2, cols)``: ``grad2 @ cols.T``, the weight gradient.
     - ``batch_innermost(x)``: whether ``x`` is stored batch-innermost, so an op can
       return its result in the same memory order (no layout change between layers).
+    - ``max_pool_blocks_backward(grad, argmax, taps)``: the pool-ordered max pool's
+      backward pass (contract in ``_pool.max_pool_blocks_backward``).
     """
 
     name: str
@@ -45,6 +47,7 @@ class Kernels:
     col2im: Callable[..., Any]
     weight_grad: Callable[..., Any] = _weight_grad
     batch_innermost: Callable[[Any], bool] = _batch_innermost
+    max_pool_blocks_backward: Callable[..., Any] = _pool.max_pool_blocks_backward
 
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)

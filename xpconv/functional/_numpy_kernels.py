@@ -128,11 +128,25 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     (o, length), k = grad2.shape, cols.shape[0]
     chunks = 128
     if o * k > 4096 or length % chunks or length < 64 * chunks:
-        return grad2 @ cols.T
+        return (cols @ grad2.T).T  # this orientation: 6.0 against 6.4 ms for LeNet's conv2
     m = length // chunks
     g3 = grad2.reshape(o, chunks, m).transpose(1, 0, 2)  # (B, O, M) views, no copies
     c3 = cols.reshape(k, chunks, m).transpose(1, 2, 0)  # (B, M, K)
     return np.matmul(g3, c3).sum(axis=0)
+
+
+def max_pool_blocks_backward(grad: np.ndarray, argmax: np.ndarray, taps: int) -> np.ndarray:
+    """Pool-ordered max-pool backward (contract in ``_pool``), written tap by tap into
+    one buffer and split over the cores by channel: twice as fast on 2 cores."""
+    grad, argmax = np.asarray(grad), np.asarray(argmax)
+    out = np.empty((grad.shape[0], taps, *grad.shape[1:]), dtype=grad.dtype)
+
+    def scatter(lo: int, hi: int) -> None:
+        for k in range(taps):
+            np.multiply(grad[lo:hi], argmax[lo:hi] == k, out=out[lo:hi, k])
+
+    _by_channel(scatter, grad.shape[0], out.nbytes)
+    return out
 
 
 def batch_innermost(x: np.ndarray) -> bool:
@@ -142,7 +156,7 @@ def batch_innermost(x: np.ndarray) -> bool:
 
 
 def _load() -> Kernels:
-    return Kernels("numpy", im2col, col2im, weight_grad, batch_innermost)
+    return Kernels("numpy", im2col, col2im, weight_grad, batch_innermost, max_pool_blocks_backward)
 
 
 register_fast_path("is_numpy_namespace", _load)
