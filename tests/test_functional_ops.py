@@ -191,6 +191,28 @@ def test_pool_blocks_backward_fast_path_matches_portable(case: Case) -> None:
     np.testing.assert_array_equal(ref, expected)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_tanh_fast_path_matches_portable(rng: np.random.Generator, dtype) -> None:
+    """Split over the cores for large dense arrays in any memory order; other layouts
+    (mixed orders, gaps) take the portable expressions."""
+    kernels = kernels_for(np)
+    big = rng.normal(size=(16, 28, 28, 160)).astype(dtype)  # > 4 MB in float32
+    layouts = {
+        "batch-innermost": big.transpose(3, 0, 1, 2),
+        "C order": np.ascontiguousarray(big.transpose(3, 0, 1, 2)),
+        "gaps": big[:, ::2].transpose(3, 0, 1, 2),
+        "small": big[:2, :4].transpose(3, 0, 1, 2),
+    }
+    for name, x in layouts.items():
+        t = kernels.tanh(np, x)
+        np.testing.assert_array_equal(t, np.tanh(x), err_msg=name)
+        assert t.strides == np.empty_like(x).strides, name
+        for grad in (x[::-1], np.ascontiguousarray(x)):  # another layout, or the same
+            got = kernels.tanh_backward(np, grad, t)
+            np.testing.assert_allclose(got, grad * (1.0 - t * t), rtol=1e-6, err_msg=name)
+            assert got.dtype == dtype
+
+
 def test_max_pool_ties_go_to_first_maximum(case: Case) -> None:
     x = np.array([[[[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 2.0, 2.0]]]])
     g = np.array([[[[3.0, 5.0]]]])

@@ -17,6 +17,7 @@ from typing import Any
 import array_api_compat
 
 from ._checks import check_float, namespace
+from ._kernels import kernels_for
 
 Array = Any
 
@@ -144,14 +145,14 @@ def sigmoid_backward(grad_out: Array, x: Array, out: Array | None = None) -> Arr
 def tanh(x: Array) -> Array:
     """Hyperbolic tangent, elementwise."""
     xp = _forward_ns(x)
-    return xp.tanh(x)
+    return kernels_for(xp).tanh(xp, x)
 
 
 def tanh_backward(grad_out: Array, x: Array, out: Array | None = None) -> Array:
     """``grad_out * (1 - t**2)`` with ``t = tanh(x)`` (``out`` when given)."""
     xp = _backward_ns(grad_out, x, out)
-    t = xp.tanh(x) if out is None else out
-    return grad_out * (1.0 - t * t)
+    kernels = kernels_for(xp)
+    return kernels.tanh_backward(xp, grad_out, kernels.tanh(xp, x) if out is None else out)
 
 
 # ------------------------------------------------------------------ along an axis

@@ -25,6 +25,15 @@ def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
     return grad2 @ cols.T
 
 
+def _tanh(xp: Any, x: Any) -> Any:
+    return xp.tanh(x)
+
+
+def _tanh_backward(xp: Any, grad_out: Any, t: Any) -> Any:
+    """``grad_out * (1 - t**2)`` for ``t = tanh(x)``."""
+    return grad_out * (1.0 - t * t)
+
+
 def _batch_innermost(x: Any) -> bool:
     """Whether ``x`` (N, ...) is stored with its batch axis innermost (unknown: False)."""
     return False
@@ -40,6 +49,8 @@ class Kernels:
       return its result in the same memory order (no layout change between layers).
     - ``max_pool_blocks_backward(grad, argmax, taps)``: the pool-ordered max pool's
       backward pass (contract in ``_pool.max_pool_blocks_backward``).
+    - ``tanh(xp, x)`` and ``tanh_backward(xp, grad_out, t)``: the lecture's activation
+      and ``grad_out * (1 - t**2)``.
     """
 
     name: str
@@ -48,6 +59,8 @@ class Kernels:
     weight_grad: Callable[..., Any] = _weight_grad
     batch_innermost: Callable[[Any], bool] = _batch_innermost
     max_pool_blocks_backward: Callable[..., Any] = _pool.max_pool_blocks_backward
+    tanh: Callable[..., Any] = _tanh
+    tanh_backward: Callable[..., Any] = _tanh_backward
 
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)

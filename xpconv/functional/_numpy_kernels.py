@@ -149,6 +149,55 @@ def max_pool_blocks_backward(grad: np.ndarray, argmax: np.ndarray, taps: int) ->
     return out
 
 
+def _dense(a: np.ndarray) -> bool:
+    """Whether ``a`` fills its memory without gaps, in any axis order."""
+    expected = a.itemsize
+    for stride, size in sorted(zip(a.strides, a.shape)):
+        if size != 1 and stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _elementwise(fn: Any, *arrays: np.ndarray) -> np.ndarray | None:
+    """``fn(out, *arrays)`` on pieces of flat memory split over the cores, into a new
+    array laid out like ``arrays[0]``; None when the arrays do not share one dense
+    layout (the caller then takes the portable expression)."""
+    first = arrays[0]
+    if not all(a.shape == first.shape and a.strides == first.strides for a in arrays):
+        return None
+    if not _dense(first):
+        return None
+    out = np.empty_like(first)  # same memory order
+    flat = [np.ravel(a, order="K") for a in (out, *arrays)]  # views: all dense
+
+    def run(lo: int, hi: int) -> None:
+        fn(*(f[lo:hi] for f in flat))
+
+    _by_channel(run, first.size, out.nbytes)
+    return out
+
+
+def tanh(xp: Any, x: np.ndarray) -> np.ndarray:
+    """``tanh(x)``, split over the cores."""
+    x = np.asarray(x)
+    out = _elementwise(lambda o, a: np.tanh(a, out=o), x)
+    return np.tanh(x) if out is None else out
+
+
+def _tanh_grad(out: np.ndarray, grad: np.ndarray, t: np.ndarray) -> None:
+    np.multiply(t, t, out=out)
+    np.subtract(1, out, out=out)
+    np.multiply(out, grad, out=out)
+
+
+def tanh_backward(xp: Any, grad_out: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``grad_out * (1 - t**2)`` in one buffer, split over the cores."""
+    grad_out, t = np.asarray(grad_out), np.asarray(t)
+    out = _elementwise(_tanh_grad, grad_out, t) if grad_out.dtype == t.dtype else None
+    return grad_out * (1.0 - t * t) if out is None else out
+
+
 def batch_innermost(x: np.ndarray) -> bool:
     """Whether the batch axis (0) of ``x`` has the smallest stride."""
     strides = np.asarray(x).strides
