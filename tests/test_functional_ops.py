@@ -11,8 +11,8 @@ from conftest import Case, torch_or_skip
 
 import xpconv.functional as F
 from xpconv.backend import BackendError, get_backend
-from xpconv.functional import _pool
-from xpconv.functional._kernels import kernels_for
+from xpconv.functional import _numpy_kernels, _pool
+from xpconv.functional._kernels import PORTABLE, kernels_for
 
 # ---------------------------------------------------------------------- utilities
 
@@ -196,6 +196,7 @@ def test_numpy_tanh_fast_path_matches_portable(rng: np.random.Generator, dtype) 
     """Split over the cores for large dense arrays in any memory order; other layouts
     (mixed orders, gaps) take the portable expressions."""
     kernels = kernels_for(np)
+    assert kernels.tanh is _numpy_kernels.tanh
     big = rng.normal(size=(16, 28, 28, 160)).astype(dtype)  # > 4 MB in float32
     layouts = {
         "batch-innermost": big.transpose(3, 0, 1, 2),
@@ -211,6 +212,15 @@ def test_numpy_tanh_fast_path_matches_portable(rng: np.random.Generator, dtype) 
             got = kernels.tanh_backward(np, grad, t)
             np.testing.assert_allclose(got, grad * (1.0 - t * t), rtol=1e-6, err_msg=name)
             assert got.dtype == dtype
+
+
+def test_row_sums_fast_path_matches_portable(case: Case, rng: np.random.Generator) -> None:
+    """The bias gradient's row sums (a matrix-vector product on NumPy)."""
+    for shape in [(3, 5), (32, 4096)]:
+        a = case.asarray(rng.normal(size=shape))
+        ref = case.to_numpy(kernels_for(case.xp).row_sums(case.xp, a))
+        case.assert_close(PORTABLE.row_sums(case.xp, a), ref, str(shape))
+        np.testing.assert_allclose(ref, case.to_numpy(a).sum(axis=1), rtol=case.rtol, atol=1e-5)
 
 
 def test_max_pool_ties_go_to_first_maximum(case: Case) -> None:

@@ -173,8 +173,8 @@ def conv2d_backward_matrix(
     """:func:`conv2d_backward_cols` from the output gradient as a (O, columns) matrix."""
     o, groups = geom.out_channels, geom.groups
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
-    grad_bias = xp.sum(g2, axis=1)
     kernels = kernels_for(xp)
+    grad_bias = kernels.row_sums(xp, g2)
     if groups == 1:
         grad_w = kernels.weight_grad(xp, g2, cols)
         if not need_input_grad:

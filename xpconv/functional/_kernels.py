@@ -34,6 +34,11 @@ def _tanh_backward(xp: Any, grad_out: Any, t: Any) -> Any:
     return grad_out * (1.0 - t * t)
 
 
+def _row_sums(xp: Any, a: Any) -> Any:
+    """Sums of the rows of ``a`` (O, L) -> (O,)."""
+    return xp.sum(a, axis=1)
+
+
 def _batch_innermost(x: Any) -> bool:
     """Whether ``x`` (N, ...) is stored with its batch axis innermost (unknown: False)."""
     return False
@@ -49,6 +54,7 @@ class Kernels:
       return its result in the same memory order (no layout change between layers).
     - ``max_pool_blocks_backward(grad, argmax, taps)``: the pool-ordered max pool's
       backward pass (contract in ``_pool.max_pool_blocks_backward``).
+    - ``row_sums(xp, a)``: (O, L) -> (O,), the bias gradient of a convolution.
     - ``tanh(xp, x)`` and ``tanh_backward(xp, grad_out, t)``: the lecture's activation
       and ``grad_out * (1 - t**2)``.
     """
@@ -61,6 +67,7 @@ class Kernels:
     max_pool_blocks_backward: Callable[..., Any] = _pool.max_pool_blocks_backward
     tanh: Callable[..., Any] = _tanh
     tanh_backward: Callable[..., Any] = _tanh_backward
+    row_sums: Callable[..., Any] = _row_sums
 
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)
