@@ -176,6 +176,20 @@ def test_tiled_fast_path_equals_general_path(case: Case, cfg: dict) -> None:
         np.testing.assert_array_equal(case.to_numpy(out), blocks.max(axis=(3, 5)))
 
 
+@pytest.mark.parametrize("shape", [(6, 4, 3, 5, 4), (40, 4, 14, 14, 64), (5, 6, 2, 3, 4)])
+def test_pool_blocks_fast_path_matches_portable(case: Case, shape) -> None:
+    """The selected kernels' pool-ordered max pool equals the portable one, ties
+    included (integers: many equal values), small or large enough to split."""
+    r = np.random.default_rng(4)
+    blocks = case.asarray(r.integers(-3, 4, size=shape).astype(np.float64))
+    ref_out, ref_code = _pool.max_pool_blocks(blocks)
+    out, code = kernels_for(case.xp).max_pool_blocks(blocks)
+    np.testing.assert_array_equal(case.to_numpy(out), case.to_numpy(ref_out))
+    np.testing.assert_array_equal(case.to_numpy(code), case.to_numpy(ref_code))
+    host = case.to_numpy(blocks)
+    np.testing.assert_array_equal(case.to_numpy(code), np.argmax(host, axis=1))  # first max
+
+
 def test_pool_blocks_backward_fast_path_matches_portable(case: Case) -> None:
     """The selected kernels' pool-ordered max-pool backward equals the portable one,
     including windows marked -1 (a ReLU after the pool was off: no gradient)."""

@@ -31,7 +31,6 @@ from .functional._conv import (
     lift_1d_arg,
 )
 from .functional._kernels import kernels_for
-from .functional._pool import max_pool_blocks
 from .initializers import get_initializer
 
 Array = Any
@@ -623,7 +622,8 @@ class ConvMaxPool:
         z, cols = conv2d_forward_matrix(xp, x, weight, None, geom)
         o, (ph, pw) = geom.out_channels, geom.pooled
         taps = geom.pool[0] * geom.pool[1]
-        pooled, argmax = max_pool_blocks(xp.reshape(z, (o, taps, ph, pw, geom.batch)))
+        kernels = kernels_for(xp)
+        pooled, argmax = kernels.max_pool_blocks(xp.reshape(z, (o, taps, ph, pw, geom.batch)))
         if conv.use_bias:
             pooled = pooled + xp.reshape(conv.params["bias"].value, (o, 1, 1, 1))
         out = pooled  # (O, PH, PW, N)

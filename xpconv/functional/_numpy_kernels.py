@@ -135,6 +135,28 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.matmul(g3, c3).sum(axis=0)
 
 
+def max_pool_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-ordered max pool (contract in ``_pool``), split over the cores by channel,
+    each part written in place into the two outputs."""
+    blocks = np.asarray(blocks)
+    o, taps = blocks.shape[:2]
+    best = np.empty((o, *blocks.shape[2:]), dtype=blocks.dtype)
+    code = np.zeros(best.shape, dtype=np.int8)
+
+    def reduce(lo: int, hi: int) -> None:
+        part, top, index = blocks[lo:hi], best[lo:hi], code[lo:hi]
+        np.copyto(top, part[:, 0])
+        for k in range(1, taps):
+            later = np.greater(part[:, k], top).view(np.int8)  # ties keep the earlier tap
+            np.maximum(top, part[:, k], out=top)
+            step = np.subtract(np.int8(k), index)
+            step *= later
+            index += step
+
+    _by_channel(reduce, o, blocks.nbytes)
+    return best, code
+
+
 def max_pool_blocks_backward(grad: np.ndarray, argmax: np.ndarray, taps: int) -> np.ndarray:
     """Pool-ordered max-pool backward (contract in ``_pool``), written tap by tap into
     one buffer and split over the cores by channel: twice as fast on 2 cores."""
@@ -218,6 +240,7 @@ def _load() -> Kernels:
         col2im,
         weight_grad=weight_grad,
         batch_innermost=batch_innermost,
+        max_pool_blocks=max_pool_blocks,
         max_pool_blocks_backward=max_pool_blocks_backward,
         tanh=tanh,
         tanh_backward=tanh_backward,
