@@ -177,17 +177,27 @@ def test_tiled_fast_path_equals_general_path(case: Case, cfg: dict) -> None:
 
 
 @pytest.mark.parametrize("shape", [(6, 4, 3, 5, 4), (40, 4, 14, 14, 64), (5, 6, 2, 3, 4)])
-def test_pool_blocks_fast_path_matches_portable(case: Case, shape) -> None:
-    """The selected kernels' pool-ordered max pool equals the portable one, ties
-    included (integers: many equal values), small or large enough to split."""
+@pytest.mark.parametrize("bias, relu", [(False, False), (True, False), (True, True)])
+def test_pool_blocks_fast_path_matches_portable(case: Case, shape, bias: bool, relu: bool) -> None:
+    """The selected kernels' pool-ordered max pool (+ bias, + ReLU) equals the portable
+    one and a direct reference, ties included (integers: many equal values), small or
+    large enough to split over the cores."""
     r = np.random.default_rng(4)
-    blocks = case.asarray(r.integers(-3, 4, size=shape).astype(np.float64))
-    ref_out, ref_code = _pool.max_pool_blocks(blocks)
-    out, code = kernels_for(case.xp).max_pool_blocks(blocks)
+    host = r.integers(-3, 4, size=shape).astype(np.float64)
+    host_bias = r.integers(-1, 2, size=shape[0]).astype(np.float64) if bias else None
+    blocks = case.asarray(host)
+    b = None if host_bias is None else case.asarray(host_bias)
+    ref_out, ref_code = _pool.max_pool_blocks(blocks, b, relu)
+    out, code = kernels_for(case.xp).max_pool_blocks(blocks, b, relu)
     np.testing.assert_array_equal(case.to_numpy(out), case.to_numpy(ref_out))
     np.testing.assert_array_equal(case.to_numpy(code), case.to_numpy(ref_code))
-    host = case.to_numpy(blocks)
-    np.testing.assert_array_equal(case.to_numpy(code), np.argmax(host, axis=1))  # first max
+    expected = host.max(axis=1) + (0 if host_bias is None else host_bias[:, None, None, None])
+    expected_code = np.argmax(host, axis=1)  # the first maximum
+    if relu:
+        expected_code = np.where(expected > 0, expected_code, -1)
+        expected = np.maximum(expected, 0)
+    np.testing.assert_array_equal(case.to_numpy(ref_out), expected)
+    np.testing.assert_array_equal(case.to_numpy(ref_code), expected_code)
 
 
 def test_pool_blocks_backward_fast_path_matches_portable(case: Case) -> None:

@@ -622,16 +622,11 @@ class ConvMaxPool:
         z, cols = conv2d_forward_matrix(xp, x, weight, None, geom)
         o, (ph, pw) = geom.out_channels, geom.pooled
         taps = geom.pool[0] * geom.pool[1]
-        kernels = kernels_for(xp)
-        pooled, argmax = kernels.max_pool_blocks(xp.reshape(z, (o, taps, ph, pw, geom.batch)))
-        if conv.use_bias:
-            pooled = pooled + xp.reshape(conv.params["bias"].value, (o, 1, 1, 1))
-        out = pooled  # (O, PH, PW, N)
-        if conv.activation == "relu":
-            out = F.relu(pooled)
-            # a window whose ReLU is off passes no gradient to any tap: mark it tap -1
-            live = xp.astype(pooled > 0, xp.int8)
-            argmax = (argmax + 1) * live - 1
+        out, argmax = kernels_for(xp).max_pool_blocks(  # (O, PH, PW, N)
+            xp.reshape(z, (o, taps, ph, pw, geom.batch)),
+            conv.params["bias"].value if conv.use_bias else None,
+            relu=conv.activation == "relu",
+        )
         self._saved = (xp, cols, geom, argmax, taps)
         return xp.permute_dims(out, (3, 0, 1, 2))
 
@@ -639,7 +634,7 @@ class ConvMaxPool:
         conv = self.conv
         xp, cols, geom, argmax, taps = self._saved
         self._saved = None
-        grad = xp.permute_dims(grad, (1, 2, 3, 0))  # the ReLU is in ``argmax``
+        grad = xp.permute_dims(grad, (1, 2, 3, 0))  # the ReLU is in ``argmax`` (-1: off)
         blocks = kernels_for(xp).max_pool_blocks_backward(grad, argmax, taps)
         gx, gw, gb = conv2d_backward_matrix(
             xp,

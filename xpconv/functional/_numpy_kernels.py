@@ -135,13 +135,16 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     return np.matmul(g3, c3).sum(axis=0)
 
 
-def max_pool_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pool-ordered max pool (contract in ``_pool``), split over the cores by channel,
-    each part written in place into the two outputs."""
+def max_pool_blocks(
+    blocks: np.ndarray, bias: np.ndarray | None = None, relu: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pool-ordered max pool, bias and ReLU (contract in ``_pool``), split over the
+    cores by channel, each part finished in place while it is in cache."""
     blocks = np.asarray(blocks)
     o, taps = blocks.shape[:2]
     best = np.empty((o, *blocks.shape[2:]), dtype=blocks.dtype)
     code = np.zeros(best.shape, dtype=np.int8)
+    shift = None if bias is None else np.asarray(bias, dtype=blocks.dtype).reshape(o, 1, 1, 1)
 
     def reduce(lo: int, hi: int) -> None:
         part, top, index = blocks[lo:hi], best[lo:hi], code[lo:hi]
@@ -152,6 +155,13 @@ def max_pool_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             step = np.subtract(np.int8(k), index)
             step *= later
             index += step
+        if shift is not None:
+            top += shift[lo:hi]
+        if relu:
+            index += 1
+            index *= np.greater(top, 0).view(np.int8)
+            index -= 1
+            np.maximum(top, 0, out=top)
 
     _by_channel(reduce, o, blocks.nbytes)
     return best, code

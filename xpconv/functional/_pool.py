@@ -244,15 +244,25 @@ def _max_forward_tiled(xp: Any, src: Array, geom: PoolGeometry) -> tuple[Array, 
     return _first_max(xp, _tiled_taps(xp, src, geom))
 
 
-def max_pool_blocks(blocks: Array) -> tuple[Array, Array]:
-    """Max pooling of a convolution output in pool-ordered columns (see ``_im2col``).
+def max_pool_blocks(
+    blocks: Array, bias: Array | None = None, relu: bool = False
+) -> tuple[Array, Array]:
+    """Max pooling of a convolution output in pool-ordered columns (see ``_im2col``),
+    then the convolution's bias and ReLU (they commute with the max).
 
     ``blocks`` (O, T, PH, PW, N) holds the T = KP * KQ pooling taps as contiguous
-    blocks; returns the pooled (O, PH, PW, N) and the int8 index of each window's
-    first maximum (row-major tap order, as :func:`max_pool2d`).
+    blocks; ``bias`` is (O,). Returns the output (O, PH, PW, N) and the int8 index of
+    each window's first maximum (row-major tap order, as :func:`max_pool2d`), or -1
+    where the ReLU is off: such a window passes no gradient to any tap.
     """
     xp = namespace(blocks=blocks)
-    return _first_max(xp, [blocks[:, k, ...] for k in range(blocks.shape[1])])
+    out, code = _first_max(xp, [blocks[:, k, ...] for k in range(blocks.shape[1])])
+    if bias is not None:
+        out = out + xp.reshape(bias, (-1, 1, 1, 1))
+    if relu:
+        code = (code + 1) * xp.astype(out > 0, xp.int8) - 1
+        out = xp.maximum(out, xp.zeros((), dtype=out.dtype, device=array_api_compat.device(out)))
+    return out, code
 
 
 def max_pool_blocks_backward(grad_out: Array, argmax: Array, taps: int) -> Array:
