@@ -398,6 +398,20 @@ def test_batch_innermost_inputs_give_the_same_results(rng: np.random.Generator) 
     assert F.linear_backward(g, x_f, w)[0].flags["F_CONTIGUOUS"]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_numpy_weight_grad_chunks_match_one_product(rng: np.random.Generator, dtype) -> None:
+    """A first layer's weight gradient runs in chunks split over the cores: the same
+    values as one product, and the same bits on every call."""
+    kernels = kernels_for(get_backend("numpy").xp)
+    grad2 = rng.normal(size=(16, 256 * 256)).astype(dtype)
+    cols = rng.normal(size=(25, 256 * 256)).astype(dtype)
+    got = kernels.weight_grad(np, grad2, cols)
+    assert got.shape == (16, 25) and got.dtype == dtype
+    tol = (1e-4 if dtype == "float32" else 1e-12) * np.sqrt(grad2.shape[1])  # sums ~ N(0, L)
+    np.testing.assert_allclose(got, grad2 @ cols.T, rtol=0, atol=tol)
+    np.testing.assert_array_equal(kernels.weight_grad(np, grad2, cols), got)
+
+
 POOLED = [(c, pool) for c in CONFIGS[:40] for pool in [(2, 2), (2, 3)]]
 
 
