@@ -412,6 +412,15 @@ def test_numpy_weight_grad_chunks_match_one_product(rng: np.random.Generator, dt
     np.testing.assert_array_equal(kernels.weight_grad(np, grad2, cols), got)
 
 
+def test_numpy_im2col_of_one_channel_splits_taps(rng: np.random.Generator) -> None:
+    """A one-channel input large enough to split (the lecture's layer) gives the
+    portable columns."""
+    xp = get_backend("numpy").xp
+    x = rng.normal(size=(128, 1, 28, 28)).astype(np.float32)
+    geom = conv_geometry(x.shape, (16, 1, 5, 5), padding="same")
+    np.testing.assert_array_equal(kernels_for(xp).im2col(xp, x, geom), PORTABLE.im2col(xp, x, geom))
+
+
 POOLED = [(c, pool) for c in CONFIGS[:40] for pool in [(2, 2), (2, 3)]]
 
 

@@ -94,11 +94,20 @@ def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
         writeable=False,
     )
     cols = np.empty(windows.shape, dtype=src.dtype)
+    if geom.in_channels == 1 and geom.pool == (1, 1):  # split the kernel taps instead
+        kw = geom.kernel[1]
 
-    def copy(lo: int, hi: int) -> None:
-        np.copyto(cols[lo:hi], windows[lo:hi])
+        def copy(lo: int, hi: int) -> None:
+            for tap in range(lo, hi):
+                np.copyto(cols[0, tap // kw, tap % kw], windows[0, tap // kw, tap % kw])
 
-    _by_channel(copy, geom.in_channels, cols.nbytes)
+        _by_channel(copy, geom.taps, cols.nbytes)
+    else:
+
+        def copy(lo: int, hi: int) -> None:
+            np.copyto(cols[lo:hi], windows[lo:hi])
+
+        _by_channel(copy, geom.in_channels, cols.nbytes)
     return cols.reshape(geom.in_channels * geom.taps, geom.columns)
 
 
