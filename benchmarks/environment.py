@@ -18,6 +18,7 @@ __all__ = [
     "collect",
     "core_count",
     "git_revision",
+    "host_settings",
     "machine_info",
     "set_threads",
     "torch_info",
@@ -31,6 +32,7 @@ ENV_VARS = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
     "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_THREAD_TIMEOUT",
     "OMP_NUM_THREADS",
     "OMP_WAIT_POLICY",
     "GOMP_SPINCOUNT",
@@ -38,6 +40,7 @@ ENV_VARS = (
     "KMP_BLOCKTIME",
     "XPCONV_BACKEND",
     "XPCONV_PORTABLE",
+    "XPCONV_KEEP_FREED_MEMORY",
 )
 
 
@@ -207,6 +210,14 @@ def xpconv_kernels() -> dict[str, str]:
     return found
 
 
+def host_settings() -> dict[str, bool]:
+    """Whether the NumPy backend made OpenBLAS's idle threads sleep (``xpconv._host``).
+    It holds for the whole process, so PyTorch's rounds run under it too."""
+    from xpconv import _host
+
+    return {"openblas_idle_threads_sleep": _host.quiet_blas_threads()}
+
+
 def set_threads(threads: int, limit_blas: bool) -> dict[str, Any]:
     """Give PyTorch ``threads`` intra-op threads; with ``limit_blas`` also cap the BLAS and
     OpenMP pools (threadpoolctl). Returns what was done; the limiter is kept alive."""
@@ -238,6 +249,7 @@ def collect(argv: list[str], threads: dict[str, Any]) -> dict[str, Any]:
         "versions": versions(),
         "xpconv_git": git_revision(),
         "xpconv_kernels": xpconv_kernels(),
+        "xpconv_host": host_settings(),
         "threads": {
             "requested": threads.get("requested"),
             "torch": threads.get("torch"),

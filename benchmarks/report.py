@@ -148,6 +148,8 @@ def context_line(report: dict[str, Any]) -> str:
             blas = f", NumPy BLAS {pool.get('internal_api')} {pool.get('version') or ''}".rstrip()
             blas += f" ({pool.get('num_threads')} threads)"
             break
+    if blas and report.get("xpconv_host", {}).get("openblas_idle_threads_sleep"):
+        blas += ", idle BLAS threads sleep"
     settings = report.get("settings", {})
     torch = (
         f"PyTorch {versions['torch']} ({threads.get('torch')} threads)"
