@@ -52,8 +52,9 @@ class Kernels:
     - ``weight_grad(xp, grad2, cols)``: ``grad2 @ cols.T``, the weight gradient.
     - ``batch_innermost(x)``: whether ``x`` is stored batch-innermost, so an op can
       return its result in the same memory order (no layout change between layers).
-    - ``max_pool_blocks(blocks)`` / ``max_pool_blocks_backward(grad, argmax, taps)``:
-      the pool-ordered max pool (contract in ``_pool``).
+    - ``max_pool_blocks(blocks, bias, relu)`` and
+      ``max_pool_blocks_backward(grad, argmax, taps)``: the fused step's pool-ordered
+      max pool with the convolution's bias and ReLU (contract in ``_pool``).
     - ``row_sums(xp, a)``: (O, L) -> (O,), the bias gradient of a convolution.
     - ``tanh(xp, x)`` and ``tanh_backward(xp, grad_out, t)``: the lecture's activation
       and ``grad_out * (1 - t**2)``.

@@ -149,8 +149,8 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     L of a hundred thousand) is slow as one GEMM. It runs as batched matmuls over
     chunks of L, each small enough for OpenBLAS to keep on one thread, with the chunks
     split over the cores and the partial sums added in a fixed order. Paired runs of
-    whole training steps: -0.60 ms of 7.4 (W1) and -0.48 ms of 32.9 (W2) against one
-    thread running all the chunks.
+    whole training steps: -0.60 ms of 7.4 (W1) and -0.48 ms of 32.9 (W2) against 128
+    chunks in one batched call.
     """
     (o, length), k = grad2.shape, cols.shape[0]
     chunks = next(
