@@ -143,7 +143,7 @@ def _idle_blas_cpu(timeout: str | None) -> tuple[str, float]:
 
 
 def test_numpy_backend_makes_idle_blas_threads_sleep() -> None:
-    if _host.openblas_path() is None or (os.cpu_count() or 1) < 2:
+    if not _host.openblas_paths() or (os.cpu_count() or 1) < 2:
         pytest.skip("needs NumPy on a multi-threaded OpenBLAS (Linux, 2+ cores)")
     # OpenBLAS's default (2**28 cycles): the workers spin for about 0.1 s after a product
     assert _idle_blas_cpu("28") == ("False", pytest.approx(0.1, abs=0.07))

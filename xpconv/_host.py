@@ -18,7 +18,7 @@ from functools import cache
 
 import numpy as np
 
-__all__ = ["keep_freed_memory", "openblas_path", "quiet_blas_threads"]
+__all__ = ["keep_freed_memory", "openblas_paths", "quiet_blas_threads"]
 
 _TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
 _SHORTEST_TIMEOUT = "4"  # OpenBLAS's minimum: spin for 2**4 cycles, then sleep
@@ -47,19 +47,17 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def openblas_path() -> str | None:
-    """The file of the OpenBLAS library loaded in this process (Linux), else None."""
+def openblas_paths() -> list[str]:
+    """The files of the OpenBLAS libraries loaded in this process (Linux), in load
+    order: NumPy's, and any other package's (SciPy's, say)."""
     if sys.platform != "linux":
-        return None
+        return []
     try:
         with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.split()[-1]
-                if "openblas" in os.path.basename(path).lower() and ".so" in path:
-                    return path
+            found = [line.split()[-1] for line in maps if "openblas" in line.lower()]
     except OSError:
-        pass
-    return None
+        return []
+    return [p for p in dict.fromkeys(found) if ".so" in os.path.basename(p)]
 
 
 @cache
@@ -77,26 +75,28 @@ def quiet_blas_threads() -> bool:
     before xpconv is imported. So this sets the variable, has OpenBLAS read it again,
     shuts the pool down, lets one small product start it anew, and restores the
     environment. It does nothing when the user has set the variable (to keep
-    OpenBLAS's default, set it to 28), when NumPy does not use OpenBLAS, or when the
-    library lacks the two entry points. It acts once per process; call it while no
-    other thread is inside BLAS.
+    OpenBLAS's default, set it to 28) or when no OpenBLAS with these two entry points
+    is loaded. It acts on every OpenBLAS loaded so far, once per process; call it
+    while no other thread is inside BLAS.
     """
     if _TIMEOUT_VARIABLE in os.environ:
         return False
-    path = openblas_path()
-    if path is None:
-        return False
-    try:
-        lib = ctypes.CDLL(path)
-        read_env, shutdown = lib.openblas_read_env, lib.blas_thread_shutdown_
-    except (OSError, AttributeError):
+    libraries = []
+    for path in openblas_paths():
+        try:
+            lib = ctypes.CDLL(path)
+            libraries.append((lib.openblas_read_env, lib.blas_thread_shutdown_))
+        except (OSError, AttributeError):
+            continue
+    if not libraries:
         return False
     os.environ[_TIMEOUT_VARIABLE] = _SHORTEST_TIMEOUT
     try:
-        read_env()  # newer OpenBLAS caches the variable here...
-        shutdown()
+        for read_env, shutdown in libraries:
+            read_env()  # newer OpenBLAS caches the variable here...
+            shutdown()
         square = np.ones((256, 256), dtype=np.float32)
-        square @ square  # ...older ones read it when the pool restarts, in this call
+        square @ square  # ...older ones read it when the pool restarts, as NumPy's does here
     finally:
         del os.environ[_TIMEOUT_VARIABLE]
     return True
