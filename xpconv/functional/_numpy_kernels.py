@@ -1,14 +1,17 @@
-"""NumPy fast path for im2col/col2im (same contract as ``_im2col``).
+"""NumPy fast path: the kernels of ``_kernels.Kernels``, same contracts as the portable
+ones, registered for the NumPy namespace.
 
-The portable path copies the input three times (transpose, pad, stack of the tap
-slices). Here the transposed, padded input is written once into a buffer, the
-(C, KH, KW, KP, KQ, PH, PW, N) windows are a strided view of it, and one copy makes
-the columns. col2im accumulates into a buffer it owns, in place, one strided view per
-kernel tap.
+im2col and col2im: the portable path copies the input three times (transpose, pad,
+stack of the tap slices). Here the transposed, padded input is written once into a
+buffer, the (C, KH, KW, KP, KQ, PH, PW, N) windows are a strided view of it, and one
+copy makes the columns. col2im accumulates into a buffer it owns, in place, one strided
+view per kernel tap.
 
-Both split their copies over the machine's cores by channel (NumPy releases the GIL
-inside these loops, and one core does not saturate memory bandwidth): measured on
-2 cores, col2im of the reference LeNet's second convolution went from 4.0 to 2.0 ms.
+The pool, weight-gradient and tanh kernels write into buffers they own with ``out=``
+instead of chaining temporaries. Work on large arrays is split over the machine's
+cores (NumPy releases the GIL inside its loops, and one core does not saturate memory
+bandwidth): measured on 2 cores, col2im of the reference LeNet's second convolution
+went from 4.0 to 2.0 ms.
 """
 
 from __future__ import annotations
@@ -46,18 +49,19 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's t
     os.register_at_fork(after_in_child=_executor.cache_clear)
 
 
-def _by_channel(work: Any, channels: int, nbytes: int) -> None:
-    """Run ``work(lo, hi)`` over channel ranges, in parallel when it is worth it.
+def _in_parts(work: Any, count: int, nbytes: int) -> None:
+    """Run ``work(lo, hi)`` over ranges that split ``range(count)`` (channels, kernel
+    taps, chunks or elements), one per core when ``nbytes`` make it worth it.
 
     The calling thread runs the first range itself instead of waiting for a helper to
     wake: 0.5 ms less per W2 step than handing every range to the pool.
     """
     pool = _executor() if nbytes >= _PARALLEL_BYTES else None
-    if pool is None or channels < 2:
-        work(0, channels)
+    if pool is None or count < 2:
+        work(0, count)
         return
-    parts = min(_cores(), channels)
-    bounds = [channels * k // parts for k in range(parts + 1)]
+    parts = min(_cores(), count)
+    bounds = [count * k // parts for k in range(parts + 1)]
     futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
     work(bounds[0], bounds[1])
     for future in futures:
@@ -101,13 +105,13 @@ def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
             for tap in range(lo, hi):
                 np.copyto(cols[0, tap // kw, tap % kw], windows[0, tap // kw, tap % kw])
 
-        _by_channel(copy, geom.taps, cols.nbytes)
+        _in_parts(copy, geom.taps, cols.nbytes)
     else:
 
         def copy(lo: int, hi: int) -> None:
             np.copyto(cols[lo:hi], windows[lo:hi])
 
-        _by_channel(copy, geom.in_channels, cols.nbytes)
+        _in_parts(copy, geom.in_channels, cols.nbytes)
     return cols.reshape(geom.in_channels * geom.taps, geom.columns)
 
 
@@ -135,7 +139,7 @@ def col2im(xp: Any, cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
                 )
                 view += cols[lo:hi, i, j]
 
-    _by_channel(accumulate, c, cols.nbytes)
+    _in_parts(accumulate, c, cols.nbytes)
     return acc[:, pt : pt + h, pl : pl + w].transpose(3, 0, 1, 2)
 
 
@@ -171,7 +175,7 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     def accumulate(lo: int, hi: int) -> None:
         partial[lo] = np.matmul(g3[lo:hi], c3[lo:hi]).sum(axis=0)
 
-    _by_channel(accumulate, chunks, grad2.nbytes + cols.nbytes)
+    _in_parts(accumulate, chunks, grad2.nbytes + cols.nbytes)
     return sum(partial[lo] for lo in sorted(partial))  # the same order every time
 
 
@@ -203,7 +207,7 @@ def max_pool_blocks(
             index -= 1
             np.maximum(top, 0, out=top)
 
-    _by_channel(reduce, o, blocks.nbytes)
+    _in_parts(reduce, o, blocks.nbytes)
     return best, code
 
 
@@ -217,7 +221,7 @@ def max_pool_blocks_backward(grad: np.ndarray, argmax: np.ndarray, taps: int) ->
         for k in range(taps):
             np.multiply(grad[lo:hi], argmax[lo:hi] == k, out=out[lo:hi, k])
 
-    _by_channel(scatter, grad.shape[0], out.nbytes)
+    _in_parts(scatter, grad.shape[0], out.nbytes)
     return out
 
 
@@ -246,7 +250,7 @@ def _elementwise(fn: Any, *arrays: np.ndarray) -> np.ndarray | None:
     def run(lo: int, hi: int) -> None:
         fn(*(f[lo:hi] for f in flat))
 
-    _by_channel(run, first.size, out.nbytes)
+    _in_parts(run, first.size, out.nbytes)
     return out
 
 
