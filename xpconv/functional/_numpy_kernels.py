@@ -25,7 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ._im2col import ConvGeometry
-from ._kernels import Kernels, register_fast_path
+from ._kernels import PORTABLE, Kernels, register_fast_path
 
 Array = Any
 
@@ -258,7 +258,7 @@ def tanh(xp: Any, x: np.ndarray) -> np.ndarray:
     """``tanh(x)``, split over the cores."""
     x = np.asarray(x)
     out = _elementwise(lambda o, a: np.tanh(a, out=o), x)
-    return np.tanh(x) if out is None else out
+    return PORTABLE.tanh(xp, x) if out is None else out
 
 
 def _tanh_grad(out: np.ndarray, grad: np.ndarray, t: np.ndarray) -> None:
@@ -271,7 +271,7 @@ def tanh_backward(xp: Any, grad_out: np.ndarray, t: np.ndarray) -> np.ndarray:
     """``grad_out * (1 - t**2)`` in one buffer, split over the cores."""
     grad_out, t = np.asarray(grad_out), np.asarray(t)
     out = _elementwise(_tanh_grad, grad_out, t) if grad_out.dtype == t.dtype else None
-    return grad_out * (1.0 - t * t) if out is None else out
+    return PORTABLE.tanh_backward(xp, grad_out, t) if out is None else out
 
 
 def row_sums(xp: Any, a: np.ndarray) -> np.ndarray:
