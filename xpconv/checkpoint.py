@@ -47,6 +47,7 @@ __all__ = [
     "METADATA_KEY",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "atomic_write",
     "is_checkpoint",
     "load_checkpoint",
     "save_checkpoint",
@@ -173,23 +174,41 @@ def save_checkpoint(
     entries = _validate_arrays(arrays)
     meta_bytes = _encode_metadata(metadata)
 
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    with atomic_write(target) as fh:
+        with zipfile.ZipFile(fh, mode="w", compression=compression, allowZip64=True) as zf:
+            _write_entry(zf, METADATA_KEY, np.frombuffer(meta_bytes, dtype=np.uint8))
+            for name, array in entries:
+                _write_entry(zf, name, array)
+    return target
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """A binary file whose content appears at ``path`` only once completely written.
+
+    Yields a file opened for writing at ``.<name>.<random>.tmp`` beside ``path``; when
+    the block ends normally the file is flushed, fsynced and renamed onto ``path``
+    (:func:`os.replace`), then the directory is fsynced (best effort). On an exception
+    the temporary file is removed and any previous file at ``path`` is left untouched.
+    An existing file keeps its permission bits; a new one gets ``0o666 & ~umask``.
+
+    Raises:
+        FileNotFoundError: the parent directory of ``path`` does not exist.
+    """
+    target = Path(os.fspath(path))
     directory = target.parent
     if not directory.is_dir():
         raise FileNotFoundError(
             f"cannot save checkpoint {str(target)!r}: directory {str(directory)!r} does not exist"
         )
     mode = _target_mode(target)
-    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-
     fd, tmp_name = tempfile.mkstemp(dir=directory, prefix="." + target.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             if hasattr(os, "fchmod"):
                 os.fchmod(fh.fileno(), mode)
-            with zipfile.ZipFile(fh, mode="w", compression=compression, allowZip64=True) as zf:
-                _write_entry(zf, METADATA_KEY, np.frombuffer(meta_bytes, dtype=np.uint8))
-                for name, array in entries:
-                    _write_entry(zf, name, array)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_name, target)
@@ -200,7 +219,6 @@ def save_checkpoint(
             pass
         raise
     _fsync_directory(directory)
-    return target
 
 
 def _validate_arrays(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:

@@ -1,5 +1,10 @@
 """Saving and loading models and training runs as xpconv checkpoints.
 
+A model can also be saved as safetensors (chosen by the ``.safetensors`` suffix):
+the weights under their parameter names, the architecture in the header's metadata,
+with the same atomic write and the same refusal of untrusted input
+(:mod:`xpconv.interop.safetensors_io`).
+
 A checkpoint is a NumPy ``.npz`` of host arrays with the architecture (and, for a
 training run, the optimizer, schedule position, RNG states and history) as JSON inside
 it; see :mod:`xpconv.checkpoint` for the file format and its guarantees. A checkpoint
@@ -22,14 +27,28 @@ __all__ = ["load_model", "load_training", "save_model", "save_training"]
 PathLike = str | os.PathLike
 
 _PARAM = "param/"
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def _is_safetensors(path: PathLike) -> bool:
+    return os.fspath(path).lower().endswith(SAFETENSORS_SUFFIX)
 
 
 def save_model(model: Sequential, path: PathLike, *, extra: dict[str, Any] | None = None) -> None:
-    """Write the model's architecture and weights to ``path`` atomically."""
+    """Write the model's architecture and weights to ``path`` atomically.
+
+    A path ending in ``.safetensors`` writes a safetensors file (weights under their
+    :meth:`~xpconv.Sequential.parameters` names, the architecture in its metadata);
+    any other name an ``.npz`` checkpoint.
+    """
+    meta = {"kind": "model", "architecture": model.get_config(), **(extra or {})}
+    if _is_safetensors(path):
+        from .interop.safetensors_io import save_safetensors
+
+        save_safetensors(path, model.state_dict(), meta)
+        return
     arrays = {_PARAM + k: v for k, v in model.state_dict().items()}
-    save_checkpoint(
-        path, arrays, {"kind": "model", "architecture": model.get_config(), **(extra or {})}
-    )
+    save_checkpoint(path, arrays, meta)
 
 
 def _build(path: PathLike, arrays: dict, meta: dict, backend: Any, device: Any) -> Sequential:
@@ -50,9 +69,37 @@ def _build(path: PathLike, arrays: dict, meta: dict, backend: Any, device: Any) 
 def load_model(
     path: PathLike, *, backend: str | Backend | None = None, device: Any = None
 ) -> Sequential:
-    """Rebuild a model saved by :func:`save_model` (or :func:`save_training`) on ``backend``."""
-    arrays, meta = load_checkpoint(path)
+    """Rebuild a model saved by :func:`save_model` (or :func:`save_training`) on ``backend``.
+
+    ``.safetensors`` files are read by :func:`~xpconv.interop.safetensors_io.load_safetensors`
+    (header validated before any data is read) and their tensors must have the dtype
+    the architecture names; every other name is read as an ``.npz`` checkpoint.
+    """
+    if _is_safetensors(path):
+        from .interop.safetensors_io import load_safetensors
+
+        tensors, meta = load_safetensors(path)
+        _check_dtypes(path, tensors, meta)
+        arrays = {_PARAM + k: v for k, v in tensors.items()}
+    else:
+        arrays, meta = load_checkpoint(path)
     return _build(path, arrays, meta, backend, device)
+
+
+def _check_dtypes(path: PathLike, tensors: dict[str, Any], meta: dict[str, Any]) -> None:
+    """Every tensor must have the architecture's dtype (float32 or float64)."""
+    architecture = meta.get("architecture")
+    dtype = architecture.get("dtype") if isinstance(architecture, dict) else None
+    if dtype not in ("float32", "float64"):
+        raise CheckpointError(
+            f"{path}: expected an architecture with dtype 'float32' or 'float64', got {dtype!r}"
+        )
+    for name, value in tensors.items():
+        if value.dtype.name != dtype:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {value.dtype.name}, expected {dtype} "
+                "(the architecture's dtype)"
+            )
 
 
 def save_training(trainer: Trainer, path: PathLike) -> None:

@@ -1,0 +1,442 @@
+"""Exchange models with PyTorch: ``to_torch(model)`` and ``from_torch(module, input_shape)``.
+
+xpconv stores weights in PyTorch's layout (conv (O, C // groups, KH, KW), dense
+(units, in)), so the exchange copies arrays without reshaping them. Both directions
+are tables: :data:`TO_TORCH` maps an xpconv layer class to a function returning the
+``torch.nn`` modules of that layer; :data:`FROM_TORCH` maps a ``torch.nn`` class name
+to a function returning the xpconv layer and its weights. A new layer is one added
+entry on each side. PyTorch is imported on first use only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..functional._conv import conv_geometry
+from ..layers import (
+    Activation,
+    AvgPool2D,
+    Conv1D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Identity,
+    Layer,
+    LeakyReLU,
+    LogSoftmax,
+    MaxPool2D,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    layer_from_config,
+)
+from ..model import Sequential
+
+__all__ = ["FROM_TORCH", "TO_TORCH", "from_torch", "to_torch"]
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise ImportError("the PyTorch exchange needs torch: pip install 'xpconv[torch]'") from exc
+    return torch
+
+
+# ---------------------------------------------------------------- xpconv -> torch
+
+
+def _activation_module(name: str | None, kwargs: dict[str, Any]) -> list[Any]:
+    nn = _torch().nn
+    name = name or "identity"
+    makers: dict[str, Callable[[], Any]] = {
+        "identity": nn.Identity,
+        "relu": nn.ReLU,
+        "tanh": nn.Tanh,
+        "sigmoid": nn.Sigmoid,
+        "leaky_relu": lambda: nn.LeakyReLU(kwargs.get("negative_slope", 0.01)),
+        "softmax": lambda: nn.Softmax(dim=-1),
+        "log_softmax": lambda: nn.LogSoftmax(dim=-1),
+    }
+    if name not in makers:
+        raise ValueError(f"to_torch: activation {name!r} has no PyTorch module")
+    return [makers[name]()]
+
+
+def _fused(layer: Layer) -> list[Any]:
+    name = getattr(layer, "activation", None)
+    return [] if name in (None, "identity") else _activation_module(name, {})
+
+
+def _torch_padding(layer: Conv2D, weight_shape: tuple[int, ...], axes: int) -> Any:
+    """'same' stays 'same' (PyTorch also pads an even kernel's extra row at the end);
+    every other padding becomes explicit symmetric sizes."""
+    if isinstance(layer.padding, str) and layer.padding.lower() == "same":
+        return "same"
+    assert layer.input_shape is not None
+    shape = layer.input_shape if axes == 2 else (layer.input_shape[0], 1, layer.input_shape[1])
+    geom = conv_geometry(
+        (1, *shape),
+        weight_shape,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+    )
+    (pt, _), (pl, _) = geom.pad
+    return (pt, pl) if axes == 2 else pl
+
+
+def _to_conv2d(layer: Conv2D, tensor: Callable[[Any], Any]) -> list[Any]:
+    nn = _torch().nn
+    weight = layer.params["weight"]
+    o, cg, kh, kw = weight.shape
+    conv = nn.Conv2d(
+        cg * layer.groups,
+        o,
+        (kh, kw),
+        stride=_pair(layer.stride),
+        padding=_torch_padding(layer, weight.shape, 2),
+        dilation=_pair(layer.dilation),
+        groups=layer.groups,
+        bias=layer.use_bias,
+    )
+    _copy_params(conv, layer, tensor)
+    return [conv, *_fused(layer)]
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)  # type: ignore[return-value]
+
+
+def _to_conv1d(layer: Conv1D, tensor: Callable[[Any], Any]) -> list[Any]:
+    nn = _torch().nn
+    weight = layer.params["weight"]
+    o, cg, k = weight.shape
+    conv = nn.Conv1d(
+        cg * layer.groups,
+        o,
+        k,
+        stride=_pair(layer.stride)[1],
+        padding=_torch_padding(layer, (o, cg, 1, k), 1),
+        dilation=_pair(layer.dilation)[1],
+        groups=layer.groups,
+        bias=layer.use_bias,
+    )
+    _copy_params(conv, layer, tensor)
+    return [conv, *_fused(layer)]
+
+
+def _to_dense(layer: Dense, tensor: Callable[[Any], Any]) -> list[Any]:
+    units, fan_in = layer.params["weight"].shape
+    linear = _torch().nn.Linear(fan_in, units, bias=layer.use_bias)
+    _copy_params(linear, layer, tensor)
+    return [linear, *_fused(layer)]
+
+
+def _copy_params(module: Any, layer: Layer, tensor: Callable[[Any], Any]) -> None:
+    torch = _torch()
+    with torch.no_grad():
+        for key, param in layer.params.items():
+            getattr(module, key).copy_(tensor(param.value))
+
+
+def _to_max_pool(layer: MaxPool2D, tensor: Callable[[Any], Any]) -> list[Any]:
+    return [_torch().nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)]
+
+
+def _to_avg_pool(layer: AvgPool2D, tensor: Callable[[Any], Any]) -> list[Any]:
+    return [
+        _torch().nn.AvgPool2d(
+            layer.kernel_size, layer.stride, layer.padding, count_include_pad=True
+        )
+    ]
+
+
+def _to_flatten(layer: Flatten, tensor: Callable[[Any], Any]) -> list[Any]:
+    return [_torch().nn.Flatten()]
+
+
+def _to_dropout(layer: Dropout, tensor: Callable[[Any], Any]) -> list[Any]:
+    return [_torch().nn.Dropout(layer.p)]
+
+
+def _to_activation(layer: Activation, tensor: Callable[[Any], Any]) -> list[Any]:
+    kwargs = {k: v for k, v in layer.get_config().items() if k != "activation"}
+    return _activation_module(layer.activation, kwargs)
+
+
+#: xpconv layer class -> ``fn(layer, tensor) -> [torch.nn.Module, ...]``; ``tensor``
+#: turns one of the layer's arrays into a host torch tensor of the model's dtype.
+TO_TORCH: dict[type, Callable[[Any, Callable[[Any], Any]], list[Any]]] = {
+    Conv2D: _to_conv2d,
+    Conv1D: _to_conv1d,
+    MaxPool2D: _to_max_pool,
+    AvgPool2D: _to_avg_pool,
+    Flatten: _to_flatten,
+    Dense: _to_dense,
+    Dropout: _to_dropout,
+    **{
+        cls: _to_activation
+        for cls in (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax)
+    },
+}
+
+
+def to_torch(model: Sequential) -> Any:
+    """A ``torch.nn.Sequential`` (CPU, the model's dtype) computing ``model``'s function.
+
+    Fused activations become modules of their own (``Conv2D(..., activation="relu")``
+    -> ``Conv2d, ReLU``), so module indices differ from layer indices; the module is in
+    training mode, as PyTorch creates it (call ``.eval()`` for inference: dropout).
+
+    Raises:
+        ValueError: the model is not built, or some layers have no PyTorch counterpart
+            (the message names them).
+    """
+    torch = _torch()
+    if not isinstance(model, Sequential) or not model.built:
+        raise ValueError(f"model: expected a built Sequential (give input_shape), got {model!r}")
+    missing = [
+        f"{la.name} ({type(la).__name__})" for la in model.layers if type(la) not in TO_TORCH
+    ]
+    if missing:
+        raise ValueError(
+            f"to_torch: no PyTorch module for layer(s) {', '.join(missing)}; supported: "
+            f"{sorted(cls.__name__ for cls in TO_TORCH)}"
+        )
+    dtype = getattr(torch, model.dtype_name)
+
+    def tensor(value: Any) -> Any:
+        return torch.from_numpy(np.array(model.backend.to_numpy(value), dtype=model.dtype_name))
+
+    modules: list[Any] = []
+    for layer in model.layers:
+        modules += TO_TORCH[type(layer)](layer, tensor)
+    return torch.nn.Sequential(*modules).to(dtype)
+
+
+# ---------------------------------------------------------------- torch -> xpconv
+
+#: A converted module: the layer, its weights by parameter name, and (for Softmax and
+#: LogSoftmax) the PyTorch ``dim`` to check against the input's rank once built.
+Converted = tuple[Layer, dict[str, np.ndarray], int | None]
+
+
+def _weights(module: Any, *names: str) -> dict[str, np.ndarray]:
+    return {
+        name: getattr(module, name).detach().cpu().numpy().copy()
+        for name in names
+        if getattr(module, name, None) is not None
+    }
+
+
+def _refuse(module: Any, why: str) -> None:
+    raise _Unsupported(f"{type(module).__name__} ({why})")
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _conv_common(m: Any, dims: int) -> dict[str, Any]:
+    if m.padding_mode != "zeros":
+        _refuse(m, f"padding_mode={m.padding_mode!r}, only 'zeros'")
+    if isinstance(m.padding, str):
+        padding: Any = m.padding
+    else:
+        padding = tuple(m.padding) if dims == 2 else m.padding[0]
+    if dims == 2:
+        args = dict(stride=tuple(m.stride), padding=padding, dilation=tuple(m.dilation))
+    else:
+        args = dict(stride=m.stride[0], padding=padding, dilation=m.dilation[0])
+    return dict(**args, groups=m.groups, use_bias=m.bias is not None, in_channels=m.in_channels)
+
+
+def _from_conv2d(m: Any) -> Converted:
+    layer = Conv2D(m.out_channels, tuple(m.kernel_size), **_conv_common(m, 2))
+    return layer, _weights(m, "weight", "bias"), None
+
+
+def _from_conv1d(m: Any) -> Converted:
+    layer = Conv1D(m.out_channels, m.kernel_size[0], **_conv_common(m, 1))
+    return layer, _weights(m, "weight", "bias"), None
+
+
+def _from_linear(m: Any) -> Converted:
+    layer = Dense(m.out_features, use_bias=m.bias is not None, in_features=m.in_features)
+    return layer, _weights(m, "weight", "bias"), None
+
+
+def _pool_args(m: Any) -> dict[str, Any]:
+    if m.ceil_mode:
+        _refuse(m, "ceil_mode=True")
+    return dict(kernel_size=m.kernel_size, stride=m.stride, padding=m.padding)
+
+
+def _from_max_pool(m: Any) -> Converted:
+    if m.dilation not in (1, (1, 1)) or m.return_indices:
+        _refuse(m, "dilation or return_indices")
+    return MaxPool2D(**_pool_args(m)), {}, None
+
+
+def _from_avg_pool(m: Any) -> Converted:
+    if not m.count_include_pad or m.divisor_override is not None:
+        _refuse(m, "count_include_pad=False or divisor_override")
+    return AvgPool2D(**_pool_args(m)), {}, None
+
+
+def _from_flatten(m: Any) -> Converted:
+    if m.start_dim != 1 or m.end_dim != -1:
+        _refuse(m, f"start_dim={m.start_dim}, end_dim={m.end_dim}; only 1 and -1")
+    return Flatten(), {}, None
+
+
+def _from_dropout(m: Any) -> Converted:
+    return Dropout(m.p), {}, None
+
+
+def _simple(cls: type[Layer]) -> Callable[[Any], Converted]:
+    return lambda m: (cls(), {}, None)
+
+
+def _from_leaky_relu(m: Any) -> Converted:
+    return LeakyReLU(negative_slope=float(m.negative_slope)), {}, None
+
+
+def _last_dim(cls: type[Layer]) -> Callable[[Any], Converted]:
+    def convert(m: Any) -> Converted:
+        return cls(), {}, -1 if m.dim is None else int(m.dim)
+
+    return convert
+
+
+#: ``torch.nn`` class name -> ``fn(module) -> (xpconv layer, {param name: array})``.
+FROM_TORCH: dict[str, Callable[[Any], Converted]] = {
+    "Conv2d": _from_conv2d,
+    "Conv1d": _from_conv1d,
+    "Linear": _from_linear,
+    "MaxPool2d": _from_max_pool,
+    "AvgPool2d": _from_avg_pool,
+    "Flatten": _from_flatten,
+    "Dropout": _from_dropout,
+    "Identity": _simple(Identity),
+    "ReLU": _simple(ReLU),
+    "Tanh": _simple(Tanh),
+    "Sigmoid": _simple(Sigmoid),
+    "LeakyReLU": _from_leaky_relu,
+    "Softmax": _last_dim(Softmax),
+    "LogSoftmax": _last_dim(LogSoftmax),
+}
+
+#: Activation modules folded into the Conv2D / Conv1D / Dense before them.
+_FOLDABLE = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}
+
+
+def _leaves(module: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    torch = _torch()
+    if isinstance(module, torch.nn.Sequential):
+        out: list[tuple[str, Any]] = []
+        for name, child in module.named_children():
+            out += _leaves(child, f"{prefix}{name}.")
+        return out
+    return [(prefix[:-1] or type(module).__name__, module)]
+
+
+def _fold(converted: list[Converted]) -> list[Converted]:
+    """Conv2d/Conv1d/Linear then ReLU/Tanh/Sigmoid -> one layer with that activation."""
+    out: list[Converted] = []
+    for layer, weights, dim in converted:
+        if out and type(layer) in _FOLDABLE:
+            prev, prev_weights, _ = out[-1]
+            if type(prev) in (Conv2D, Conv1D, Dense) and prev.activation in (None, "identity"):
+                config = {**prev.get_config(), "activation": _FOLDABLE[type(layer)]}
+                out[-1] = (layer_from_config(type(prev).__name__, config), prev_weights, None)
+                continue
+        out.append((layer, weights, dim))
+    return out
+
+
+def from_torch(
+    module: Any,
+    input_shape: Sequence[int],
+    *,
+    backend: Any = None,
+    device: Any = None,
+    loss: str = "softmax_cross_entropy",
+    seed: int = 0,
+) -> Sequential:
+    """The xpconv model of a PyTorch ``nn.Sequential`` (nested ones are flattened).
+
+    Args:
+        module: an ``nn.Sequential`` of the modules in :data:`FROM_TORCH` (or one such
+            module), float32 or float64.
+        input_shape: the per-example input shape, e.g. (1, 28, 28).
+        backend, device, loss, seed: as for :class:`~xpconv.Sequential`.
+
+    A ReLU, Tanh or Sigmoid right after a Conv2d, Conv1d or Linear becomes that
+    layer's fused activation (so ``from_torch(to_torch(model))`` has ``model``'s layers).
+
+    Raises:
+        ValueError: some modules are not supported (the message names each one with
+            its position and why), or the shapes do not fit ``input_shape``.
+    """
+    torch = _torch()
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
+    converted: list[Converted] = []
+    refused: list[str] = []
+    dtypes = {p.dtype for p in module.parameters()}
+    for where, leaf in _leaves(module):
+        name = type(leaf).__name__
+        convert = FROM_TORCH.get(name)
+        if convert is None or type(leaf) is not getattr(torch.nn, name, None):
+            refused.append(f"{where}: {name}")
+            continue
+        try:
+            converted.append(convert(leaf))
+        except _Unsupported as exc:
+            refused.append(f"{where}: {exc}")
+    if refused:
+        raise ValueError(
+            f"from_torch: unsupported module(s) {'; '.join(refused)}; supported: "
+            f"{sorted(FROM_TORCH)}"
+        )
+    if not converted:
+        raise ValueError("from_torch: module: expected at least one layer, got none")
+    if len(dtypes) > 1 or (dtypes and not dtypes <= {torch.float32, torch.float64}):
+        raise ValueError(
+            f"from_torch: module: expected float32 or float64 parameters of one dtype, got "
+            f"{sorted(str(d) for d in dtypes)}"
+        )
+    dtype = "float64" if dtypes == {torch.float64} else "float32"
+    converted = _fold(converted)
+    model = Sequential(
+        [layer for layer, _, _ in converted],
+        loss=loss,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        input_shape=input_shape,
+    )
+    for layer, _, dim in converted:
+        assert layer.input_shape is not None
+        if dim is not None and dim not in (-1, len(layer.input_shape)):
+            raise ValueError(
+                f"from_torch: {type(layer).__name__}(dim={dim}) at {layer.name}: expected the "
+                f"last axis (-1 or {len(layer.input_shape)}) of its input"
+            )
+    model.load_state_dict(
+        {
+            f"{layer.name}.{key}": value
+            for layer, weights, _ in converted
+            for key, value in weights.items()
+        }
+    )
+    return model
