@@ -4,6 +4,7 @@
     xpconv train --model lenet --epochs 5 --backend torch --device cuda
     xpconv train --resume runs/lecture-mnist-20260101-120000/training.npz --epochs 3
     xpconv evaluate runs/lecture-mnist-20260101-120000/model.npz --backend array_api_strict
+    xpconv export runs/lecture-mnist-20260101-120000/model.npz model.onnx --check
 
 ``train`` writes into its output directory: ``metrics.json``, ``model.npz`` (the
 trained model), ``training.npz`` (everything needed to resume, rewritten after every
@@ -190,6 +191,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_options(evaluate)
     evaluate.set_defaults(handler=_evaluate, command_parser=evaluate)
+
+    export = sub.add_parser(
+        "export",
+        help="write a checkpoint as an ONNX file",
+        description="Write a model checkpoint (.npz or .safetensors) as ONNX: input 'input' "
+        "(N, *input_shape), output 'output' (N, *output_shape), dynamic batch N.",
+    )
+    export.add_argument("checkpoint", metavar="CHECKPOINT", help="model.npz, training.npz, ...")
+    export.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write")
+    export.add_argument(
+        "--opset", type=_positive_int, default=None, help="ONNX opset (default: 17)"
+    )
+    export.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="tensor type of the graph (default: float32)",
+    )
+    export.add_argument(
+        "--check",
+        action="store_true",
+        help="run the file in onnxruntime on a random batch and compare with xpconv",
+    )
+    export.add_argument("--traceback", action="store_true", help="show the full traceback")
+    export.set_defaults(handler=_export, command_parser=export)
     return parser
 
 
@@ -523,6 +549,38 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     print(json.dumps(result, allow_nan=False))
     if args.json is not None:
         _write_json(Path(args.json), result)
+    return 0
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .interop import DEFAULT_OPSET, to_onnx
+    from .saving import load_model
+
+    if not Path(args.checkpoint).is_file():
+        raise CliError(f"checkpoint: expected an existing file, got {args.checkpoint!r}")
+    model = load_model(Path(args.checkpoint), backend="numpy")
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    try:
+        to_onnx(model, Path(args.output), opset=opset, dtype=args.dtype)
+    except ImportError as exc:
+        raise CliError(str(exc)) from exc
+    shape = ", ".join(str(s) for s in model.input_shape)
+    out = ", ".join(str(s) for s in model.output_shape)
+    print(
+        f"wrote {args.output}: input 'input' (N, {shape}) -> output 'output' (N, {out}), "
+        f"opset {opset}, {args.dtype}"
+    )
+    if args.check:
+        from .interop.onnx_export import compare_with_onnxruntime
+
+        diff = compare_with_onnxruntime(model, Path(args.output))
+        print(
+            f"onnxruntime agrees with xpconv on a random batch of {diff['examples']}: max abs "
+            f"difference {diff['max_abs']:.3g}, max relative {diff['max_rel']:.3g}"
+        )
     return 0
 
 

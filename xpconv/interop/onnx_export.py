@@ -52,6 +52,7 @@ __all__ = [
     "ONNX_EXPORTERS",
     "OUTPUT_NAME",
     "OnnxGraph",
+    "compare_with_onnxruntime",
     "to_onnx",
 ]
 
@@ -338,3 +339,44 @@ def to_onnx(
         with atomic_write(Path(os.fspath(path))) as fh:
             fh.write(proto.SerializeToString())
     return proto
+
+
+def compare_with_onnxruntime(
+    model: Sequential, path: str | os.PathLike[str], x: Any = None, *, seed: int = 0
+) -> dict[str, Any]:
+    """Run the ONNX file at ``path`` in onnxruntime (CPU) and ``model`` on the same input.
+
+    Args:
+        model: the model the file was exported from.
+        path: the ``.onnx`` file.
+        x: host input (N, *input_shape); default: 8 uniform [0, 1) examples from ``seed``.
+
+    Returns:
+        ``{"examples": N, "max_abs": max |ort - xpconv|, "max_rel": max_abs / max |xpconv|,
+        "onnxruntime": outputs, "xpconv": outputs}`` (outputs as host arrays).
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(
+            "checking an export needs onnxruntime: pip install 'xpconv[interop]'"
+        ) from exc
+    if x is None:
+        x = np.random.default_rng(seed).random((8, *model.input_shape))
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    elem = session.get_inputs()[0].type  # "tensor(float)" or "tensor(double)"
+    host = np.asarray(x, dtype=np.float64 if "double" in elem else np.float32)
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: host})[0]
+    want = model.backend.to_numpy(model.predict(np.asarray(x, dtype=model.dtype_name)))
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    scale = float(np.max(np.abs(want))) or 1.0
+    return {
+        "examples": int(host.shape[0]),
+        "max_abs": float(diff.max()),
+        "max_rel": float(diff.max()) / scale,
+        "onnxruntime": got,
+        "xpconv": want,
+    }

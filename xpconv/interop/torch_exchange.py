@@ -141,9 +141,12 @@ def _to_dense(layer: Dense, tensor: Callable[[Any], Any]) -> list[Any]:
 
 def _copy_params(module: Any, layer: Layer, tensor: Callable[[Any], Any]) -> None:
     torch = _torch()
+    values = {key: tensor(param.value) for key, param in layer.params.items()}
+    if values:
+        module.to(next(iter(values.values())).dtype)  # copy without rounding to float32
     with torch.no_grad():
-        for key, param in layer.params.items():
-            getattr(module, key).copy_(tensor(param.value))
+        for key, value in values.items():
+            getattr(module, key).copy_(value)
 
 
 def _to_max_pool(layer: MaxPool2D, tensor: Callable[[Any], Any]) -> list[Any]:
@@ -334,8 +337,13 @@ FROM_TORCH: dict[str, Callable[[Any], Converted]] = {
     "LogSoftmax": _last_dim(LogSoftmax),
 }
 
-#: Activation modules folded into the Conv2D / Conv1D / Dense before them.
-_FOLDABLE = {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}
+
+
+def _foldable(layer: Layer) -> str | None:
+    """The fused-activation name of an activation layer that can join the layer before."""
+    if type(layer) is LeakyReLU:  # a fused leaky_relu has the default slope
+        return "leaky_relu" if layer.get_config().get("negative_slope", 0.01) == 0.01 else None
+    return {ReLU: "relu", Tanh: "tanh", Sigmoid: "sigmoid"}.get(type(layer))
 
 
 def _leaves(module: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -349,13 +357,14 @@ def _leaves(module: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def _fold(converted: list[Converted]) -> list[Converted]:
-    """Conv2d/Conv1d/Linear then ReLU/Tanh/Sigmoid -> one layer with that activation."""
+    """Conv2d/Conv1d/Linear then a foldable activation -> one layer with that activation."""
     out: list[Converted] = []
     for layer, weights, dim in converted:
-        if out and type(layer) in _FOLDABLE:
+        act = _foldable(layer)
+        if out and act is not None:
             prev, prev_weights, _ = out[-1]
             if type(prev) in (Conv2D, Conv1D, Dense) and prev.activation in (None, "identity"):
-                config = {**prev.get_config(), "activation": _FOLDABLE[type(layer)]}
+                config = {**prev.get_config(), "activation": act}
                 out[-1] = (layer_from_config(type(prev).__name__, config), prev_weights, None)
                 continue
         out.append((layer, weights, dim))
@@ -370,6 +379,7 @@ def from_torch(
     device: Any = None,
     loss: str = "softmax_cross_entropy",
     seed: int = 0,
+    dtype: str | None = None,
 ) -> Sequential:
     """The xpconv model of a PyTorch ``nn.Sequential`` (nested ones are flattened).
 
@@ -378,9 +388,11 @@ def from_torch(
             module), float32 or float64.
         input_shape: the per-example input shape, e.g. (1, 28, 28).
         backend, device, loss, seed: as for :class:`~xpconv.Sequential`.
+        dtype: the model's dtype; default: the module's parameters' dtype (float32 for
+            a module without parameters).
 
-    A ReLU, Tanh or Sigmoid right after a Conv2d, Conv1d or Linear becomes that
-    layer's fused activation (so ``from_torch(to_torch(model))`` has ``model``'s layers).
+    A ReLU, Tanh, Sigmoid or LeakyReLU(0.01) right after a Conv2d, Conv1d or Linear
+    becomes that layer's fused activation (so ``from_torch(to_torch(model))`` has ``model``'s layers).
 
     Raises:
         ValueError: some modules are not supported (the message names each one with
@@ -414,7 +426,8 @@ def from_torch(
             f"from_torch: module: expected float32 or float64 parameters of one dtype, got "
             f"{sorted(str(d) for d in dtypes)}"
         )
-    dtype = "float64" if dtypes == {torch.float64} else "float32"
+    if dtype is None:
+        dtype = "float64" if dtypes == {torch.float64} else "float32"
     converted = _fold(converted)
     model = Sequential(
         [layer for layer, _, _ in converted],

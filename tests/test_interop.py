@@ -1,0 +1,510 @@
+"""Interop: ONNX export checked in onnxruntime, PyTorch exchange, safetensors files."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+import xpconv as xc
+from xpconv import interop
+from xpconv.checkpoint import CheckpointError
+from xpconv.layers import Layer
+
+onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+ort = pytest.importorskip("onnxruntime", reason="the export is checked in onnxruntime")
+torch = pytest.importorskip("torch", reason="PyTorch is the exchange partner and oracle")
+pytest.importorskip("safetensors", reason="safetensors files need the safetensors package")
+
+RTOL = 1e-5
+
+
+def _atol(reference: np.ndarray) -> float:
+    """float32 summation-order noise: a few ulps of the largest magnitude."""
+    return 2e-6 * max(1.0, float(np.max(np.abs(reference))))
+
+
+def _session(path: os.PathLike | str) -> ort.InferenceSession:
+    return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+
+
+def _run_onnx(path: os.PathLike | str, x: np.ndarray) -> np.ndarray:
+    return _session(path).run([interop.OUTPUT_NAME], {interop.INPUT_NAME: x})[0]
+
+
+def _predict(model: xc.Sequential, x: np.ndarray) -> np.ndarray:
+    return model.backend.to_numpy(model.predict(x))
+
+
+# --------------------------------------------------------------- every layer config
+
+LAYER_CASES = {
+    "conv-stride2-pad1-relu": ((3, 9, 8), lambda: [xc.Conv2D(4, 3, stride=2, padding=1, activation="relu")]),
+    "conv-same-even-dilated": ((2, 9, 9), lambda: [xc.Conv2D(3, 4, padding="same", dilation=2)]),
+    "conv-same-even-2x3-tanh": ((2, 7, 6), lambda: [xc.Conv2D(3, (2, 3), padding="same", activation="tanh")]),
+    "conv-full-nobias-sigmoid": ((1, 5, 5), lambda: [xc.Conv2D(2, 3, padding="full", use_bias=False, activation="sigmoid")]),
+    "conv-groups-valid": ((4, 8, 8), lambda: [xc.Conv2D(6, 3, groups=2, padding="valid", stride=(1, 2))]),
+    "conv-depthwise-leaky": ((3, 6, 6), lambda: [xc.Conv2D(3, 3, groups=3, padding=(1, 0), activation="leaky_relu")]),
+    "conv1d-stride-dilation": ((3, 17), lambda: [xc.Conv1D(4, 3, stride=2, dilation=2, padding=1, activation="relu")]),
+    "conv1d-same-even-groups": ((4, 11), lambda: [xc.Conv1D(2, 4, padding="same", groups=2)]),
+    "maxpool-pad-stride": ((2, 9, 9), lambda: [xc.MaxPool2D(3, stride=2, padding=1)]),
+    "maxpool-nonsquare": ((2, 8, 9), lambda: [xc.MaxPool2D((2, 3))]),
+    "avgpool-pad-counts": ((2, 7, 7), lambda: [xc.AvgPool2D(3, stride=2, padding=1)]),
+    "avgpool-plain": ((1, 8, 6), lambda: [xc.AvgPool2D(2)]),
+    "dense-relu-dropout-softmax": ((12,), lambda: [xc.Dense(7, activation="relu"), xc.Dropout(0.4), xc.Dense(5), xc.Softmax()]),
+    "dense-nobias-logsoftmax": ((6,), lambda: [xc.Dense(4, use_bias=False, activation="tanh"), xc.LogSoftmax()]),
+    "activation-layers": ((3, 4, 4), lambda: [xc.ReLU(), xc.Tanh(), xc.Sigmoid(), xc.Identity(), xc.LeakyReLU(negative_slope=0.2), xc.Activation("leaky_relu", negative_slope=0.3), xc.Activation("relu")]),
+    "conv-pool-flatten-dense": ((1, 12, 12), lambda: [xc.Conv2D(4, 3, padding="same", activation="relu"), xc.MaxPool2D(2), xc.Conv2D(5, 3, activation="relu"), xc.AvgPool2D(2), xc.Flatten(), xc.Dense(6, activation="sigmoid"), xc.Dense(3)]),
+}  # fmt: skip
+
+
+def _layer_model(name: str, backend: str = "numpy", dtype: str = "float32") -> xc.Sequential:
+    shape, make = LAYER_CASES[name]
+    return xc.Sequential(make(), backend=backend, dtype=dtype, seed=3, input_shape=shape)
+
+
+def _input(model: xc.Sequential, n: int = 5, seed: int = 1) -> np.ndarray:
+    x = np.random.default_rng(seed).normal(size=(n, *model.input_shape))
+    return x.astype(model.dtype_name)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_every_layer_config_exports_and_matches_onnxruntime(name: str, tmp_path) -> None:
+    model = _layer_model(name)
+    # biases are zero at initialisation: give them values so that they are checked too
+    state = {k: v + (0.1 if k.endswith("bias") else 0.0) for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    path = tmp_path / "m.onnx"
+    proto = interop.to_onnx(model, path)
+    loaded = onnx.load(path)
+    onnx.checker.check_model(loaded, full_check=True)
+    assert loaded.SerializeToString() == proto.SerializeToString()
+    x = _input(model)
+    want = _predict(model, x)
+    got = _run_onnx(path, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
+    # the graph is made of ONNX's own operators
+    ops = {node.op_type for node in loaded.graph.node}
+    assert ops <= {
+        "Conv", "MaxPool", "AveragePool", "Gemm", "Flatten", "Relu", "Tanh", "Sigmoid",
+        "LeakyRelu", "Softmax", "LogSoftmax", "Identity",
+    }  # fmt: skip
+
+
+def test_exported_graph_names_and_dynamic_batch(tmp_path) -> None:
+    model = xc.zoo.lenet(backend="numpy", seed=2)
+    path = tmp_path / "lenet.onnx"
+    interop.to_onnx(model, path, opset=13)
+    proto = onnx.load(path)
+    (inp,), (out,) = proto.graph.input, proto.graph.output
+    assert (inp.name, out.name) == ("input", "output")
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert dims == ["N", 1, 28, 28]
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 10]
+    assert proto.opset_import[0].version == 13
+    assert {n.op_type for n in proto.graph.node} >= {"Conv", "MaxPool", "Gemm", "Relu"}
+    session = _session(path)
+    for n in (1, 3, 17):
+        x = _input(model, n, seed=n)
+        got = session.run(None, {"input": x})[0]
+        assert got.shape == (n, 10)
+        want = _predict(model, x)
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
+
+
+def test_float64_graph_and_dtype_option(tmp_path) -> None:
+    model = _layer_model("dense-relu-dropout-softmax", dtype="float64")
+    proto = interop.to_onnx(model, tmp_path / "m64.onnx")
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    x = _input(model)
+    np.testing.assert_allclose(
+        _run_onnx(tmp_path / "m64.onnx", x), _predict(model, x), rtol=1e-12, atol=1e-12
+    )
+    proto = interop.to_onnx(model, tmp_path / "m32.onnx", dtype="float32")
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+class _Scale(Layer):
+    """A layer no converter knows."""
+
+    def forward(self, x, training):  # noqa: ANN001, ANN201
+        return 2.0 * x
+
+
+def test_export_refuses_unsupported_layers_and_bad_arguments(tmp_path) -> None:
+    model = xc.Sequential([xc.Flatten(), _Scale(), xc.Dense(3), _Scale()], input_shape=(2, 2))
+    with pytest.raises(ValueError, match=r"_scale_0 \(_Scale\), _scale_1 \(_Scale\)"):
+        interop.to_onnx(model, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(ValueError, match=r"_scale_0 \(_Scale\)"):
+        interop.to_torch(model)
+    good = _layer_model("avgpool-plain")
+    for opset in (12, 10_000, "17", True):
+        with pytest.raises(ValueError, match="opset: expected an int from 13"):
+            interop.to_onnx(good, opset=opset)
+    with pytest.raises(ValueError, match="dtype: expected"):
+        interop.to_onnx(good, dtype="float16")
+    with pytest.raises(ValueError, match="model: expected a built Sequential"):
+        interop.to_onnx(xc.Sequential([xc.Dense(3)]))
+
+
+def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
+    """The Sequential runs Conv2D + MaxPool2D as one fused step; the graph has both."""
+    model = xc.zoo.lenet(backend="numpy")
+    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in model.steps)
+    ops = [n.op_type for n in interop.to_onnx(model).graph.node]
+    assert ops == ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"]  # fmt: skip
+
+
+# --------------------------------------------------------------- MNIST, trained models
+
+TRAIN_BACKENDS = [("numpy", None), ("torch", "cpu"), ("array_api_strict", None)]
+
+
+def _backend_or_skip(name: str, device: str | None) -> xc.Backend:
+    try:
+        return xc.get_backend(name, device)
+    except xc.BackendError as exc:
+        pytest.skip(f"{name}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def mnist_data(mnist_dir):
+    from xpconv.datasets import mnist
+
+    return mnist(mnist_dir, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend_name, device", TRAIN_BACKENDS, ids=[b for b, _ in TRAIN_BACKENDS])
+@pytest.mark.parametrize("model_name", ["lecture", "lenet"])
+def test_onnxruntime_logits_equal_xpconv_on_mnist_test_set(
+    model_name: str, backend_name: str, device: str | None, mnist_data, tmp_path
+) -> None:
+    """A few training steps on each backend, then the whole MNIST test set: the exported
+    graph in onnxruntime gives xpconv's logits (float32, rtol 1e-5)."""
+    backend = _backend_or_skip(backend_name, device)
+    model = xc.zoo.build_model(model_name, backend=backend, seed=0)
+    optimizer = xc.SGD(0.05, momentum=0.9)
+    for step in range(6):
+        batch = slice(64 * step, 64 * (step + 1))
+        model.train_batch(mnist_data.x_train[batch], mnist_data.y_train[batch])
+        optimizer.step(model.parameters())
+    path = tmp_path / f"{model_name}.onnx"
+    interop.to_onnx(model, path)
+    x = mnist_data.x_test
+    want = _predict(model, x)
+    got = _run_onnx(path, x)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
+    assert (got.argmax(1) == want.argmax(1)).mean() > 0.999
+    assert (want.argmax(1) == mnist_data.y_test).mean() > 0.5  # it learned something
+
+
+def test_cli_export_writes_a_checked_onnx_file(tmp_path, capsys) -> None:
+    from xpconv.cli import main
+
+    model = xc.zoo.lecture(backend="numpy", seed=5)
+    for suffix in (".npz", ".safetensors"):
+        checkpoint = tmp_path / f"model{suffix}"
+        xc.save_model(model, checkpoint)
+        out = tmp_path / f"model{suffix}.onnx"
+        assert main(["export", str(checkpoint), str(out), "--check"]) == 0
+        printed = capsys.readouterr().out
+        assert "input 'input' (N, 1, 28, 28) -> output 'output' (N, 10)" in printed
+        assert "onnxruntime agrees with xpconv" in printed
+        x = _input(model, 4)
+        np.testing.assert_allclose(_run_onnx(out, x), _predict(model, x), rtol=RTOL, atol=1e-5)
+    assert main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "x.onnx")]) == 1
+    assert "checkpoint: expected an existing file" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), str(tmp_path / "y.onnx"), "--opset", "9"]) == 1
+    assert "opset: expected an int from 13" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------- PyTorch exchange
+
+
+def _kind(layer: Layer) -> tuple:
+    """What a layer computes (``Activation("relu")`` and ``ReLU()`` are the same)."""
+    if isinstance(layer, xc.Activation):
+        kwargs = {k: v for k, v in layer.get_config().items() if k != "activation"}
+        return ("activation", layer.activation, kwargs)
+    config = {k: v for k, v in layer.get_config().items() if k not in ("init", "in_channels", "in_features")}
+    if isinstance(layer, xc.Conv2D):  # the resolved geometry: 'valid' is (0, 0), 1 is (1, 1)
+        geom = layer._geom
+        for key in ("kernel_size", "stride", "padding", "dilation"):
+            config.pop(key)
+        config["geometry"] = (geom.kernel, geom.stride, geom.pad, geom.dilation)
+    return (type(layer).__name__, config)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_to_torch_computes_the_same_function_and_from_torch_rebuilds_it(name: str) -> None:
+    model = _layer_model(name, dtype="float64")
+    model.load_state_dict({k: v + 0.1 for k, v in model.state_dict().items()})
+    net = interop.to_torch(model).eval()
+    x = _input(model)
+    want = _predict(model, x)
+    got = net(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert interop.from_torch(net, input_shape=model.input_shape).dtype_name == (
+        "float64" if model.parameters() else "float32"
+    )
+    back = interop.from_torch(net, input_shape=model.input_shape, dtype="float64")
+    assert [_kind(la) for la in back.layers] == [_kind(la) for la in model.layers]
+    assert back.dtype_name == "float64"
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value)
+    np.testing.assert_allclose(_predict(back, x), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend_name, device", TRAIN_BACKENDS, ids=[b for b, _ in TRAIN_BACKENDS])
+def test_to_torch_gradients_and_sgd_step_equal_xpconv(backend_name: str, device) -> None:
+    backend = _backend_or_skip(backend_name, device)
+    model = xc.Sequential(
+        [
+            xc.Conv2D(4, 3, padding="same", activation="relu"),
+            xc.MaxPool2D(2),
+            xc.Conv2D(6, 3, padding=1, activation="tanh"),
+            xc.AvgPool2D(2),
+            xc.Flatten(),
+            xc.Dense(12, activation="relu"),
+            xc.Dense(5),
+        ],
+        backend=backend,
+        input_shape=(1, 12, 12),
+        seed=7,
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 1, 12, 12)).astype(np.float32)
+    y = rng.integers(0, 5, size=8)
+    net = interop.to_torch(model)
+    loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    ours = float(model.train_batch(x, y))
+    assert abs(ours - loss.item()) < 1e-5
+    torch_grads = [p.grad.numpy() for p in net.parameters()]
+    our_grads = [model.backend.to_numpy(g) for g in model.gradients().values()]
+    assert len(torch_grads) == len(our_grads)
+    for g_torch, g_ours in zip(torch_grads, our_grads):
+        np.testing.assert_allclose(g_ours, g_torch, rtol=1e-4, atol=1e-6 * np.abs(g_torch).max())
+    xc.SGD(0.1).step(model.parameters())
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    for (key, ours_after), theirs in zip(model.state_dict().items(), net.state_dict().values()):
+        np.testing.assert_allclose(ours_after, theirs.numpy(), rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_from_torch_builds_the_model_of_a_torch_network() -> None:
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Sequential(nn.Conv2d(8, 8, 3, padding="same", groups=2, bias=False), nn.Tanh()),
+        nn.AvgPool2d(2, padding=1),
+        nn.Flatten(),
+        nn.Dropout(0.25),
+        nn.Linear(128, 10),
+        nn.LeakyReLU(0.1),
+        nn.LogSoftmax(dim=1),
+    ).eval()
+    model = interop.from_torch(net, input_shape=(1, 12, 12), backend="numpy")
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == [
+        "Conv2D", "MaxPool2D", "Conv2D", "AvgPool2D", "Flatten", "Dropout", "Dense",
+        "LeakyReLU", "LogSoftmax",
+    ]  # fmt: skip
+    assert model.layers[0].activation == "relu" and model.layers[2].activation == "tanh"
+    x = np.random.default_rng(0).normal(size=(4, 1, 12, 12)).astype(np.float32)
+    want = net(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(_predict(model, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
+    nn = torch.nn
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Sequential(nn.GELU()),
+        nn.Conv2d(4, 4, 3, padding_mode="reflect", padding=1),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Flatten(0),
+    )
+    with pytest.raises(ValueError, match="unsupported module") as info:
+        interop.from_torch(net, input_shape=(1, 10, 10))
+    message = str(info.value)
+    for part in ("1: BatchNorm2d", "2.0: GELU", "3: Conv2d (padding_mode='reflect'", "ceil_mode", "5: Flatten"):  # fmt: skip
+        assert part in message, (part, message)
+
+    class Custom(nn.Module):
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return x
+
+    with pytest.raises(ValueError, match="Custom"):
+        interop.from_torch(Custom(), input_shape=(3,))
+    with pytest.raises(ValueError, match=r"Softmax\(dim=1\) at softmax_0: expected the last axis"):
+        interop.from_torch(nn.Sequential(nn.Softmax(dim=1)), input_shape=(3, 4))
+    with pytest.raises(TypeError, match="module: expected a torch.nn.Module"):
+        interop.from_torch([nn.ReLU()], input_shape=(3,))
+    with pytest.raises(ValueError, match="in_channels expected 3"):
+        interop.from_torch(nn.Sequential(nn.Conv2d(3, 4, 3)), input_shape=(1, 8, 8))
+
+
+def test_state_dict_round_trip_through_torch() -> None:
+    model = xc.zoo.lenet(backend="numpy", seed=11)
+    net = interop.to_torch(model)
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = interop.to_torch(xc.zoo.lenet(backend="numpy", seed=99))
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    back = interop.from_torch(fresh, input_shape=(1, 28, 28))
+    assert back.get_config()["layers"][0]["config"]["activation"] == "relu"
+    state = model.state_dict()
+    assert list(back.state_dict()) == list(state)
+    for key, value in back.state_dict().items():
+        np.testing.assert_array_equal(value, state[key])
+    # and the other way: xpconv weights loaded into the module by position
+    assert [tuple(v.shape) for v in net.state_dict().values()] == [v.shape for v in state.values()]
+
+
+# --------------------------------------------------------------- safetensors
+
+
+def _saved(tmp_path, name: str = "m.safetensors") -> tuple[xc.Sequential, os.PathLike]:
+    model = xc.zoo.lenet(backend="numpy", seed=4)
+    path = tmp_path / name
+    xc.save_model(model, path, extra={"note": "hello"})
+    return model, path
+
+
+def test_safetensors_round_trip_on_every_backend(case, tmp_path) -> None:
+    model, path = _saved(tmp_path)
+    from safetensors.numpy import load_file
+
+    plain = load_file(path)  # an ordinary safetensors file
+    assert set(plain) == set(model.state_dict())
+    loaded = xc.load_model(path, backend=case.backend)
+    assert loaded.get_config() == model.get_config()
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    x = _input(model, 3)
+    np.testing.assert_allclose(
+        case.to_numpy(loaded.predict(case.asarray(x, dtype="float32"))),
+        _predict(model, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    arrays, meta = interop.load_safetensors(path)
+    assert meta["kind"] == "model" and meta["note"] == "hello"
+    assert meta["format"] == "xpconv-checkpoint" and meta["version"] == 1
+
+
+def test_safetensors_write_is_atomic(tmp_path, monkeypatch) -> None:
+    model, path = _saved(tmp_path)
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match="disk full"):
+        xc.save_model(xc.zoo.lenet(backend="numpy", seed=5), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+
+
+def _header(raw: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def _pack(header: dict, data: bytes, length: int | None = None) -> bytes:
+    text = json.dumps(header).encode()
+    return (len(text) if length is None else length).to_bytes(8, "little") + text + data
+
+
+def _crafted(raw: bytes) -> dict[str, bytes]:
+    header, data = _header(raw)
+    meta = header["__metadata__"]
+    name = next(k for k in header if k != "__metadata__")
+    spec = header[name]
+
+    def edited(**changes) -> bytes:  # noqa: ANN003
+        return _pack({**header, name: {**spec, **changes}}, data)
+
+    begin, end = spec["data_offsets"]
+    arch = json.loads(meta["xpconv"])
+    return {
+        "empty": b"",
+        "short-prefix": raw[:5],
+        "huge-header-length": (2**60).to_bytes(8, "little") + raw[8:],
+        "header-past-end": _pack(header, b"", length=len(raw)),
+        "not-json": _pack({}, b"")[:8] + b"{not json" + b" " * 10,
+        "json-list": _pack([1, 2], b""),  # type: ignore[arg-type]
+        "no-metadata": _pack({k: v for k, v in header.items() if k != "__metadata__"}, data),
+        "foreign-format": _pack({**header, "__metadata__": {"xpconv": json.dumps({"format": "x"})}}, data),
+        "future-version": _pack({**header, "__metadata__": {"xpconv": json.dumps({**arch, "version": 99})}}, data),
+        "bad-dtype": edited(dtype="O"),
+        "bool-shape": edited(shape=[True] * len(spec["shape"])),
+        "negative-shape": edited(shape=[-1, *spec["shape"][1:]]),
+        "shape-vs-bytes": edited(shape=[2 * spec["shape"][0], *spec["shape"][1:]]),
+        "overlap": edited(data_offsets=[begin + 4, end + 4]),
+        "extra-key": edited(extra=1),
+        "declares-more-than-there": edited(shape=[10**12], data_offsets=[begin, begin + 4 * 10**12]),
+        "truncated-data": raw[:-100],
+        "trailing-bytes": raw + b"\0" * 8,
+    }  # fmt: skip
+
+
+def test_safetensors_refuses_truncated_crafted_and_oversized_files(tmp_path) -> None:
+    _, path = _saved(tmp_path)
+    raw = path.read_bytes()
+    cases = _crafted(raw)
+    header_text = raw[8 : 8 + int.from_bytes(raw[:8], "little")].decode()
+    dup = header_text.replace('{"__metadata__"', '{"a":1,"a":2,"__metadata__"', 1).encode()
+    cases["duplicate-key"] = len(dup).to_bytes(8, "little") + dup + raw[8 + len(header_text) :]
+    for cut in (8, 9, len(raw) // 2, len(raw) - 1):
+        cases[f"cut-at-{cut}"] = raw[:cut]
+    for label, content in cases.items():
+        bad = tmp_path / f"{label}.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            xc.load_model(bad)
+        assert str(bad) in str(info.value), (label, str(info.value))
+    with pytest.raises(CheckpointError, match="more than max_bytes=1000"):
+        interop.load_safetensors(path, max_bytes=1000)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        xc.load_model(tmp_path / "absent.safetensors")
+
+
+def test_safetensors_checks_weights_against_the_architecture(tmp_path) -> None:
+    model, path = _saved(tmp_path)
+    state = model.state_dict()
+    meta = {"kind": "model", "architecture": model.get_config()}
+    wrong_dtype = {k: v.astype(np.float64) for k, v in state.items()}
+    interop.save_safetensors(tmp_path / "f64.safetensors", wrong_dtype, meta)
+    with pytest.raises(CheckpointError, match="has dtype float64, expected float32"):
+        xc.load_model(tmp_path / "f64.safetensors")
+    wrong_shape = dict(state)
+    wrong_shape["dense_0.weight"] = np.zeros((3, 3), np.float32)
+    interop.save_safetensors(tmp_path / "shape.safetensors", wrong_shape, meta)
+    with pytest.raises(CheckpointError, match="does not fit its architecture"):
+        xc.load_model(tmp_path / "shape.safetensors")
+    missing = {k: v for k, v in state.items() if k != "conv2d_1.bias"}
+    interop.save_safetensors(tmp_path / "missing.safetensors", missing, meta)
+    with pytest.raises(CheckpointError, match="conv2d_1.bias"):
+        xc.load_model(tmp_path / "missing.safetensors")
+    with pytest.raises(TypeError, match="expected a NumPy array"):
+        interop.save_safetensors(tmp_path / "obj.safetensors", {"a": np.array([None])}, meta)
+    # a plain safetensors file without xpconv metadata
+    from safetensors.numpy import save_file
+
+    save_file(state, tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match="not an xpconv file"):
+        xc.load_model(tmp_path / "plain.safetensors")
