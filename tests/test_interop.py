@@ -42,23 +42,69 @@ def _predict(model: xc.Sequential, x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------- every layer config
 
 LAYER_CASES = {
-    "conv-stride2-pad1-relu": ((3, 9, 8), lambda: [xc.Conv2D(4, 3, stride=2, padding=1, activation="relu")]),
+    "conv-stride2-pad1-relu": (
+        (3, 9, 8),
+        lambda: [xc.Conv2D(4, 3, stride=2, padding=1, activation="relu")],
+    ),
     "conv-same-even-dilated": ((2, 9, 9), lambda: [xc.Conv2D(3, 4, padding="same", dilation=2)]),
-    "conv-same-even-2x3-tanh": ((2, 7, 6), lambda: [xc.Conv2D(3, (2, 3), padding="same", activation="tanh")]),
-    "conv-full-nobias-sigmoid": ((1, 5, 5), lambda: [xc.Conv2D(2, 3, padding="full", use_bias=False, activation="sigmoid")]),
-    "conv-groups-valid": ((4, 8, 8), lambda: [xc.Conv2D(6, 3, groups=2, padding="valid", stride=(1, 2))]),
-    "conv-depthwise-leaky": ((3, 6, 6), lambda: [xc.Conv2D(3, 3, groups=3, padding=(1, 0), activation="leaky_relu")]),
-    "conv1d-stride-dilation": ((3, 17), lambda: [xc.Conv1D(4, 3, stride=2, dilation=2, padding=1, activation="relu")]),
+    "conv-same-even-2x3-tanh": (
+        (2, 7, 6),
+        lambda: [xc.Conv2D(3, (2, 3), padding="same", activation="tanh")],
+    ),
+    "conv-full-nobias-sigmoid": (
+        (1, 5, 5),
+        lambda: [xc.Conv2D(2, 3, padding="full", use_bias=False, activation="sigmoid")],
+    ),
+    "conv-groups-valid": (
+        (4, 8, 8),
+        lambda: [xc.Conv2D(6, 3, groups=2, padding="valid", stride=(1, 2))],
+    ),
+    "conv-depthwise-leaky": (
+        (3, 6, 6),
+        lambda: [xc.Conv2D(3, 3, groups=3, padding=(1, 0), activation="leaky_relu")],
+    ),
+    "conv1d-stride-dilation": (
+        (3, 17),
+        lambda: [xc.Conv1D(4, 3, stride=2, dilation=2, padding=1, activation="relu")],
+    ),
     "conv1d-same-even-groups": ((4, 11), lambda: [xc.Conv1D(2, 4, padding="same", groups=2)]),
     "maxpool-pad-stride": ((2, 9, 9), lambda: [xc.MaxPool2D(3, stride=2, padding=1)]),
     "maxpool-nonsquare": ((2, 8, 9), lambda: [xc.MaxPool2D((2, 3))]),
     "avgpool-pad-counts": ((2, 7, 7), lambda: [xc.AvgPool2D(3, stride=2, padding=1)]),
     "avgpool-plain": ((1, 8, 6), lambda: [xc.AvgPool2D(2)]),
-    "dense-relu-dropout-softmax": ((12,), lambda: [xc.Dense(7, activation="relu"), xc.Dropout(0.4), xc.Dense(5), xc.Softmax()]),
-    "dense-nobias-logsoftmax": ((6,), lambda: [xc.Dense(4, use_bias=False, activation="tanh"), xc.LogSoftmax()]),
-    "activation-layers": ((3, 4, 4), lambda: [xc.ReLU(), xc.Tanh(), xc.Sigmoid(), xc.Identity(), xc.LeakyReLU(negative_slope=0.2), xc.Activation("leaky_relu", negative_slope=0.3), xc.Activation("relu")]),
-    "conv-pool-flatten-dense": ((1, 12, 12), lambda: [xc.Conv2D(4, 3, padding="same", activation="relu"), xc.MaxPool2D(2), xc.Conv2D(5, 3, activation="relu"), xc.AvgPool2D(2), xc.Flatten(), xc.Dense(6, activation="sigmoid"), xc.Dense(3)]),
-}  # fmt: skip
+    "dense-relu-dropout-softmax": (
+        (12,),
+        lambda: [xc.Dense(7, activation="relu"), xc.Dropout(0.4), xc.Dense(5), xc.Softmax()],
+    ),
+    "dense-nobias-logsoftmax": (
+        (6,),
+        lambda: [xc.Dense(4, use_bias=False, activation="tanh"), xc.LogSoftmax()],
+    ),
+    "activation-layers": (
+        (3, 4, 4),
+        lambda: [
+            xc.ReLU(),
+            xc.Tanh(),
+            xc.Sigmoid(),
+            xc.Identity(),
+            xc.LeakyReLU(negative_slope=0.2),
+            xc.Activation("leaky_relu", negative_slope=0.3),
+            xc.Activation("relu"),
+        ],
+    ),
+    "conv-pool-flatten-dense": (
+        (1, 12, 12),
+        lambda: [
+            xc.Conv2D(4, 3, padding="same", activation="relu"),
+            xc.MaxPool2D(2),
+            xc.Conv2D(5, 3, activation="relu"),
+            xc.AvgPool2D(2),
+            xc.Flatten(),
+            xc.Dense(6, activation="sigmoid"),
+            xc.Dense(3),
+        ],
+    ),
+}
 
 
 def _layer_model(name: str, backend: str = "numpy", dtype: str = "float32") -> xc.Sequential:
@@ -90,9 +136,19 @@ def test_every_layer_config_exports_and_matches_onnxruntime(name: str, tmp_path)
     # the graph is made of ONNX's own operators
     ops = {node.op_type for node in loaded.graph.node}
     assert ops <= {
-        "Conv", "MaxPool", "AveragePool", "Gemm", "Flatten", "Relu", "Tanh", "Sigmoid",
-        "LeakyRelu", "Softmax", "LogSoftmax", "Identity",
-    }  # fmt: skip
+        "Conv",
+        "MaxPool",
+        "AveragePool",
+        "Gemm",
+        "Flatten",
+        "Relu",
+        "Tanh",
+        "Sigmoid",
+        "LeakyRelu",
+        "Softmax",
+        "LogSoftmax",
+        "Identity",
+    }
 
 
 def test_exported_graph_names_and_dynamic_batch(tmp_path) -> None:
@@ -157,7 +213,18 @@ def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
     model = xc.zoo.lenet(backend="numpy")
     assert any(isinstance(step, xc.layers.ConvMaxPool) for step in model.steps)
     ops = [n.op_type for n in interop.to_onnx(model).graph.node]
-    assert ops == ["Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"]  # fmt: skip
+    assert ops == [
+        "Conv",
+        "Relu",
+        "MaxPool",
+        "Conv",
+        "Relu",
+        "MaxPool",
+        "Flatten",
+        "Gemm",
+        "Relu",
+        "Gemm",
+    ]
 
 
 # --------------------------------------------------------------- MNIST, trained models
@@ -232,7 +299,11 @@ def _kind(layer: Layer) -> tuple:
     if isinstance(layer, xc.Activation):
         kwargs = {k: v for k, v in layer.get_config().items() if k != "activation"}
         return ("activation", layer.activation, kwargs)
-    config = {k: v for k, v in layer.get_config().items() if k not in ("init", "in_channels", "in_features")}
+    config = {
+        k: v
+        for k, v in layer.get_config().items()
+        if k not in ("init", "in_channels", "in_features")
+    }
     if isinstance(layer, xc.Conv2D):  # the resolved geometry: 'valid' is (0, 0), 1 is (1, 1)
         geom = layer._geom
         for key in ("kernel_size", "stride", "padding", "dilation"):
@@ -315,9 +386,16 @@ def test_from_torch_builds_the_model_of_a_torch_network() -> None:
     model = interop.from_torch(net, input_shape=(1, 12, 12), backend="numpy")
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == [
-        "Conv2D", "MaxPool2D", "Conv2D", "AvgPool2D", "Flatten", "Dropout", "Dense",
-        "LeakyReLU", "LogSoftmax",
-    ]  # fmt: skip
+        "Conv2D",
+        "MaxPool2D",
+        "Conv2D",
+        "AvgPool2D",
+        "Flatten",
+        "Dropout",
+        "Dense",
+        "LeakyReLU",
+        "LogSoftmax",
+    ]
     assert model.layers[0].activation == "relu" and model.layers[2].activation == "tanh"
     x = np.random.default_rng(0).normal(size=(4, 1, 12, 12)).astype(np.float32)
     want = net(torch.from_numpy(x)).detach().numpy()
@@ -337,7 +415,13 @@ def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
     with pytest.raises(ValueError, match="unsupported module") as info:
         interop.from_torch(net, input_shape=(1, 10, 10))
     message = str(info.value)
-    for part in ("1: BatchNorm2d", "2.0: GELU", "3: Conv2d (padding_mode='reflect'", "ceil_mode", "5: Flatten"):  # fmt: skip
+    for part in (
+        "1: BatchNorm2d",
+        "2.0: GELU",
+        "3: Conv2d (padding_mode='reflect'",
+        "ceil_mode",
+        "5: Flatten",
+    ):
         assert part in message, (part, message)
 
     class Custom(nn.Module):
@@ -448,18 +532,24 @@ def _crafted(raw: bytes) -> dict[str, bytes]:
         "not-json": _pack({}, b"")[:8] + b"{not json" + b" " * 10,
         "json-list": _pack([1, 2], b""),  # type: ignore[arg-type]
         "no-metadata": _pack({k: v for k, v in header.items() if k != "__metadata__"}, data),
-        "foreign-format": _pack({**header, "__metadata__": {"xpconv": json.dumps({"format": "x"})}}, data),
-        "future-version": _pack({**header, "__metadata__": {"xpconv": json.dumps({**arch, "version": 99})}}, data),
+        "foreign-format": _pack(
+            {**header, "__metadata__": {"xpconv": json.dumps({"format": "x"})}}, data
+        ),
+        "future-version": _pack(
+            {**header, "__metadata__": {"xpconv": json.dumps({**arch, "version": 99})}}, data
+        ),
         "bad-dtype": edited(dtype="O"),
         "bool-shape": edited(shape=[True] * len(spec["shape"])),
         "negative-shape": edited(shape=[-1, *spec["shape"][1:]]),
         "shape-vs-bytes": edited(shape=[2 * spec["shape"][0], *spec["shape"][1:]]),
         "overlap": edited(data_offsets=[begin + 4, end + 4]),
         "extra-key": edited(extra=1),
-        "declares-more-than-there": edited(shape=[10**12], data_offsets=[begin, begin + 4 * 10**12]),
+        "declares-more-than-there": edited(
+            shape=[10**12], data_offsets=[begin, begin + 4 * 10**12]
+        ),
         "truncated-data": raw[:-100],
         "trailing-bytes": raw + b"\0" * 8,
-    }  # fmt: skip
+    }
 
 
 def test_safetensors_refuses_truncated_crafted_and_oversized_files(tmp_path) -> None:

@@ -21,6 +21,7 @@ from .onnx_export import (
     ONNX_ACTIVATIONS,
     ONNX_EXPORTERS,
     OUTPUT_NAME,
+    compare_with_onnxruntime,
     to_onnx,
 )
 from .safetensors_io import load_safetensors, save_safetensors
@@ -34,6 +35,7 @@ __all__ = [
     "ONNX_EXPORTERS",
     "OUTPUT_NAME",
     "TO_TORCH",
+    "compare_with_onnxruntime",
     "from_torch",
     "load_safetensors",
     "save_safetensors",

@@ -220,7 +220,7 @@ def _parse_header(where: str, raw: bytes) -> tuple[dict[str, Any], dict[str, Any
         if end - begin != nbytes:
             raise CheckpointError(
                 f"{where}: tensor {name!r} declares shape {shape} of {spec['dtype']} "
-                f"({nbytes} bytes) but the byte range [{begin}, {end})"
+                f"({nbytes} bytes) but the byte range [{begin}, {end}) holds {end - begin}"
             )
         entries[name] = (dtype, shape, (begin, end))
     return entries, metadata

@@ -338,7 +338,6 @@ FROM_TORCH: dict[str, Callable[[Any], Converted]] = {
 }
 
 
-
 def _foldable(layer: Layer) -> str | None:
     """The fused-activation name of an activation layer that can join the layer before."""
     if type(layer) is LeakyReLU:  # a fused leaky_relu has the default slope
@@ -392,7 +391,8 @@ def from_torch(
             a module without parameters).
 
     A ReLU, Tanh, Sigmoid or LeakyReLU(0.01) right after a Conv2d, Conv1d or Linear
-    becomes that layer's fused activation (so ``from_torch(to_torch(model))`` has ``model``'s layers).
+    becomes that layer's fused activation (so ``from_torch(to_torch(model))`` has
+    ``model``'s layers).
 
     Raises:
         ValueError: some modules are not supported (the message names each one with
