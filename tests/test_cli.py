@@ -268,7 +268,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 def test_python_m_xpconv_help() -> None:
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     outputs = {}
-    for command in ("", "train", "evaluate"):
+    for command in ("", "train", "evaluate", "export"):
         done = subprocess.run(
             [sys.executable, "-m", "xpconv", *command.split(), "--help"],
             capture_output=True,
@@ -284,3 +284,4 @@ def test_python_m_xpconv_help() -> None:
     for option in ("--resume", "--limit", "--no-plots", "--backend", "--out"):
         assert option in outputs["train"], option
     assert "--json" in outputs["evaluate"]
+    assert "export" in outputs[""] and "--opset" in outputs["export"]

@@ -287,8 +287,9 @@ def test_cli_export_writes_a_checked_onnx_file(tmp_path, capsys) -> None:
         np.testing.assert_allclose(_run_onnx(out, x), _predict(model, x), rtol=RTOL, atol=1e-5)
     assert main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "x.onnx")]) == 1
     assert "checkpoint: expected an existing file" in capsys.readouterr().err
-    assert main(["export", str(checkpoint), str(tmp_path / "y.onnx"), "--opset", "9"]) == 1
-    assert "opset: expected an int from 13" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), str(tmp_path / "y.onnx"), "--opset", "9"]) == 2
+    assert "argument --opset: expected 13 to" in capsys.readouterr().err
+    assert not (tmp_path / "y.onnx").exists()
 
 
 # --------------------------------------------------------------- PyTorch exchange

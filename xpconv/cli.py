@@ -556,17 +556,21 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .interop import DEFAULT_OPSET, to_onnx
+    from .interop import DEFAULT_OPSET, MIN_OPSET, to_onnx
     from .saving import load_model
 
     if not Path(args.checkpoint).is_file():
         raise CliError(f"checkpoint: expected an existing file, got {args.checkpoint!r}")
-    model = load_model(Path(args.checkpoint), backend="numpy")
-    opset = DEFAULT_OPSET if args.opset is None else args.opset
     try:
-        to_onnx(model, Path(args.output), opset=opset, dtype=args.dtype)
+        import onnx
     except ImportError as exc:
-        raise CliError(str(exc)) from exc
+        raise CliError("export needs the onnx package: pip install 'xpconv[interop]'") from exc
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        parser.error(f"argument --opset: expected {MIN_OPSET} to {newest}, got {opset}")
+    model = load_model(Path(args.checkpoint), backend="numpy")
+    to_onnx(model, Path(args.output), opset=opset, dtype=args.dtype)
     shape = ", ".join(str(s) for s in model.input_shape)
     out = ", ".join(str(s) for s in model.output_shape)
     print(

@@ -18,6 +18,7 @@ onnx, onnxruntime, torch and safetensors are optional and imported on first use
 from .onnx_export import (
     DEFAULT_OPSET,
     INPUT_NAME,
+    MIN_OPSET,
     ONNX_ACTIVATIONS,
     ONNX_EXPORTERS,
     OUTPUT_NAME,
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_OPSET",
     "FROM_TORCH",
     "INPUT_NAME",
+    "MIN_OPSET",
     "ONNX_ACTIVATIONS",
     "ONNX_EXPORTERS",
     "OUTPUT_NAME",
