@@ -33,12 +33,14 @@ from .workloads import build_xpconv, make_data
 __all__ = ["main", "time_contender"]
 
 CONTENDERS = ("xpconv-numpy", "onnxruntime")
+_LIMITS: list[Any] = []
 
 
 def _runner(contender: str, onnx_path: str, batch: int, threads: int) -> Any:
     """A function running one forward pass of ``contender`` and returning one logit."""
     x, _ = make_data(batch)
     if contender == "xpconv-numpy":
+        _LIMITS.append(environment.set_threads(threads, limit_blas=True))  # kept alive
         model = build_xpconv("W2", "numpy")
         xin = model.as_input(x)
         return lambda: float(model.forward(xin, training=False)[0, 0])
@@ -89,6 +91,14 @@ def _versions(*names: str) -> dict[str, str | None]:
     return found
 
 
+def _torch_threads() -> int | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.get_num_threads()
+
+
 def _export(path: str) -> None:
     from xpconv.interop import to_onnx
 
@@ -129,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7, help="timed repeats per process")
     p.add_argument("--alternations", type=int, default=3, help="processes per contender")
-    p.add_argument("--threads", type=int, default=environment.core_count())
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=environment.core_count(),
+        help="onnxruntime's intra-op threads and xpconv's BLAS threads (default: the cores)",
+    )
     p.add_argument("--target-s", type=float, default=0.3, help="length of one timed repeat")
     p.add_argument("--same-process", action="store_true")
     p.add_argument("--json", default=None, metavar="PATH")
@@ -149,7 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "w2.onnx")
         _export(path)
-        samples = (_same_process if args.same_process else _own_processes)(args, path)
+        torch_threads = _torch_threads()
+        try:
+            samples = (_same_process if args.same_process else _own_processes)(args, path)
+        finally:  # give this process its thread settings back
+            for done in _LIMITS:
+                if hasattr(done.get("_limiter"), "restore_original_limits"):
+                    done["_limiter"].restore_original_limits()
+            _LIMITS.clear()
+            if torch_threads is not None:
+                import torch
+
+                torch.set_num_threads(torch_threads)
     medians = {c: statistics.median(s) for c, s in samples.items()}
     rates = {c: args.batch / m for c, m in medians.items()}
     ratio = rates["onnxruntime"] / rates["xpconv-numpy"]
