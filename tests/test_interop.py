@@ -172,6 +172,18 @@ def test_exported_graph_names_and_dynamic_batch(tmp_path) -> None:
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
 
 
+def test_export_from_every_backend(case, tmp_path) -> None:
+    """A model living on any backend exports the same graph; float64 ones as float32."""
+    model = _layer_model("conv-pool-flatten-dense", dtype=case.dtype).to(case.backend)
+    path = tmp_path / "m.onnx"
+    interop.to_onnx(model, path, dtype="float32")
+    x = _input(model, 4).astype(np.float32)
+    want = case.to_numpy(model.predict(case.asarray(x)))
+    got = _run_onnx(path, x)
+    tol = RTOL if case.dtype == "float32" else 1e-4  # float32 weights of a float64 model
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 def test_float64_graph_and_dtype_option(tmp_path) -> None:
     model = _layer_model("dense-relu-dropout-softmax", dtype="float64")
     proto = interop.to_onnx(model, tmp_path / "m64.onnx")
@@ -277,7 +289,7 @@ def test_cli_export_writes_a_checked_onnx_file(tmp_path, capsys) -> None:
     model = xc.zoo.lecture(backend="numpy", seed=5)
     for suffix in (".npz", ".safetensors"):
         checkpoint = tmp_path / f"model{suffix}"
-        xc.save_model(model, checkpoint)
+        xc.save_model(model, checkpoint, extra={"dataset": "digits"})
         out = tmp_path / f"model{suffix}.onnx"
         assert main(["export", str(checkpoint), str(out), "--check"]) == 0
         printed = capsys.readouterr().out
@@ -285,6 +297,8 @@ def test_cli_export_writes_a_checked_onnx_file(tmp_path, capsys) -> None:
         assert "onnxruntime agrees with xpconv" in printed
         x = _input(model, 4)
         np.testing.assert_allclose(_run_onnx(out, x), _predict(model, x), rtol=RTOL, atol=1e-5)
+    assert main(["evaluate", str(checkpoint), "--no-progress"]) == 0  # the .safetensors one
+    assert '"dataset": "digits"' in capsys.readouterr().out
     assert main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "x.onnx")]) == 1
     assert "checkpoint: expected an existing file" in capsys.readouterr().err
     assert main(["export", str(checkpoint), str(tmp_path / "y.onnx"), "--opset", "9"]) == 2

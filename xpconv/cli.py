@@ -173,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Load a model checkpoint (model.npz or training.npz) on any backend and "
         "evaluate it on the test set. Prints a summary line and a JSON line.",
     )
-    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="model.npz or training.npz")
+    evaluate.add_argument(
+        "checkpoint", metavar="CHECKPOINT", help="model.npz, training.npz or model.safetensors"
+    )
     evaluate.add_argument(
         "--dataset",
         choices=DATASETS,
@@ -524,7 +526,12 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     backend = _backend(parser, args)
     path = Path(args.checkpoint)
-    _, meta = load_checkpoint(path)
+    if path.suffix.lower() == ".safetensors":
+        from .interop import load_safetensors
+
+        _, meta = load_safetensors(path)
+    else:
+        _, meta = load_checkpoint(path)
     model = load_model(path, backend=backend)
     name = args.dataset or meta.get("dataset") or "mnist"
     dataset = _load_data(name, args.data_dir, not args.no_progress)
