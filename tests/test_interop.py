@@ -294,11 +294,14 @@ def test_cli_export_writes_a_checked_onnx_file(tmp_path, capsys) -> None:
         assert main(["export", str(checkpoint), str(out), "--check"]) == 0
         printed = capsys.readouterr().out
         assert "input 'input' (N, 1, 28, 28) -> output 'output' (N, 10)" in printed
-        assert "onnxruntime agrees with xpconv" in printed
+        assert "onnxruntime against xpconv on a random batch of 8: max abs" in printed
         x = _input(model, 4)
         np.testing.assert_allclose(_run_onnx(out, x), _predict(model, x), rtol=RTOL, atol=1e-5)
     assert main(["evaluate", str(checkpoint), "--no-progress"]) == 0  # the .safetensors one
     assert '"dataset": "digits"' in capsys.readouterr().out
+    out64 = str(tmp_path / "m64.onnx")  # onnxruntime has no float64 Conv: a clean error
+    assert main(["export", str(checkpoint), out64, "--dtype", "float64", "--check"]) == 1
+    assert "--check: onnxruntime could not run" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "missing.npz"), str(tmp_path / "x.onnx")]) == 1
     assert "checkpoint: expected an existing file" in capsys.readouterr().err
     assert main(["export", str(checkpoint), str(tmp_path / "y.onnx"), "--opset", "9"]) == 2

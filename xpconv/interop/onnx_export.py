@@ -357,6 +357,8 @@ def compare_with_onnxruntime(
 
     Raises:
         ImportError: onnxruntime is not installed.
+        RuntimeError: onnxruntime cannot load or run the file (for example float64
+            convolutions, which its CPU provider lacks).
     """
     try:
         import onnxruntime
@@ -366,10 +368,13 @@ def compare_with_onnxruntime(
         ) from exc
     if x is None:
         x = np.random.default_rng(seed).random((8, *model.input_shape))
-    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    elem = session.get_inputs()[0].type  # "tensor(float)" or "tensor(double)"
-    host = np.asarray(x, dtype=np.float64 if "double" in elem else np.float32)
-    got = session.run([OUTPUT_NAME], {INPUT_NAME: host})[0]
+    try:  # onnxruntime's errors derive from Exception only
+        session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+        elem = session.get_inputs()[0].type  # "tensor(float)" or "tensor(double)"
+        host = np.asarray(x, dtype=np.float64 if "double" in elem else np.float32)
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: host})[0]
+    except Exception as exc:
+        raise RuntimeError(f"onnxruntime could not run {os.fspath(path)!r}: {exc}") from exc
     want = model.backend.to_numpy(model.predict(np.asarray(x, dtype=model.dtype_name)))
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     scale = float(np.max(np.abs(want))) or 1.0
