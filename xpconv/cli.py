@@ -334,10 +334,11 @@ def _communicator(args: argparse.Namespace) -> Any:
             f"launcher (world size 1); run it as e.g. mpiexec -n 2 {PROG} train "
             f"--distributed {args.distributed} ..."
         )
-    if args.distributed == "nccl" and args.device is None:
+    backend = args.backend or os.environ.get("XPCONV_BACKEND") or ""
+    if args.distributed == "nccl" and args.device is None and backend in ("torch", "cupy"):
         # One GPU per rank: the rank's index among the ranks of its machine.
         local = comm.comm.Split_type(comm.MPI.COMM_TYPE_SHARED).Get_rank()
-        args.device = f"cuda:{local}" if (args.backend or "").startswith("torch") else str(local)
+        args.device = f"cuda:{local}" if backend == "torch" else str(local)
     return comm
 
 

@@ -145,6 +145,7 @@ class Communicator:
 def _check_flat(buffer: Any, argument: str) -> None:
     shape = getattr(buffer, "shape", None)
     if shape is None or len(shape) != 1:
+        shape = None if shape is None else tuple(shape)
         raise ValueError(f"{argument}: expected a 1-D array, got shape {shape}")
 
 
