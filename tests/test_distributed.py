@@ -423,3 +423,19 @@ def test_nccl_collectives_on_gpus(tmp_path: Path) -> None:
     proc = _mpirun(n, "-c", code, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "r.json").read_text()) is True
+
+
+@pytest.mark.mpi
+def test_scaling_harness_measures_the_three_layouts(tmp_path: Path) -> None:
+    from benchmarks.distributed import main
+
+    out = tmp_path / "scaling.json"
+    argv = ["--workload", "W1", "--batch", "16", "--steps", "2", "--warmup", "1"]
+    assert main([*argv, "--rounds", "1", "--json", str(out)]) == 0
+    layouts = json.loads(out.read_text())["layouts"]
+    assert [row["ranks"] for row in layouts] == [1, 1, 2]
+    assert [row["threads_per_rank"] for row in layouts] == [2, 1, 1]
+    assert all(row["images_per_second"] > 0 for row in layouts)
+    two = layouts[-1]
+    assert 0 < two["allreduce_share"] < 1 and two["pure_allreduce_ms"] > 0
+    assert two["bucket_bytes"] == 4 * (125_866 + 1)  # W1's gradients and the count
