@@ -355,7 +355,8 @@ def test_cli_ranks_that_disagree_on_the_data_stop_with_an_error(tmp_path: Path, 
 
 
 def test_cli_distributed_without_mpiexec_is_a_clear_error(tmp_path: Path) -> None:
-    env = {k: v for k, v in _env().items() if k not in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK")}
+    launcher = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_PROCID")
+    env = {k: v for k, v in _env().items() if k not in launcher}
     proc = subprocess.run(
         [sys.executable, *_cli("--distributed", "mpi", "--out", str(tmp_path / "x"))],
         capture_output=True,

@@ -316,6 +316,9 @@ class Trainer:
         opt.load_state_arrays(
             {k[len("optimizer/") :]: v for k, v in state.items() if k.startswith("optimizer/")}
         )
+        if comm.rank > 0:  # dropout masks: a stream of its own per rank, far from rank 0's
+            bits = model.dropout_rng.bit_generator
+            bits.state = bits.jumped(comm.rank).state
         self.gradient_hook = GradientAverager(comm)
 
     def _apply_gradient_hook(self, params: dict[str, Any], examples: int) -> None:
