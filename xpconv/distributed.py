@@ -235,21 +235,55 @@ class MPICommunicator(Communicator):
         self.cuda_aware = bool(cuda_aware)
         super().__init__(self.comm.Get_rank(), self.comm.Get_size())
 
-    # The request is polled so that a lost peer ends in an abort after ``timeout`` s.
     def _wait(self, request: Any, what: str) -> None:
+        """Wait for ``request``; after ``timeout`` s, abort the job (a lost peer).
+
+        With MPI_THREAD_MULTIPLE (mpi4py's default) the wait blocks in MPI and a
+        watchdog thread aborts past the deadline; otherwise the request is polled (a
+        blocking wait lets MPI progress large transfers faster than polling does).
+        """
         if self.timeout is None:
             request.Wait()
+            return
+        if self.MPI.Query_thread() >= self.MPI.THREAD_MULTIPLE:
+            self._start_watchdog()
+            self._deadline = (time.monotonic() + self.timeout, what)
+            try:
+                request.Wait()
+            finally:
+                self._deadline = None
             return
         deadline = time.monotonic() + self.timeout
         delay = 0.0
         while not request.Test():
             if time.monotonic() > deadline:
-                self.abort(
-                    f"{what} waited more than {self.timeout:g} s for the other ranks "
-                    "(one has died or hangs); stopping every rank"
-                )
+                self._timed_out(what)
             time.sleep(delay)
             delay = min(2 * delay or 1e-5, 1e-3)
+
+    def _timed_out(self, what: str) -> NoReturn:
+        self.abort(
+            f"{what} waited more than {self.timeout:g} s for the other ranks "
+            "(one has died or hangs); stopping every rank"
+        )
+
+    def _start_watchdog(self) -> None:
+        if getattr(self, "_watchdog", None) is not None:
+            return
+        import threading
+
+        self._deadline: tuple[float, str] | None = None
+        period = min(1.0, self.timeout / 4)
+
+        def watch() -> None:
+            while True:
+                time.sleep(period)
+                current = self._deadline
+                if current is not None and time.monotonic() > current[0]:
+                    self._timed_out(current[1])
+
+        self._watchdog = threading.Thread(target=watch, name="xpconv-mpi-watchdog", daemon=True)
+        self._watchdog.start()
 
     def _staged(self, buffer: Array) -> tuple[np.ndarray, Any]:
         """A contiguous host copy of ``buffer`` and a function back to its backend."""
