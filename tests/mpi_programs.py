@@ -1,6 +1,6 @@
 """Programs that tests/test_distributed.py runs under ``mpiexec -n N python``.
 
-    mpiexec -n 2 python tests/mpi_programs.py parity OUT.json [backend]
+    mpiexec -n 2 python tests/mpi_programs.py parity OUT.json [backend [sgd|adam]]
     mpiexec -n 2 python tests/mpi_programs.py accuracy OUT.json MNIST_DIR
     mpiexec -n 2 python tests/mpi_programs.py messages OUT.json
     mpiexec -n 2 python tests/mpi_programs.py raise OUT.json
@@ -40,9 +40,10 @@ def small_data(n: int = 162) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def parity(comm: MPICommunicator, out: str, backend: str = "numpy") -> None:
+def parity(comm: MPICommunicator, out: str, backend: str = "numpy", optimizer: str = "sgd") -> None:
     """20 float64 steps (N=162, global batch 17: shares 9/8, last batch 9 = 5/4), SGD
-    with Nesterov momentum and decay, against one process on the same global batches."""
+    with Nesterov momentum and decay (or Adam with weight decay), against one process
+    on the same global batches."""
     x, y = small_data()
     xv, yv = x[:41], y[:41]
 
@@ -51,7 +52,10 @@ def parity(comm: MPICommunicator, out: str, backend: str = "numpy") -> None:
         if communicator is not None and communicator.rank == 1:  # the broadcast must fix this
             for p in model.parameters().values():
                 p.value = p.value + 1.0
-        opt = xc.SGD(0.2, momentum=0.9, nesterov=True, final_lr=0.05, decay="exponential")
+        if optimizer == "adam":
+            opt = xc.Adam(0.01, weight_decay=1e-3, final_lr=0.002)
+        else:
+            opt = xc.SGD(0.2, momentum=0.9, nesterov=True, final_lr=0.05, decay="exponential")
         tr = xc.Trainer(model, opt, seed=5, progress=False, communicator=communicator)
         tr.fit(x, y, epochs=2, batch_size=17, validation_data=(xv, yv))
         return model.state_dict(), tr.history

@@ -29,6 +29,7 @@ from xpconv.distributed import (
     SingleProcessCommunicator,
     broadcast_state,
     check_same,
+    get_communicator,
     shard_range,
 )
 
@@ -177,6 +178,15 @@ def test_check_same_names_what_differs() -> None:
         check_same(comm, items)
 
 
+def test_get_communicator_by_engine_name() -> None:
+    assert isinstance(get_communicator(None), SingleProcessCommunicator)
+    assert get_communicator("single").size == 1
+    with pytest.raises(ValueError, match="engine: expected 'single', 'mpi' or 'nccl', got 'gloo'"):
+        get_communicator("gloo")
+    with pytest.raises(ValueError, match="backend: distributed 'nccl' needs the model's backend"):
+        get_communicator("nccl")
+
+
 def test_trainer_with_one_process_communicator_is_unchanged(rng) -> None:
     x = rng.normal(size=(30, 1, 8, 8))
     y = rng.integers(0, 3, size=30)
@@ -233,14 +243,23 @@ def _program(n: int, mode: str, out: Path, *rest: str, timeout: float = 120) -> 
 
 @pytest.mark.mpi
 @pytest.mark.parametrize(
-    "n, backend", [(2, "numpy"), (3, "numpy"), (2, "torch"), (2, "array_api_strict")]
+    "n, backend, optimizer",
+    [
+        (2, "numpy", "sgd"),
+        (3, "numpy", "sgd"),
+        (2, "numpy", "adam"),
+        (2, "torch", "sgd"),
+        (2, "array_api_strict", "sgd"),
+    ],
 )
-def test_ranks_train_the_one_process_model_float64(tmp_path: Path, n: int, backend: str) -> None:
+def test_ranks_train_the_one_process_model_float64(
+    tmp_path: Path, n: int, backend: str, optimizer: str
+) -> None:
     """20 steps, global batch 17 over N=162 (shares 9/8 and a last batch of 9), SGD
-    with Nesterov momentum and a decaying rate; rank 1 starts from other weights (the
-    broadcast from rank 0 must fix them): weights equal to 1e-9."""
+    with Nesterov momentum and a decaying rate (or Adam); rank 1 starts from other
+    weights (the broadcast from rank 0 must fix them): weights equal to 1e-9."""
     pytest.importorskip(backend, reason=f"backend {backend} not installed")
-    r = _program(n, "parity", tmp_path / "out.json", backend)
+    r = _program(n, "parity", tmp_path / "out.json", backend, optimizer)
     assert r["size"] == n and r["steps"] == 20
     assert r["max_weight_diff"] <= 1e-9 * max(r["weight_scale"], 1.0), r
     assert r["max_step_loss_diff"] <= 1e-12, r
