@@ -203,6 +203,8 @@ def test_trainer_with_one_process_communicator_is_unchanged(rng) -> None:
     a, b = fit(None), fit(SingleProcessCommunicator())
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
+    with pytest.raises(TypeError, match="communicator: expected a Communicator or None, got str"):
+        xc.Trainer(xc.zoo.lecture(), xc.SGD(0.1), communicator="mpi")
 
 
 # --------------------------------------------------------------------------- under mpiexec

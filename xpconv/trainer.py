@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .distributed import Communicator
 from .functional._checks import positive_int
 from .model import Sequential
 from .optimizers import Optimizer
@@ -98,7 +99,7 @@ class Trainer:
         seed: int = 0,
         progress: bool = True,
         log_every: int = 50,
-        communicator: Any = None,
+        communicator: Communicator | None = None,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
@@ -112,6 +113,10 @@ class Trainer:
         self.epochs_done = 0
         self.history = History()
         self._best: tuple[float, dict[str, np.ndarray]] | None = None
+        if communicator is not None and not isinstance(communicator, Communicator):
+            raise TypeError(
+                f"communicator: expected a Communicator or None, got {type(communicator).__name__}"
+            )
         self.communicator = communicator
         self.gradient_hook: Callable[[dict[str, Array]], dict[str, Array]] | None = None
 
