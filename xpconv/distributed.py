@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -38,6 +39,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 from array_api_compat import array_namespace
+from array_api_compat import device as array_device
 
 from .backend import Backend, backend_of
 
@@ -270,8 +272,6 @@ class MPICommunicator(Communicator):
     def _start_watchdog(self) -> None:
         if getattr(self, "_watchdog", None) is not None:
             return
-        import threading
-
         self._deadline: tuple[float, str] | None = None
         period = min(1.0, self.timeout / 4)
 
@@ -631,7 +631,7 @@ class GradientAverager:
             mean = total / comm.size
         else:
             weight = xp.asarray(
-                [float(self.examples)], dtype=values[0].dtype, device=_device(values[0])
+                [float(self.examples)], dtype=values[0].dtype, device=array_device(values[0])
             )
             total = comm.allreduce(xp.concat([xp.concat(flat) * weight[0], weight]))
             count = total[-1]
@@ -642,12 +642,6 @@ class GradientAverager:
             out[name] = xp.reshape(mean[offset : offset + size], shape)
             offset += size
         return out
-
-
-def _device(a: Array) -> Any:
-    from array_api_compat import device
-
-    return device(a)
 
 
 # --------------------------------------------------------------------------- agreement
