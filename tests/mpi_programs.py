@@ -1,6 +1,6 @@
 """Programs that tests/test_distributed.py runs under ``mpiexec -n N python``.
 
-    mpiexec -n 2 python tests/mpi_programs.py parity OUT.json [backend [sgd|adam]]
+    mpiexec -n 2 python tests/mpi_programs.py parity OUT.json [backend [sgd|adam [N]]]
     mpiexec -n 2 python tests/mpi_programs.py accuracy OUT.json MNIST_DIR
     mpiexec -n 2 python tests/mpi_programs.py messages OUT.json
     mpiexec -n 2 python tests/mpi_programs.py raise OUT.json
@@ -40,11 +40,18 @@ def small_data(n: int = 162) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def parity(comm: MPICommunicator, out: str, backend: str = "numpy", optimizer: str = "sgd") -> None:
+def parity(
+    comm: MPICommunicator,
+    out: str,
+    backend: str = "numpy",
+    optimizer: str = "sgd",
+    examples: str = "162",
+) -> None:
     """20 float64 steps (N=162, global batch 17: shares 9/8, last batch 9 = 5/4), SGD
     with Nesterov momentum and decay (or Adam with weight decay), against one process
-    on the same global batches."""
-    x, y = small_data()
+    on the same global batches. ``examples=154``: the last global batch has one
+    example, so on 3 ranks two shares are empty."""
+    x, y = small_data(int(examples))
     xv, yv = x[:41], y[:41]
 
     def run(communicator):
