@@ -1,6 +1,6 @@
 """xpconv: convolutional neural networks written once against the Python Array API."""
 
-from . import functional, zoo
+from . import distributed, functional, zoo
 from .backend import Backend, BackendError, get_backend, set_default_backend
 from .layers import (
     Activation,
@@ -52,6 +52,7 @@ __all__ = [
     "Tanh",
     "Trainer",
     "TrainingError",
+    "distributed",
     "functional",
     "zoo",
     "get_backend",

@@ -164,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from a training.npz until --epochs epochs are done in total",
     )
     train.add_argument("--no-plots", action="store_true", help="do not draw the pictures")
+    train.add_argument(
+        "--distributed",
+        choices=("mpi", "nccl"),
+        default=None,
+        help="data-parallel training over the ranks of mpiexec (mpi: mpi4py, any backend; "
+        "nccl: GPUs, backend cupy or torch); --batch-size is then the global batch",
+    )
+    train.add_argument(
+        "--distributed-timeout",
+        type=_positive_float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --distributed: how long a rank waits for the others in a collective "
+        "before stopping every rank (default: 300)",
+    )
     _common_options(train)
     train.set_defaults(handler=_train, command_parser=train)
 
@@ -321,14 +336,60 @@ def _step_curve(history: Any) -> tuple[list[float], list[float]]:
 
 
 def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.distributed is None:
+        return _train_run(args, parser, None)
+    import contextlib
+
+    comm = _communicator(args)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(comm.abort_on_error())  # an error on one rank stops them all
+        if not comm.is_root:  # rank 0 alone prints, writes metrics, checkpoints, pictures
+            stack.enter_context(
+                contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w")))
+            )
+        return _train_run(args, parser, comm)
+
+
+def _communicator(args: argparse.Namespace) -> Any:
+    """The MPI communicator of a ``--distributed`` run (the NCCL one is made once the
+    backend is known); a clear error without mpi4py or without an MPI launcher."""
+    from .distributed import MPICommunicator, launched_by_mpi
+
+    comm = MPICommunicator(timeout=args.distributed_timeout)
+    if comm.size == 1 and not launched_by_mpi():
+        raise CliError(
+            f"--distributed {args.distributed}: this process was not started by an MPI "
+            f"launcher (world size 1); run it as e.g. mpiexec -n 2 {PROG} train "
+            f"--distributed {args.distributed} ..."
+        )
+    backend = args.backend or os.environ.get("XPCONV_BACKEND") or ""
+    if args.distributed == "nccl" and args.device is None and backend in ("torch", "cupy"):
+        # One GPU per rank: the rank's index among the ranks of its machine.
+        local = comm.comm.Split_type(comm.MPI.COMM_TYPE_SHARED).Get_rank()
+        args.device = f"cuda:{local}" if backend == "torch" else str(local)
+    return comm
+
+
+def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any) -> int:
     from . import __version__
     from .optimizers import SGD
     from .saving import load_training, save_model, save_training
     from .trainer import Trainer
     from .zoo import build_model
 
-    progress = not args.no_progress
+    root = comm is None or comm.is_root
+    progress = not args.no_progress and root
     backend = _backend(parser, args)
+    if args.distributed == "nccl":
+        from .distributed import NCCLCommunicator
+
+        comm = NCCLCommunicator(backend, comm, timeout=args.distributed_timeout)
+    if comm is not None:
+        from .distributed import share_cores
+
+        threads = share_cores(comm, backend)
+        if threads is not None:
+            print(f"note: {threads} BLAS thread(s) per rank (the ranks share this machine)")
     ignored = [
         f"--{name.replace('_', '-')}"
         for name in ("model", "lr", "final_lr", "seed", "dtype")
@@ -342,6 +403,7 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.resume is not None:
         resumed_from = Path(args.resume)
         trainer = load_training(resumed_from, backend=backend, progress=progress)
+        trainer.communicator = comm
         model = trainer.model
         model_name = _zoo_name(model)
         if ignored:
@@ -367,9 +429,13 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             dtype=args.dtype or "float32",
         )
         optimizer = SGD(lr, momentum=0.9, final_lr=final_lr, decay="exponential")
-        trainer = Trainer(model, optimizer, seed=seed, progress=progress)
+        trainer = Trainer(model, optimizer, seed=seed, progress=progress, communicator=comm)
 
+    if comm is not None and not root:
+        comm.barrier()  # rank 0 downloads or checks the files first
     dataset = _load_data(args.dataset, args.data_dir, progress)
+    if comm is not None and root:
+        comm.barrier()
     print(_describe_data(dataset))
     x_train, y_train = dataset.x_train, dataset.y_train
     if args.limit is not None and args.limit < len(y_train):
@@ -377,7 +443,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"      training on the first {args.limit} of {len(dataset.y_train)} examples")
 
     out = Path(args.out) if args.out is not None else _default_out(model_name, dataset.name)
-    out.mkdir(parents=True, exist_ok=True)
+    if root:
+        out.mkdir(parents=True, exist_ok=True)
     model.summary()
     opt = optimizer.get_config()
     print(
@@ -386,12 +453,15 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"batch size {args.batch_size}, {args.epochs} epoch(s)"
     )
     print(f"output: {out}")
+    if comm is not None:
+        print(f"distributed: {comm.size} ranks over {comm.engine}, {args.batch_size} per step")
 
     training_path = out / "training.npz"
 
     def on_epoch_end(tr: Any) -> None:
         h = tr.history
-        save_training(tr, training_path)
+        if root:
+            save_training(tr, training_path)
         val = ""
         if h.val_loss[-1] is not None:
             val = f", test loss {h.val_loss[-1]:.4f} acc {h.val_accuracy[-1]:.2%}"
@@ -425,6 +495,8 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 130
     wall = time.perf_counter() - started
     trained = trainer.epochs_done - epochs_before
+    if not root:
+        return 0
     if trainer.epochs_done and not training_path.exists():
         save_training(trainer, training_path)
 
@@ -464,6 +536,9 @@ def _train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "seed": trainer.seed,
         "limit": args.limit,
         "resumed_from": None if resumed_from is None else str(resumed_from),
+        "distributed": None
+        if comm is None
+        else {"engine": comm.engine, "ranks": comm.size, "global_batch_size": args.batch_size},
         "xpconv_version": __version__,
         "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
         "train_loss_steps": dict(zip(("epoch", "loss"), _step_curve(history))),
@@ -606,6 +681,7 @@ def _library_errors() -> tuple[type[BaseException], ...]:
     from .backend import BackendError
     from .checkpoint import CheckpointError
     from .datasets import DatasetError
+    from .distributed import DistributedError
     from .trainer import TrainingError
 
     return (
@@ -614,6 +690,7 @@ def _library_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         BackendError,
         TrainingError,
+        DistributedError,
         ValueError,
         OSError,
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .distributed import Communicator
 from .functional._checks import positive_int
 from .model import Sequential
 from .optimizers import Optimizer
@@ -82,6 +83,12 @@ class Trainer:
         seed: seeds the shuffling generator (host NumPy).
         progress: show a progress bar per epoch (needs tqdm).
         log_every: steps between reads of the running loss from the device.
+        communicator: a :class:`~xpconv.distributed.Communicator` for data-parallel
+            training: every rank takes its share of each global batch (``batch_size``),
+            gradients are averaged in one all-reduce per step by a
+            :class:`~xpconv.distributed.GradientAverager` (the gradient hook, run after
+            backward and before the optimizer update), validation is sharded, and the
+            reported metrics are those of the global batches. ``None``: one process.
     """
 
     def __init__(
@@ -92,6 +99,7 @@ class Trainer:
         seed: int = 0,
         progress: bool = True,
         log_every: int = 50,
+        communicator: Communicator | None = None,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
@@ -105,6 +113,12 @@ class Trainer:
         self.epochs_done = 0
         self.history = History()
         self._best: tuple[float, dict[str, np.ndarray]] | None = None
+        if communicator is not None and not isinstance(communicator, Communicator):
+            raise TypeError(
+                f"communicator: expected a Communicator or None, got {type(communicator).__name__}"
+            )
+        self.communicator = communicator
+        self.gradient_hook: Callable[[dict[str, Array]], dict[str, Array]] | None = None
 
     # ------------------------------------------------------------------ data
     def _prepare(self, x: Any, y: Any, argument: str) -> tuple[Array, Array]:
@@ -160,9 +174,13 @@ class Trainer:
         n = int(x_dev.shape[0])
         steps = math.ceil(n / batch_size)
         self.optimizer.setup(epochs * steps)
+        run_epoch = self._run_epoch
+        if self._distributed:
+            self._start_distributed(x_dev, y_dev, val, epochs, batch_size, shuffle)
+            run_epoch = self._run_epoch_distributed
         waited = 0
         for epoch in range(self.epochs_done, epochs):
-            loss, acc, seconds = self._run_epoch(x_dev, y_dev, epoch, epochs, batch_size, shuffle)
+            loss, acc, seconds = run_epoch(x_dev, y_dev, epoch, epochs, batch_size, shuffle)
             h = self.history
             h.epoch.append(epoch + 1)
             h.loss.append(loss)
@@ -172,7 +190,7 @@ class Trainer:
             h.images_per_second.append(n / seconds if seconds > 0 else float("inf"))
             monitored = loss
             if val is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                metrics = self.model.evaluate(*val)
+                metrics = self._evaluate(*val)
                 h.val_loss.append(metrics["loss"])
                 h.val_accuracy.append(metrics["accuracy"])
                 monitored = metrics["loss"]
@@ -250,6 +268,150 @@ class Trainer:
             "training stopped (lower the learning rate or check the data for NaN/inf); "
             "checkpoints written before this point are kept"
         )
+
+    # ------------------------------------------------------------------ data parallel
+    @property
+    def _distributed(self) -> bool:
+        return self.communicator is not None and self.communicator.size > 1
+
+    def _start_distributed(
+        self,
+        x: Array,
+        y: Array,
+        val: tuple[Array, Array] | None,
+        epochs: int,
+        batch_size: int,
+        shuffle: bool,
+    ) -> None:
+        """Check that every rank runs the same model, optimizer and data, then start
+        every rank from rank 0's parameters and optimizer state (one broadcast)."""
+        from .distributed import GradientAverager, broadcast_state, check_same
+
+        comm, model, opt = self.communicator, self.model, self.optimizer
+        be = model.backend
+        params = model.parameters()
+        opt_state = opt.state_arrays()
+        items: dict[str, Any] = {
+            "the model": (model.get_config(), model.dtype_name, [p.shape for p in params.values()]),
+            "the optimizer": (
+                opt.get_config(),
+                opt.step_count,
+                sorted((k, tuple(v.shape)) for k, v in opt_state.items()),
+            ),
+            "the run (epochs done, epochs, batch size, shuffle, seed, shuffling state)": (
+                self.epochs_done,
+                epochs,
+                batch_size,
+                shuffle,
+                self.seed,
+                self.rng.bit_generator.state,
+            ),
+            "the training images": be.to_numpy(x),
+            "the training labels": be.to_numpy(y),
+        }
+        if val is not None:
+            items["the validation images"] = be.to_numpy(val[0])
+            items["the validation labels"] = be.to_numpy(val[1])
+        check_same(comm, items)
+        state = {f"param/{k}": p.value for k, p in params.items()}
+        state.update({f"optimizer/{k}": v for k, v in opt_state.items()})
+        state = broadcast_state(comm, state)
+        for k, p in params.items():
+            p.value = state[f"param/{k}"]
+        opt.load_state_arrays(
+            {k[len("optimizer/") :]: v for k, v in state.items() if k.startswith("optimizer/")}
+        )
+        if comm.rank > 0:  # dropout masks: a stream of its own per rank, far from rank 0's
+            bits = model.dropout_rng.bit_generator
+            bits.state = bits.jumped(comm.rank).state
+        self.gradient_hook = GradientAverager(comm)
+
+    def _apply_gradient_hook(self, params: dict[str, Any], examples: int) -> None:
+        """The gradient hook point: after backward, before the optimizer update, the
+        gradients (averaged over ``examples`` on this rank) are replaced by the hook's."""
+        self.gradient_hook.examples = examples
+        grads = self.gradient_hook({name: p.grad for name, p in params.items()})
+        for name, p in params.items():
+            p.grad = grads[name]
+
+    def _run_epoch_distributed(
+        self, x: Array, y: Array, epoch: int, epochs: int, batch_size: int, shuffle: bool
+    ) -> tuple[float, float, float]:
+        """One epoch of this rank's shares of the global batches; the returned loss and
+        accuracy (and the step losses) are those of the global batches."""
+        from .distributed import ShardedSampler
+
+        comm = self.communicator
+        model, be, xp = self.model, self.model.backend, self.model.xp
+        n = int(x.shape[0])
+        order = be.asarray(self.rng.permutation(n) if shuffle else np.arange(n))  # one transfer
+        sampler = ShardedSampler(n, batch_size, comm.rank, comm.size)
+        model.train()
+        params = model.parameters()
+        bar = _progress_bar(self.progress and comm.is_root, n, f"epoch {epoch + 1}/{epochs}")
+        start = time.perf_counter()
+        loss_sum, correct, seen, step_losses = 0.0, 0, 0, []
+        pending, counts, hits_sum = [], [], xp.zeros((), dtype=model.dtype, device=be.device)
+        try:
+            for step, (lo, hi, count) in enumerate(sampler.ranges()):
+                local = hi - lo
+                if local:
+                    idx = order[lo:hi]
+                    xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
+                    loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
+                    pending.append(loss * local)
+                    if yb.ndim == 1:
+                        hits = xp.argmax(model.last_output, axis=1) == yb
+                        hits_sum = hits_sum + xp.sum(xp.astype(hits, model.dtype))
+                else:  # a global batch smaller than the number of ranks
+                    for p in params.values():
+                        p.grad = xp.zeros(p.shape, dtype=model.dtype, device=be.device)
+                    pending.append(xp.zeros((), dtype=model.dtype, device=be.device))
+                self._apply_gradient_hook(params, local)
+                self.optimizer.step(params)
+                counts.append(count)
+                seen += count
+                if (step + 1) % self.log_every == 0 or step + 1 == len(sampler):
+                    # One all-reduce of the interval's weighted losses and hit count.
+                    summed = comm.allreduce(xp.stack([*pending, hits_sum]))
+                    host = np.asarray(be.to_numpy(summed), dtype=np.float64)
+                    losses = summed[:-1] / be.asarray(np.asarray(counts), dtype=model.dtype)
+                    step_losses += self._read_losses(
+                        [losses[i] for i in range(len(counts))], epoch, step
+                    )
+                    loss_sum += float(np.sum(host[:-1]))
+                    correct += int(round(host[-1]))
+                    pending, counts = [], []
+                    hits_sum = xp.zeros((), dtype=model.dtype, device=be.device)
+                    if bar is not None:
+                        bar.set_postfix(
+                            loss=f"{loss_sum / seen:.4f}",
+                            img_s=f"{seen / (time.perf_counter() - start):.0f}",
+                        )
+                if bar is not None:
+                    bar.update(count)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
+        self.history.step_losses.append(step_losses)
+        return loss_sum / n, correct / n, seconds
+
+    def _evaluate(self, x: Array, y: Array) -> dict[str, float]:
+        """Validation loss and accuracy; distributed, each rank evaluates its share."""
+        if not self._distributed:
+            return self.model.evaluate(x, y)
+        from .distributed import shard_range
+
+        comm = self.communicator
+        n = int(x.shape[0])
+        lo, hi = shard_range(n, comm.rank, comm.size)
+        local = np.zeros(2)
+        if hi > lo:
+            m = self.model.evaluate(x[lo:hi, ...], y[lo:hi, ...])
+            local = np.asarray([m["loss"] * (hi - lo), round(m["accuracy"] * (hi - lo))])
+        total = np.asarray(comm.allreduce(local), dtype=np.float64)
+        return {"loss": float(total[0]) / n, "accuracy": int(round(total[1])) / n}
 
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
