@@ -211,11 +211,13 @@ def xpconv_kernels() -> dict[str, str]:
 
 
 def host_settings() -> dict[str, bool]:
-    """Whether the NumPy backend made OpenBLAS's idle threads sleep (``xpconv._host``).
-    It holds for the whole process, so PyTorch's rounds run under it too."""
-    from xpconv import _host
+    """Apply ``xpconv.tune_host`` (as the ``xpconv`` command does) and say what it did;
+    ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep. In the
+    in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
+    from xpconv import host
 
-    return {"openblas_idle_threads_sleep": _host.quiet_blas_threads()}
+    done = host.tune_host()
+    return {"openblas_idle_threads_sleep": done["quiet_blas_threads"], **done}
 
 
 def set_threads(threads: int, limit_blas: bool) -> dict[str, Any]:
