@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from . import busy, cpu, environment, gpu, lecture_loops, memory, report
+from . import busy, cpu, environment, gpu, lecture_loops, memory, opcount, report
 from .workloads import CONTENDERS, MODES, REFERENCE_ONLY, WORKLOADS, available_contenders
 
 __all__ = ["build_parser", "main", "settings_from"]
@@ -315,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
 
     result["results"] = cpu.throughput(settings, _progress)
     print(report.format_table(result["results"]))
+
+    if any(c in opcount.COUNTABLE for c in settings.contenders):
+        result["ops_per_step"] = opcount.ops_per_step(
+            settings.workloads, settings.contenders, seed=settings.seed
+        )
+        print()
+        print(opcount.format_ops(result["ops_per_step"]))
 
     if not args.no_per_layer:
         _progress(f"per layer: W2 xpconv-numpy batch {settings.per_layer_batch}")

@@ -364,3 +364,14 @@ def test_results_file_named_by_machine_kind():
     )
     found = environment.cpu_features()
     assert found["vendor"] and isinstance(found["vector_extensions"], list)
+
+
+def test_ops_per_step_counts_torch_operations():
+    pytest.importorskip("torch")
+    from benchmarks import opcount
+
+    rows = opcount.ops_per_step(("W1",), ("xpconv-numpy", "xpconv-torch", "torch"), batch=2)
+    assert [r["backend"] for r in rows] == ["xpconv-torch", "torch"]  # NumPy: no hook
+    for row in rows:
+        assert 0 < row["computing_ops_per_step"] < row["ops_per_step"]
+        assert row["most_frequent"] and row["most_frequent"][0][1] >= 1
