@@ -73,6 +73,38 @@ def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
     return acc[:, pt : pt + h, pl : pl + w].permute(3, 0, 1, 2)
 
 
+def max_pool_blocks(
+    blocks: Array, bias: Array | None = None, relu: bool = False
+) -> tuple[Array, Array]:
+    """Pool-ordered max pool, bias and ReLU (contract in ``_pool``) in five operations:
+    one ``max`` over the tap axis gives the values and the first maximum's index
+    (PyTorch returns the first of equal maxima), then bias and ReLU in place on the
+    fresh output (the portable path takes about four operations per tap)."""
+    import torch
+
+    out, index = torch.max(blocks, dim=1)
+    code = index.to(torch.int8)
+    if bias is not None:
+        out += bias.reshape(-1, 1, 1, 1)
+    if relu:
+        code = torch.where(out > 0, code, torch.full_like(code, -1))
+        out.clamp_(min=0)
+    return out, code
+
+
+def max_pool_blocks_backward(grad: Array, argmax: Array, taps: int) -> Array:
+    """Pool-ordered max-pool backward (contract in ``_pool``): one scatter of the window
+    gradients onto their recorded taps; windows marked -1 pass nothing."""
+    import torch
+
+    out = grad.new_zeros((grad.shape[0], taps, *grad.shape[1:]))
+    passed = argmax >= 0
+    index = torch.where(passed, argmax, torch.zeros_like(argmax)).to(torch.int64)
+    values = torch.where(passed, grad, torch.zeros_like(grad))
+    out.scatter_(1, index.unsqueeze(1), values.unsqueeze(1))
+    return out
+
+
 def batch_innermost(x: Array) -> bool:
     """Whether the batch axis (0) of ``x`` has the smallest stride."""
     strides = x.stride()
@@ -81,7 +113,14 @@ def batch_innermost(x: Array) -> bool:
 
 def make_kernels() -> Kernels:
     """The PyTorch kernels."""
-    return Kernels("torch", im2col, col2im, batch_innermost=batch_innermost)
+    return Kernels(
+        "torch",
+        im2col,
+        col2im,
+        batch_innermost=batch_innermost,
+        max_pool_blocks=max_pool_blocks,
+        max_pool_blocks_backward=max_pool_blocks_backward,
+    )
 
 
 register_fast_path("is_torch_namespace", cache(make_kernels))
