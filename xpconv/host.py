@@ -182,23 +182,31 @@ class CpuSample:
         return min(max(others / elapsed, 0.0), float(self.cores))
 
 
+def _busy_seconds(fields: list[str]) -> float:
+    """Busy seconds of one ``/proc/stat`` cpu line: all but idle and iowait."""
+    ticks = [int(v) for v in fields[1:9]]
+    return (sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_sample() -> CpuSample | None:
     """Read ``/proc/stat`` and this process's CPU time now (``None`` where there is no
-    ``/proc/stat``, as off Linux)."""
+    ``/proc/stat``, as off Linux). Only the CPUs this process may run on count."""
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     try:
         with open("/proc/stat") as stat:
-            fields = stat.readline().split()
+            lines = [line.split() for line in stat if line.startswith("cpu")]
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
+    per_cpu = {int(f[0][3:]): f for f in lines if f[0][3:].isdigit()}
+    if allowed and per_cpu and allowed <= per_cpu.keys():
+        busy = sum(_busy_seconds(per_cpu[c]) for c in allowed)
+        cores = len(allowed)
+    elif lines and lines[0][0] == "cpu":
+        busy, cores = _busy_seconds(lines[0]), len(per_cpu) or (os.cpu_count() or 1)
+    else:
         return None
-    ticks = [int(v) for v in fields[1:]]
-    busy = sum(ticks[:8]) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # not idle, iowait
     times = os.times()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return CpuSample(
-        time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), times.user + times.system, cores or 1
-    )
+    return CpuSample(time.monotonic(), busy, times.user + times.system, cores)
 
 
 class _Balancer:
