@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from . import cpu, environment, gpu, lecture_loops, memory, report
+from . import busy, cpu, environment, gpu, lecture_loops, memory, opcount, report
 from .workloads import CONTENDERS, MODES, REFERENCE_ONLY, WORKLOADS, available_contenders
 
 __all__ = ["build_parser", "main", "settings_from"]
@@ -43,6 +43,7 @@ SMOKE = dict(
     target_s=0.0,
     max_steps=1,
     strict_rounds=1,
+    retries=0,
     pause_s=0.0,
     per_layer_batch=4,
     per_layer_repeats=1,
@@ -140,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"contenders (repeatable; default all of {', '.join(CONTENDERS)})",
     )
     p.add_argument("--no-strict", action="store_true", help="leave array-api-strict out")
+    p.add_argument(
+        "--own-process",
+        action="store_true",
+        help="time each contender in its own fresh process, one per round (default: all "
+        "in this process); the report says which",
+    )
+    p.add_argument(
+        "--busy-check",
+        action="store_true",
+        help="also time a LeNet epoch beside a 2-thread PyTorch training and beside a "
+        "second xpconv training (started and ended here), against one BLAS thread",
+    )
+    p.add_argument("--busy-tries", type=int, default=3, help="tries per busy background (3)")
     p.add_argument("--rounds", type=int, help="timed rounds per contender (default 7)")
     p.add_argument("--warmup", type=int, help="untimed warm-up steps (default 3)")
     p.add_argument(
@@ -226,6 +240,7 @@ def settings_from(args: argparse.Namespace) -> cpu.Settings:
         if value is not None:
             base[name] = value
     base["seed"] = args.seed
+    base["own_process"] = bool(getattr(args, "own_process", False))
     return cpu.Settings(**base)
 
 
@@ -281,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
     threads = args.threads or environment.core_count()
     thread_state = environment.set_threads(threads, limit_blas=args.threads is not None)
+    settings = dataclasses.replace(settings, threads=thread_state.get("torch") or threads)
     result: dict[str, Any] = environment.collect(argv, thread_state)
     result["dtype"] = "float32"
     result["settings"] = dataclasses.asdict(settings)
@@ -300,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     result["results"] = cpu.throughput(settings, _progress)
     print(report.format_table(result["results"]))
 
+    if any(c in opcount.COUNTABLE for c in settings.contenders):
+        result["ops_per_step"] = opcount.ops_per_step(
+            settings.workloads, settings.contenders, seed=settings.seed
+        )
+        print()
+        print(opcount.format_ops(result["ops_per_step"]))
+
     if not args.no_per_layer:
         _progress(f"per layer: W2 xpconv-numpy batch {settings.per_layer_batch}")
         result["per_layer"] = cpu.per_layer(
@@ -318,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         result["lecture_loops"] = lecture_loops.run(settings.loops_repeats, settings.seed)
         print()
         print(report.format_lecture_loops(result["lecture_loops"]))
+
+    if args.busy_check:
+        result["busy_machine"] = busy.busy_check(tries=args.busy_tries, progress=_progress)
+        print()
+        print(busy.format_busy(result["busy_machine"]))
 
     mem: dict[str, Any] = {
         "what": (

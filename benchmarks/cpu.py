@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import report
+from .isolated import time_own_process
 from .timing import Policy, run_interleaved
 from .workloads import (
     CONTENDERS,
@@ -58,6 +59,9 @@ class Settings:
     loops_repeats: int = 3
     memory_steps: int = 3
     seed: int = 0
+    own_process: bool = False
+    retries: int = 2
+    threads: int = 1
 
 
 def _policy(contender: str, settings: Settings) -> Policy:
@@ -67,12 +71,14 @@ def _policy(contender: str, settings: Settings) -> Policy:
             rounds=min(settings.rounds, settings.strict_rounds),
             target_s=0.0,
             fixed_steps=1,
+            retries=0,
         )
     return Policy(
         warmup=settings.warmup,
         rounds=settings.rounds,
         target_s=settings.target_s,
         max_steps=settings.max_steps,
+        retries=settings.retries,
     )
 
 
@@ -93,12 +99,24 @@ def throughput(
                     continue
                 if progress:
                     progress(f"{workload} {mode} batch {batch}: {', '.join(names)}")
-                runners = {
-                    name: make_runner(name, workload, mode, batch, settings.seed) for name in names
-                }
                 policies = {name: _policy(name, settings) for name in names}
-                timings = run_interleaved(runners, policies, pause_s=settings.pause_s)
-                del runners
+                if settings.own_process:
+                    timings = time_own_process(
+                        names,
+                        workload,
+                        mode,
+                        batch,
+                        policies,
+                        seed=settings.seed,
+                        threads=settings.threads,
+                    )
+                else:
+                    runners = {
+                        name: make_runner(name, workload, mode, batch, settings.seed)
+                        for name in names
+                    }
+                    timings = run_interleaved(runners, policies, pause_s=settings.pause_s)
+                    del runners
                 torch_rate = batch / timings["torch"].median_s if "torch" in timings else None
                 for name in names:
                     record = report.timing_record(
@@ -109,6 +127,7 @@ def throughput(
                         reference_only=name in REFERENCE_ONLY,
                         dtype=DTYPE,
                         device="cpu",
+                        process="own" if settings.own_process else "shared",
                     )
                     records.append(record)
     return records

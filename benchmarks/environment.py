@@ -20,6 +20,7 @@ __all__ = [
     "git_revision",
     "host_settings",
     "machine_info",
+    "results_name",
     "set_threads",
     "torch_info",
     "versions",
@@ -41,6 +42,7 @@ ENV_VARS = (
     "XPCONV_BACKEND",
     "XPCONV_PORTABLE",
     "XPCONV_KEEP_FREED_MEMORY",
+    "XPCONV_HOST_TUNING",
 )
 
 
@@ -63,11 +65,57 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+VECTOR_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+)
+
+
+def cpu_features() -> dict[str, Any]:
+    """Vendor, family and the vector extensions the CPU reports (``/proc/cpuinfo``)."""
+    found: dict[str, Any] = {"vendor": None, "family": None, "vector_extensions": []}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "vendor_id" and found["vendor"] is None:
+                    found["vendor"] = {"AuthenticAMD": "amd", "GenuineIntel": "intel"}.get(
+                        value, value.lower()
+                    )
+                elif key == "cpu family" and found["family"] is None:
+                    found["family"] = int(value) if value.isdigit() else value
+                elif key == "flags" and not found["vector_extensions"]:
+                    flags = set(value.split())
+                    found["vector_extensions"] = [f for f in VECTOR_FLAGS if f in flags]
+    except OSError:
+        pass
+    if found["vendor"] is None:
+        found["vendor"] = (platform.machine() or "cpu").lower()
+    return found
+
+
+def results_name(machine: dict[str, Any]) -> str:
+    """The results file of a machine kind: ``cpu-<vendor>[-avx512]-<cores>core.json``."""
+    vendor = machine.get("vendor") or "cpu"
+    wide = "-avx512" if "avx512f" in (machine.get("vector_extensions") or []) else ""
+    return f"cpu-{vendor}{wide}-{machine.get('cores_usable')}core.json"
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "processor": _cpu_model(),
+        **cpu_features(),
         "cores_logical": os.cpu_count(),
         "cores_usable": core_count(),
         "cores_physical": None,
@@ -163,6 +211,22 @@ def blas_info() -> dict[str, Any]:
     return {"source": "numpy.show_config", "numpy_blas": blas}
 
 
+def blas_kernel() -> str | None:
+    """NumPy's BLAS and the CPU kernel it picked, as ``"openblas 0.3.30 Zen, 2 threads"``."""
+    try:
+        import numpy  # noqa: F401  (loads its BLAS)
+        import threadpoolctl
+    except ImportError:
+        return None
+    for pool in threadpoolctl.threadpool_info():
+        if pool.get("user_api") == "blas" and "numpy" in str(pool.get("filepath", "")):
+            return (
+                f"{pool.get('internal_api')} {pool.get('version')} "
+                f"{pool.get('architecture')}, {pool.get('num_threads')} threads"
+            )
+    return None
+
+
 def torch_info() -> dict[str, Any] | None:
     """Thread counts and backend settings of PyTorch (TF32 does not apply on a CPU)."""
     try:
@@ -211,11 +275,13 @@ def xpconv_kernels() -> dict[str, str]:
 
 
 def host_settings() -> dict[str, bool]:
-    """Whether the NumPy backend made OpenBLAS's idle threads sleep (``xpconv._host``).
-    It holds for the whole process, so PyTorch's rounds run under it too."""
-    from xpconv import _host
+    """Apply ``xpconv.tune_host`` (as the ``xpconv`` command does) and say what it did;
+    ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep. In the
+    in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
+    from xpconv import host
 
-    return {"openblas_idle_threads_sleep": _host.quiet_blas_threads()}
+    done = host.tune_host()
+    return {"openblas_idle_threads_sleep": done["quiet_blas_threads"], **done}
 
 
 def set_threads(threads: int, limit_blas: bool) -> dict[str, Any]:
@@ -257,6 +323,7 @@ def collect(argv: list[str], threads: dict[str, Any]) -> dict[str, Any]:
         },
         "torch": torch_info(),
         "blas": blas_info(),
+        "blas_kernel": blas_kernel(),
         "environment": {name: os.environ.get(name) for name in ENV_VARS},
         "tf32": tf32_settings(),
     }

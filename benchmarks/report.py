@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,9 @@ def timing_record(
         "samples_s": timing.samples,
         "last_value": timing.last_value,
         "finite": math.isfinite(timing.last_value),
+        "busy_cores": [None if b is None else round(b, 3) for b in getattr(timing, "busy", [])],
+        "clean_repeats": getattr(timing, "clean", None),
+        "retried_repeats": getattr(timing, "retried", 0),
     }
 
 
@@ -151,17 +155,40 @@ def context_line(report: dict[str, Any]) -> str:
     if blas and report.get("xpconv_host", {}).get("openblas_idle_threads_sleep"):
         blas += ", idle BLAS threads sleep"
     settings = report.get("settings", {})
+    process = "own process per contender" if settings.get("own_process") else "one process"
+    if report.get("blas_kernel"):
+        blas += f", kernel {report['blas_kernel']}"
+    vector = ", ".join(
+        f for f in machine.get("vector_extensions") or [] if f in ("avx2", "avx512f")
+    )
     torch = (
         f"PyTorch {versions['torch']} ({threads.get('torch')} threads)"
         if versions.get("torch")
         else "PyTorch not installed"
     )
     return (
-        f"{machine.get('processor') or machine.get('machine')}, "
+        f"{machine.get('processor') or machine.get('machine')}"
+        f"{f' ({vector})' if vector else ''}, "
         f"{machine.get('cores_usable')} cores; Python {versions.get('python')}, "
         f"NumPy {versions.get('numpy')}, {torch}{blas}; float32, images 1x28x28, "
-        f"TF32 n/a (CPU); median of {settings.get('rounds')} interleaved rounds; "
-        f"{report.get('date', '')[:10]}"
+        f"TF32 n/a (CPU); median of {settings.get('rounds')} interleaved rounds, "
+        f"{process}{busy_note(report)}; {report.get('date', '')[:10]}"
+    )
+
+
+def busy_note(report: dict[str, Any]) -> str:
+    """How busy the machine was during the kept repeats: '' when every one was clean."""
+    busy = [
+        b for r in report.get("results", []) for b in r.get("busy_cores") or [] if b is not None
+    ]
+    if not busy:
+        return ""
+    dirty = [b for b in busy if b >= 0.25]
+    if not dirty:
+        return ""
+    return (
+        f"; machine busy: other processes took 0.25 cores or more in {len(dirty)} of "
+        f"{len(busy)} repeats (median {statistics.median(busy):.2f} cores)"
     )
 
 

@@ -11,6 +11,12 @@ then hit all contenders of a round alike instead of whichever ran at that moment
 Before every repeat the garbage collector runs and the process sleeps ``pause_s``
 (untimed), so worker threads left spinning by the previous contender do not steal
 the next one's cores.
+
+Busy-ness: around every repeat, ``/proc/stat`` says how many cores other processes
+kept busy during it (:func:`xpconv.host.cpu_sample`). A repeat during which they took
+more than ``Policy.busy_limit`` cores is not clean; it is run again, at most
+``Policy.retries`` times (the benchmarks' settings ask for 2), and the sample kept
+records the busy-ness it had.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from xpconv import host
 
 __all__ = ["Policy", "Timing", "run_interleaved", "steps_for"]
 
@@ -43,15 +51,26 @@ class Policy:
     target_s: float = 0.25
     max_steps: int = 50
     fixed_steps: int | None = None
+    busy_limit: float = 0.25
+    retries: int = 0
 
 
 @dataclass
 class Timing:
-    """Per-step seconds of one contender, one sample per round."""
+    """Per-step seconds of one contender, one sample per round; ``busy`` holds the
+    cores other processes took during each kept sample (None: unknown), ``retried``
+    the repeats run again because the machine was busy."""
 
     steps: int
     samples: list[float] = field(default_factory=list)
     last_value: float = math.nan
+    busy: list[float | None] = field(default_factory=list)
+    retried: int = 0
+
+    @property
+    def clean(self) -> int:
+        """How many kept samples had the machine to themselves (busy under 0.25 cores)."""
+        return sum(1 for b in self.busy if b is not None and b < 0.25)
 
     @property
     def median_s(self) -> float:
@@ -82,6 +101,7 @@ def run_interleaved(
     *,
     pause_s: float = 0.02,
     clock: Callable[[], float] = time.perf_counter,
+    cpu: Callable[[], Any] = host.cpu_sample,
 ) -> dict[str, Timing]:
     """Time every runner (``runner.run(steps) -> float``) in interleaved rounds."""
     names: Sequence[str] = list(runners)
@@ -102,10 +122,21 @@ def run_interleaved(
             if r >= policies[name].rounds:
                 continue
             timing = timings[name]
-            gc.collect()
-            if pause_s > 0:
-                time.sleep(pause_s)
-            start = clock()
-            timing.last_value = runners[name].run(timing.steps)
-            timing.samples.append((clock() - start) / timing.steps)
+            for attempt in range(policies[name].retries + 1):
+                gc.collect()
+                if pause_s > 0:
+                    time.sleep(pause_s)
+                before = cpu()
+                start = clock()
+                value = runners[name].run(timing.steps)
+                seconds = (clock() - start) / timing.steps
+                after = cpu()
+                busy = None if before is None or after is None else after.others_since(before)
+                if busy is None or busy <= policies[name].busy_limit:
+                    break
+                if attempt < policies[name].retries:
+                    timing.retried += 1
+            timing.last_value = value
+            timing.samples.append(seconds)
+            timing.busy.append(busy)
     return timings

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from xpconv import zoo
+from xpconv.host import balance_blas_threads
 from xpconv.optimizers import SGD
 
 __all__ = [
@@ -174,7 +175,9 @@ def copy_weights(model: Any, net: Any) -> None:
 
 
 class XpconvRunner:
-    """Times xpconv: ``model.train_batch`` + ``SGD.step``, or ``model.forward`` in eval mode."""
+    """Times xpconv: ``model.train_batch`` + ``SGD.step``, or ``model.forward`` in eval mode;
+    before every step ``xpconv.host.balance_blas_threads()``, as ``Trainer.fit`` does
+    (it does nothing unless ``xpconv.tune_host`` switched it on)."""
 
     def __init__(self, workload: str, backend: str, mode: str, batch: int, seed: int = 0):
         self.model = build_xpconv(workload, backend, seed)
@@ -189,11 +192,13 @@ class XpconvRunner:
         if self.mode == "train":
             loss = None
             for _ in range(steps):
+                balance_blas_threads()
                 loss = model.train_batch(x, self.y)
                 self.optimizer.step(model.parameters())
             return float(loss)
         out = None
         for _ in range(steps):
+            balance_blas_threads()
             out = model.forward(x, training=False)
         return float(out[0, 0])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import Case
 
-from xpconv import _host
 from xpconv import backend as xb
 
 
@@ -105,48 +103,3 @@ def test_backend_of_and_check(case: Case) -> None:
 def test_namespace_of_rejects_non_arrays() -> None:
     with pytest.raises(TypeError, match=r"x: expected an array, got builtins.list"):
         xb.namespace_of(x=[1.0, 2.0])
-
-
-def test_numpy_backend_keeps_freed_memory_unless_told_not_to(monkeypatch) -> None:
-    if sys.platform != "linux":
-        pytest.skip("the allocator setting exists on Linux with glibc only")
-    assert _host.keep_freed_memory() is True
-    monkeypatch.setenv("XPCONV_KEEP_FREED_MEMORY", "0")
-    assert _host.keep_freed_memory() is False
-
-
-_IDLE_BLAS_CPU = """
-import resource, sys, time
-import numpy as np
-from xpconv import _host
-square = np.ones((600, 600), dtype=np.float32)
-quieted = _host.quiet_blas_threads()
-square @ square
-before = resource.getrusage(resource.RUSAGE_SELF).ru_utime
-time.sleep(0.3)
-print(quieted, resource.getrusage(resource.RUSAGE_SELF).ru_utime - before)
-"""
-
-
-def _idle_blas_cpu(timeout: str | None) -> tuple[str, float]:
-    """(whether the setting acted, CPU seconds the process burns while asleep for 0.3 s
-    after a product), in a fresh interpreter."""
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
-    if timeout is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = timeout
-    done = subprocess.run(
-        [sys.executable, "-c", _IDLE_BLAS_CPU], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    quieted, seconds = done.stdout.split()
-    return quieted, float(seconds)
-
-
-def test_numpy_backend_makes_idle_blas_threads_sleep() -> None:
-    if not _host.openblas_paths() or (os.cpu_count() or 1) < 2:
-        pytest.skip("needs NumPy on a multi-threaded OpenBLAS (Linux, 2+ cores)")
-    # OpenBLAS's default (2**28 cycles): the workers spin for about 0.1 s after a product
-    assert _idle_blas_cpu("28") == ("False", pytest.approx(0.1, abs=0.07))
-    quieted, spun = _idle_blas_cpu(None)
-    assert quieted == "True"
-    assert spun < 0.02

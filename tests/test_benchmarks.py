@@ -16,7 +16,7 @@ if str(REPO_ROOT) not in sys.path:  # the benchmarks package is not installed wi
 
 import xpconv.functional as F  # noqa: E402
 from benchmarks import __main__ as cli  # noqa: E402
-from benchmarks import cpu, lecture_loops, memory, report, timing  # noqa: E402
+from benchmarks import cpu, environment, lecture_loops, memory, report, timing  # noqa: E402
 from benchmarks.workloads import CONTENDERS, make_data  # noqa: E402
 
 TOP_KEYS = {
@@ -247,3 +247,131 @@ def test_table_and_markdown_from_records():
     assert "1,000" in text and "2,000" in text and "0.50" in text
     md = report.markdown_table(records)
     assert "| W1 | train | 128 | 1,000 | 2,000 | 0.50 |" in md
+
+
+# ----------------------------------------------------------------- busy-ness, processes
+
+
+class _FakeCpu:
+    """``cpu_sample`` stand-in, called before and after each repeat: other processes
+    take ``load[k]`` cores during repeat k (one second each)."""
+
+    def __init__(self, load):
+        from xpconv import host
+
+        self.load, self.calls, self.total, self.host = list(load), 0, 0.0, host
+
+    def __call__(self):
+        k, self.calls = self.calls, self.calls + 1
+        if k % 2:  # after repeat k // 2
+            self.total += self.load[k // 2]
+        return self.host.CpuSample(wall=float(k), machine_busy=self.total, own=0.0, cores=2)
+
+
+def test_busy_repeats_are_run_again_within_bounds():
+    log = []
+    runners = {"a": _FakeRunner("a", log)}
+    policies = {"a": timing.Policy(warmup=0, rounds=2, fixed_steps=1, retries=2)}
+    # round 1: busy, busy, clean -> kept after two retries; round 2: busy three times
+    cpu_load = _FakeCpu([1.0, 1.0, 0.0, 1.5, 1.5, 1.5])
+    result = timing.run_interleaved(runners, policies, pause_s=0, cpu=cpu_load)["a"]
+    assert len(result.samples) == 2
+    assert result.busy == [0.0, 1.5]  # the last attempt's busy-ness is kept
+    assert result.retried == 4
+    assert result.clean == 1
+    assert len(log) == 1 + 6  # calibration + six timed repeats
+
+
+def test_own_process_rounds_rotate_and_collect(monkeypatch):
+    from benchmarks import isolated
+
+    launched = []
+
+    def launch(spec, timeout_s):
+        launched.append(spec["contender"])
+        return {"seconds": 0.01, "steps": 3, "busy": 0.1, "retried": 1, "last_value": 2.0}
+
+    policies = {n: timing.Policy(rounds=2) for n in ("xpconv-numpy", "torch")}
+    got = isolated.time_own_process(
+        ["xpconv-numpy", "torch"], "W2", "train", 8, policies, launch=launch
+    )
+    assert launched == ["xpconv-numpy", "torch", "torch", "xpconv-numpy"]
+    assert got["torch"].samples == [0.01, 0.01] and got["torch"].retried == 2
+    assert got["torch"].busy == [0.1, 0.1] and got["torch"].steps == 3
+
+
+@pytest.mark.slow
+def test_own_process_child_times_one_contender():
+    from benchmarks import isolated
+
+    spec = {
+        "contender": "xpconv-numpy",
+        "workload": "W1",
+        "mode": "inference",
+        "batch": 4,
+        "seed": 0,
+        "threads": 1,
+        "policy": {"warmup": 0, "target_s": 0.0, "max_steps": 1, "fixed_steps": 1},
+    }
+    got = isolated._run_child(spec, 120)
+    assert got["steps"] == 1 and got["seconds"] > 0
+    assert set(got["host_tuning"]) == {"keep_freed_memory", "quiet_blas_threads", "balance_blas"}
+
+
+def test_busy_check_pairs_tries_and_ends_its_background(monkeypatch):
+    from benchmarks import busy
+
+    started = []
+
+    class _Job:
+        def __init__(self, args, **kwargs):
+            started.append(args)
+            self.killed = False
+
+        def poll(self):
+            return None
+
+        def kill(self):
+            self.killed = True
+
+        def wait(self):
+            started.append("ended")
+
+    monkeypatch.setattr(busy.subprocess, "Popen", _Job)
+    monkeypatch.setattr(busy.time, "sleep", lambda s: None)
+    seconds = iter([1.0, 1.5, 1.0, 3.0])
+    result = busy.busy_check(("torch",), tries=2, epoch=lambda one, t: next(seconds))
+    run = result["runs"][0]
+    assert run["tries"] == [
+        {"default_s": 1.5, "one_blas_thread_s": 1.0},
+        {"default_s": 3.0, "one_blas_thread_s": 1.0},
+    ]
+    assert run["worst_ratio"] == 3.0 and started[-1] == "ended"
+    assert "load-torch" in started[0]
+    assert "beside torch" in busy.format_busy(result)
+
+
+def test_results_file_named_by_machine_kind():
+    assert (
+        environment.results_name(
+            {"vendor": "amd", "vector_extensions": ["avx2", "avx512f"], "cores_usable": 2}
+        )
+        == "cpu-amd-avx512-2core.json"
+    )
+    assert (
+        environment.results_name({"vendor": "intel", "vector_extensions": [], "cores_usable": 4})
+        == "cpu-intel-4core.json"
+    )
+    found = environment.cpu_features()
+    assert found["vendor"] and isinstance(found["vector_extensions"], list)
+
+
+def test_ops_per_step_counts_torch_operations():
+    pytest.importorskip("torch")
+    from benchmarks import opcount
+
+    rows = opcount.ops_per_step(("W1",), ("xpconv-numpy", "xpconv-torch", "torch"), batch=2)
+    assert [r["backend"] for r in rows] == ["xpconv-torch", "torch"]  # NumPy: no hook
+    for row in rows:
+        assert 0 < row["computing_ops_per_step"] < row["ops_per_step"]
+        assert row["most_frequent"] and row["most_frequent"][0][1] >= 1

@@ -461,3 +461,45 @@ def test_numpy_kernels_work_in_a_forked_child() -> None:
     with ctx.Pool(1) as pool:
         got = pool.apply_async(F.conv2d, (x, w), {"padding": 1}).get(timeout=60)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_fast_col2im_matches_portable(case: Case, rng: np.random.Generator) -> None:
+    """Whatever fast path the backend selects gives the portable path's col2im."""
+    kernels = kernels_for(case.xp)
+    for cfg in CONFIGS[:25]:
+        x, w, _ = make_data(cfg, case)
+        geom = conv_geometry(x.shape, w.shape, **cfg["conv"])
+        y = case.asarray(rng.normal(size=(geom.in_channels * geom.taps, geom.columns)))
+        ref = case.to_numpy(PORTABLE.col2im(case.xp, y, geom))
+        got = case.to_numpy(kernels.col2im(case.xp, y, geom))
+        np.testing.assert_allclose(got, ref, rtol=case.rtol, atol=case.rtol)
+
+
+def test_portable_choice_is_per_thread() -> None:
+    """``use_portable`` in one thread leaves another thread's fast path alone."""
+    import threading
+
+    from xpconv.functional._kernels import use_portable
+
+    xp = get_backend("numpy").xp
+    inside, barrier, seen = threading.Event(), threading.Barrier(2), {}
+
+    def portable_thread() -> None:
+        with use_portable():
+            inside.set()
+            barrier.wait(timeout=10)
+            seen["portable"] = kernels_for(xp).name
+            barrier.wait(timeout=10)
+
+    worker = threading.Thread(target=portable_thread)
+    worker.start()
+    inside.wait(timeout=10)
+    barrier.wait(timeout=10)
+    seen["main"] = kernels_for(xp).name
+    barrier.wait(timeout=10)
+    worker.join()
+    assert seen == {"portable": "portable", "main": "numpy"}
+    assert kernels_for(xp, portable=True).name == "portable"
+    with use_portable():
+        assert kernels_for(xp).name == "portable"
+        assert kernels_for(xp, portable=False).name == "numpy"

@@ -1,7 +1,8 @@
 """xpconv: convolutional neural networks written once against the Python Array API."""
 
-from . import distributed, functional, zoo
+from . import distributed, functional, host, zoo
 from .backend import Backend, BackendError, get_backend, set_default_backend
+from .host import tune_host
 from .layers import (
     Activation,
     AvgPool2D,
@@ -61,4 +62,6 @@ __all__ = [
     "save_model",
     "save_training",
     "set_default_backend",
+    "host",
+    "tune_host",
 ]

@@ -29,8 +29,6 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from . import _host
-
 __all__ = [
     "Backend",
     "BackendError",
@@ -163,8 +161,6 @@ def _describe(a: Any) -> str:
 def _load_numpy(device: Any) -> Backend:
     if device not in (None, "cpu"):
         raise BackendError(f"device: backend 'numpy' has only device 'cpu', got {device!r}")
-    _host.keep_freed_memory()
-    _host.quiet_blas_threads()
     xp = array_api_compat.array_namespace(np.empty(0))
     return Backend("numpy", xp, "cpu", xp.float32, np.asarray)
 

@@ -705,6 +705,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a bad option
         return exc.code if isinstance(exc.code, int) else 2
     handler: Callable[[argparse.Namespace, argparse.ArgumentParser], int] = args.handler
+    from . import host
+
+    host.tune_host()  # the command owns its process; XPCONV_HOST_TUNING=0 turns it off
     errors = _library_errors()
     try:
         return handler(args, args.command_parser)

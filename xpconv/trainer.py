@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from . import host
 from .distributed import Communicator
 from .functional._checks import positive_int
 from .model import Sequential
@@ -173,6 +174,7 @@ class Trainer:
             val = self._prepare(*validation_data, "x_val")
         n = int(x_dev.shape[0])
         steps = math.ceil(n / batch_size)
+        host.tune_host()  # process-wide; XPCONV_HOST_TUNING=0 turns it off
         self.optimizer.setup(epochs * steps)
         run_epoch = self._run_epoch
         if self._distributed:
@@ -228,6 +230,7 @@ class Trainer:
             for step, first in enumerate(range(0, n, batch_size)):
                 idx = order[first : min(first + batch_size, n)]
                 xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
+                host.balance_blas_threads()  # one BLAS thread while the machine is busy
                 loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
                 self.optimizer.step(params)
                 count = int(idx.shape[0])

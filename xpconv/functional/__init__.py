@@ -7,6 +7,7 @@ its namespace from its arguments with ``array_api_compat`` and works on any back
 from . import (
     _cupy_kernels,  # noqa: F401  (registers the CuPy fast path; imports CuPy lazily)
     _numpy_kernels,  # noqa: F401  (registers the NumPy fast path)
+    _torch_kernels,  # noqa: F401  (registers the PyTorch fast path; imports no torch)
 )
 from ._activation import (
     ACTIVATIONS,

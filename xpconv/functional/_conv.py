@@ -200,8 +200,10 @@ def conv2d_backward_matrix(
     return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
 
 
-def _prepare2d(x: Array, weight: Array, bias: Array | None, **conv: Any) -> tuple[Any, Any]:
-    xp = namespace(x=x, weight=weight, bias=bias)
+def _prepare2d(
+    x: Array, weight: Array, bias: Array | None, grad_out: Array | None = None, **conv: Any
+) -> tuple[Any, Any]:
+    xp = namespace(x=x, weight=weight, bias=bias, grad_out=grad_out)  # once per call
     check_rank(x, "x", 4, "(N, C, H, W)")
     check_rank(weight, "weight", 4, "(O, C // groups, KH, KW)")
     check_float(xp, x=x, weight=weight, bias=bias)
@@ -262,8 +264,7 @@ def conv2d_backward(
         (O, C // groups, KH, KW) and (O,).
     """
     conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    xp, geom = _prepare2d(x, weight, None, **conv)
-    namespace(x=x, grad_out=grad_out)
+    xp, geom = _prepare2d(x, weight, None, grad_out, **conv)
     check_float(xp, x=x, grad_out=grad_out)
     expected = (geom.batch, geom.out_channels, *geom.out)
     if tuple(grad_out.shape) != expected:

@@ -2,15 +2,19 @@
 
 The portable Array-API implementations are the default and the reference the tests
 check. A backend may register faster versions of the same functions (same signature,
-same results); :func:`kernels_for` picks them automatically, and
-``XPCONV_PORTABLE=1`` in the environment, or :func:`use_portable`, forces the
-portable path everywhere.
+same results); :func:`kernels_for` picks them automatically.
+
+The choice holds no global state that threads share: ``XPCONV_PORTABLE=1`` in the
+environment sets the default, :func:`use_portable` forces the portable path inside a
+``with`` block for the current thread (or asyncio task) only, and
+``kernels_for(xp, portable=True)`` asks for it in one call.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -74,18 +78,19 @@ class Kernels:
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)
 _FAST: dict[str, Callable[[], Kernels | None]] = {}
-_forced_portable = os.environ.get("XPCONV_PORTABLE", "") not in ("", "0")
+_RESOLVED: dict[int, tuple[Any, Kernels]] = {}  # id(namespace) -> (namespace, kernels)
+_PORTABLE_ONLY = contextvars.ContextVar(
+    "xpconv_portable_only", default=os.environ.get("XPCONV_PORTABLE", "") not in ("", "0")
+)
 
 
 def register_fast_path(namespace_check: str, loader: Callable[[], Kernels | None]) -> None:
     """Register kernels for the namespaces where ``array_api_compat.<namespace_check>``."""
     _FAST[namespace_check] = loader
+    _RESOLVED.clear()
 
 
-def kernels_for(xp: Any) -> Kernels:
-    """The kernels to use for namespace ``xp``: a registered fast path, else portable."""
-    if _forced_portable:
-        return PORTABLE
+def _resolve(xp: Any) -> Kernels:
     for check, loader in _FAST.items():
         if getattr(array_api_compat, check)(xp):
             fast = loader()
@@ -94,12 +99,29 @@ def kernels_for(xp: Any) -> Kernels:
     return PORTABLE
 
 
+def kernels_for(xp: Any, *, portable: bool | None = None) -> Kernels:
+    """The kernels to use for namespace ``xp``: a registered fast path, else portable.
+
+    ``portable=True`` asks for the portable kernels, ``False`` for the fast path even
+    inside :func:`use_portable`; ``None`` (default) follows the current context. The
+    lookup per namespace is done once and remembered.
+    """
+    if portable is None:
+        portable = _PORTABLE_ONLY.get()
+    if portable:
+        return PORTABLE
+    found = _RESOLVED.get(id(xp))
+    if found is None or found[0] is not xp:
+        found = _RESOLVED[id(xp)] = (xp, _resolve(xp))
+    return found[1]
+
+
 @contextmanager
-def use_portable(enabled: bool = True):
-    """Force the portable kernels inside a ``with`` block (used by parity tests)."""
-    global _forced_portable
-    previous, _forced_portable = _forced_portable, enabled
+def use_portable(enabled: bool = True) -> Iterator[None]:
+    """Force the portable kernels inside a ``with`` block, for the current thread or
+    asyncio task only (other threads keep their choice); used by parity tests."""
+    token = _PORTABLE_ONLY.set(enabled)
     try:
         yield
     finally:
-        _forced_portable = previous
+        _PORTABLE_ONLY.reset(token)
