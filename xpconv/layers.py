@@ -363,17 +363,11 @@ class _Pool2D(Layer):
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         if len(input_shape) != 3:
             raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
-        c, h, w = input_shape
-        out = [
-            (size + 2 * p - k) // s + 1
-            for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding)
-        ]
-        if min(out) < 1:
-            raise ValueError(
-                f"{self.name}: input of spatial size {(h, w)} is too small for kernel "
-                f"{self.kernel_size} with padding {self.padding}"
-            )
-        return (c, *out)
+        try:  # the geometry the forward pass uses, so what builds also runs
+            geom = F.pool_geometry((1, *input_shape), **self._args())
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self.name}: {exc}") from exc
+        return (input_shape[0], *geom.out)
 
     def _args(self) -> dict[str, Any]:
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)

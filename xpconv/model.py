@@ -225,9 +225,7 @@ class Sequential:
             raise ValueError(
                 f"{argument}: expected {n} labels (one per example), got shape {tuple(y.shape)}"
             )
-        check_targets(
-            self.xp, y, n, self.output_shape, name=argument, check_range=validate
-        )
+        check_targets(self.xp, y, n, self.output_shape, name=argument, check_range=validate)
         return y
 
     # ------------------------------------------------------------------ passes
@@ -534,8 +532,7 @@ def _check_finite_host(x: np.ndarray, argument: str, dtype: str = "float64") -> 
                 f"(|x| <= {float(limit):.4g}), got {value} at index {index}"
             )
         raise ValueError(
-            f"{argument}: expected finite values (no NaN or infinity), "
-            f"got {value} at index {index}"
+            f"{argument}: expected finite values (no NaN or infinity), got {value} at index {index}"
         )
 
 

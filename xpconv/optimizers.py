@@ -204,6 +204,8 @@ class SGD(Optimizer):
         if nesterov and momentum == 0:
             raise ValueError("nesterov: needs momentum > 0, got momentum 0")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        #: Names of the per-parameter state arrays (checked when a checkpoint loads).
+        self.state_slots: tuple[str, ...] = ("velocity",) if self.momentum else ()
 
     def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
         if self.momentum == 0.0:
@@ -244,6 +246,7 @@ class Adam(Optimizer):
         beta1, beta2 = check_fraction(beta1, "beta1"), check_fraction(beta2, "beta2")
         eps = check_positive(eps, "eps")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.state_slots: tuple[str, ...] = ("m", "v")
 
     def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
         xp = array_namespace(value)
