@@ -13,6 +13,7 @@ and stores parameter gradients in ``Parameter.grad``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from . import functional as F
 from .backend import Backend
 from .functional._checks import int_pair, positive_int
 from .functional._conv import (
+    check_conv1d,
     conv2d_backward_cols,
     conv2d_backward_matrix,
     conv2d_forward,
@@ -322,10 +324,24 @@ class Conv1D(Conv2D):
         if len(input_shape) != 2:
             raise ValueError(f"{self.name}: expected input (C, L), got {input_shape}")
         channels, length = input_shape
+        try:
+            check_conv1d(
+                (1, channels, length),
+                (self.filters, channels // self.groups, self.kernel_size[1]),
+                **self._config1d_conv(),
+            )
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self.name}: {exc}") from exc
         out = super()._build((channels, 1, length), ctx)
         w = self.params["weight"]
         w.value = w.value[:, :, 0, :]  # stored as (O, C // groups, K), the PyTorch layout
         return (out[0], out[2])
+
+    def _config1d_conv(self) -> dict[str, Any]:
+        c = self._config1d
+        return dict(
+            stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=self.groups
+        )
 
     def _kernel(self) -> Array:
         weight = self.params["weight"].value  # (O, C // groups, K)
@@ -500,7 +516,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"{self.name}: p expected a float in [0, 1), got {p!r}")
         self.p = float(p)
 

@@ -67,9 +67,7 @@ def load_model(
     return _build(path, arrays, meta, backend, device)
 
 
-def save_training(
-    trainer: Trainer, path: PathLike, *, extra: dict[str, Any] | None = None
-) -> None:
+def save_training(trainer: Trainer, path: PathLike, *, extra: dict[str, Any] | None = None) -> None:
     """Write everything needed to resume ``trainer`` exactly: weights, optimizer state,
     schedule position, RNG states, epoch and history (atomically). ``extra``: more JSON
     metadata (e.g. the settings of the run), read back with ``load_checkpoint``."""
