@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import DATA_DIR
 
 import xpconv as xc
 import xpconv.functional as F
-from conftest import DATA_DIR
 from xpconv import layers as L
 from xpconv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xpconv.cli import main

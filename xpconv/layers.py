@@ -204,7 +204,8 @@ class Conv2D(_ActivationMixin, Layer):
         super().__init__()
         self.filters = positive_int(filters, f"{self.name}: filters")
         self.kernel_size = _as_pair(kernel_size, f"{self.name}: kernel_size")
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups = positive_int(groups, f"{self.name}: groups")
         self.use_bias, self.init, self.in_channels = use_bias, init, in_channels
         get_initializer(init)
         self._set_activation(activation)

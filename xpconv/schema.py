@@ -129,7 +129,7 @@ def validate_architecture(config: Any, array_shapes: Mapping[str, Shape]) -> Non
             match the stored arrays. Nothing is allocated before this passes.
     """
     config = _mapping(config, "architecture", ARCHITECTURE_KEYS)
-    if config["loss"] not in LOSSES:
+    if not isinstance(config["loss"], str) or config["loss"] not in LOSSES:
         raise _fail(
             "architecture.loss", f"expected one of {sorted(LOSSES)}, got {config['loss']!r}"
         )
@@ -206,7 +206,7 @@ def _input_shape(value: Any) -> Shape:
 def _layer(item: Any, field: str) -> Layer:
     item = _mapping(item, field, {"type": True, "config": True})
     kind, config = item["type"], item["config"]
-    if kind not in LAYERS:
+    if not isinstance(kind, str) or kind not in LAYERS:
         raise _fail(f"{field}.type", f"expected one of {sorted(LAYERS)}, got {kind!r:.80}")
     if not isinstance(config, Mapping):
         raise _fail(f"{field}.config", f"expected an object, got {type(config).__name__}")

@@ -302,6 +302,9 @@ def check_conv1d(
     convolution it runs as: these state them in the 1-D shapes."""
     n, c, length = x_shape
     o, cg, k = weight_shape
+    for name, value in (("stride", stride), ("dilation", dilation)):
+        if isinstance(value, str):
+            raise TypeError(f"{name}: expected an int, got {value!r}")
     s = lift_1d_arg(stride, "stride", 1)[1]
     d = lift_1d_arg(dilation, "dilation", 1)[1]
     p = lift_1d_arg(padding, "padding", 0)
