@@ -363,7 +363,10 @@ class Sequential:
             p.grad = None
 
     def to(self, backend: str | Backend, device: Any = None) -> Sequential:
-        """Move every parameter to another backend/device (in place); returns self."""
+        """Move every parameter to another backend/device (in place); returns self.
+
+        A :class:`~xpconv.trainer.Trainer` of this model moves its optimizer's state
+        along at its next ``fit`` (with a warning)."""
         target = get_backend(backend, device)
         state = self.state_dict() if self.built else None
         self.backend = target
