@@ -46,7 +46,9 @@ def _build(path: PathLike, arrays: dict, meta: dict, backend: Any, device: Any) 
     try:
         validate_architecture(meta["architecture"], array_shapes(arrays, _PARAM))
     except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
+        raise CheckpointError(
+            f"{path}: the checkpoint does not fit its architecture: {exc}"
+        ) from None
     try:
         model = Sequential.from_config(meta["architecture"], backend=backend, device=device)
         model.load_state_dict(

@@ -334,10 +334,16 @@ def validate_training(
         _rng_state(state[key], f"trainer.{key}")
     names = {f.name for f in fields(History)}
     history = _mapping(state["history"], "trainer.history", dict.fromkeys(names, True))
+    lengths = {len(v) for v in history.values() if isinstance(v, list)}
+    length = max(lengths, default=0)
     for key, values in history.items():
         field = f"trainer.history.{key}"
-        if not isinstance(values, list) or len(values) != epochs:
-            raise _fail(field, f"expected a list of {epochs} entries (one per epoch done)")
+        if not isinstance(values, list) or len(values) != length or length > epochs:
+            raise _fail(
+                field,
+                f"expected a list with one entry per recorded epoch, as long as the other "
+                f"history lists ({length}) and at most epochs_done ({epochs})",
+            )
         for i, value in enumerate(values):
             items = value if key == "step_losses" and isinstance(value, list) else [value]
             if key == "step_losses" and not isinstance(value, list):
