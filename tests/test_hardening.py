@@ -530,3 +530,29 @@ def test_cli_traceback_only_with_the_flag(tmp_path: Path) -> None:
     )
     assert quiet.returncode == 1 and "Traceback" not in quiet.stderr
     assert "Traceback" in loud.stderr and "CheckpointError" in loud.stderr
+
+
+class _Gain(L.Layer):
+    """A layer type the schema has no shape rule for."""
+
+    def _build(self, input_shape, ctx):
+        self._param(ctx, "gain", np.ones(input_shape))
+        return input_shape
+
+    def forward(self, x, training):
+        return x * self.params["gain"].value
+
+
+def test_a_new_layer_type_is_validated_by_its_own_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(L.LAYERS, "_Gain", _Gain)
+    model = xc.Sequential([L.Flatten(), _Gain(), L.Dense(2)], input_shape=(1, 3, 3))
+    save_model(model, tmp_path / "m.npz")
+    assert load_model(tmp_path / "m.npz").num_parameters() == model.num_parameters()
+    arrays, meta = load_checkpoint(tmp_path / "m.npz")
+    arrays["param/_gain_0.gain"] = np.ones(4, np.float32)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    save_checkpoint(tmp_path / "bad.npz", arrays, meta)
+    with pytest.raises(CheckpointError, match=r"_gain_0\.gain.*\(9,\)"):
+        load_model(tmp_path / "bad.npz")

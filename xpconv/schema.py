@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from . import functional as F
+from .backend import get_backend
 from .checkpoint import CheckpointError
-from .layers import LAYERS, Conv1D, Conv2D, Dense, Layer, layer_from_config
+from .layers import LAYERS, BuildContext, Conv1D, Conv2D, Dense, Layer, layer_from_config
 from .losses import LOSSES
 
 __all__ = [
@@ -290,7 +291,19 @@ def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
         return (shape[0], *geom.out), {}
     if kind == "Flatten":
         return (math.prod(shape),), {}
-    return shape, {}  # Dropout and the activations keep the shape and have no parameters
+    if kind == "Dropout" or kind in _ACT_OF or kind == "Activation":
+        return shape, {}  # they keep the shape and have no parameters
+    rule = getattr(layer, "param_shapes", None)
+    if callable(rule):  # a layer type may state its shapes: (output, {name: shape})
+        out, params = rule(shape)
+        return tuple(out), {k: tuple(v) for k, v in params.items()}
+    # A layer type without a rule here: learn its shapes by building this throwaway
+    # instance on the host (its input is bounded by the activation limit).
+    ctx = BuildContext(
+        get_backend("numpy"), np.float32, np.random.default_rng(0), np.random.default_rng(0)
+    )
+    out = layer.build(shape, ctx)
+    return tuple(out), {k: p.shape for k, p in layer.params.items()}
 
 
 # ----------------------------------------------------------------------- trainer
