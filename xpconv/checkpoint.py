@@ -104,6 +104,9 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     so either ``except`` clause catches it.
     """
 
+    def __str__(self) -> str:  # the message, not OSError's "[Errno None] None: ..."
+        return str(self.args[0]) if self.args else "checkpoint not found"
+
 
 # --------------------------------------------------------------------------
 # Saving

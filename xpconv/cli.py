@@ -121,13 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", choices=MODELS, default=None, help="architecture (default: lecture)"
     )
     train.add_argument(
-        "--dataset", choices=DATASETS, default="mnist", help="dataset (default: mnist)"
+        "--dataset",
+        choices=DATASETS,
+        default=None,
+        help="dataset (default: mnist; with --resume, the checkpoint's)",
     )
     train.add_argument(
         "--epochs", type=_positive_int, default=1, help="total epochs of the run (default: 1)"
     )
     train.add_argument(
-        "--batch-size", type=_positive_int, default=60, help="examples per step (default: 60)"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="examples per step (default: 60; with --resume, the checkpoint's)",
     )
     train.add_argument(
         "--lr", type=_positive_float, default=None, help="initial learning rate (default: 0.1)"
@@ -149,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=None,
         metavar="N",
-        help="train on the first N training examples only",
+        help="train on the first N training examples only (with --resume: the checkpoint's)",
     )
     train.add_argument(
         "--out",
@@ -162,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="CHECKPOINT",
         help="continue from a training.npz until --epochs epochs are done in total",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run already in the --out directory (default: refuse)",
     )
     train.add_argument("--no-plots", action="store_true", help="do not draw the pictures")
     train.add_argument(
@@ -332,6 +343,93 @@ def _step_curve(history: Any) -> tuple[list[float], list[float]]:
     return positions, losses
 
 
+# --------------------------------------------------------------------------- runs
+
+#: Files whose presence marks a directory as holding a run.
+RUN_FILES = ("training.npz", "model.npz", "metrics.json")
+#: Settings a resumed run must share with the run it continues (option -> record key).
+RUN_SETTINGS = {
+    "--dataset": "dataset",
+    "--limit": "limit",
+    "--batch-size": "batch_size",
+    "--model": "model",
+}
+
+
+def _check_out(out: Path, args: argparse.Namespace) -> None:
+    """Refuse to write a run into a directory that holds another one, unless
+    ``--overwrite``; continuing the run of that very directory is allowed."""
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found or args.overwrite:
+        return
+    if args.resume is not None and Path(args.resume).resolve().parent == out.resolve():
+        return
+    raise CliError(
+        f"--out {out}: the directory already holds a run ({', '.join(found)}); continue it "
+        f"with --resume {out / 'training.npz'}, choose another --out, or pass --overwrite "
+        "to replace it"
+    )
+
+
+def _run_record(args: argparse.Namespace, model_name: str, model: Any) -> dict[str, Any]:
+    return {
+        "dataset": args.dataset,
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "model": model_name,
+        "backend": model.backend.name,
+        "device": str(model.backend.device),
+        "dtype": model.dtype_name,
+    }
+
+
+def _resume_settings(args: argparse.Namespace, record: Any, model: Any) -> None:
+    """Fill unset options from the checkpoint's record of its run; refuse options that
+    contradict it (naming each), and say when the backend differs."""
+    if not isinstance(record, dict):
+        print("note: the checkpoint records no run settings; nothing to check them against")
+        args.dataset = args.dataset or "mnist"
+        args.batch_size = args.batch_size or 60
+        return
+    differ = []
+    for option, key in RUN_SETTINGS.items():
+        attr = option[2:].replace("-", "_")
+        given, recorded = getattr(args, attr), record.get(key)
+        if given is None:
+            setattr(args, attr, recorded)
+        elif given != recorded:
+            differ.append(f"{option} {given} (the checkpoint's run: {recorded})")
+    if differ:
+        raise CliError(
+            f"--resume {args.resume}: the run continued here differs from the checkpoint's: "
+            f"{'; '.join(differ)}; resume with the same settings, or start a new run"
+        )
+    args.dataset = args.dataset or "mnist"
+    args.batch_size = args.batch_size or 60
+    here = {"backend": model.backend.name, "device": str(model.backend.device)}
+    moved = [f"{k} {here[k]} (was {record.get(k)})" for k in here if record.get(k) != here[k]]
+    if moved:
+        print(
+            f"note: resuming on {', '.join(moved)}: results are not bit-identical to an "
+            "uninterrupted run"
+        )
+
+
+def _load_or_fail(load: Callable[[], Any], path: Path) -> Any:
+    """Run a checkpoint load; an unexpected error of a crafted file is one clear line."""
+    from .checkpoint import CheckpointError
+
+    try:
+        return load()
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, MemoryError) as exc:
+        raise CliError(
+            f"{path}: cannot load the checkpoint ({type(exc).__name__}: {exc}); rerun with "
+            "--traceback for details"
+        ) from exc
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -380,6 +478,8 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
     root = comm is None or comm.is_root
     progress = not args.no_progress and root
     backend = _backend(parser, args)
+    if args.out is not None:
+        _check_out(Path(args.out), args)  # before any data is loaded
     if args.distributed == "nccl":
         from .distributed import NCCLCommunicator
 
@@ -401,11 +501,21 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
 
     resumed_from = None
     if args.resume is not None:
+        from .checkpoint import load_checkpoint
+
         resumed_from = Path(args.resume)
-        trainer = load_training(resumed_from, backend=backend, progress=progress)
+        _, meta = load_checkpoint(resumed_from)
+        trainer = _load_or_fail(
+            lambda: load_training(resumed_from, backend=backend, progress=progress), resumed_from
+        )
         trainer.communicator = comm
         model = trainer.model
         model_name = _zoo_name(model)
+        record = meta.get("run")
+        if isinstance(record, dict) and args.model is None:
+            args.model = record.get("model")
+        ignored = [o for o in ignored if o != "--model"]
+        _resume_settings(args, record, model)
         if ignored:
             print(
                 f"note: {', '.join(ignored)} ignored with --resume (the checkpoint holds the "
@@ -421,6 +531,8 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
             )
         optimizer = trainer.optimizer
     else:
+        args.dataset = args.dataset or "mnist"
+        args.batch_size = args.batch_size or 60
         model_name = args.model or "lecture"
         model = build_model(
             model_name,
@@ -443,6 +555,7 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         print(f"      training on the first {args.limit} of {len(dataset.y_train)} examples")
 
     out = Path(args.out) if args.out is not None else _default_out(model_name, dataset.name)
+    _check_out(out, args)
     if root:
         out.mkdir(parents=True, exist_ok=True)
     model.summary()
@@ -457,11 +570,12 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         print(f"distributed: {comm.size} ranks over {comm.engine}, {args.batch_size} per step")
 
     training_path = out / "training.npz"
+    run_record = _run_record(args, model_name, model)
 
     def on_epoch_end(tr: Any) -> None:
         h = tr.history
         if root:
-            save_training(tr, training_path)
+            save_training(tr, training_path, extra={"run": run_record})
         val = ""
         if h.val_loss[-1] is not None:
             val = f", test loss {h.val_loss[-1]:.4f} acc {h.val_accuracy[-1]:.2%}"
@@ -486,19 +600,19 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         )
     except KeyboardInterrupt:
         done = trainer.epochs_done
-        where = f"; epoch {done} is saved in {training_path}" if done else ""
-        print(
-            f"\n{PROG}: interrupted{where}"
-            + (f" (continue with: {PROG} train --resume {training_path})" if done else ""),
-            file=sys.stderr,
-        )
+        saved = training_path if training_path.exists() else resumed_from
+        where, hint = "", ""
+        if done and saved is not None:
+            where = f"; epoch {done} is saved in {saved}"
+            hint = f" (continue with: {PROG} train --resume {saved} --epochs {args.epochs})"
+        print(f"\n{PROG}: interrupted{where}{hint}", file=sys.stderr)
         return 130
     wall = time.perf_counter() - started
     trained = trainer.epochs_done - epochs_before
     if not root:
         return 0
     if trainer.epochs_done and not training_path.exists():
-        save_training(trainer, training_path)
+        save_training(trainer, training_path, extra={"run": run_record})
 
     if trained > 0 and history.val_loss[-1] is not None:
         # The trainer has just evaluated these very weights on the test set (with
@@ -604,10 +718,10 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if path.suffix.lower() == ".safetensors":
         from .interop import load_safetensors
 
-        _, meta = load_safetensors(path)
+        _, meta = _load_or_fail(lambda: load_safetensors(path), path)
     else:
         _, meta = load_checkpoint(path)
-    model = load_model(path, backend=backend)
+    model = _load_or_fail(lambda: load_model(path, backend=backend), path)
     name = args.dataset or meta.get("dataset") or "mnist"
     dataset = _load_data(name, args.data_dir, not args.no_progress)
     print(_describe_data(dataset), file=sys.stderr)

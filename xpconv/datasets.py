@@ -30,6 +30,7 @@ import dataclasses
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import struct
 import tempfile
@@ -674,7 +675,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             f"(truncated file). {redo}"
         )
     dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected = int(np.prod(dims, dtype=np.int64))
+    expected = math.prod(dims)  # Python ints: a crafted header cannot overflow
     found = len(data) - header
     if found != expected:
         what = "truncated file" if found < expected else "trailing data"

@@ -13,6 +13,7 @@ and stores parameter gradients in ``Parameter.grad``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -23,6 +24,7 @@ from . import functional as F
 from .backend import Backend
 from .functional._checks import int_pair, positive_int
 from .functional._conv import (
+    check_conv1d,
     conv2d_backward_cols,
     conv2d_backward_matrix,
     conv2d_forward,
@@ -202,7 +204,8 @@ class Conv2D(_ActivationMixin, Layer):
         super().__init__()
         self.filters = positive_int(filters, f"{self.name}: filters")
         self.kernel_size = _as_pair(kernel_size, f"{self.name}: kernel_size")
-        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self.groups = positive_int(groups, f"{self.name}: groups")
         self.use_bias, self.init, self.in_channels = use_bias, init, in_channels
         get_initializer(init)
         self._set_activation(activation)
@@ -322,10 +325,24 @@ class Conv1D(Conv2D):
         if len(input_shape) != 2:
             raise ValueError(f"{self.name}: expected input (C, L), got {input_shape}")
         channels, length = input_shape
+        try:
+            check_conv1d(
+                (1, channels, length),
+                (self.filters, channels // self.groups, self.kernel_size[1]),
+                **self._config1d_conv(),
+            )
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self.name}: {exc}") from exc
         out = super()._build((channels, 1, length), ctx)
         w = self.params["weight"]
         w.value = w.value[:, :, 0, :]  # stored as (O, C // groups, K), the PyTorch layout
         return (out[0], out[2])
+
+    def _config1d_conv(self) -> dict[str, Any]:
+        c = self._config1d
+        return dict(
+            stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=self.groups
+        )
 
     def _kernel(self) -> Array:
         weight = self.params["weight"].value  # (O, C // groups, K)
@@ -363,17 +380,11 @@ class _Pool2D(Layer):
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         if len(input_shape) != 3:
             raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
-        c, h, w = input_shape
-        out = [
-            (size + 2 * p - k) // s + 1
-            for size, k, s, p in zip((h, w), self.kernel_size, self.stride, self.padding)
-        ]
-        if min(out) < 1:
-            raise ValueError(
-                f"{self.name}: input of spatial size {(h, w)} is too small for kernel "
-                f"{self.kernel_size} with padding {self.padding}"
-            )
-        return (c, *out)
+        try:  # the geometry the forward pass uses, so what builds also runs
+            geom = F.pool_geometry((1, *input_shape), **self._args())
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{self.name}: {exc}") from exc
+        return (input_shape[0], *geom.out)
 
     def _args(self) -> dict[str, Any]:
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
@@ -506,7 +517,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"{self.name}: p expected a float in [0, 1), got {p!r}")
         self.p = float(p)
 

@@ -12,7 +12,9 @@ on the host from one ``numpy.random.Generator`` and cast to the model's dtype.
 
 from __future__ import annotations
 
+import numbers
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +23,7 @@ from array_api_compat import is_array_api_obj
 
 from .backend import Backend, get_backend
 from .functional._checks import positive_int
+from .functional.targets import check_targets, count_correct
 from .layers import BuildContext, ConvMaxPool, Layer, Parameter, layer_from_config
 from .losses import Loss, get_loss
 
@@ -60,6 +63,7 @@ class Sequential:
     ) -> None:
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError(f"layers: expected a non-empty list of Layer, got {layers!r}")
+        _claim_layers(self, layers)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         self.layers = list(layers)
@@ -73,6 +77,9 @@ class Sequential:
         self.dropout_rng = np.random.default_rng([seed, 1])
         self.input_shape: tuple[int, ...] | None = None
         self._warned_cast = False
+        #: Refuse NaN, infinity and values outside the model dtype's range in inputs
+        #: (one reduction per call, before any compute). Set to False to skip it.
+        self.check_finite = True
         if input_shape is not None:
             self.build(input_shape)
 
@@ -91,11 +98,7 @@ class Sequential:
 
     def build(self, input_shape: Sequence[int]) -> Sequential:
         """Create every layer's parameters for inputs of ``input_shape`` (no batch axis)."""
-        shape = tuple(int(s) for s in input_shape)
-        if not shape or min(shape) < 1:
-            raise ValueError(
-                f"input_shape: expected positive sizes such as (1, 28, 28), got {shape}"
-            )
+        shape = _input_shape(input_shape)
         ctx = BuildContext(
             self.backend, self.dtype, np.random.default_rng(self.seed), self.dropout_rng
         )
@@ -107,7 +110,7 @@ class Sequential:
             shape = layer.build(shape, ctx)
             layer.needs_input_grad = layer is not self.layers[0]
         self._steps = _plan(self.layers, self.fuse)
-        self.input_shape = tuple(int(s) for s in input_shape)
+        self.input_shape = _input_shape(input_shape)
         return self
 
     @property
@@ -127,25 +130,32 @@ class Sequential:
             raise RuntimeError("model: not built yet; pass input_shape or call forward once")
 
     # ------------------------------------------------------------------ inputs
-    def as_input(self, x: Any, argument: str = "x") -> Array:
+    def as_input(self, x: Any, argument: str = "x", *, finite: bool = True) -> Array:
         """Check ``x`` (N, *input_shape) and put it on the model's backend and dtype.
 
-        Host NumPy data is checked for NaN/infinity and moved to the device; arrays of
-        another backend or device are refused. Floating data of another precision is
-        cast with a warning (once).
+        Host data (NumPy arrays, lists) is moved to the device; arrays of another backend
+        or device are refused. NaN, infinity and values beyond the model dtype's range
+        are refused before the cast and before any compute, on every backend: one
+        reduction, read at once (``finite=False`` or ``model.check_finite = False`` skips
+        it, for data checked before). Floating data of another precision is cast with a
+        warning (once).
         """
         host = isinstance(x, np.ndarray) or not is_array_api_obj(x)
+        finite = finite and self.check_finite
         if host:
             x = np.asarray(x)
             if x.dtype.kind not in "fiu":
                 raise TypeError(f"{argument}: expected numeric data, got dtype {x.dtype}")
             if x.dtype.kind == "f":
-                _check_finite_host(x, argument)
+                if finite:
+                    _check_finite_host(x, argument, self.dtype_name)
                 if x.dtype.name != self.dtype_name:
                     self._warn_cast(argument, x.dtype.name)
             x = self.backend.asarray(x, dtype=self.dtype)
         else:
             self.backend.check(x, argument)
+            if finite and self.xp.isdtype(x.dtype, "real floating"):
+                self._check_finite_device(x, argument)
             if x.dtype != self.dtype:
                 if not self.xp.isdtype(x.dtype, "real floating"):
                     raise TypeError(f"{argument}: expected a floating array, got {x.dtype}")
@@ -153,6 +163,13 @@ class Sequential:
                 x = self.xp.astype(x, self.dtype)
         self._check_shape(x, argument)
         return x
+
+    def _check_finite_device(self, x: Array, argument: str) -> None:
+        """One reduction on the device; the details are looked up on failure only."""
+        xp = self.xp
+        limit = float(np.finfo(self.dtype_name).max)
+        if not bool(self.backend.to_numpy(xp.all(xp.abs(x) <= limit))):
+            _check_finite_host(self.backend.to_numpy(x), argument, self.dtype_name)
 
     def _warn_cast(self, argument: str, got: str) -> None:
         if not self._warned_cast:
@@ -179,17 +196,22 @@ class Sequential:
             raise ValueError(f"{argument}: expected at least one example, got an empty batch")
 
     def as_target(self, y: Any, n: int, argument: str = "y", *, validate: bool = True) -> Array:
-        """Labels (N,) integers in [0, classes), or float targets (N, *output_shape).
+        """Labels (N,) integers in [0, classes), or float targets (N, *output_shape)
+        (one-hot rows or class probabilities for a classifier), on the model's backend.
 
-        Integer labels are checked against the number of classes (the model's output
-        width): on the host for host data, else by reading their range back from the
-        device once; ``validate=False`` skips that for labels checked before.
+        Checked by :func:`xpconv.functional.targets.check_targets`, the one target
+        check of losses, metrics and the Trainer. Integer labels are checked against
+        the number of classes (the model's output width) by reading their range back
+        once; ``validate=False`` skips that for labels checked before.
         """
+        self._require_built()
         if isinstance(y, np.ndarray) or not is_array_api_obj(y):
             y = np.asarray(y)
             if y.dtype.kind in "iu":
                 y = self.backend.asarray(y.astype(np.int64))
             elif y.dtype.kind == "f":
+                if validate and self.check_finite:
+                    _check_finite_host(y, argument, self.dtype_name)
                 y = self.backend.asarray(y, dtype=self.dtype)
             else:
                 raise TypeError(
@@ -197,27 +219,21 @@ class Sequential:
                 )
         else:
             self.backend.check(y, argument)
-        if y.ndim < 1 or y.shape[0] != n:
+            if validate and self.check_finite and self.xp.isdtype(y.dtype, "real floating"):
+                self._check_finite_device(y, argument)
+        if y.ndim < 1:
             raise ValueError(
                 f"{argument}: expected {n} labels (one per example), got shape {tuple(y.shape)}"
             )
-        if validate and y.ndim == 1 and self.xp.isdtype(y.dtype, "integral"):
-            self._check_classes(y, argument)
+        check_targets(self.xp, y, n, self.output_shape, name=argument, check_range=validate)
         return y
-
-    def _check_classes(self, y: Array, argument: str) -> None:
-        classes = self.output_shape[-1]
-        low, high = int(self.xp.min(y)), int(self.xp.max(y))
-        if low < 0 or high >= classes:
-            raise ValueError(
-                f"{argument}: expected labels in [0, {classes}) for a model with {classes} "
-                f"outputs, got values from {low} to {high}"
-            )
 
     # ------------------------------------------------------------------ passes
     def forward(self, x: Any, training: bool | None = None) -> Array:
         """Outputs (N, *output_shape) for inputs (N, *input_shape)."""
-        x = self.as_input(x)
+        return self._run(self.as_input(x), training)
+
+    def _run(self, x: Array, training: bool | None) -> Array:
         training = self.training if training is None else training
         for step in self._steps:
             x = step.forward(x, training)
@@ -248,7 +264,7 @@ class Sequential:
         Trainer checks the whole dataset once), so the step never waits on the device.
         The outputs (N, *output_shape) stay in :attr:`last_output`.
         """
-        out = self.forward(x, training=True)
+        out = self._run(self.as_input(x, finite=validate), training=True)
         loss = self.loss.forward(out, self.as_target(y, out.shape[0], validate=validate))
         self.backward(self.loss.backward())
         self.last_output = out
@@ -267,9 +283,11 @@ class Sequential:
     # ------------------------------------------------------------------ inference
     def predict(self, x: Any, batch_size: int = 512) -> Array:
         """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode."""
+        x = _as_batch(x)
         n = _batches(x, batch_size)
+        self._check_values(x)
         parts = [
-            self.forward(x[i : min(i + batch_size, n), ...], training=False)
+            self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
             for i in range(0, n, batch_size)
         ]
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
@@ -281,20 +299,33 @@ class Sequential:
     def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, float]:
         """Mean loss and accuracy over (x, y); labels are checked once, metrics read
         once at the end."""
-        xp = self.xp
+        x = _as_batch(x)
         n = _batches(x, batch_size)
         if not self.built:
             self.build(tuple(x.shape[1:]))
+        self._check_values(x)
         targets = self.as_target(y, n)
         total_loss, correct = 0.0, 0
         for i in range(0, n, batch_size):
-            out = self.forward(x[i : min(i + batch_size, n), ...], training=False)
+            out = self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
             target = targets[i : min(i + batch_size, n), ...]
             total_loss = total_loss + self.loss.forward(out, target) * out.shape[0]
-            if target.ndim == 1:
-                hits = xp.argmax(out, axis=1) == target
-                correct = correct + xp.sum(xp.astype(hits, xp.int64))
-        return {"loss": float(total_loss) / n, "accuracy": int(correct) / n}
+            hits = count_correct(self.xp, out, target)
+            correct = None if hits is None else correct + hits
+        accuracy = float("nan") if correct is None else int(correct) / n
+        return {"loss": float(total_loss) / n, "accuracy": accuracy}
+
+    def _check_values(self, x: Any) -> None:
+        """The finiteness and range check of :meth:`as_input`, once for a whole dataset."""
+        if not self.check_finite:
+            return
+        if isinstance(x, np.ndarray):
+            if x.dtype.kind == "f":
+                _check_finite_host(x, "x", self.dtype_name)
+        else:
+            self.backend.check(x, "x")
+            if self.xp.isdtype(x.dtype, "real floating"):
+                self._check_finite_device(x, "x")
 
     # ------------------------------------------------------------------ parameters
     def parameters(self) -> dict[str, Parameter]:
@@ -332,7 +363,10 @@ class Sequential:
             p.grad = None
 
     def to(self, backend: str | Backend, device: Any = None) -> Sequential:
-        """Move every parameter to another backend/device (in place); returns self."""
+        """Move every parameter to another backend/device (in place); returns self.
+
+        A :class:`~xpconv.trainer.Trainer` of this model moves its optimizer's state
+        along at its next ``fit`` (with a warning)."""
         target = get_backend(backend, device)
         state = self.state_dict() if self.built else None
         self.backend = target
@@ -407,6 +441,22 @@ class Sequential:
         return f"Sequential([{inner}], backend={self.backend.label!r}, dtype={self.dtype_name!r})"
 
 
+def _as_batch(x: Any) -> Any:
+    """Arrays pass through; other host data (nested lists) becomes a NumPy array."""
+    if isinstance(x, np.ndarray) or is_array_api_obj(x):
+        return x
+    try:
+        host = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"x: expected an array (N, *input_shape), got {type(x).__name__}") from exc
+    if host.dtype.kind not in "fiu":
+        raise TypeError(
+            f"x: expected numeric data (N, *input_shape), got {type(x).__name__} of dtype "
+            f"{host.dtype}"
+        )
+    return host
+
+
 def _batches(x: Any, batch_size: int) -> int:
     """Check a dataset and batch size for inference; returns the number of examples."""
     positive_int(batch_size, "batch_size")
@@ -414,6 +464,46 @@ def _batches(x: Any, batch_size: int) -> int:
     if n < 1:
         raise ValueError(f"x: expected at least one example, got shape {tuple(x.shape)}")
     return n
+
+
+def _input_shape(value: Any) -> tuple[int, ...]:
+    """``input_shape`` as a tuple of positive ints; no silent truncation of floats."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"input_shape: expected a tuple of positive ints such as (1, 28, 28), got {value!r}"
+        )
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in value):
+        raise TypeError(
+            f"input_shape: expected a tuple of positive ints such as (1, 28, 28), got "
+            f"{tuple(value)!r}"
+        )
+    shape = tuple(int(s) for s in value)
+    if not shape or min(shape) < 1:
+        raise ValueError(f"input_shape: expected positive sizes such as (1, 28, 28), got {shape}")
+    return shape
+
+
+def _claim_layers(model: Sequential, layers: Sequence[Layer]) -> None:
+    """Each layer belongs to one model once: its parameters, saved activations and name
+    are the model's."""
+    seen: set[int] = set()
+    for i, layer in enumerate(layers):
+        if id(layer) in seen:
+            raise ValueError(
+                f"layers[{i}]: the layer {layer!r} appears twice in this model; a layer "
+                "owns its parameters, so create a new layer for every position"
+            )
+        seen.add(id(layer))
+        ref = getattr(layer, "_xpconv_owner", None)
+        owner = ref() if ref is not None else None
+        if owner is not None and owner is not model:
+            raise ValueError(
+                f"layers[{i}]: the layer {layer!r} already belongs to another model "
+                f"({owner!r}); building this model would overwrite that model's weights; "
+                "create new layers (or copy them with layer_from_config)"
+            )
+    for layer in layers:
+        layer._xpconv_owner = weakref.ref(model)
 
 
 def _plan(layers: list[Layer], fuse: bool) -> list[Any]:
@@ -431,13 +521,21 @@ def _plan(layers: list[Layer], fuse: bool) -> list[Any]:
     return steps
 
 
-def _check_finite_host(x: np.ndarray, argument: str) -> None:
-    finite = np.isfinite(x)
-    if not finite.all():
-        index = tuple(int(i) for i in np.argwhere(~finite)[0])
+def _check_finite_host(x: np.ndarray, argument: str, dtype: str = "float64") -> None:
+    """No NaN, no infinity and nothing beyond the largest finite ``dtype`` value (which
+    the cast to ``dtype`` would turn into infinity)."""
+    limit = np.finfo(dtype).max
+    ok = np.abs(x) <= limit
+    if not ok.all():
+        index = tuple(int(i) for i in np.argwhere(~ok)[0])
+        value = x[index]
+        if np.isfinite(value):
+            raise ValueError(
+                f"{argument}: expected values within the {dtype} range of the model "
+                f"(|x| <= {float(limit):.4g}), got {value} at index {index}"
+            )
         raise ValueError(
-            f"{argument}: expected finite values (no NaN or infinity), "
-            f"got {x[index]} at index {index}"
+            f"{argument}: expected finite values (no NaN or infinity), got {value} at index {index}"
         )
 
 

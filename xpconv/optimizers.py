@@ -10,6 +10,7 @@ steps the run has).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -30,6 +31,46 @@ __all__ = [
 ]
 
 
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite float in the given range, else an error naming ``name``.
+
+    Python and NumPy real scalars (``np.float32(0.1)``) are accepted; ``bool`` is not.
+    ``low_open``/``high_open`` exclude the bound itself.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {number}")
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open or high is None else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name}: expected a number in {left}{lo}, {hi}{right}, got {number}")
+    return number
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite number > 0 (learning rates, eps)."""
+    return check_number(value, name, low=0.0, low_open=True)
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A finite number in [0, 1) (momentum, betas)."""
+    return check_number(value, name, low=0.0, high=1.0, high_open=True)
+
+
 class Schedule:
     """Learning rate as a function of the step (0-based) in a run of ``total`` steps."""
 
@@ -39,7 +80,7 @@ class Schedule:
 
 class Constant(Schedule):
     def __init__(self, lr: float) -> None:
-        self.lr = float(lr)
+        self.lr = check_positive(lr, "lr")
 
     def __call__(self, step: int, total: int) -> float:
         return self.lr
@@ -49,7 +90,8 @@ class LinearDecay(Schedule):
     """From ``initial`` at the first step to ``final`` at the last, linearly."""
 
     def __init__(self, initial: float, final: float) -> None:
-        self.initial, self.final = float(initial), float(final)
+        self.initial = check_positive(initial, "lr")
+        self.final = check_positive(final, "final_lr")
 
     def __call__(self, step: int, total: int) -> float:
         frac = min(step / max(total - 1, 1), 1.0)
@@ -60,9 +102,8 @@ class ExponentialDecay(Schedule):
     """From ``initial`` to ``final`` geometrically: ``initial * (final/initial)**frac``."""
 
     def __init__(self, initial: float, final: float) -> None:
-        if initial <= 0 or final <= 0:
-            raise ValueError(f"ExponentialDecay: expected positive rates, got {initial}, {final}")
-        self.initial, self.final = float(initial), float(final)
+        self.initial = check_positive(initial, "lr")
+        self.final = check_positive(final, "final_lr")
 
     def __call__(self, step: int, total: int) -> float:
         frac = min(step / max(total - 1, 1), 1.0)
@@ -70,8 +111,7 @@ class ExponentialDecay(Schedule):
 
 
 def _schedule(lr: float, final_lr: float | None, decay: str) -> Schedule:
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr: expected a positive number, got {lr!r}")
+    lr = check_positive(lr, "lr")
     if final_lr is None:
         return Constant(lr)
     if decay == "linear":
@@ -86,9 +126,7 @@ class Optimizer:
 
     def __init__(self, lr: float, final_lr: float | None, decay: str, weight_decay: float) -> None:
         self.schedule = _schedule(lr, final_lr, decay)
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay: expected >= 0, got {weight_decay}")
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = check_number(weight_decay, "weight_decay", low=0.0)
         self.step_count = 0
         self.total_steps = 1
         self.state: dict[str, dict[str, Array]] = {}
@@ -119,7 +157,11 @@ class Optimizer:
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments and the class name (see :func:`optimizer_from_config`)."""
-        return {"type": type(self).__name__, **self._config}
+        plain = {
+            k: float(v) if isinstance(v, numbers.Real) and not isinstance(v, (bool, int)) else v
+            for k, v in self._config.items()
+        }  # NumPy scalars as Python floats, for JSON
+        return {"type": type(self).__name__, **plain}
 
     def state_arrays(self) -> dict[str, Array]:
         """Per-parameter state as flat ``"param/slot"`` -> array (for checkpoints)."""
@@ -158,11 +200,12 @@ class SGD(Optimizer):
             final_lr=final_lr,
             decay=decay,
         )
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum: expected a number in [0, 1), got {momentum}")
+        momentum = check_fraction(momentum, "momentum")
         if nesterov and momentum == 0:
             raise ValueError("nesterov: needs momentum > 0, got momentum 0")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        #: Names of the per-parameter state arrays (checked when a checkpoint loads).
+        self.state_slots: tuple[str, ...] = ("velocity",) if self.momentum else ()
 
     def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
         if self.momentum == 0.0:
@@ -200,10 +243,10 @@ class Adam(Optimizer):
             final_lr=final_lr,
             decay=decay,
         )
-        for name, beta in (("beta1", beta1), ("beta2", beta2)):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"{name}: expected a number in [0, 1), got {beta}")
+        beta1, beta2 = check_fraction(beta1, "beta1"), check_fraction(beta2, "beta2")
+        eps = check_positive(eps, "eps")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.state_slots: tuple[str, ...] = ("m", "v")
 
     def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
         xp = array_namespace(value)

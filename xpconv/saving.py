@@ -16,10 +16,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
+
 from .backend import Backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model import Sequential
 from .optimizers import optimizer_from_config
+from .schema import array_shapes, validate_architecture, validate_training
 from .trainer import Trainer
 
 __all__ = ["load_model", "load_training", "save_model", "save_training"]
@@ -52,8 +55,19 @@ def save_model(model: Sequential, path: PathLike, *, extra: dict[str, Any] | Non
 
 
 def _build(path: PathLike, arrays: dict, meta: dict, backend: Any, device: Any) -> Sequential:
+    """The one way from a file's architecture and arrays to a model: validated first
+    (:func:`~xpconv.schema.validate_architecture`), then built."""
     if "architecture" not in meta:
         raise CheckpointError(f"{path}: expected an xpconv model checkpoint, found no architecture")
+    for key, value in arrays.items():
+        if key.startswith(_PARAM) and np.dtype(value.dtype).kind != "f":
+            raise CheckpointError(f"{path}: {key}: expected a floating array, got {value.dtype}")
+    try:
+        validate_architecture(meta["architecture"], array_shapes(arrays, _PARAM))
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"{path}: the checkpoint does not fit its architecture: {exc}"
+        ) from None
     try:
         model = Sequential.from_config(meta["architecture"], backend=backend, device=device)
         model.load_state_dict(
@@ -102,13 +116,19 @@ def _check_dtypes(path: PathLike, tensors: dict[str, Any], meta: dict[str, Any])
             )
 
 
-def save_training(trainer: Trainer, path: PathLike) -> None:
+def save_training(trainer: Trainer, path: PathLike, *, extra: dict[str, Any] | None = None) -> None:
     """Write everything needed to resume ``trainer`` exactly: weights, optimizer state,
-    schedule position, RNG states, epoch and history (atomically)."""
+    schedule position, RNG states, epoch and history (atomically). ``extra``: more JSON
+    metadata (e.g. the settings of the run), read back with ``load_checkpoint``."""
     state_arrays, state_meta = trainer.state()
     arrays = {_PARAM + k: v for k, v in trainer.model.state_dict().items()}
     arrays.update({"trainer/" + k: v for k, v in state_arrays.items()})
-    meta = {"kind": "training", "architecture": trainer.model.get_config(), "trainer": state_meta}
+    meta = {
+        **(extra or {}),
+        "kind": "training",
+        "architecture": trainer.model.get_config(),
+        "trainer": state_meta,
+    }
     save_checkpoint(path, arrays, meta)
 
 
@@ -128,10 +148,15 @@ def load_training(
         )
     model = _build(path, arrays, meta, backend, device)
     state = meta["trainer"]
+    trainer_arrays = {
+        k[len("trainer/") :]: v for k, v in arrays.items() if k.startswith("trainer/")
+    }
+    try:
+        validate_training(state, trainer_arrays, array_shapes(arrays, _PARAM))
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     trainer = Trainer(
         model, optimizer_from_config(state["optimizer"]), seed=state["seed"], progress=progress
     )
-    trainer.load_state(
-        {k[len("trainer/") :]: v for k, v in arrays.items() if k.startswith("trainer/")}, state
-    )
+    trainer.load_state(trainer_arrays, state)
     return trainer

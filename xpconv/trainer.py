@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from array_api_compat import is_array_api_obj
 
 from . import host
+from .backend import backend_of
 from .distributed import Communicator
 from .functional._checks import positive_int
+from .functional.targets import count_correct
 from .model import Sequential
 from .optimizers import Optimizer
 
@@ -122,12 +126,45 @@ class Trainer:
         self.gradient_hook: Callable[[dict[str, Array]], dict[str, Array]] | None = None
 
     # ------------------------------------------------------------------ data
-    def _prepare(self, x: Any, y: Any, argument: str) -> tuple[Array, Array]:
-        n = int(getattr(x, "shape", [0])[0]) if hasattr(x, "shape") else len(x)
+    def _prepare(self, x: Any, y: Any, argument: str, label: str) -> tuple[Array, Array]:
+        for name, value in ((argument, x), (label, y)):
+            if value is None:
+                raise TypeError(f"{name}: expected an array, got None")
+        if not (isinstance(x, np.ndarray) or is_array_api_obj(x)):
+            try:
+                x = np.asarray(x)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"{argument}: expected an array (N, *input_shape), got {type(x).__name__}"
+                ) from exc
+        if x.ndim < 2:
+            raise ValueError(
+                f"{argument}: expected a dataset (N, *input_shape) of at least 2 dimensions, "
+                f"got shape {tuple(x.shape)}"
+            )
+        n = int(x.shape[0])
         if n < 1:
             raise ValueError(f"{argument}: expected a non-empty dataset, got {n} examples")
-        x_dev = self.model.as_input(x, argument)
-        return x_dev, self.model.as_target(y, n, argument.replace("x", "y"))
+        x_dev = self.model.as_input(x, argument)  # the one finiteness check of the run
+        return x_dev, self.model.as_target(y, n, label)
+
+    def _bind_optimizer(self) -> None:
+        """Put the optimizer's state where the model's parameters are (after
+        ``model.to(...)``), saying so once."""
+        be, dtype = self.model.backend, self.model.dtype
+        moved = 0
+        for slots in self.optimizer.state.values():
+            for key, value in slots.items():
+                if not be.owns(value) or value.dtype != dtype:
+                    slots[key] = be.asarray(backend_of(value).to_numpy(value), dtype=dtype)
+                    moved += 1
+        if moved:
+            warnings.warn(
+                f"optimizer: moved {moved} state array(s) to the model's backend "
+                f"{be.label!r} (the model was moved with Sequential.to)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------ loop
     def fit(
@@ -166,12 +203,16 @@ class Trainer:
         eval_every = positive_int(eval_every, "eval_every")
         if early_stopping is not None:
             positive_int(early_stopping, "early_stopping")
-        x_dev, y_dev = self._prepare(x, y, "x")
+        x_dev, y_dev = self._prepare(x, y, "x", "y")
         val = None
         if validation_data is not None:
-            if len(validation_data) != 2:
-                raise ValueError("validation_data: expected a pair (x_val, y_val)")
-            val = self._prepare(*validation_data, "x_val")
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError(
+                    f"validation_data: expected a pair (x_val, y_val), got "
+                    f"{type(validation_data).__name__}"
+                )
+            val = self._prepare(*validation_data, "x_val", "y_val")
+        self._bind_optimizer()
         n = int(x_dev.shape[0])
         steps = math.ceil(n / batch_size)
         host.tune_host()  # process-wide; XPCONV_HOST_TUNING=0 turns it off
@@ -236,9 +277,8 @@ class Trainer:
                 count = int(idx.shape[0])
                 pending.append(loss)
                 loss_sum = loss_sum + loss * count
-                if yb.ndim == 1:
-                    hits = xp.argmax(model.last_output, axis=1) == yb
-                    correct = correct + xp.sum(xp.astype(hits, xp.int64))
+                hits = count_correct(xp, model.last_output, yb)
+                correct = None if hits is None or correct is None else correct + hits
                 seen += count
                 if (step + 1) % self.log_every == 0 or first + batch_size >= n:
                     step_losses += self._read_losses(pending, epoch, step)
@@ -255,7 +295,8 @@ class Trainer:
                 bar.close()
         seconds = time.perf_counter() - start
         self.history.step_losses.append(step_losses)
-        return float(loss_sum) / n, int(correct) / n, seconds
+        accuracy = float("nan") if correct is None else int(correct) / n
+        return float(loss_sum) / n, accuracy, seconds
 
     def _read_losses(self, losses: list[Array], epoch: int, last_step: int) -> list[float]:
         """Move the interval's losses to the host in one transfer; on a non-finite one,
@@ -363,9 +404,9 @@ class Trainer:
                     xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
                     loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
                     pending.append(loss * local)
-                    if yb.ndim == 1:
-                        hits = xp.argmax(model.last_output, axis=1) == yb
-                        hits_sum = hits_sum + xp.sum(xp.astype(hits, model.dtype))
+                    hits = count_correct(xp, model.last_output, yb)
+                    if hits is not None:
+                        hits_sum = hits_sum + xp.astype(hits, model.dtype)
                 else:  # a global batch smaller than the number of ranks
                     for p in params.values():
                         p.grad = xp.zeros(p.shape, dtype=model.dtype, device=be.device)

@@ -26,7 +26,14 @@ from ._activation import (
     tanh,
     tanh_backward,
 )
-from ._conv import conv1d, conv1d_backward, conv2d, conv2d_backward, conv_output_size
+from ._conv import (
+    conv1d,
+    conv1d_backward,
+    conv2d,
+    conv2d_backward,
+    conv_geometry,
+    conv_output_size,
+)
 from ._dropout import dropout, dropout_backward
 from ._linear import flatten, flatten_backward, linear, linear_backward
 from ._loss import mse, mse_backward, softmax_cross_entropy, softmax_cross_entropy_backward
@@ -38,6 +45,7 @@ from ._pool import (
     max_pool2d_backward,
     max_pool2d_backward_saved,
     max_pool2d_forward,
+    pool_geometry,
 )
 
 __all__ = [
@@ -49,6 +57,7 @@ __all__ = [
     "conv1d_backward",
     "conv2d",
     "conv2d_backward",
+    "conv_geometry",
     "conv_output_size",
     "dropout",
     "dropout_backward",
@@ -68,6 +77,7 @@ __all__ = [
     "max_pool2d_forward",
     "mse",
     "mse_backward",
+    "pool_geometry",
     "relu",
     "relu_backward",
     "sigmoid",

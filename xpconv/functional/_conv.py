@@ -289,6 +289,46 @@ def lift_1d_arg(value: Any, name: str, fill: int) -> Any:
     return (fill, value)
 
 
+def check_conv1d(
+    x_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    *,
+    stride: Any = 1,
+    padding: Any = 0,
+    dilation: Any = 1,
+    groups: int = 1,
+) -> None:
+    """The checks of a 1-D convolution x (N, C, L), weight (O, C // groups, K) whose
+    errors :func:`conv_geometry` would state in the shapes of the height-1 2-D
+    convolution it runs as: these state them in the 1-D shapes."""
+    n, c, length = x_shape
+    o, cg, k = weight_shape
+    for name, value in (("stride", stride), ("dilation", dilation)):
+        if isinstance(value, str):
+            raise TypeError(f"{name}: expected an int, got {value!r}")
+    s = lift_1d_arg(stride, "stride", 1)[1]
+    d = lift_1d_arg(dilation, "dilation", 1)[1]
+    p = lift_1d_arg(padding, "padding", 0)
+    groups = positive_int(groups, "groups")
+    if isinstance(p, str):
+        if p.lower() == "same" and s != 1:
+            raise ValueError(f"padding: 'same' needs stride 1, got stride {s}")
+        return
+    if c % groups == 0 and cg != c // groups:
+        raise ValueError(
+            f"weight: expected {c // groups} input channels per group (x has {c} channels, "
+            f"groups={groups}), got weight of shape {tuple(weight_shape)}"
+        )
+    if min(s, d, k, length) >= 1 and p[1] >= 0:
+        out = conv_output_size(length, k, s, 2 * p[1], d)
+        if out < 1:
+            raise ValueError(
+                f"x: input of length {length} with padding {p[1]} is too short for kernel "
+                f"size {k} with dilation {d} and stride {s}: output length would be {out}, "
+                "expected at least 1"
+            )
+
+
 def _lift1d(x: Array, weight: Array, stride: Any, padding: Any, dilation: Any) -> Any:
     check_rank(x, "x", 3, "(N, C, L)")
     check_rank(weight, "weight", 3, "(O, C // groups, K)")
@@ -317,6 +357,14 @@ def conv1d(
     ``OL = floor((L + 2P - D(K - 1) - 1) / S) + 1``. Arguments as :func:`conv2d`.
     """
     xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation)
+    check_conv1d(
+        tuple(x.shape),
+        tuple(weight.shape),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
     out = conv2d(x4, w4, bias, groups=groups, **conv)
     return out[:, :, 0, :]
 
@@ -333,6 +381,14 @@ def conv1d_backward(
 ) -> tuple[Array, Array, Array]:
     """Vector-Jacobian product of :func:`conv1d`: (grad_x, grad_weight, grad_bias)."""
     xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation)
+    check_conv1d(
+        tuple(x.shape),
+        tuple(weight.shape),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
     check_rank(grad_out, "grad_out", 3, "(N, O, OL)")
     g4 = xp.expand_dims(grad_out, axis=2)
     gx, gw, gb = conv2d_backward(g4, x4, w4, groups=groups, **conv)

@@ -22,6 +22,7 @@ import array_api_extra as xpx
 
 from ._activation import _log_softmax, _softmax
 from ._checks import check_float, check_rank, namespace
+from .targets import check_targets
 
 Array = Any
 
@@ -40,50 +41,11 @@ def _targets(logits: Array, labels: Array, *, check_range: bool = True) -> tuple
     n, k = (int(v) for v in logits.shape)
     if n < 1 or k < 1:
         raise ValueError(f"logits: expected a non-empty (N, K) array, got shape {(n, k)}")
-    if xp.isdtype(labels.dtype, "bool"):
-        raise TypeError(
-            f"labels: expected integer class indices or floating rows, got dtype {labels.dtype}"
-        )
-    if xp.isdtype(labels.dtype, "integral"):
-        if labels.ndim != 1:
-            raise ValueError(
-                f"labels: expected a 1-D array (N,) of integer class indices, got "
-                f"{labels.ndim}-D of shape {tuple(labels.shape)}"
-            )
-        _check_length(labels, n, logits)
-        lo, hi = (int(xp.min(labels)), int(xp.max(labels))) if check_range else (0, 0)
-        if lo < 0 or hi >= k:
-            raise ValueError(
-                f"labels: expected class indices in [0, {k}) for {k} classes, "
-                f"got min {lo} and max {hi}"
-            )
+    indices = check_targets(xp, labels, n, (k,), name="labels", check_range=check_range)
+    if indices:
         return xp, xpx.one_hot(labels, k, dtype=logits.dtype, xp=xp), True
-    if not xp.isdtype(labels.dtype, "real floating"):
-        raise TypeError(
-            f"labels: expected integer class indices or floating rows, got dtype {labels.dtype}"
-        )
-    if labels.ndim != 2:
-        raise ValueError(
-            f"labels: expected floating labels as a 2-D array (N, K) of class probabilities "
-            f"(integer class indices need an integer dtype), got {labels.ndim}-D of shape "
-            f"{tuple(labels.shape)}"
-        )
     check_float(xp, logits=logits, labels=labels)
-    _check_length(labels, n, logits)
-    if labels.shape[1] != k:
-        raise ValueError(
-            f"labels: expected {k} columns, one per class of logits {(n, k)}, got "
-            f"labels of shape {tuple(labels.shape)}"
-        )
     return xp, labels, False
-
-
-def _check_length(labels: Array, n: int, logits: Array) -> None:
-    if labels.shape[0] != n:
-        raise ValueError(
-            f"labels: expected {n} rows, one per row of logits {tuple(logits.shape)}, "
-            f"got {labels.shape[0]}"
-        )
 
 
 def _zero_d(xp: Any, value: Any, like: Array) -> Array:
