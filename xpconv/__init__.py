@@ -25,7 +25,16 @@ from .layers import (
     Tanh,
 )
 from .model import Sequential
-from .optimizers import SGD, Adam, ExponentialDecay, LinearDecay
+from .optimizers import (
+    SGD,
+    Adam,
+    AdamW,
+    CosineDecay,
+    ExponentialDecay,
+    LinearDecay,
+    StepDecay,
+    Warmup,
+)
 from .saving import load_model, load_training, save_model, save_training
 from .trainer import History, Trainer, TrainingError
 
@@ -35,6 +44,7 @@ __all__ = [
     "SGD",
     "Activation",
     "Adam",
+    "AdamW",
     "AvgPool2D",
     "Backend",
     "BatchNorm1D",
@@ -42,6 +52,7 @@ __all__ = [
     "BackendError",
     "Conv1D",
     "Conv2D",
+    "CosineDecay",
     "Dense",
     "Dropout",
     "ExponentialDecay",
@@ -59,9 +70,11 @@ __all__ = [
     "Sequential",
     "Sigmoid",
     "Softmax",
+    "StepDecay",
     "Tanh",
     "Trainer",
     "TrainingError",
+    "Warmup",
     "functional",
     "zoo",
     "get_backend",
