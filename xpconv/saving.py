@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .augment import augment_from_config
 from .backend import Backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model import Sequential
@@ -82,7 +83,11 @@ def load_training(
     model = _build(path, arrays, meta, backend, device)
     state = meta["trainer"]
     trainer = Trainer(
-        model, optimizer_from_config(state["optimizer"]), seed=state["seed"], progress=progress
+        model,
+        optimizer_from_config(state["optimizer"]),
+        seed=state["seed"],
+        progress=progress,
+        augment=augment_from_config(state.get("augment")),
     )
     trainer.load_state(
         {k[len("trainer/") :]: v for k, v in arrays.items() if k.startswith("trainer/")}, state
