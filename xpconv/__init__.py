@@ -1,6 +1,7 @@
 """xpconv: convolutional neural networks written once against the Python Array API."""
 
 from . import functional, zoo
+from .augment import Augment
 from .backend import Backend, BackendError, get_backend, set_default_backend
 from .gradcheck import GradcheckError, gradcheck
 from .layers import (
@@ -45,6 +46,7 @@ __all__ = [
     "Activation",
     "Adam",
     "AdamW",
+    "Augment",
     "AvgPool2D",
     "Backend",
     "BatchNorm1D",

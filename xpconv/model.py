@@ -255,12 +255,12 @@ class Sequential:
         return loss
 
     def train(self) -> Sequential:
-        """Training mode (dropout active)."""
+        """Training mode (dropout active, batch norm uses and updates batch statistics)."""
         self.training = True
         return self
 
     def eval(self) -> Sequential:
-        """Inference mode (dropout is the identity)."""
+        """Inference mode (dropout is the identity, batch norm uses running statistics)."""
         self.training = False
         return self
 
