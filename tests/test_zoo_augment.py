@@ -243,3 +243,26 @@ def test_cli_resnet_with_sgd_and_step_schedule(tmp_path: Path, capsys) -> None:
 def test_cli_rejects_bad_recipe_options(args, option, capsys) -> None:
     assert main(["train", *args]) == 2
     assert option in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ accuracy
+
+
+@pytest.mark.slow
+def test_lenet_recipe_reaches_98_percent_on_mnist_in_one_epoch() -> None:
+    """The zoo LeNet with its recipe, one epoch of full MNIST (the README's table has the
+    three-epoch figure)."""
+    from conftest import DATA_DIR
+
+    path = DATA_DIR / "mnist"
+    if not (path / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)")
+    data = xc.datasets.mnist(path, download=False, progress=False)
+    model = xc.zoo.lenet(seed=0)
+    batch = RECIPES["lenet"]["batch_size"]
+    args = _recipe_args("lenet")
+    optimizer = build_optimizer(**args, total_steps=math.ceil(len(data.y_train) / batch))
+    trainer = xc.Trainer(model, optimizer, seed=0, progress=False)
+    trainer.fit(data.x_train, data.y_train, epochs=1, batch_size=batch)
+    accuracy = model.evaluate(data.x_test, data.y_test)["accuracy"]
+    assert accuracy >= 0.98, f"test accuracy {accuracy:.2%} after one epoch"
