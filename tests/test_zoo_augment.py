@@ -254,10 +254,12 @@ def test_lenet_recipe_reaches_98_percent_on_mnist_in_one_epoch() -> None:
     three-epoch figure)."""
     from conftest import DATA_DIR
 
+    from xpconv.datasets import mnist
+
     path = DATA_DIR / "mnist"
     if not (path / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)")
-    data = xc.datasets.mnist(path, download=False, progress=False)
+    data = mnist(path, download=False, progress=False)
     model = xc.zoo.lenet(seed=0)
     batch = RECIPES["lenet"]["batch_size"]
     args = _recipe_args("lenet")
