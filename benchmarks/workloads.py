@@ -122,7 +122,8 @@ def make_data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def build_xpconv(workload: str, backend: str, seed: int = 0) -> Any:
     """The xpconv model of ``workload`` on ``backend`` (float32, built)."""
     builder = getattr(zoo, WORKLOADS[workload].zoo_name)
-    return builder(backend=backend, dtype=DTYPE, seed=seed)
+    extra = {"batch_norm": False} if workload == "W2" else {}  # W2 is the plain LeNet
+    return builder(backend=backend, dtype=DTYPE, seed=seed, **extra)
 
 
 def torch_net(workload: str) -> Any:

@@ -2,6 +2,7 @@
 
     xpconv train                                   # lecture model, MNIST, one epoch
     xpconv train --model lenet --epochs 5 --backend torch --device cuda
+    xpconv train --model resnet --dataset fashion-mnist --epochs 5 --augment
     xpconv train --resume runs/lecture-mnist-20260101-120000/training.npz --epochs 3
     xpconv evaluate runs/lecture-mnist-20260101-120000/model.npz --backend array_api_strict
     xpconv export runs/lecture-mnist-20260101-120000/model.npz model.onnx --check
@@ -33,8 +34,11 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 PROG = "xpconv"
-MODELS = ("lecture", "lenet")
+MODELS = ("lecture", "lenet", "resnet")
 DATASETS = ("mnist", "fashion-mnist", "digits")
+OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
+SCHEDULE_NAMES = ("constant", "linear", "exponential", "cosine", "step")
+AUGMENTS = ("auto", "crop", "flip", "crop+flip", "none")
 #: Batch size of test-set evaluation, in ``train`` and ``evaluate`` alike (so the two
 #: compute the same numbers).
 EVAL_BATCH = 512
@@ -77,6 +81,26 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
@@ -115,10 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model and write metrics, checkpoints and pictures",
         description="Train a model (the lecture's one-conv network by default) with SGD, "
         "momentum 0.9 and an exponentially decaying learning rate, evaluating on the "
-        "test set after every epoch.",
+        "test set after every epoch. Each model has its own recipe (optimizer, learning "
+        "rate, schedule, batch size), printed at the start; the options below change it.",
     )
     train.add_argument(
-        "--model", choices=MODELS, default=None, help="architecture (default: lecture)"
+        "--model",
+        choices=MODELS,
+        default=None,
+        help="architecture (default: lecture): lecture (one conv), lenet (two conv blocks "
+        "with batch norm), resnet (three stages of residual blocks)",
     )
     train.add_argument(
         "--dataset",
@@ -133,16 +162,60 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="examples per step (default: 60; with --resume, the checkpoint's)",
+        help="examples per step (default: the model's recipe: 60 for lecture, 128 otherwise; "
+        "with --resume, the checkpoint's)",
     )
     train.add_argument(
-        "--lr", type=_positive_float, default=None, help="initial learning rate (default: 0.1)"
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="initial (peak) learning rate (default: the model's recipe: 0.1 for lecture, "
+        "0.003 otherwise)",
     )
     train.add_argument(
         "--final-lr",
         type=_positive_float,
         default=None,
-        help="learning rate at the last step, reached by exponential decay (default: lr / 2)",
+        help="learning rate at the last step of a linear, exponential or cosine schedule "
+        "(default: lr / 2 for the lecture's exponential decay, 0 for cosine)",
+    )
+    train.add_argument(
+        "--optimizer",
+        choices=OPTIMIZER_NAMES,
+        default=None,
+        help="sgd (momentum 0.9), adam, or adamw (decoupled weight decay, biases and "
+        "normalization parameters not decayed) (default: the model's recipe)",
+    )
+    train.add_argument(
+        "--schedule",
+        choices=SCHEDULE_NAMES,
+        default=None,
+        help="learning-rate schedule after the warm-up: constant, linear, exponential, "
+        "cosine, or step (x0.1 after each third) (default: the model's recipe)",
+    )
+    train.add_argument(
+        "--warmup",
+        type=_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="fraction of the steps spent warming up linearly from lr / 10 (default: the "
+        "model's recipe: 0 for lecture, 0.1 otherwise)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=None,
+        help="weight decay (decoupled for adamw, L2 otherwise) (default: the model's recipe)",
+    )
+    train.add_argument(
+        "--augment",
+        nargs="?",
+        const="auto",
+        default=None,
+        choices=AUGMENTS,
+        help="augment the training batches: auto (random crops with 2 pixels of padding, "
+        "plus horizontal flips except for digits), crop, flip, crop+flip or none "
+        "(default: none; --augment alone means auto)",
     )
     train.add_argument(
         "--seed", type=_non_negative_int, default=None, help="weights and shuffling (default: 0)"
@@ -389,7 +462,6 @@ def _resume_settings(args: argparse.Namespace, record: Any, model: Any) -> None:
     if not isinstance(record, dict):
         print("note: the checkpoint records no run settings; nothing to check them against")
         args.dataset = args.dataset or "mnist"
-        args.batch_size = args.batch_size or 60
         return
     differ = []
     for option, key in RUN_SETTINGS.items():
@@ -405,7 +477,6 @@ def _resume_settings(args: argparse.Namespace, record: Any, model: Any) -> None:
             f"{'; '.join(differ)}; resume with the same settings, or start a new run"
         )
     args.dataset = args.dataset or "mnist"
-    args.batch_size = args.batch_size or 60
     here = {"backend": model.backend.name, "device": str(model.backend.device)}
     moved = [f"{k} {here[k]} (was {record.get(k)})" for k in here if record.get(k) != here[k]]
     if moved:
@@ -470,10 +541,9 @@ def _communicator(args: argparse.Namespace) -> Any:
 
 def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any) -> int:
     from . import __version__
-    from .optimizers import SGD
     from .saving import load_training, save_model, save_training
     from .trainer import Trainer
-    from .zoo import build_model
+    from .zoo import RECIPES, build_model, build_optimizer
 
     root = comm is None or comm.is_root
     progress = not args.no_progress and root
@@ -490,13 +560,12 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         threads = share_cores(comm, backend)
         if threads is not None:
             print(f"note: {threads} BLAS thread(s) per rank (the ranks share this machine)")
+    recipe_options = ("lr", "final_lr", "optimizer", "schedule", "warmup", "weight_decay")
     ignored = [
         f"--{name.replace('_', '-')}"
-        for name in ("model", "lr", "final_lr", "seed", "dtype")
+        for name in ("model", *recipe_options, "augment", "seed", "dtype")
         if getattr(args, name) is not None
     ]
-    lr = 0.1 if args.lr is None else args.lr
-    final_lr = lr / 2 if args.final_lr is None else args.final_lr
     seed = 0 if args.seed is None else args.seed
 
     resumed_from = None
@@ -532,7 +601,6 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         optimizer = trainer.optimizer
     else:
         args.dataset = args.dataset or "mnist"
-        args.batch_size = args.batch_size or 60
         model_name = args.model or "lecture"
         model = build_model(
             model_name,
@@ -540,8 +608,24 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
             seed=seed,
             dtype=args.dtype or "float32",
         )
-        optimizer = SGD(lr, momentum=0.9, final_lr=final_lr, decay="exponential")
-        trainer = Trainer(model, optimizer, seed=seed, progress=progress, communicator=comm)
+    recipe = dict(RECIPES.get(model_name, RECIPES["lecture"]))
+    args.batch_size = batch_size = args.batch_size or recipe["batch_size"]
+    if args.resume is None:
+        chosen = {k: getattr(args, k) for k in recipe_options if getattr(args, k) is not None}
+        if "lr" in chosen and "final_lr" not in chosen and recipe["schedule"] != "cosine":
+            recipe["final_lr"] = None  # lr / 2, as the lecture's decay
+        if "schedule" in chosen and "final_lr" not in chosen:
+            recipe["final_lr"] = None
+        recipe.update(chosen)
+        print(
+            f"recipe for {model_name}: {recipe['optimizer']}, lr {recipe['lr']:g}, "
+            f"{recipe['schedule']} schedule"
+            + (f" after a {recipe['warmup']:.0%} warm-up" if recipe["warmup"] else "")
+            + f", weight decay {recipe['weight_decay']:g}, batch size {batch_size}"
+            + ("" if args.augment is None else f", augment {args.augment}")
+            + " (change with --optimizer, --lr, --final-lr, --schedule, --warmup, "
+            "--weight-decay, --batch-size, --augment)"
+        )
 
     if comm is not None and not root:
         comm.barrier()  # rank 0 downloads or checks the files first
@@ -554,17 +638,45 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
         print(f"      training on the first {args.limit} of {len(dataset.y_train)} examples")
 
+    if args.resume is None:
+        optimizer = build_optimizer(
+            recipe["optimizer"],
+            recipe["lr"],
+            schedule=recipe["schedule"],
+            total_steps=args.epochs * math.ceil(len(y_train) / batch_size),
+            final_lr=recipe["final_lr"],
+            warmup=recipe["warmup"],
+            weight_decay=recipe["weight_decay"],
+            momentum=recipe["momentum"],
+        )
+        trainer = Trainer(
+            model,
+            optimizer,
+            seed=seed,
+            progress=progress,
+            augment=_augment(args.augment, dataset.name),
+            communicator=comm,
+        )
+
     out = Path(args.out) if args.out is not None else _default_out(model_name, dataset.name)
     _check_out(out, args)
     if root:
         out.mkdir(parents=True, exist_ok=True)
     model.summary()
     opt = optimizer.get_config()
-    print(
-        f"optimizer: {opt['type']} lr {opt['lr']:g} -> {opt.get('final_lr') or opt['lr']:g} "
-        f"({opt.get('decay', 'constant')}), momentum {opt.get('momentum', 0):g}, "
-        f"batch size {args.batch_size}, {args.epochs} epoch(s)"
-    )
+    if isinstance(opt["lr"], (int, float)):
+        print(
+            f"optimizer: {opt['type']} lr {opt['lr']:g} -> {opt.get('final_lr') or opt['lr']:g} "
+            f"({opt.get('decay', 'constant')}), momentum {opt.get('momentum', 0):g}, "
+            f"batch size {batch_size}, {args.epochs} epoch(s)"
+        )
+    else:
+        print(
+            f"optimizer: {opt['type']} lr {_describe_schedule(opt['lr'])}, weight decay "
+            f"{opt.get('weight_decay', 0):g}, batch size {batch_size}, {args.epochs} epoch(s)"
+        )
+    if trainer.augment is not None:
+        print(f"augmentation: {trainer.augment.describe()}")
     print(f"output: {out}")
     if comm is not None:
         print(f"distributed: {comm.size} ranks over {comm.engine}, {args.batch_size} per step")
@@ -594,7 +706,7 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
             x_train,
             y_train,
             epochs=args.epochs,
-            batch_size=args.batch_size,
+            batch_size=batch_size,
             validation_data=(dataset.x_test, dataset.y_test),
             on_epoch_end=on_epoch_end,
         )
@@ -642,8 +754,9 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         "train_examples": len(y_train),
         "test_examples": len(dataset.y_test),
         "epochs": len(history.epoch),
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "optimizer": optimizer.get_config(),
+        "augment": None if trainer.augment is None else trainer.augment.get_config(),
         "seconds": seconds,
         "wall_seconds": wall,
         "images_per_second": _finite(images / seconds) if seconds > 0 else None,
@@ -680,6 +793,32 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
     )
     print(f"wrote {', '.join(written)} into {out}")
     return 0
+
+
+def _augment(spec: str | None, dataset: str) -> Any:
+    """The :class:`~xpconv.augment.Augment` that ``--augment SPEC`` asks for, or None."""
+    from .augment import Augment, augment_for_dataset
+
+    if spec is None or spec == "none":
+        return None
+    if spec == "auto":
+        return augment_for_dataset(dataset)
+    return Augment(crop_padding=2 if "crop" in spec else 0, flip="flip" in spec)
+
+
+def _describe_schedule(config: dict[str, Any]) -> str:
+    """A schedule config as text, e.g. ``warm-up 10% from 0.0003, then cosine 0.003 -> 0``."""
+    kind = config["type"]
+    if kind == "Warmup":
+        steps = config["steps"]
+        share = f"{steps:.0%}" if isinstance(steps, float) else f"{steps} steps"
+        return f"warm-up over {share} of the run, then {_describe_schedule(config['after'])}"
+    if kind == "Constant":
+        return f"{config['lr']:g} (constant)"
+    if kind == "StepDecay":
+        return f"{config['initial']:g} x {config['gamma']:g} every {config['step_size']} steps"
+    names = {"CosineDecay": "cosine", "LinearDecay": "linear", "ExponentialDecay": "exponential"}
+    return f"{config['initial']:g} -> {config['final']:g} ({names.get(kind, kind)})"
 
 
 def _pictures(

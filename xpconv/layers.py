@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,12 +43,15 @@ __all__ = [
     "LAYERS",
     "Activation",
     "AvgPool2D",
+    "BatchNorm1D",
+    "BatchNorm2D",
     "BuildContext",
     "Conv1D",
     "Conv2D",
     "Dense",
     "Dropout",
     "Flatten",
+    "GlobalAvgPool2D",
     "Identity",
     "Layer",
     "LeakyReLU",
@@ -55,6 +59,7 @@ __all__ = [
     "MaxPool2D",
     "Parameter",
     "ReLU",
+    "Residual",
     "Sigmoid",
     "Softmax",
     "Tanh",
@@ -94,6 +99,9 @@ class Layer:
 
     def __init__(self) -> None:
         self.params: dict[str, Parameter] = {}
+        # Non-trainable state (running statistics), saved in checkpoints. Updated by
+        # reassigning entries (``self.buffers[k] = new``), never by writing into arrays.
+        self.buffers: dict[str, Array] = {}
         self.input_shape: Shape | None = None
         self.output_shape: Shape | None = None
         self.name = type(self).__name__
@@ -113,6 +121,9 @@ class Layer:
     def _param(self, ctx: BuildContext, name: str, host: np.ndarray) -> None:
         value = ctx.backend.asarray(host, dtype=ctx.dtype)
         self.params[name] = Parameter(value, f"{self.name}.{name}")
+
+    def _buffer(self, ctx: BuildContext, name: str, host: np.ndarray) -> None:
+        self.buffers[name] = ctx.backend.asarray(host, dtype=ctx.dtype)
 
     @property
     def built(self) -> bool:
@@ -662,6 +673,255 @@ class ConvMaxPool:
         return gx
 
 
+class _BatchNorm(Layer):
+    """Batch normalization over every axis but the channels (see ``functional.batch_norm``).
+
+    Parameters ``weight`` (ones) and ``bias`` (zeros), buffers ``running_mean`` (zeros)
+    and ``running_var`` (ones), all (C,). Training mode normalizes with the batch
+    statistics and updates the running ones; inference mode uses the running ones.
+    """
+
+    _ranks: tuple[int, ...] = ()
+    _layout = ""
+
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+            raise TypeError(f"{self.name}: momentum expected a float in [0, 1], got {momentum!r}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{self.name}: momentum expected a float in [0, 1], got {momentum}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"{self.name}: eps expected a positive float, got {eps!r}")
+        self.momentum, self.eps, self.affine = float(momentum), float(eps), bool(affine)
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        if len(input_shape) not in self._ranks:
+            raise ValueError(f"{self.name}: expected input {self._layout}, got {input_shape}")
+        channels = input_shape[0]
+        if self.affine:
+            self._param(ctx, "weight", np.ones(channels))
+            self._param(ctx, "bias", np.zeros(channels))
+        self._buffer(ctx, "running_mean", np.zeros(channels))
+        self._buffer(ctx, "running_var", np.ones(channels))
+        return input_shape
+
+    def forward(self, x: Array, training: bool) -> Array:
+        weight = self.params["weight"].value if self.affine else None
+        bias = self.params["bias"].value if self.affine else None
+        y, mean, var, self._saved = F.batch_norm_forward(
+            x,
+            weight,
+            bias,
+            self.buffers["running_mean"],
+            self.buffers["running_var"],
+            training=training,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+        if training:
+            self.buffers["running_mean"], self.buffers["running_var"] = mean, var
+        return y
+
+    def backward(self, grad: Array) -> Array:
+        gx, gw, gb = F.batch_norm_backward_saved(grad, self._saved)
+        if self.affine:
+            self.params["weight"].grad, self.params["bias"].grad = gw, gb
+        self._saved = None
+        return gx
+
+    def get_config(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "eps": self.eps, "affine": self.affine}
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch normalization of images: (N, C, H, W) -> (N, C, H, W), statistics per channel
+    over N, H and W (``torch.nn.BatchNorm2d``)."""
+
+    _ranks = (3,)
+    _layout = "(C, H, W)"
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalization of features (N, C) or sequences (N, C, L), statistics per
+    channel over N (and L) (``torch.nn.BatchNorm1d``)."""
+
+    _ranks = (1, 2)
+    _layout = "(C,) or (C, L)"
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean over the spatial axes: (N, C, H, W) -> (N, C) (``AdaptiveAvgPool2d(1)``, flat)."""
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
+        return (input_shape[0],)
+
+    def forward(self, x: Array, training: bool) -> Array:
+        self._shape = tuple(x.shape)
+        return F.global_avg_pool2d(x)
+
+    def backward(self, grad: Array) -> Array:
+        return F.global_avg_pool2d_backward(grad, self._shape)
+
+
+class _NestedBuffers(MutableMapping):
+    """A live view of the buffers of a block's inner layers as ``"inner.key"`` entries;
+    setting an entry reassigns it in the inner layer."""
+
+    def __init__(self, owner: Residual) -> None:
+        self._owner = owner
+
+    def _split(self, key: str) -> tuple[Layer, str]:
+        for prefix, layer in self._owner._named_children():
+            if key.startswith(prefix + "."):
+                rest = key[len(prefix) + 1 :]
+                if rest in layer.buffers:
+                    return layer, rest
+        raise KeyError(key)
+
+    def __getitem__(self, key: str) -> Array:
+        layer, rest = self._split(key)
+        return layer.buffers[rest]
+
+    def __setitem__(self, key: str, value: Array) -> None:
+        layer, rest = self._split(key)
+        layer.buffers[rest] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError(f"{self._owner.name}: buffers cannot be removed, got {key!r}")
+
+    def __iter__(self) -> Iterator[str]:
+        for prefix, layer in self._owner._named_children():
+            for key in layer.buffers:
+                yield f"{prefix}.{key}"
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+class Residual(Layer):
+    """A residual block: ``layers(x) + shortcut(x)``, both chains of layers.
+
+    Args:
+        layers: the main branch, applied in order.
+        shortcut: ``None`` for the identity, or layers (e.g. a 1x1 strided ``Conv2D`` and
+            a ``BatchNorm2D``) mapping x to the branch's output shape.
+
+    Inner layers are named by kind within the block (``conv2d_0``, ``batchnorm2d_0``,
+    ``shortcut.conv2d_0``), so the model names their parameters and buffers
+    ``residual_0.conv2d_0.weight`` and so on. A ReLU after the sum is a separate layer.
+    """
+
+    def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None) -> None:
+        self.layers: list[Layer] = []
+        self.shortcut: list[Layer] = []
+        super().__init__()
+        if isinstance(layers, Layer):
+            layers = [layers]
+        if isinstance(shortcut, Layer):
+            shortcut = [shortcut]
+        if not layers or not all(isinstance(layer, Layer) for layer in layers):
+            raise TypeError(
+                f"{self.name}: layers expected a non-empty list of Layer, got {layers!r}"
+            )
+        if shortcut is not None and not all(isinstance(layer, Layer) for layer in shortcut):
+            raise TypeError(
+                f"{self.name}: shortcut expected a list of Layer or None, got {shortcut!r}"
+            )
+        self.layers, self.shortcut = list(layers), list(shortcut or [])
+
+    @property
+    def buffers(self) -> MutableMapping[str, Array]:  # type: ignore[override]
+        return _NestedBuffers(self)
+
+    @buffers.setter
+    def buffers(self, values: Mapping[str, Array]) -> None:
+        view = _NestedBuffers(self)
+        for key, value in values.items():
+            view[key] = value
+
+    def _named_children(self) -> list[tuple[str, Layer]]:
+        return [(layer.name, layer) for layer in self.layers] + [
+            (f"shortcut.{layer.name}", layer) for layer in self.shortcut
+        ]
+
+    def children(self) -> list[tuple[str, Layer]]:
+        """The inner layers with their names inside the block (branch, then shortcut)."""
+        return self._named_children()
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        shapes = []
+        for chain in (self.layers, self.shortcut):
+            names: dict[str, int] = {}
+            shape = input_shape
+            for layer in chain:
+                kind = type(layer).__name__
+                index = names.get(kind, 0)
+                names[kind] = index + 1
+                layer.name = f"{kind.lower()}_{index}"
+                shape = layer.build(shape, ctx)
+            shapes.append(shape)
+        if shapes[0] != shapes[1]:
+            where = "the shortcut" if self.shortcut else "the identity shortcut (the input)"
+            raise ValueError(
+                f"{self.name}: the branch gives output shape {shapes[0]} but {where} gives "
+                f"{shapes[1]}; add a shortcut such as Conv2D(..., kernel_size=1, stride=...)"
+            )
+        self.params = {
+            f"{prefix}.{key}": p
+            for prefix, layer in self._named_children()
+            for key, p in layer.params.items()
+        }
+        return shapes[0]
+
+    def forward(self, x: Array, training: bool) -> Array:
+        h = x
+        for layer in self.layers:
+            h = layer.forward(h, training)
+        s = x
+        for layer in self.shortcut:
+            s = layer.forward(s, training)
+        return F.add(h, s)
+
+    def backward(self, grad: Array) -> Array | None:
+        grad_branch, grad_short = F.add_backward(grad)
+        for chain in (self.layers, self.shortcut):
+            if chain:
+                chain[0].needs_input_grad = self.needs_input_grad
+        for layer in reversed(self.layers):
+            grad_branch = layer.backward(grad_branch)
+        for layer in reversed(self.shortcut):
+            grad_short = layer.backward(grad_short)
+        if not self.needs_input_grad:
+            return None
+        return grad_branch + grad_short
+
+    def get_config(self) -> dict[str, Any]:
+        def configs(chain: list[Layer]) -> list[dict[str, Any]]:
+            return [{"type": type(layer).__name__, "config": layer.get_config()} for layer in chain]
+
+        return {"layers": configs(self.layers), "shortcut": configs(self.shortcut) or None}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Residual:
+        """A block from :meth:`get_config` output (unbuilt)."""
+        shortcut = config.get("shortcut")
+        return cls(
+            [layer_from_config(item["type"], item["config"]) for item in config["layers"]],
+            None
+            if not shortcut
+            else [layer_from_config(item["type"], item["config"]) for item in shortcut],
+        )
+
+    def describe(self) -> str:
+        short = "identity" if not self.shortcut else f"{len(self.shortcut)} layer(s)"
+        return f"Residual({len(self.layers)} layers, shortcut {short})"
+
+
 LAYERS: dict[str, type[Layer]] = {
     cls.__name__: cls
     for cls in (
@@ -680,6 +940,10 @@ LAYERS: dict[str, type[Layer]] = {
         Tanh,
         Softmax,
         LogSoftmax,
+        BatchNorm2D,
+        BatchNorm1D,
+        GlobalAvgPool2D,
+        Residual,
     )
 }
 
@@ -688,6 +952,9 @@ def layer_from_config(kind: str, config: dict[str, Any]) -> Layer:
     """Rebuild a layer from ``type(layer).__name__`` and ``layer.get_config()``."""
     if kind not in LAYERS:
         raise ValueError(f"layer: expected one of {sorted(LAYERS)}, got {kind!r}")
+    cls = LAYERS[kind]
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config)
     config = dict(config)
     for key in ("kernel_size", "stride", "padding", "dilation"):
         if isinstance(config.get(key), list):

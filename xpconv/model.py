@@ -271,12 +271,12 @@ class Sequential:
         return loss
 
     def train(self) -> Sequential:
-        """Training mode (dropout active)."""
+        """Training mode (dropout active, batch norm uses and updates batch statistics)."""
         self.training = True
         return self
 
     def eval(self) -> Sequential:
-        """Inference mode (dropout is the identity)."""
+        """Inference mode (dropout is the identity, batch norm uses running statistics)."""
         self.training = False
         return self
 
@@ -341,29 +341,52 @@ class Sequential:
     def num_parameters(self) -> int:
         return sum(layer.num_parameters() for layer in self.layers)
 
+    def buffers(self) -> dict[str, Array]:
+        """Every buffer (non-trainable state such as running statistics) by
+        ``"layer.key"`` name, in layer order."""
+        self._require_built()
+        return {
+            f"{layer.name}.{key}": value
+            for layer in self.layers
+            for key, value in layer.buffers.items()
+        }
+
+    def _set_buffer(self, name: str, value: Array) -> None:
+        layer_name, key = name.split(".", 1)
+        layer = next(layer for layer in self.layers if layer.name == layer_name)
+        layer.buffers[key] = value
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Parameter values as host NumPy arrays."""
-        return {name: self.backend.to_numpy(p.value) for name, p in self.parameters().items()}
+        """Parameter values, then buffers, as host NumPy arrays."""
+        state = {name: self.backend.to_numpy(p.value) for name, p in self.parameters().items()}
+        state.update({name: self.backend.to_numpy(v) for name, v in self.buffers().items()})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Set parameter values from host arrays; names and shapes must match exactly."""
+        """Set parameter and buffer values from host arrays; names and shapes must match
+        exactly."""
         params = self.parameters()
-        missing, extra = set(params) - set(state), set(state) - set(params)
+        buffers = self.buffers()
+        shapes = {name: p.shape for name, p in params.items()}
+        shapes.update({name: tuple(v.shape) for name, v in buffers.items()})
+        missing, extra = set(shapes) - set(state), set(state) - set(shapes)
         if missing or extra:
             raise ValueError(
-                f"state: expected parameters {sorted(params)}, missing {sorted(missing)}, "
+                f"state: expected parameters {sorted(shapes)}, missing {sorted(missing)}, "
                 f"unexpected {sorted(extra)}"
             )
-        for name, p in params.items():
+        for name, shape in shapes.items():
             value = np.asarray(state[name])
-            if tuple(value.shape) != p.shape:
-                raise ValueError(f"state[{name!r}]: expected shape {p.shape}, got {value.shape}")
+            if tuple(value.shape) != shape:
+                raise ValueError(f"state[{name!r}]: expected shape {shape}, got {value.shape}")
         for name, p in params.items():
             p.value = self.backend.asarray(np.asarray(state[name]), dtype=self.dtype)
             p.grad = None
+        for name in buffers:
+            self._set_buffer(name, self.backend.asarray(np.asarray(state[name]), dtype=self.dtype))
 
     def to(self, backend: str | Backend, device: Any = None) -> Sequential:
-        """Move every parameter to another backend/device (in place); returns self.
+        """Move every parameter and buffer to another backend/device (in place); returns self.
 
         A :class:`~xpconv.trainer.Trainer` of this model moves its optimizer's state
         along at its next ``fit`` (with a warning)."""
@@ -372,8 +395,10 @@ class Sequential:
         self.backend = target
         self.dtype = target.dtype(self.dtype_name if state is None else _host_dtype(state))
         if state is not None:
-            for p, value in zip(self.parameters().values(), state.values()):
-                p.value, p.grad = target.asarray(value, dtype=self.dtype), None
+            for name, p in self.parameters().items():
+                p.value, p.grad = target.asarray(state[name], dtype=self.dtype), None
+            for name in self.buffers():
+                self._set_buffer(name, target.asarray(state[name], dtype=self.dtype))
         return self
 
     # ------------------------------------------------------------------ description
@@ -419,6 +444,14 @@ class Sequential:
                     f"{layer.num_parameters():,}",
                 )
             )
+            for inner, child in layer.children() if hasattr(layer, "children") else ():
+                rows.append(
+                    (
+                        f"  {layer.name}.{inner}: {child.describe()}",
+                        str((None, *child.output_shape)),
+                        f"{child.num_parameters():,}",
+                    )
+                )
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         line = "-" * (sum(widths) + 4)
         text = [line]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from fnmatch import fnmatchcase
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -22,12 +23,17 @@ Array = Any
 __all__ = [
     "SGD",
     "Adam",
+    "AdamW",
     "Constant",
+    "CosineDecay",
     "ExponentialDecay",
     "LinearDecay",
     "Optimizer",
     "Schedule",
+    "StepDecay",
+    "Warmup",
     "optimizer_from_config",
+    "schedule_from_config",
 ]
 
 
@@ -77,8 +83,16 @@ class Schedule:
     def __call__(self, step: int, total: int) -> float:
         raise NotImplementedError
 
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments and the class name (see :func:`schedule_from_config`)."""
+        return {"type": type(self).__name__, **{k: getattr(self, k) for k in self._fields}}
+
+    _fields: tuple[str, ...] = ()
+
 
 class Constant(Schedule):
+    _fields = ("lr",)
+
     def __init__(self, lr: float) -> None:
         self.lr = check_positive(lr, "lr")
 
@@ -88,6 +102,8 @@ class Constant(Schedule):
 
 class LinearDecay(Schedule):
     """From ``initial`` at the first step to ``final`` at the last, linearly."""
+
+    _fields = ("initial", "final")
 
     def __init__(self, initial: float, final: float) -> None:
         self.initial = check_positive(initial, "lr")
@@ -101,6 +117,8 @@ class LinearDecay(Schedule):
 class ExponentialDecay(Schedule):
     """From ``initial`` to ``final`` geometrically: ``initial * (final/initial)**frac``."""
 
+    _fields = ("initial", "final")
+
     def __init__(self, initial: float, final: float) -> None:
         self.initial = check_positive(initial, "lr")
         self.final = check_positive(final, "final_lr")
@@ -110,7 +128,137 @@ class ExponentialDecay(Schedule):
         return self.initial * math.exp(math.log(self.final / self.initial) * frac)
 
 
-def _schedule(lr: float, final_lr: float | None, decay: str) -> Schedule:
+def _rate(value: Any, name: str, *, zero: bool = False) -> float:
+    """A finite learning rate: positive (or >= 0 with ``zero``)."""
+    return check_number(value, name, low=0.0, low_open=not zero)
+
+
+def _warmup_steps(steps: Any) -> int | float:
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)):
+        raise ValueError(
+            f"Warmup: steps expected an int >= 0 or a fraction in (0, 1), got {steps!r}"
+        )
+    if isinstance(steps, int):
+        if steps < 0:
+            raise ValueError(f"Warmup: steps expected an int >= 0, got {steps}")
+        return steps
+    if not 0.0 < steps < 1.0:
+        raise ValueError(f"Warmup: steps expected a fraction of the run in (0, 1), got {steps}")
+    return float(steps)
+
+
+class CosineDecay(Schedule):
+    """From ``initial`` to ``final`` along half a cosine over ``steps`` steps (default: the
+    whole run), then ``final``: ``final + (initial - final) * (1 + cos(pi * t / T)) / 2``.
+
+    As ``torch.optim.lr_scheduler.CosineAnnealingLR(T_max=T, eta_min=final)``.
+    """
+
+    _fields = ("initial", "final", "steps")
+
+    def __init__(self, initial: float, final: float = 0.0, steps: int | None = None) -> None:
+        self.initial = _rate(initial, "CosineDecay: initial")
+        self.final = _rate(final, "CosineDecay: final", zero=True)
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ValueError(f"CosineDecay: steps expected a positive int or None, got {steps!r}")
+        self.steps = steps
+
+    def __call__(self, step: int, total: int) -> float:
+        period = self.steps or max(total, 1)
+        t = min(step, period)
+        return self.final + (self.initial - self.final) * (1 + math.cos(math.pi * t / period)) / 2
+
+
+class StepDecay(Schedule):
+    """``initial * gamma ** (step // step_size)``, as ``torch.optim.lr_scheduler.StepLR``."""
+
+    _fields = ("initial", "step_size", "gamma")
+
+    def __init__(self, initial: float, step_size: int, gamma: float = 0.1) -> None:
+        self.initial = _rate(initial, "StepDecay: initial")
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"StepDecay: step_size expected a positive int, got {step_size!r}")
+        self.step_size = step_size
+        self.gamma = _rate(gamma, "StepDecay: gamma")
+
+    def __call__(self, step: int, total: int) -> float:
+        return self.initial * self.gamma ** (step // self.step_size)
+
+
+class Warmup(Schedule):
+    """A linear warm-up, then another schedule.
+
+    For the first ``w`` steps the rate rises linearly from ``start_factor`` times the
+    rate ``after`` starts with to that rate; from step ``w`` on it is ``after`` run over
+    the remaining ``total - w`` steps. ``steps`` is ``w`` itself (an int) or a fraction of
+    the run (a float in (0, 1)). As ``SequentialLR([LinearLR(start_factor, 1.0, w),
+    after], milestones=[w])`` in ``torch.optim.lr_scheduler``.
+    """
+
+    def __init__(
+        self, after: Schedule | float, steps: int | float = 0.1, start_factor: float = 0.1
+    ) -> None:
+        if not isinstance(after, Schedule):
+            after = Constant(_rate(after, "Warmup: after"))
+        self.after = after
+        self.steps = _warmup_steps(steps)
+        if (
+            isinstance(start_factor, bool)
+            or not isinstance(start_factor, (int, float))
+            or not 0 < start_factor <= 1
+        ):
+            raise ValueError(
+                f"Warmup: start_factor expected a number in (0, 1], got {start_factor!r}"
+            )
+        self.start_factor = float(start_factor)
+
+    def warmup_steps(self, total: int) -> int:
+        """``w`` for a run of ``total`` steps."""
+        if isinstance(self.steps, int):
+            return self.steps
+        return max(1, round(self.steps * total))
+
+    def __call__(self, step: int, total: int) -> float:
+        w = self.warmup_steps(total)
+        rest = max(total - w, 1)
+        if step < w:
+            frac = self.start_factor + (1.0 - self.start_factor) * step / w
+            return self.after(0, rest) * frac
+        return self.after(step - w, rest)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "type": "Warmup",
+            "after": self.after.get_config(),
+            "steps": self.steps,
+            "start_factor": self.start_factor,
+        }
+
+
+SCHEDULES: dict[str, type[Schedule]] = {
+    cls.__name__: cls
+    for cls in (Constant, LinearDecay, ExponentialDecay, CosineDecay, StepDecay, Warmup)
+}
+
+
+def schedule_from_config(config: dict[str, Any]) -> Schedule:
+    """A schedule from :meth:`Schedule.get_config` output."""
+    config = dict(config)
+    kind = config.pop("type", None)
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {sorted(SCHEDULES)}, got {kind!r}")
+    if kind == "Warmup":
+        config["after"] = schedule_from_config(config["after"])
+    return SCHEDULES[kind](**config)
+
+
+def _schedule(lr: float | Schedule, final_lr: float | None, decay: str) -> Schedule:
+    if isinstance(lr, Schedule):
+        if final_lr is not None:
+            raise ValueError(f"final_lr: expected None when lr is a schedule, got {final_lr!r}")
+        return lr
     lr = check_positive(lr, "lr")
     if final_lr is None:
         return Constant(lr)
@@ -161,6 +309,8 @@ class Optimizer:
             k: float(v) if isinstance(v, numbers.Real) and not isinstance(v, (bool, int)) else v
             for k, v in self._config.items()
         }  # NumPy scalars as Python floats, for JSON
+        if isinstance(plain.get("lr"), Schedule):
+            plain["lr"] = plain["lr"].get_config()
         return {"type": type(self).__name__, **plain}
 
     def state_arrays(self) -> dict[str, Array]:
@@ -183,7 +333,7 @@ class SGD(Optimizer):
 
     def __init__(
         self,
-        lr: float = 0.01,
+        lr: float | Schedule = 0.01,
         *,
         momentum: float = 0.0,
         nesterov: bool = False,
@@ -224,7 +374,7 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        lr: float = 0.001,
+        lr: float | Schedule = 0.001,
         *,
         beta1: float = 0.9,
         beta2: float = 0.999,
@@ -266,10 +416,71 @@ class Adam(Optimizer):
         return value - lr * m_hat / (xp.sqrt(v_hat) + self.eps)
 
 
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as ``torch.optim.AdamW``.
+
+    Each step first shrinks a parameter, ``value * (1 - lr * weight_decay)``, then takes
+    the Adam step with the plain gradient (no L2 term is added to it).
+
+    Args:
+        lr: learning rate, or a :class:`Schedule` (e.g. ``Warmup(CosineDecay(3e-3))``).
+        beta1, beta2, eps: as :class:`Adam`.
+        weight_decay: the decoupled decay rate (>= 0).
+        exclude: parameters that are not decayed: ``"none"``; ``"bias_and_norm"``
+            (parameters with fewer than two axes: biases and normalization scales and
+            shifts); or a list of glob patterns on parameter names such as
+            ``["*.bias", "batchnorm*"]``.
+        final_lr, decay: as :class:`Adam` (when ``lr`` is a number).
+    """
+
+    def __init__(
+        self,
+        lr: float | Schedule = 0.001,
+        *,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        exclude: str | list[str] = "none",
+        final_lr: float | None = None,
+        decay: str = "linear",
+    ) -> None:
+        super().__init__(lr, beta1=beta1, beta2=beta2, eps=eps, final_lr=final_lr, decay=decay)
+        self.decoupled_weight_decay = _rate(weight_decay, "weight_decay", zero=True)
+        if isinstance(exclude, str):
+            if exclude not in ("none", "bias_and_norm"):
+                raise ValueError(
+                    f"exclude: expected 'none', 'bias_and_norm' or a list of name patterns, "
+                    f"got {exclude!r}"
+                )
+        elif not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
+            raise ValueError(
+                f"exclude: expected 'none', 'bias_and_norm' or a list of name patterns, "
+                f"got {exclude!r}"
+            )
+        self.exclude = exclude if isinstance(exclude, str) else list(exclude)
+        self._config.update(weight_decay=weight_decay, exclude=self.exclude)
+
+    def decays(self, name: str, value: Array) -> bool:
+        """Whether parameter ``name`` (of array ``value``) gets weight decay."""
+        if self.exclude == "none":
+            return True
+        if self.exclude == "bias_and_norm":
+            return value.ndim >= 2
+        return not any(fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
+        if self.decoupled_weight_decay and self.decays(name, value):
+            value = value * (1.0 - lr * self.decoupled_weight_decay)
+        return super()._update(name, value, grad, lr)
+
+
 def optimizer_from_config(config: dict[str, Any]) -> Optimizer:
     """A fresh optimizer from :meth:`Optimizer.get_config` output."""
-    kinds = {"SGD": SGD, "Adam": Adam}
+    kinds = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
     config = dict(config)
+    if isinstance(config.get("lr"), dict):
+        config["lr"] = schedule_from_config(config["lr"])
     kind = config.pop("type", None)
     if kind not in kinds:
         raise ValueError(f"optimizer: expected one of {sorted(kinds)}, got {kind!r}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .augment import augment_from_config
 from .backend import Backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .model import Sequential
@@ -156,7 +157,11 @@ def load_training(
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     trainer = Trainer(
-        model, optimizer_from_config(state["optimizer"]), seed=state["seed"], progress=progress
+        model,
+        optimizer_from_config(state["optimizer"]),
+        seed=state["seed"],
+        progress=progress,
+        augment=augment_from_config(state.get("augment")),
     )
     trainer.load_state(trainer_arrays, state)
     return trainer

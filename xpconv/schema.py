@@ -26,7 +26,16 @@ import numpy as np
 from . import functional as F
 from .backend import get_backend
 from .checkpoint import CheckpointError
-from .layers import LAYERS, BuildContext, Conv1D, Conv2D, Dense, Layer, layer_from_config
+from .layers import (
+    LAYERS,
+    BuildContext,
+    Conv1D,
+    Conv2D,
+    Dense,
+    Layer,
+    Residual,
+    layer_from_config,
+)
 from .losses import LOSSES
 
 __all__ = [
@@ -46,6 +55,7 @@ LIMITS: dict[str, int] = {
     "activation_elements": 2**27,  # elements of one example's input or any layer output
     "parameters": 2**31,  # parameters in a model
     "epochs": 10**7,  # epochs_done of a training checkpoint
+    "block_depth": 8,  # blocks (Residual) nested in blocks
 }
 
 #: Top-level architecture keys: required, then optional ones with their check.
@@ -67,6 +77,7 @@ TRAINER_KEYS: dict[str, bool] = {
     "dropout_rng": True,
     "history": True,
     "seed": True,
+    "augment": False,
 }
 
 Shape = tuple[int, ...]
@@ -113,6 +124,20 @@ def _plain(value: Any, field: str, depth: int = 0) -> None:
             _plain(item, f"{field}[{i}]", depth + 1)
         return
     raise _fail(field, f"expected a number, string, null or a short list, got {value!r:.80}")
+
+
+def _plain_or_schedule(value: Any, field: str, depth: int = 0) -> None:
+    """An optimizer argument: plain (see :func:`_plain`), or a schedule's config (an
+    object of such arguments, schedules nested at most a few deep)."""
+    if not isinstance(value, Mapping):
+        _plain(value, field)
+        return
+    if depth >= 4 or len(value) > 16:
+        raise _fail(field, "expected a schedule config of a few keys, nested at most 4 deep")
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise _fail(field, f"expected string keys, got {key!r:.40}")
+        _plain_or_schedule(item, f"{field}.{key}", depth + 1)
 
 
 # ----------------------------------------------------------------------- architecture
@@ -204,7 +229,7 @@ def _input_shape(value: Any) -> Shape:
     return shape
 
 
-def _layer(item: Any, field: str) -> Layer:
+def _layer(item: Any, field: str, depth: int = 0) -> Layer:
     item = _mapping(item, field, {"type": True, "config": True})
     kind, config = item["type"], item["config"]
     if not isinstance(kind, str) or kind not in LAYERS:
@@ -216,11 +241,25 @@ def _layer(item: Any, field: str) -> Layer:
     if unknown:
         raise _fail(f"{field}.config", f"unexpected arguments {unknown} for {kind}")
     for key, value in config.items():
-        _plain(value, f"{field}.config.{key}")
+        if _is_block(value):  # inner layers of a block (Residual's layers, shortcut)
+            if depth >= LIMITS["block_depth"] or len(value) > LIMITS["layers"]:
+                raise _fail(
+                    f"{field}.config.{key}",
+                    f"expected at most {LIMITS['layers']} inner layers nested at most "
+                    f"{LIMITS['block_depth']} deep",
+                )
+            for j, inner in enumerate(value):
+                _layer(inner, f"{field}.config.{key}[{j}]", depth + 1)
+        else:
+            _plain(value, f"{field}.config.{key}")
     try:
         return layer_from_config(kind, dict(config))
     except (ValueError, TypeError) as exc:
         raise _fail(f"{field}.config", f"{kind} refuses its arguments: {exc}") from None
+
+
+def _is_block(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
 
 def _arguments(cls: type, config: Mapping[str, Any]) -> set[str]:
@@ -293,6 +332,34 @@ def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
         return (math.prod(shape),), {}
     if kind == "Dropout" or kind in _ACT_OF or kind == "Activation":
         return shape, {}  # they keep the shape and have no parameters
+    if kind in ("BatchNorm2D", "BatchNorm1D"):
+        ranks = (3,) if kind == "BatchNorm2D" else (1, 2)
+        if len(shape) not in ranks:
+            raise ValueError(f"expected input of {' or '.join(map(str, ranks))} axes, got {shape}")
+        channel = (shape[0],)
+        params = {"running_mean": channel, "running_var": channel}
+        if layer.affine:
+            params.update(weight=channel, bias=channel)
+        return shape, params
+    if kind == "GlobalAvgPool2D":
+        if len(shape) != 3:
+            raise ValueError(f"expected input (C, H, W), got {shape}")
+        return (shape[0],), {}
+    if isinstance(layer, Residual):
+        outs, params = [], {}
+        for prefix, chain in (("", layer.layers), ("shortcut.", layer.shortcut)):
+            counts: dict[str, int] = {}
+            inner = shape
+            for sub in chain:
+                index = counts.get(type(sub).__name__, 0)
+                counts[type(sub).__name__] = index + 1
+                inner, sub_params = _shapes(sub, inner)
+                name = f"{prefix}{type(sub).__name__.lower()}_{index}"
+                params.update({f"{name}.{k}": s for k, s in sub_params.items()})
+            outs.append(inner)
+        if outs[0] != outs[1]:
+            raise ValueError(f"the branch gives {outs[0]} but the shortcut gives {outs[1]}")
+        return outs[0], params
     rule = getattr(layer, "param_shapes", None)
     if callable(rule):  # a layer type may state its shapes: (output, {name: shape})
         out, params = rule(shape)
@@ -303,7 +370,9 @@ def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
         get_backend("numpy"), np.float32, np.random.default_rng(0), np.random.default_rng(0)
     )
     out = layer.build(shape, ctx)
-    return tuple(out), {k: p.shape for k, p in layer.params.items()}
+    shapes = {k: p.shape for k, p in layer.params.items()}
+    shapes.update({k: tuple(v.shape) for k, v in layer.buffers.items()})
+    return tuple(out), shapes
 
 
 # ----------------------------------------------------------------------- trainer
@@ -327,6 +396,7 @@ def validate_training(
         CheckpointError: naming the first field that is missing, of the wrong type,
             out of range, or an optimizer array that does not fit its parameter.
     """
+    from .augment import augment_from_config
     from .optimizers import optimizer_from_config
     from .trainer import History
 
@@ -338,11 +408,19 @@ def validate_training(
     if not isinstance(config, Mapping):
         raise _fail("trainer.optimizer", f"expected an object, got {type(config).__name__}")
     for key, value in config.items():
-        _plain(value, f"trainer.optimizer.{key}")
+        _plain_or_schedule(value, f"trainer.optimizer.{key}")
     try:
         optimizer = optimizer_from_config(dict(config))
     except (ValueError, TypeError) as exc:
         raise _fail("trainer.optimizer", str(exc)) from None
+    augment = state.get("augment")
+    if augment is not None:
+        if not isinstance(augment, Mapping):
+            raise _fail("trainer.augment", f"expected an object, got {type(augment).__name__}")
+        try:
+            augment_from_config(dict(augment))
+        except (ValueError, TypeError) as exc:
+            raise _fail("trainer.augment", str(exc)) from None
     for key in ("shuffle_rng", "dropout_rng"):
         _rng_state(state[key], f"trainer.{key}")
     names = {f.name for f in fields(History)}

@@ -22,6 +22,7 @@ import numpy as np
 from array_api_compat import is_array_api_obj
 
 from . import host
+from .augment import Augment
 from .backend import backend_of
 from .distributed import Communicator
 from .functional._checks import positive_int
@@ -94,6 +95,8 @@ class Trainer:
             :class:`~xpconv.distributed.GradientAverager` (the gradient hook, run after
             backward and before the optimizer update), validation is sharded, and the
             reported metrics are those of the global batches. ``None``: one process.
+        augment: an :class:`~xpconv.augment.Augment` applied to every training batch on
+            the host, drawing from the shuffling generator (so resume stays exact).
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Trainer:
         progress: bool = True,
         log_every: int = 50,
         communicator: Communicator | None = None,
+        augment: Augment | None = None,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
@@ -115,6 +119,9 @@ class Trainer:
         self.rng = np.random.default_rng([seed, 2])
         self.progress = progress
         self.log_every = positive_int(log_every, "log_every")
+        if augment is not None and not isinstance(augment, Augment):
+            raise TypeError(f"augment: expected an Augment or None, got {type(augment).__name__}")
+        self.augment = augment if augment is not None and augment.active else None
         self.epochs_done = 0
         self.history = History()
         self._best: tuple[float, dict[str, np.ndarray]] | None = None
@@ -260,7 +267,9 @@ class Trainer:
     ) -> tuple[float, float, float]:
         model, be, xp = self.model, self.model.backend, self.model.xp
         n = int(x.shape[0])
-        order = be.asarray(self.rng.permutation(n) if shuffle else np.arange(n))  # one transfer
+        order_host = self.rng.permutation(n) if shuffle else np.arange(n)
+        order = be.asarray(order_host)  # one transfer
+        x_host = None if self.augment is None else be.to_numpy(x)
         model.train()
         params = model.parameters()
         bar = _progress_bar(self.progress, n, f"epoch {epoch + 1}/{epochs}")
@@ -270,8 +279,13 @@ class Trainer:
         try:
             for step, first in enumerate(range(0, n, batch_size)):
                 idx = order[first : min(first + batch_size, n)]
-                xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
                 host.balance_blas_threads()  # one BLAS thread while the machine is busy
+                if x_host is None:
+                    xb = xp.take(x, idx, axis=0)
+                else:  # augmented on the host from the seeded generator, then moved
+                    rows = order_host[first : min(first + batch_size, n)]
+                    xb = be.asarray(self.augment(x_host[rows], self.rng), dtype=model.dtype)
+                yb = xp.take(y, idx, axis=0)
                 loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
                 self.optimizer.step(params)
                 count = int(idx.shape[0])
@@ -472,6 +486,7 @@ class Trainer:
             "dropout_rng": self.model.dropout_rng.bit_generator.state,
             "history": self.history.as_dict(),
             "seed": self.seed,
+            "augment": None if self.augment is None else self.augment.get_config(),
         }
         return arrays, meta
 

@@ -37,6 +37,17 @@ from ._conv import (
 from ._dropout import dropout, dropout_backward
 from ._linear import flatten, flatten_backward, linear, linear_backward
 from ._loss import mse, mse_backward, softmax_cross_entropy, softmax_cross_entropy_backward
+from ._norm import (
+    BatchNormSaved,
+    add,
+    add_backward,
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_backward_saved,
+    batch_norm_forward,
+    global_avg_pool2d,
+    global_avg_pool2d_backward,
+)
 from ._pool import (
     MaxPoolSaved,
     avg_pool2d,
@@ -50,9 +61,16 @@ from ._pool import (
 
 __all__ = [
     "ACTIVATIONS",
+    "BatchNormSaved",
     "MaxPoolSaved",
+    "add",
+    "add_backward",
     "avg_pool2d",
     "avg_pool2d_backward",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_backward_saved",
+    "batch_norm_forward",
     "conv1d",
     "conv1d_backward",
     "conv2d",
@@ -63,6 +81,8 @@ __all__ = [
     "dropout_backward",
     "flatten",
     "flatten_backward",
+    "global_avg_pool2d",
+    "global_avg_pool2d_backward",
     "identity",
     "identity_backward",
     "leaky_relu",

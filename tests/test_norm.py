@@ -1,0 +1,284 @@
+"""Batch normalization, global average pooling, the residual sum and conv2d without a
+bias: PyTorch oracle over random shapes in training and inference, finite differences
+through xpconv.gradcheck, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import Case, torch_or_skip
+
+import xpconv.functional as F
+from xpconv import gradcheck
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These arrays are tiny: torch's thread pool only adds waits (seconds per test on a
+    loaded machine), so the torch cases run on one thread."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def tol(case: Case) -> float:
+    """float64 1e-9, float32 1e-4 (relative to the largest reference magnitude)."""
+    return 1e-9 if case.dtype == "float64" else 1e-4
+
+
+def close(case: Case, got, expected: np.ndarray, what: str) -> None:
+    got = case.to_numpy(got)
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
+    scale = max(float(np.max(np.abs(expected))), 1.0)
+    err = float(np.max(np.abs(got - expected)))
+    assert err <= tol(case) * scale, f"{what} on {case.id}: error {err:.3g} (scale {scale:.3g})"
+
+
+def bn_shape(seed: int) -> tuple[int, ...]:
+    r = np.random.default_rng(seed)
+    rank = int(r.integers(2, 5))
+    n, c = int(r.integers(2, 6)), int(r.integers(1, 5))
+    return (n, c, *(int(v) for v in r.integers(1, 6, size=rank - 2)))
+
+
+def bn_data(case: Case, shape: tuple[int, ...], seed: int) -> dict[str, np.ndarray]:
+    r = np.random.default_rng([seed, 7])
+    c = shape[1]
+    return {
+        name: case.host(a)
+        for name, a in dict(
+            x=r.normal(1.5, 2.0, size=shape),
+            weight=r.normal(1.0, 0.5, size=c),
+            bias=r.normal(0.0, 0.5, size=c),
+            mean=r.normal(0.0, 1.0, size=c),
+            var=r.uniform(0.5, 2.0, size=c),
+            grad=r.normal(size=shape),
+        ).items()
+    }
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_matches_torch(case: Case, seed: int, training: bool) -> None:
+    torch = torch_or_skip()
+    shape = bn_shape(seed)
+    d = bn_data(case, shape, seed)
+    momentum = float(np.random.default_rng(seed).uniform(0.05, 0.9))
+    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in d.items()}
+    tx = t["x"].clone().requires_grad_(True)
+    tw = t["weight"].clone().requires_grad_(True)
+    tb = t["bias"].clone().requires_grad_(True)
+    rm, rv = t["mean"].clone(), t["var"].clone()
+    ty = torch.nn.functional.batch_norm(
+        tx, rm, rv, tw, tb, training=training, momentum=momentum, eps=1e-5
+    )
+    ty.backward(t["grad"])
+
+    a = {k: case.asarray(v) for k, v in d.items()}
+    y, new_mean, new_var, saved = F.batch_norm_forward(
+        a["x"], a["weight"], a["bias"], a["mean"], a["var"], training=training, momentum=momentum
+    )
+    close(case, y, ty.detach().numpy(), "y")
+    close(case, new_mean, rm.numpy(), "running_mean")
+    close(case, new_var, rv.numpy(), "running_var")
+    gx, gw, gb = F.batch_norm_backward_saved(a["grad"], saved)
+    close(case, gx, tx.grad.numpy(), "grad_x")
+    close(case, gw, tw.grad.numpy(), "grad_weight")
+    close(case, gb, tb.grad.numpy(), "grad_bias")
+    # the stateless pair gives the same
+    y2, m2, v2 = F.batch_norm(
+        a["x"], a["weight"], a["bias"], a["mean"], a["var"], training=training, momentum=momentum
+    )
+    close(case, y2, ty.detach().numpy(), "batch_norm y")
+    g2 = F.batch_norm_backward(
+        a["grad"], a["x"], a["weight"], a["mean"], a["var"], training=training
+    )
+    close(case, g2[0], tx.grad.numpy(), "batch_norm_backward grad_x")
+    # the caller's running statistics are untouched
+    close(case, a["mean"], d["mean"], "running_mean input")
+
+
+def test_batch_norm_without_affine_or_running_stats_matches_torch(case: Case) -> None:
+    torch = torch_or_skip()
+    d = bn_data(case, (4, 3, 5, 2), 11)
+    tx = torch.tensor(d["x"], requires_grad=True)
+    ty = torch.nn.functional.batch_norm(tx, None, None, training=True)
+    ty.backward(torch.tensor(d["grad"]))
+    y, m, v, saved = F.batch_norm_forward(case.asarray(d["x"]), None, None, training=True)
+    assert m is None and v is None
+    close(case, y, ty.detach().numpy(), "y")
+    gx, _, _ = F.batch_norm_backward_saved(case.asarray(d["grad"]), saved)
+    close(case, gx, tx.grad.numpy(), "grad_x")
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(3, 2), (2, 3, 4), (3, 2, 3, 2)])
+def test_batch_norm_gradcheck(case64: Case, training: bool, shape) -> None:
+    d = bn_data(case64, shape, 3)
+    mean, var = case64.asarray(d["mean"]), case64.asarray(d["var"])
+
+    def f(x, w, b):
+        return F.batch_norm(x, w, b, mean, var, training=training)[0]
+
+    def backward(g, x, w, b):
+        return F.batch_norm_backward(g, x, w, mean, var, training=training)
+
+    report = gradcheck(
+        f,
+        case64.asarray(d["x"]),
+        case64.asarray(d["weight"]),
+        case64.asarray(d["bias"]),
+        backward=backward,
+    )
+    assert report.passed and len(report.checks) == 3
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (1, 1, 1, 1), (3, 2, 7, 1)])
+def test_global_avg_pool_matches_torch(case: Case, shape) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(sum(shape))
+    x, g = case.host(r.normal(size=shape)), case.host(r.normal(size=shape[:2]))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = torch.nn.functional.adaptive_avg_pool2d(tx, 1)
+    ty.backward(torch.tensor(g).reshape(ty.shape))
+    y = F.global_avg_pool2d(case.asarray(x))
+    close(case, y, ty.detach().numpy().reshape(shape[:2]), "y")
+    gx = F.global_avg_pool2d_backward(case.asarray(g), shape)
+    close(case, gx, tx.grad.numpy(), "grad_x")
+
+
+def test_global_avg_pool_and_add_gradcheck(case64: Case, rng: np.random.Generator) -> None:
+    x = case64.asarray(rng.normal(size=(2, 3, 4, 3)))
+    gradcheck(
+        F.global_avg_pool2d,
+        x,
+        backward=lambda g, x: F.global_avg_pool2d_backward(g, tuple(x.shape)),
+    )
+    a, b = case64.asarray(rng.normal(size=(2, 3))), case64.asarray(rng.normal(size=(2, 3)))
+    report = gradcheck(F.add, a, b, backward=lambda g, a, b: F.add_backward(g))
+    assert [c.name for c in report.checks] == ["input 0", "input 1"]
+
+
+def test_add_matches_numpy(case: Case, rng: np.random.Generator) -> None:
+    a, b = case.host(rng.normal(size=(3, 4))), case.host(rng.normal(size=(3, 4)))
+    close(case, F.add(case.asarray(a), case.asarray(b)), a + b, "a + b")
+    ga, gb = F.add_backward(case.asarray(a))
+    close(case, ga, a, "grad a")
+    close(case, gb, a, "grad b")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_conv2d_without_bias_matches_torch(case: Case, seed: int) -> None:
+    torch = torch_or_skip()
+    r = np.random.default_rng(seed)
+    n, c, o = (int(v) for v in r.integers(1, 4, size=3))
+    stride = int(r.integers(1, 3))
+    x = case.host(r.normal(size=(n, c, 6, 5)))
+    w = case.host(r.normal(size=(o, c, 3, 3)))
+    tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, None, stride=stride, padding=1)
+    g = case.host(r.normal(size=tuple(ty.shape)))
+    ty.backward(torch.tensor(g))
+    y = F.conv2d(case.asarray(x), case.asarray(w), None, stride=stride, padding=1)
+    close(case, y, ty.detach().numpy(), "y")
+    gx, gw, _ = F.conv2d_backward(
+        case.asarray(g), case.asarray(x), case.asarray(w), stride=stride, padding=1
+    )
+    close(case, gx, tx.grad.numpy(), "grad_x")
+    close(case, gw, tw.grad.numpy(), "grad_weight")
+
+
+def _arr(shape, dtype="float64"):
+    return np.ones(shape, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "words"),
+    [
+        (lambda: F.batch_norm(_arr((4,)), None, None), ValueError, ["x", "1-D"]),
+        (lambda: F.batch_norm(_arr((2, 3)), _arr((2,)), None), ValueError, ["weight", "(3,)"]),
+        (lambda: F.batch_norm(_arr((1, 3)), None, None), ValueError, ["more than one value"]),
+        (
+            lambda: F.batch_norm(_arr((2, 3)), None, None, training=False),
+            ValueError,
+            ["running_mean", "inference"],
+        ),
+        (
+            lambda: F.batch_norm(_arr((2, 3)), None, None, _arr((3,)), None),
+            ValueError,
+            ["both"],
+        ),
+        (lambda: F.batch_norm(_arr((2, 3)), None, None, momentum=2.0), ValueError, ["momentum"]),
+        (lambda: F.batch_norm(_arr((2, 3)), None, None, eps=0.0), ValueError, ["eps"]),
+        (
+            lambda: F.batch_norm(_arr((2, 3)), _arr((3,), "float32"), None),
+            TypeError,
+            ["weight", "float64"],
+        ),
+        (lambda: F.global_avg_pool2d(_arr((2, 3))), ValueError, ["x", "(N, C, H, W)"]),
+        (
+            lambda: F.global_avg_pool2d_backward(_arr((2, 4)), (2, 3, 4, 4)),
+            ValueError,
+            ["grad_out", "(2, 3)"],
+        ),
+        (lambda: F.add(_arr((2, 3)), _arr((3, 2))), ValueError, ["b", "(2, 3)", "(3, 2)"]),
+    ],
+)
+def test_bad_input_errors(call, exc, words) -> None:
+    with pytest.raises(exc) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+# ------------------------------------------------------------------ gradcheck itself
+
+
+def test_gradcheck_finds_a_wrong_backward_and_where(case64: Case) -> None:
+    x = case64.asarray(np.linspace(-1.0, 1.0, 12).reshape(3, 4))
+
+    def wrong(g, x):  # drops the gradient of one element
+        xp = case64.xp
+        mask = xp.asarray(np.eye(3, 4)[::-1].copy() == 0, device=case64.backend.device)
+        return F.tanh_backward(g, x) * xp.astype(mask, xp.float64)
+
+    report = gradcheck(F.tanh, x, backward=wrong, raise_on_failure=False)
+    assert not report.passed
+    check = report.worst()
+    assert check.index in {(2, 0), (1, 1), (0, 2)} and check.max_rel_error > 0.01
+    assert "FAIL" in str(report) and str(check.index) in str(report)
+    with pytest.raises(AssertionError, match="FAILED"):
+        gradcheck(F.tanh, x, backward=wrong)
+    assert gradcheck(F.tanh, x, backward=lambda g, x: F.tanh_backward(g, x)).passed
+
+
+def test_gradcheck_skips_integer_inputs_and_casts_float32(case: Case) -> None:
+    r = np.random.default_rng(5)
+    logits = case.asarray(r.normal(size=(4, 3)))
+    labels = case.asarray(np.array([0, 2, 1, 2]))
+    report = gradcheck(
+        lambda z, y: F.softmax_cross_entropy(z, y),
+        logits,
+        labels,
+        backward=lambda g, z, y: (F.softmax_cross_entropy_backward(z, y) * g, None),
+    )
+    assert [c.name for c in report.checks] == ["input 0"]
+    assert report.checks[0].max_rel_error < 1e-6
+
+
+def test_gradcheck_argument_errors(rng: np.random.Generator) -> None:
+    x = rng.normal(size=(2, 2))
+    with pytest.raises(TypeError, match="backward"):
+        gradcheck(F.tanh, x)
+    with pytest.raises(ValueError, match="eps"):
+        gradcheck(F.tanh, x, backward=F.tanh_backward, eps=0.0)
+    with pytest.raises(ValueError, match="grad_out"):
+        gradcheck(F.tanh, x, backward=F.tanh_backward, grad_out=np.ones(3))
