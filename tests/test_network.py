@@ -37,6 +37,14 @@ LAYER_CASES = [
 ]
 
 
+def reference_case(case: Case) -> Case:
+    """The float64 case a parity test compares ``case`` with: always another backend."""
+    if case.backend_name != "numpy":
+        return CASES[0]
+    torch_or_skip()
+    return next(c for c in CASES if c.id == "torch-cpu-f64")
+
+
 def _model(make, shape, case: Case, seed: int = 3) -> xc.Sequential:
     return xc.Sequential(
         [make()],
@@ -58,20 +66,19 @@ def _distinct(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     "make, shape", [c[1:] for c in LAYER_CASES], ids=[c[0] for c in LAYER_CASES]
 )
 def test_layer_matches_float64_reference(case: Case, make, shape, rng: np.random.Generator) -> None:
-    """Forward and backward on every backend equal the NumPy float64 run of the same layer."""
+    """Forward and backward on every backend equal the float64 run of the same layer on
+    another backend (NumPy; PyTorch for the NumPy cases, so no case checks itself)."""
     x = case.host(_distinct(rng, (3, *shape)))
-    ref_case = CASES[0]
+    ref_case = reference_case(case)
     ref, model = _model(make, shape, ref_case), _model(make, shape, case)
-    out_ref = ref.forward(x, training=False)
+    out_ref = ref_case.to_numpy(ref.forward(ref_case.asarray(x), training=False))
     grad = rng.normal(size=out_ref.shape)
-    gx_ref = ref.backward(grad, input_grad=True)
+    gx_ref = ref_case.to_numpy(ref.backward(ref_case.asarray(grad), input_grad=True))
     out = model.forward(case.asarray(x), training=False)
-    case.assert_close(out, np.asarray(out_ref), "forward")
-    case.assert_close(
-        model.backward(case.asarray(grad), input_grad=True), np.asarray(gx_ref), "grad_x"
-    )
+    case.assert_close(out, out_ref, "forward")
+    case.assert_close(model.backward(case.asarray(grad), input_grad=True), gx_ref, "grad_x")
     for (name, p), p_ref in zip(model.parameters().items(), ref.parameters().values()):
-        case.assert_close(p.grad, np.asarray(p_ref.grad), name)
+        case.assert_close(p.grad, ref_case.to_numpy(p_ref.grad), name)
 
 
 @pytest.mark.parametrize(
@@ -279,8 +286,9 @@ def _train_losses(model: xc.Sequential, steps: int = 20) -> list[float]:
 
 @pytest.mark.slow
 def test_whole_model_parity_across_backends(case: Case) -> None:
-    """20 steps of a small LeNet from one seed: the same losses on every backend."""
-    ref = _train_losses(small_lenet(xc.get_backend("numpy"), case.dtype))
+    """20 steps of a small LeNet from one seed: the same losses on every backend (the
+    NumPy cases are compared with PyTorch, the others with NumPy)."""
+    ref = _train_losses(small_lenet(reference_case(case).backend, case.dtype))
     got = _train_losses(small_lenet(case, case.dtype))
     tol = 1e-9 if case.dtype == "float64" else 1e-4
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
@@ -415,9 +423,17 @@ def test_trainer_progress_bar_runs(capsys) -> None:
 # ------------------------------------------------------------- the lecture's result
 
 
+# One epoch, seed 0, measured: the linear baseline (Flatten -> Dense(10), same optimizer)
+# reaches 91.76% (seed 1: 91.89%), above the lecture's 91.5%; the conv model 95.84%. The
+# conv model must beat the baseline it is measured against by 2.5 points, well above
+# the baseline's spread over seeds and well below the measured 4.1-point gap.
+LECTURE_MARGIN = 0.025
+
+
 @pytest.mark.slow
 def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
-    """The lecture's model in 8 lines, one epoch of full MNIST, >= 91.5% test accuracy."""
+    """The lecture's model in 8 lines, one epoch of full MNIST: >= 91.5% test accuracy and
+    2.5 points above a linear model trained the same way (which alone passes 91.5%)."""
     from xpconv.datasets import mnist
 
     data = mnist(mnist_dir, progress=False)
@@ -437,7 +453,14 @@ def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
     )
     accuracy = model.evaluate(data.x_test, data.y_test)["accuracy"]
     # ------------------------------
+    linear = xc.Sequential([xc.Flatten(), xc.Dense(10)], input_shape=(1, 28, 28), seed=0)
+    xc.Trainer(
+        linear, xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential"), progress=False
+    ).fit(data.x_train, data.y_train, epochs=1, batch_size=60)
+    baseline = linear.evaluate(data.x_test, data.y_test)["accuracy"]
+    assert 0.85 < baseline < 0.94, baseline  # the baseline itself trained as expected
     assert accuracy >= 0.915, accuracy
+    assert accuracy >= baseline + LECTURE_MARGIN, (accuracy, baseline)
 
 
 @pytest.mark.parametrize(

@@ -57,9 +57,7 @@ def _torch_lecture_sgd(
     opt = torch.optim.SGD([w], lr=1.0, momentum=momentum, nesterov=nesterov)
     for t in range(STEPS):
         opt.zero_grad()
-        loss = 0.5 * ((w - torch.tensor(targets[t])) ** 2).sum() + 0.5 * weight_decay * (
-            w**2
-        ).sum()
+        loss = 0.5 * ((w - torch.tensor(targets[t])) ** 2).sum() + 0.5 * weight_decay * (w**2).sum()
         loss.backward()
         with torch.no_grad():
             w.grad *= explicit_rate(kind, t, STEPS)
@@ -95,9 +93,7 @@ def test_lecture_momentum_under_decay_matches_torch(
     """40 steps with the rate decaying 0.2 -> 0.02: the library's SGD equals the lecture
     form computed by torch.optim (and written out in NumPy)."""
     w0, targets = _problem(rng)
-    opt = SGD(
-        LR0, momentum=momentum, nesterov=nesterov, weight_decay=wd, final_lr=LR1, decay=kind
-    )
+    opt = SGD(LR0, momentum=momentum, nesterov=nesterov, weight_decay=wd, final_lr=LR1, decay=kind)
     got = _library_run(case, opt, w0, targets)
     expected = _torch_lecture_sgd(kind, w0, targets, momentum, nesterov, wd)
     case.assert_close(case.asarray(got), expected, "weights")
