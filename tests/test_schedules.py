@@ -18,7 +18,7 @@ from conftest import Case, torch_or_skip
 
 import xpconv as xc
 from xpconv import layers as L
-from xpconv.optimizers import SGD, Adam, LinearDecay
+from xpconv.optimizers import SGD, Adam, ExponentialDecay, LinearDecay, optimizer_from_config
 
 STEPS = 40
 LR0, LR1 = 0.2, 0.02
@@ -218,3 +218,151 @@ def test_resumed_fit_continues_the_schedule() -> None:
 def test_schedule_objects_match_the_explicit_formula() -> None:
     for t in range(STEPS):
         assert LinearDecay(LR0, LR1)(t, STEPS) == pytest.approx(explicit_rate("linear", t, STEPS))
+
+
+# ------------------------------------------------- schedule and optimizer contract
+
+
+@pytest.mark.parametrize("make", [LinearDecay, ExponentialDecay], ids=["linear", "exponential"])
+def test_short_runs_reach_the_final_rate(make) -> None:
+    """A one-step run uses the initial rate, a two-step run ends on the final one."""
+    sched = make(LR0, LR1)
+    assert sched(0, 1) == LR0 and sched(5, 1) == pytest.approx(LR1)
+    assert sched(0, 2) == LR0 and sched(1, 2) == pytest.approx(LR1)
+    assert sched(2, 3) == pytest.approx(LR1) and sched(7, 3) == pytest.approx(LR1)
+
+
+@pytest.mark.parametrize("rates", [(0.1, 0.0), (0.0, 0.1), (-0.1, -0.2)])
+def test_exponential_decay_needs_positive_rates(rates) -> None:
+    with pytest.raises(
+        ValueError, match=rf"ExponentialDecay: expected positive rates, got {rates[0]}, {rates[1]}"
+    ):
+        ExponentialDecay(*rates)
+
+
+def test_defaults_and_config_round_trip() -> None:
+    """Defaults as documented; get_config holds every argument and rebuilds the optimizer."""
+    assert SGD().get_config() == dict(
+        type="SGD",
+        lr=0.01,
+        momentum=0.0,
+        nesterov=False,
+        weight_decay=0.0,
+        final_lr=None,
+        decay="linear",
+    )
+    assert Adam().get_config() == dict(
+        type="Adam",
+        lr=0.001,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        final_lr=None,
+        decay="linear",
+    )
+    sgd = SGD(0.3, momentum=0.7, nesterov=True, weight_decay=0.01, final_lr=0.1)
+    adam = Adam(0.02, beta1=0.8, beta2=0.9, eps=1e-6, weight_decay=0.1, final_lr=0.01)
+    adam_exp = Adam(0.02, final_lr=0.01, decay="exponential")
+    for opt in (sgd, adam, adam_exp):
+        clone = optimizer_from_config(opt.get_config())
+        assert type(clone) is type(opt) and clone.get_config() == opt.get_config()
+        clone.setup(5), opt.setup(5)
+        assert [clone.schedule(t, 5) for t in range(5)] == [opt.schedule(t, 5) for t in range(5)]
+    assert sgd.lr == 0.3 and SGD(0.1, final_lr=0.01).schedule(1, 3) == pytest.approx(0.055)
+    assert (sgd.momentum, sgd.nesterov, sgd.weight_decay) == (0.7, True, 0.01)
+    assert (adam.beta1, adam.beta2, adam.eps) == (0.8, 0.9, 1e-6)
+    with pytest.raises(ValueError, match=r"optimizer: expected one of \['Adam', 'SGD'\], got 'X'"):
+        optimizer_from_config({"type": "X"})
+
+
+def test_argument_errors_name_argument_and_value() -> None:
+    for bad in (0, -1.0, True, "0.1"):
+        with pytest.raises(ValueError, match=rf"lr: expected a positive number, got {bad!r}"):
+            SGD(bad)
+    with pytest.raises(ValueError, match=r"momentum: expected a number in \[0, 1\), got 1.0"):
+        SGD(0.1, momentum=1.0)
+    with pytest.raises(ValueError, match=r"momentum: expected a number in \[0, 1\), got -0.1"):
+        SGD(0.1, momentum=-0.1)
+    with pytest.raises(ValueError, match=r"^nesterov: needs momentum > 0, got momentum 0$"):
+        SGD(0.1, nesterov=True)
+    with pytest.raises(ValueError, match=r"weight_decay: expected >= 0, got -0.1"):
+        Adam(weight_decay=-0.1)
+    with pytest.raises(ValueError, match=r"decay: expected 'linear' or 'exponential', got 'c'"):
+        Adam(final_lr=0.1, decay="c")
+    for name in ("beta1", "beta2"):
+        for bad in (1.0, -0.5):
+            with pytest.raises(ValueError, match=rf"^{name}: expected a number in \[0, 1\), got"):
+                Adam(**{name: bad})
+    Adam(beta1=0.0, beta2=0.0)  # the closed end of [0, 1)
+    SGD(0.1, momentum=0.0, weight_decay=0.0)
+
+
+def test_plain_sgd_keeps_no_state_and_momentum_state_round_trips(rng) -> None:
+    """Plain SGD stores nothing per parameter; momentum and Adam state moved to a fresh
+    optimizer (as a checkpoint does) continue the run exactly."""
+    w0, targets = _problem(rng)
+
+    def steps(opt, p, ts) -> None:
+        for t in ts:
+            p.grad = p.value - targets[t]
+            opt.step({"w": p})
+
+    plain = SGD(0.1)
+    steps(plain, L.Parameter(w0.copy(), "w"), range(3))
+    assert plain.state_arrays() == {}
+    for make in (lambda: SGD(0.1, momentum=0.9), lambda: Adam(0.05, final_lr=0.01)):
+        whole, first = make(), make()
+        pw, pf = L.Parameter(w0.copy(), "w"), L.Parameter(w0.copy(), "w")
+        whole.setup(STEPS), first.setup(STEPS)
+        steps(whole, pw, range(STEPS))
+        steps(first, pf, range(10))
+        resumed = make()
+        resumed.setup(STEPS)
+        resumed.load_state_arrays(dict(first.state_arrays()))
+        resumed.step_count = first.step_count
+        assert sorted(resumed.state) == ["w"] and resumed.state_arrays().keys() == (
+            first.state_arrays().keys()
+        )
+        steps(resumed, pf, range(10, STEPS))
+        np.testing.assert_array_equal(pf.value, pw.value)
+
+
+def test_adam_keeps_state_per_parameter(rng) -> None:
+    """Two parameters of different shapes: each has its own moments (torch.optim.Adam)."""
+    torch = torch_or_skip()
+    a0, b0 = rng.normal(size=(3, 4)), rng.normal(size=(5,))
+    ta, tb = rng.normal(size=(STEPS, 3, 4)), rng.normal(size=(STEPS, 5))
+    opt = Adam(LR0, final_lr=LR1)
+    opt.setup(STEPS)
+    pa, pb = L.Parameter(a0.copy(), "a"), L.Parameter(b0.copy(), "b")
+    for t in range(STEPS):
+        pa.grad, pb.grad = pa.value - ta[t], 3.0 * (pb.value - tb[t])
+        opt.step({"a": pa, "b": pb})
+    wa, wb = torch.tensor(a0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+    ref = torch.optim.Adam([wa, wb], lr=LR0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        ref, lambda t: explicit_rate("linear", t, STEPS) / LR0
+    )
+    for t in range(STEPS):
+        ref.zero_grad()
+        loss = 0.5 * ((wa - torch.tensor(ta[t])) ** 2).sum()
+        loss = loss + 1.5 * ((wb - torch.tensor(tb[t])) ** 2).sum()
+        loss.backward()
+        ref.step()
+        sched.step()
+    np.testing.assert_allclose(pa.value, wa.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(pb.value, wb.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_without_setup_a_run_is_one_step_and_gradless_parameters_are_skipped() -> None:
+    opt = SGD(0.1, final_lr=0.01)
+    assert opt.total_steps == 1 and opt.lr == 0.1
+    frozen, trained = L.Parameter(np.ones(2), "a"), L.Parameter(np.ones(2), "b")
+    trained.grad = np.full(2, 2.0)
+    opt.step({"a": frozen, "b": trained})  # a parameter without gradient comes first
+    np.testing.assert_array_equal(frozen.value, [1.0, 1.0])
+    np.testing.assert_allclose(trained.value, [0.8, 0.8])
+    assert opt.step_count == 1 and opt.lr == pytest.approx(0.01)
+    opt.setup(0)
+    assert opt.total_steps == 1
