@@ -366,3 +366,20 @@ def test_without_setup_a_run_is_one_step_and_gradless_parameters_are_skipped() -
     assert opt.step_count == 1 and opt.lr == pytest.approx(0.01)
     opt.setup(0)
     assert opt.total_steps == 1
+
+
+def test_state_arrays_round_trip_any_parameter_name() -> None:
+    """Flat ``"param/slot"`` keys split at the last slash, so names may contain one."""
+    opt = Adam(0.1)
+    p = L.Parameter(np.ones(3), "block/dense.weight")
+    p.grad = np.arange(3.0)
+    opt.step({"block/dense.weight": p})
+    flat = opt.state_arrays()
+    assert sorted(flat) == ["block/dense.weight/m", "block/dense.weight/v"]
+    fresh = Adam(0.1)
+    fresh.load_state_arrays(flat)
+    assert sorted(fresh.state) == ["block/dense.weight"]
+    assert sorted(fresh.state["block/dense.weight"]) == ["m", "v"]
+    np.testing.assert_allclose(fresh.state["block/dense.weight"]["m"], 0.1 * np.arange(3.0))
+    with pytest.raises(ValueError, match=r"optimizer: expected one of .*, got None"):
+        optimizer_from_config({"lr": 0.1})
