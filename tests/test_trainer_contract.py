@@ -26,9 +26,9 @@ def test_defaults() -> None:
     trainer = xc.Trainer(_model(), SGD(0.1))
     assert (trainer.seed, trainer.progress, trainer.log_every) == (0, True, 50)
     assert trainer.rng.integers(1 << 30) == np.random.default_rng([0, 2]).integers(1 << 30)
-    x, y = _data(70)
+    x, y = _data(65)
     trainer.progress = False
-    hist = trainer.fit(x, y)  # one epoch of batches of 32: 3 steps
+    hist = trainer.fit(x, y)  # one epoch of batches of 32: 3 steps (33 would give 2)
     assert hist.epoch == [1] and [len(s) for s in hist.step_losses] == [3]
 
 
@@ -105,3 +105,17 @@ def test_constructor_and_data_errors() -> None:
     assert hist.epoch == [1]
     hist = trainer.fit(list(x[:3]), list(y[:3]), epochs=2, batch_size=4)  # sequences too
     assert hist.epoch == [1, 2]
+
+
+@pytest.mark.parametrize("batch_size", [7, 40])
+def test_epoch_metrics_cover_every_example_once(batch_size: int) -> None:
+    """With a negligible rate the weights stay put, so the epoch's training loss and
+    accuracy must equal an evaluation of the same data: every example counted once."""
+    x, y = _data()
+    model = _model()
+    expected = model.evaluate(x, y)
+    hist = xc.Trainer(model, SGD(1e-12), progress=False).fit(x, y, batch_size=batch_size)
+    assert 0.0 < expected["accuracy"] < 1.0
+    assert hist.accuracy[0] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert hist.loss[0] == pytest.approx(expected["loss"], rel=1e-5)
+    assert sum(len(s) for s in hist.step_losses) == math.ceil(40 / batch_size)
