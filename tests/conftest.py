@@ -7,6 +7,8 @@ and states the tolerance for comparing with a float64 reference:
 - float32: 4 * sqrt(eps32) ~ 1.4e-3; GPU float32 twice that.
 
 Cases whose library or device is missing are skipped with a visible reason (``-rs``).
+In CI (``CI=true``) a missing oracle, data set or CPU backend fails the run instead
+(:func:`require_or_skip`); only GPU cases may skip there.
 """
 
 from __future__ import annotations
@@ -102,10 +104,25 @@ def _available(case: Case) -> str | None:
     return None
 
 
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def require_or_skip(available: bool, reason: str) -> None:
+    """Skip visibly when something a test needs is missing; in CI (``CI=true``) fail."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true requires it (install it or provide the data)")
+    pytest.skip(reason)
+
+
 def _params(cases: list[Case]) -> list[Any]:
     params = []
     for case in cases:
         reason = _available(case)
+        if reason and not case.gpu and in_ci():
+            reason = None  # the test then fails in the fixture, naming what is missing
         marks = [pytest.mark.skip(reason=f"{case.id}: {reason}")] if reason else []
         if case.gpu:
             marks.append(pytest.mark.gpu)
@@ -116,13 +133,20 @@ def _params(cases: list[Case]) -> list[Any]:
 @pytest.fixture(params=_params(CASES))
 def case(request: pytest.FixtureRequest) -> Case:
     """Every backend x device x dtype combination importable here."""
-    return request.param
+    return _checked(request.param)
 
 
 @pytest.fixture(params=_params(F64_CASES))
 def case64(request: pytest.FixtureRequest) -> Case:
     """The float64 cases (finite differences, tight parity)."""
-    return request.param
+    return _checked(request.param)
+
+
+def _checked(case: Case) -> Case:
+    if in_ci() and not case.gpu:  # elsewhere a missing backend was skipped at collection
+        reason = _available(case)
+        require_or_skip(reason is None, f"{case.id}: {reason}")
+    return case
 
 
 @pytest.fixture
@@ -133,11 +157,17 @@ def rng() -> np.random.Generator:
 @pytest.fixture(scope="module")
 def mnist_dir() -> Path:
     path = DATA_DIR / "mnist"
-    if not (path / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"full MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)")
+    require_or_skip(
+        (path / "train-images-idx3-ubyte.gz").exists(),
+        f"full MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)",
+    )
     return path
 
 
 def torch_or_skip() -> Any:
-    """The torch module, or a visible skip when it is not installed."""
-    return pytest.importorskip("torch", reason="PyTorch is the independent oracle")
+    """The torch module; a visible skip when it is not installed (a failure in CI)."""
+    try:
+        import torch
+    except ImportError as exc:
+        require_or_skip(False, f"PyTorch is the independent oracle and is missing ({exc})")
+    return torch

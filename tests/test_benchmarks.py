@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import torch_or_skip
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the benchmarks package is not installed with xpconv
@@ -38,7 +39,7 @@ TOP_KEYS = {
 
 
 def _torch():
-    return pytest.importorskip("torch", reason="PyTorch is the benchmarks' peer")
+    return torch_or_skip()  # PyTorch is the benchmarks' peer
 
 
 # ----------------------------------------------------------------- lecture loops

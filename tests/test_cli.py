@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, require_or_skip
 
 import xpconv
 import xpconv.datasets as ds
@@ -48,8 +48,10 @@ METRIC_KEYS = (
 @pytest.fixture(scope="module")
 def mnist() -> Path:
     path = DATA_DIR / "mnist"
-    if not (path / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)")
+    require_or_skip(
+        (path / "train-images-idx3-ubyte.gz").exists(),
+        f"MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)",
+    )
     return path
 
 

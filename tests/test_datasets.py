@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_or_skip
 
 import xpconv.datasets as ds
 
@@ -59,9 +60,10 @@ def _real_dir(name: str) -> Path:
     directory = DATA / name
     missing = [f for f in GZ_FILES if not (directory / f).is_file()]
     if missing:
-        pytest.skip(
+        require_or_skip(
+            False,
             f"real {name} data not found: {directory / missing[0]} is missing "
-            f"(set XPCONV_TEST_DATA to a folder with mnist/ and fashion-mnist/ subfolders)"
+            f"(set XPCONV_TEST_DATA to a folder with mnist/ and fashion-mnist/ subfolders)",
         )
     return directory
 

@@ -3,6 +3,7 @@ differences, the max-pool fast path and tie rule, and every bad input."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -433,7 +434,15 @@ def test_sigmoid_and_softmax_are_stable_for_large_inputs(case: Case) -> None:
         lsm = F.log_softmax(xa)
     expected = np.array([[0.0, 0.0, np.exp(-50.0), 0.5, 1.0, 1.0, 1.0]])
     case.assert_close(s, expected, "sigmoid")
-    assert np.all(np.isfinite(case.to_numpy(gs)))
+    # sigmoid' = s (1 - s): 1/4 at 0, exp(-50) at +-50, below float64's range beyond
+    tail = math.exp(-50.0) / (1 + math.exp(-50.0)) ** 2
+    case.assert_close(gs, np.array([[0.0, 0.0, tail, 0.25, tail, 0.0, 0.0]]), "sigmoid'")
+    g = case.to_numpy(gs)
+    assert g[0, 3] == pytest.approx(0.25, rel=case.rtol) and np.all(g >= 0)
+    torch = torch_or_skip()
+    t = torch.tensor(x, requires_grad=True)
+    torch.sigmoid(t).sum().backward()
+    case.assert_close(gs, t.grad.numpy(), "sigmoid' against torch")
     case.assert_close(sm, np.array([[0.0] * 6 + [1.0]]), "softmax")
     case.assert_close(lsm, x - 1e4, "log_softmax")
     assert np.all(case.to_numpy(s) >= 0) and np.all(case.to_numpy(s) <= 1)

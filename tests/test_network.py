@@ -37,6 +37,14 @@ LAYER_CASES = [
 ]
 
 
+def reference_case(case: Case) -> Case:
+    """The float64 case a parity test compares ``case`` with: always another backend."""
+    if case.backend_name != "numpy":
+        return CASES[0]
+    torch_or_skip()
+    return next(c for c in CASES if c.id == "torch-cpu-f64")
+
+
 def _model(make, shape, case: Case, seed: int = 3) -> xc.Sequential:
     return xc.Sequential(
         [make()],
@@ -58,20 +66,19 @@ def _distinct(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     "make, shape", [c[1:] for c in LAYER_CASES], ids=[c[0] for c in LAYER_CASES]
 )
 def test_layer_matches_float64_reference(case: Case, make, shape, rng: np.random.Generator) -> None:
-    """Forward and backward on every backend equal the NumPy float64 run of the same layer."""
+    """Forward and backward on every backend equal the float64 run of the same layer on
+    another backend (NumPy; PyTorch for the NumPy cases, so no case checks itself)."""
     x = case.host(_distinct(rng, (3, *shape)))
-    ref_case = CASES[0]
+    ref_case = reference_case(case)
     ref, model = _model(make, shape, ref_case), _model(make, shape, case)
-    out_ref = ref.forward(x, training=False)
+    out_ref = ref_case.to_numpy(ref.forward(ref_case.asarray(x), training=False))
     grad = rng.normal(size=out_ref.shape)
-    gx_ref = ref.backward(grad, input_grad=True)
+    gx_ref = ref_case.to_numpy(ref.backward(ref_case.asarray(grad), input_grad=True))
     out = model.forward(case.asarray(x), training=False)
-    case.assert_close(out, np.asarray(out_ref), "forward")
-    case.assert_close(
-        model.backward(case.asarray(grad), input_grad=True), np.asarray(gx_ref), "grad_x"
-    )
+    case.assert_close(out, out_ref, "forward")
+    case.assert_close(model.backward(case.asarray(grad), input_grad=True), gx_ref, "grad_x")
     for (name, p), p_ref in zip(model.parameters().items(), ref.parameters().values()):
-        case.assert_close(p.grad, np.asarray(p_ref.grad), name)
+        case.assert_close(p.grad, ref_case.to_numpy(p_ref.grad), name)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +159,20 @@ def test_initialisers_have_the_stated_scale(init: str) -> None:
         "lecture": 2 / (32 + 64),
     }[init]
     assert abs(w.std() / expected - 1) < 0.05
+    n = w.size  # 18,432 draws
+    assert abs(w.mean()) < 4 * expected / math.sqrt(n)
+    # the shape of the distribution: excess kurtosis is -1.2 for a uniform, 0 for a
+    # normal (standard error sqrt(24 / n) ~ 0.036 here)
+    z = (w - w.mean()) / w.std()
+    kurtosis = float(np.mean(z**4) - 3)
+    peak = float(np.max(np.abs(w)))
+    if init.endswith("uniform"):
+        limit = math.sqrt(3) * expected  # the stated bound: std * sqrt(3)
+        assert abs(kurtosis + 1.2) < 0.15, kurtosis
+        assert limit * 0.99 < peak <= limit
+    else:
+        assert abs(kurtosis) < 0.2, kurtosis
+        assert peak > 3.5 * expected  # tails a uniform of this std cannot have (1.73 std)
 
 
 def test_same_seed_same_initial_weights_on_every_backend(case: Case) -> None:
@@ -279,12 +300,21 @@ def _train_losses(model: xc.Sequential, steps: int = 20) -> list[float]:
 
 @pytest.mark.slow
 def test_whole_model_parity_across_backends(case: Case) -> None:
-    """20 steps of a small LeNet from one seed: the same losses on every backend."""
-    ref = _train_losses(small_lenet(xc.get_backend("numpy"), case.dtype))
-    got = _train_losses(small_lenet(case, case.dtype))
+    """20 steps of a small LeNet from one seed: the same losses on every backend (the
+    NumPy cases are compared with PyTorch, the others with NumPy)."""
+    ref_model, model = (
+        small_lenet(reference_case(case).backend, case.dtype),
+        small_lenet(case, case.dtype),
+    )
+    start = ref_model.state_dict()
+    ref, got = _train_losses(ref_model), _train_losses(model)
     tol = 1e-9 if case.dtype == "float64" else 1e-4
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
-    assert ref[-1] < ref[0]
+    # the labels are random, so the loss need not fall; what must hold is that training
+    # moved every parameter, and to the same place on both backends
+    for (name, w), w_ref in zip(model.state_dict().items(), ref_model.state_dict().values()):
+        assert np.max(np.abs(w_ref - start[name])) > 1e-3, f"{name} did not train"
+        np.testing.assert_allclose(w, w_ref, rtol=tol, atol=tol, err_msg=name)
 
 
 def test_model_moved_between_backends_predicts_the_same(case: Case, rng) -> None:
@@ -358,8 +388,9 @@ def test_trainer_learns_with_history_and_validation(case: Case) -> None:
         x[:200], y[:200], epochs=3, batch_size=20, validation_data=(x[200:], y[200:])
     )
     assert hist.epoch == [1, 2, 3]
-    assert hist.loss[-1] < hist.loss[0]
-    assert hist.val_accuracy[-1] >= 0.9
+    # measured: 0.128 -> 6e-10 (training), validation loss 6e-9 after 3 epochs
+    assert hist.loss[-1] < 1e-3 * hist.loss[0]
+    assert hist.val_accuracy[-1] >= 0.9 and hist.val_loss[-1] < 1e-3
     assert len(hist.images_per_second) == 3
     assert [len(v) for v in hist.step_losses] == [10, 10, 10]  # 200 examples / 20 per step
     assert np.mean(hist.step_losses[0]) == pytest.approx(hist.loss[0], rel=1e-5)
@@ -415,9 +446,17 @@ def test_trainer_progress_bar_runs(capsys) -> None:
 # ------------------------------------------------------------- the lecture's result
 
 
+# One epoch, seed 0, measured: the linear baseline (Flatten -> Dense(10), same optimizer)
+# reaches 91.76% (seed 1: 91.89%), above the lecture's 91.5%; the conv model 95.84%. The
+# conv model must beat the baseline it is measured against by 2.5 points, well above
+# the baseline's spread over seeds and well below the measured 4.1-point gap.
+LECTURE_MARGIN = 0.025
+
+
 @pytest.mark.slow
 def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
-    """The lecture's model in 8 lines, one epoch of full MNIST, >= 91.5% test accuracy."""
+    """The lecture's model in 8 lines, one epoch of full MNIST: >= 91.5% test accuracy and
+    2.5 points above a linear model trained the same way (which alone passes 91.5%)."""
     from xpconv.datasets import mnist
 
     data = mnist(mnist_dir, progress=False)
@@ -437,7 +476,14 @@ def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
     )
     accuracy = model.evaluate(data.x_test, data.y_test)["accuracy"]
     # ------------------------------
+    linear = xc.Sequential([xc.Flatten(), xc.Dense(10)], input_shape=(1, 28, 28), seed=0)
+    xc.Trainer(
+        linear, xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential"), progress=False
+    ).fit(data.x_train, data.y_train, epochs=1, batch_size=60)
+    baseline = linear.evaluate(data.x_test, data.y_test)["accuracy"]
+    assert 0.85 < baseline < 0.94, baseline  # the baseline itself trained as expected
     assert accuracy >= 0.915, accuracy
+    assert accuracy >= baseline + LECTURE_MARGIN, (accuracy, baseline)
 
 
 @pytest.mark.parametrize(

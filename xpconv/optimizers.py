@@ -327,8 +327,10 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
-    velocity = momentum * velocity - lr * grad; value += velocity (Nesterov:
-    value += momentum * velocity - lr * grad).
+    Momentum is the lecture's form, the rate inside the velocity: ``v = m*v + lr*g;
+    w -= v`` (Nesterov: ``w -= m*v + lr*g``), stored as ``velocity = -v``. With a
+    constant rate this equals PyTorch's ``v = m*v + g; w -= lr*v``; under a decaying
+    rate it does not (past steps keep the rate they were taken with).
     """
 
     def __init__(
