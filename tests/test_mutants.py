@@ -60,10 +60,10 @@ MUTANTS = [
         "test_optimizer_decay.py::test_multi_epoch_fit_follows_the_schedule_to_its_last_step",
     ),
     (
-        "exponential-decay-accepts-zero",
+        "rate-check-accepts-zero",
         "optimizers.py",
-        "if initial <= 0 or final <= 0:",
-        "if initial <= 0 and final <= 0:",
+        "(number <= low if low_open else number < low)",
+        "(number < low if low_open else number < low)",
         "test_optimizer_decay.py::test_exponential_decay_needs_positive_rates",
     ),
     (

@@ -232,11 +232,16 @@ def test_short_runs_reach_the_final_rate(make) -> None:
     assert sched(2, 3) == pytest.approx(LR1) and sched(7, 3) == pytest.approx(LR1)
 
 
-@pytest.mark.parametrize("rates", [(0.1, 0.0), (0.0, 0.1), (-0.1, -0.2)])
-def test_exponential_decay_needs_positive_rates(rates) -> None:
-    with pytest.raises(
-        ValueError, match=rf"ExponentialDecay: expected positive rates, got {rates[0]}, {rates[1]}"
-    ):
+@pytest.mark.parametrize(
+    "rates, message",
+    [
+        ((0.1, 0.0), r"^final_lr: expected a number in \(0, inf\), got 0.0$"),
+        ((0.0, 0.1), r"^lr: expected a number in \(0, inf\), got 0.0$"),
+        ((-0.1, -0.2), r"^lr: expected a number in \(0, inf\), got -0.1$"),
+    ],
+)
+def test_exponential_decay_needs_positive_rates(rates, message) -> None:
+    with pytest.raises(ValueError, match=message):
         ExponentialDecay(*rates)
 
 
@@ -272,13 +277,20 @@ def test_defaults_and_config_round_trip() -> None:
     assert sgd.lr == 0.3 and SGD(0.1, final_lr=0.01).schedule(1, 3) == pytest.approx(0.055)
     assert (sgd.momentum, sgd.nesterov, sgd.weight_decay) == (0.7, True, 0.01)
     assert (adam.beta1, adam.beta2, adam.eps) == (0.8, 0.9, 1e-6)
-    with pytest.raises(ValueError, match=r"optimizer: expected one of \['Adam', 'SGD'\], got 'X'"):
+    with pytest.raises(
+        ValueError, match=r"optimizer: expected one of \['Adam', 'AdamW', 'SGD'\], got 'X'"
+    ):
         optimizer_from_config({"type": "X"})
 
 
 def test_argument_errors_name_argument_and_value() -> None:
-    for bad in (0, -1.0, True, "0.1"):
-        with pytest.raises(ValueError, match=rf"lr: expected a positive number, got {bad!r}"):
+    for bad in (0, -1.0):
+        with pytest.raises(
+            ValueError, match=rf"^lr: expected a number in \(0, inf\), got {bad:.1f}$"
+        ):
+            SGD(bad)
+    for bad in (True, "0.1"):
+        with pytest.raises(TypeError, match=rf"^lr: expected a real number, got {bad!r}$"):
             SGD(bad)
     with pytest.raises(ValueError, match=r"momentum: expected a number in \[0, 1\), got 1.0"):
         SGD(0.1, momentum=1.0)
@@ -286,7 +298,9 @@ def test_argument_errors_name_argument_and_value() -> None:
         SGD(0.1, momentum=-0.1)
     with pytest.raises(ValueError, match=r"^nesterov: needs momentum > 0, got momentum 0$"):
         SGD(0.1, nesterov=True)
-    with pytest.raises(ValueError, match=r"weight_decay: expected >= 0, got -0.1"):
+    with pytest.raises(
+        ValueError, match=r"weight_decay: expected a number in \[0, inf\), got -0.1"
+    ):
         Adam(weight_decay=-0.1)
     with pytest.raises(ValueError, match=r"decay: expected 'linear' or 'exponential', got 'c'"):
         Adam(final_lr=0.1, decay="c")

@@ -77,7 +77,10 @@ def test_early_stopping_without_validation_watches_the_training_loss() -> None:
         (dict(batch_size=0), r"batch_size: expected a positive int, got 0"),
         (dict(eval_every=0), r"eval_every: expected a positive int, got 0"),
         (dict(early_stopping=0), r"early_stopping: expected a positive int, got 0"),
-        (dict(validation_data=(1, 2, 3)), r"^validation_data: expected a pair \(x_val, y_val\)$"),
+        (
+            dict(validation_data=(1, 2, 3)),
+            r"^validation_data: expected a pair \(x_val, y_val\), got tuple$",
+        ),
     ],
 )
 def test_fit_argument_errors(kwargs: dict, message: str) -> None:
