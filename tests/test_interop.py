@@ -222,9 +222,9 @@ def test_export_refuses_unsupported_layers_and_bad_arguments(tmp_path) -> None:
 
 def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
     """The Sequential runs Conv2D + MaxPool2D as one fused step; the graph has both."""
-    model = xc.zoo.lenet(backend="numpy")
-    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in model.steps)
-    ops = [n.op_type for n in interop.to_onnx(model).graph.node]
+    plain = xc.zoo.lenet(batch_norm=False, backend="numpy")
+    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in plain.steps)
+    ops = [n.op_type for n in interop.to_onnx(plain).graph.node]
     assert ops == [
         "Conv",
         "Relu",
@@ -237,6 +237,11 @@ def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
         "Relu",
         "Gemm",
     ]
+    model = xc.zoo.lenet(backend="numpy")  # conv (no bias) + pool fused, then batch norm
+    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in model.steps)
+    block = ["Conv", "MaxPool", "BatchNormalization", "Relu"]
+    ops = [n.op_type for n in interop.to_onnx(model).graph.node]
+    assert ops == [*block, *block, "Flatten", "Gemm", "BatchNormalization", "Relu", "Gemm"]
 
 
 # --------------------------------------------------------------- MNIST, trained models
@@ -424,7 +429,7 @@ def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
     nn = torch.nn
     net = nn.Sequential(
         nn.Conv2d(1, 4, 3),
-        nn.BatchNorm2d(4),
+        nn.BatchNorm2d(4, track_running_stats=False),
         nn.Sequential(nn.GELU()),
         nn.Conv2d(4, 4, 3, padding_mode="reflect", padding=1),
         nn.MaxPool2d(2, ceil_mode=True),
@@ -434,7 +439,7 @@ def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
         interop.from_torch(net, input_shape=(1, 10, 10))
     message = str(info.value)
     for part in (
-        "1: BatchNorm2d",
+        "1: BatchNorm2d (track_running_stats=False",
         "2.0: GELU",
         "3: Conv2d (padding_mode='reflect'",
         "ceil_mode",
@@ -465,13 +470,16 @@ def test_state_dict_round_trip_through_torch() -> None:
     fresh = interop.to_torch(xc.zoo.lenet(backend="numpy", seed=99))
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     back = interop.from_torch(fresh, input_shape=(1, 28, 28))
-    assert back.get_config()["layers"][0]["config"]["activation"] == "relu"
+    assert [_kind(la) for la in back.layers] == [_kind(la) for la in model.layers]
     state = model.state_dict()
     assert list(back.state_dict()) == list(state)
+    assert any(key.endswith("running_var") for key in state)
     for key, value in back.state_dict().items():
         np.testing.assert_array_equal(value, state[key])
-    # and the other way: xpconv weights loaded into the module by position
-    assert [tuple(v.shape) for v in net.state_dict().values()] == [v.shape for v in state.values()]
+    # the module holds the same arrays, plus PyTorch's num_batches_tracked counters
+    theirs = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(theirs) == len(state)
+    assert sorted(tuple(v.shape) for v in theirs.values()) == sorted(v.shape for v in state.values())
 
 
 # --------------------------------------------------------------- safetensors
@@ -604,10 +612,11 @@ def test_safetensors_checks_weights_against_the_architecture(tmp_path) -> None:
     interop.save_safetensors(tmp_path / "shape.safetensors", wrong_shape, meta)
     with pytest.raises(CheckpointError, match="does not fit its architecture"):
         xc.load_model(tmp_path / "shape.safetensors")
-    missing = {k: v for k, v in state.items() if k != "conv2d_1.bias"}
-    interop.save_safetensors(tmp_path / "missing.safetensors", missing, meta)
-    with pytest.raises(CheckpointError, match="conv2d_1.bias"):
-        xc.load_model(tmp_path / "missing.safetensors")
+    for gone in ("dense_0.weight", "batchnorm2d_1.running_var"):
+        missing = {k: v for k, v in state.items() if k != gone}
+        interop.save_safetensors(tmp_path / "missing.safetensors", missing, meta)
+        with pytest.raises(CheckpointError, match=gone):
+            xc.load_model(tmp_path / "missing.safetensors")
     with pytest.raises(TypeError, match="expected a NumPy array"):
         interop.save_safetensors(tmp_path / "obj.safetensors", {"a": np.array([None])}, meta)
     # a plain safetensors file without xpconv metadata
