@@ -222,9 +222,9 @@ def test_export_refuses_unsupported_layers_and_bad_arguments(tmp_path) -> None:
 
 def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
     """The Sequential runs Conv2D + MaxPool2D as one fused step; the graph has both."""
-    model = xc.zoo.lenet(backend="numpy")
-    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in model.steps)
-    ops = [n.op_type for n in interop.to_onnx(model).graph.node]
+    plain = xc.zoo.lenet(batch_norm=False, backend="numpy")
+    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in plain.steps)
+    ops = [n.op_type for n in interop.to_onnx(plain).graph.node]
     assert ops == [
         "Conv",
         "Relu",
@@ -237,6 +237,11 @@ def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
         "Relu",
         "Gemm",
     ]
+    model = xc.zoo.lenet(backend="numpy")  # conv (no bias) + pool fused, then batch norm
+    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in model.steps)
+    block = ["Conv", "MaxPool", "BatchNormalization", "Relu"]
+    ops = [n.op_type for n in interop.to_onnx(model).graph.node]
+    assert ops == [*block, *block, "Flatten", "Gemm", "BatchNormalization", "Relu", "Gemm"]
 
 
 # --------------------------------------------------------------- MNIST, trained models
@@ -424,7 +429,7 @@ def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
     nn = torch.nn
     net = nn.Sequential(
         nn.Conv2d(1, 4, 3),
-        nn.BatchNorm2d(4),
+        nn.BatchNorm2d(4, track_running_stats=False),
         nn.Sequential(nn.GELU()),
         nn.Conv2d(4, 4, 3, padding_mode="reflect", padding=1),
         nn.MaxPool2d(2, ceil_mode=True),
@@ -434,7 +439,7 @@ def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
         interop.from_torch(net, input_shape=(1, 10, 10))
     message = str(info.value)
     for part in (
-        "1: BatchNorm2d",
+        "1: BatchNorm2d (track_running_stats=False",
         "2.0: GELU",
         "3: Conv2d (padding_mode='reflect'",
         "ceil_mode",
@@ -465,13 +470,248 @@ def test_state_dict_round_trip_through_torch() -> None:
     fresh = interop.to_torch(xc.zoo.lenet(backend="numpy", seed=99))
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     back = interop.from_torch(fresh, input_shape=(1, 28, 28))
-    assert back.get_config()["layers"][0]["config"]["activation"] == "relu"
+    assert [_kind(la) for la in back.layers] == [_kind(la) for la in model.layers]
     state = model.state_dict()
     assert list(back.state_dict()) == list(state)
+    assert any(key.endswith("running_var") for key in state)
     for key, value in back.state_dict().items():
         np.testing.assert_array_equal(value, state[key])
-    # and the other way: xpconv weights loaded into the module by position
-    assert [tuple(v.shape) for v in net.state_dict().values()] == [v.shape for v in state.values()]
+    # the module holds the same arrays, plus PyTorch's num_batches_tracked counters
+    theirs = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(theirs) == len(state)
+    assert sorted(tuple(v.shape) for v in theirs.values()) == sorted(
+        v.shape for v in state.values()
+    )
+
+
+# --------------------------------------------------------------- normalization and blocks
+
+BLOCK_CASES = {
+    "batchnorm2d": (
+        (3, 6, 5),
+        lambda: [xc.Conv2D(4, 3, padding=1), xc.BatchNorm2D(momentum=0.3, eps=1e-3), xc.ReLU()],
+    ),
+    "batchnorm1d-features": ((7,), lambda: [xc.Dense(6), xc.BatchNorm1D(), xc.Tanh()]),
+    "batchnorm1d-sequence-no-affine": (
+        (3, 9),
+        lambda: [xc.Conv1D(4, 3), xc.BatchNorm1D(momentum=0.5, affine=False)],
+    ),
+    "global-avg-pool": (
+        (3, 7, 6),
+        lambda: [xc.Conv2D(5, 3, activation="relu"), xc.GlobalAvgPool2D(), xc.Dense(4)],
+    ),
+    "residual-identity": (
+        (4, 6, 6),
+        lambda: [
+            xc.Residual(
+                [
+                    xc.Conv2D(4, 3, padding=1, use_bias=False),
+                    xc.BatchNorm2D(),
+                    xc.ReLU(),
+                    xc.Conv2D(4, 3, padding=1),
+                ]
+            ),
+            xc.ReLU(),
+        ],
+    ),
+    "residual-shortcut": (
+        (3, 8, 8),
+        lambda: [
+            xc.Residual(
+                [xc.Conv2D(5, 3, stride=2, padding=1, activation="relu"), xc.BatchNorm2D()],
+                [xc.Conv2D(5, 1, stride=2, use_bias=False), xc.BatchNorm2D(momentum=0.2)],
+            ),
+            xc.ReLU(),
+            xc.GlobalAvgPool2D(),
+        ],
+    ),
+}
+
+
+def _data(model: xc.Sequential, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs off zero mean and unit variance (so running statistics move), mse targets."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0.5, 2.0, size=(n, *model.input_shape)).astype(model.dtype_name)
+    y = rng.normal(size=(n, *model.output_shape)).astype(model.dtype_name)
+    return x, y
+
+
+def _trained_block_model(name: str, dtype: str = "float32") -> xc.Sequential:
+    """The case's model after two SGD steps: non-trivial weights and running statistics."""
+    shape, make = BLOCK_CASES[name]
+    model = xc.Sequential(
+        make(), backend="numpy", dtype=dtype, seed=5, input_shape=shape, loss="mse"
+    )
+    optimizer = xc.SGD(0.05, momentum=0.9)
+    for step in range(2):
+        model.train_batch(*_data(model, 8, seed=step))
+        optimizer.step(model.parameters())
+    for key, value in model.buffers().items():
+        trivial = 0.0 if key.endswith("running_mean") else 1.0
+        assert np.abs(value - trivial).max() > 1e-3, key
+    return model
+
+
+def _kinds(layers: list[Layer]) -> list:
+    """:func:`_kind` of each layer, a block's inner layers included."""
+    return [
+        (_kinds(la.layers), _kinds(la.shortcut)) if isinstance(la, xc.Residual) else _kind(la)
+        for la in layers
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_CASES))
+def test_norm_pool_and_residual_layers_export_and_match_onnxruntime(name: str, tmp_path) -> None:
+    model = _trained_block_model(name)
+    path = tmp_path / "m.onnx"
+    interop.to_onnx(model, path)
+    loaded = onnx.load(path)
+    onnx.checker.check_model(loaded, full_check=True)
+    x, _ = _data(model, 6, seed=9)
+    want = _predict(model, x)  # inference mode: the running statistics
+    got = _run_onnx(path, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
+    ops = {node.op_type for node in loaded.graph.node}
+    assert ops <= {
+        "Conv",
+        "Gemm",
+        "Relu",
+        "Tanh",
+        "BatchNormalization",
+        "GlobalAveragePool",
+        "Flatten",
+        "Add",
+    }
+    if "batchnorm" in name:
+        (bn,) = [node for node in loaded.graph.node if node.op_type == "BatchNormalization"]
+        assert len(bn.output) == 1  # inference form: no running-statistics outputs
+    if "residual" in name:
+        assert "Add" in ops
+        assert any(node.name.startswith("residual_0.") for node in loaded.graph.node)
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_CASES))
+def test_norm_pool_and_residual_layers_exchange_with_torch(name: str) -> None:
+    model = _trained_block_model(name, dtype="float64")
+    net = interop.to_torch(model)
+    x, y = _data(model, 6, seed=9)
+    want = _predict(model, x)
+    got = net.eval()(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    back = interop.from_torch(net, input_shape=model.input_shape)
+    assert _kinds(back.layers) == _kinds(model.layers)
+    assert list(back.state_dict()) == list(model.state_dict())
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value, err_msg=key)
+    np.testing.assert_allclose(_predict(back, x), want, rtol=1e-12, atol=1e-12)
+    # one training step: batch statistics, gradients, SGD update and running statistics
+    net.train()
+    loss = torch.nn.functional.mse_loss(net(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    ours = float(model.train_batch(x, y))
+    assert abs(ours - loss.item()) < 1e-10 * max(1.0, abs(ours))
+    our_grads = [model.backend.to_numpy(g) for g in model.gradients().values()]
+    torch_grads = [p.grad.numpy() for p in net.parameters()]
+    assert len(our_grads) == len(torch_grads)
+    for g_ours, g_torch in zip(our_grads, torch_grads):
+        np.testing.assert_allclose(g_ours, g_torch, rtol=1e-9, atol=1e-12)
+    xc.SGD(0.1).step(model.parameters())
+    torch.optim.SGD(net.parameters(), lr=0.1).step()
+    after = interop.from_torch(net, input_shape=model.input_shape).state_dict()
+    for key, value in model.state_dict().items():
+        np.testing.assert_allclose(after[key], value, rtol=1e-10, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("model_name", ["lenet", "resnet"])
+def test_zoo_batch_norm_models_export_and_exchange(model_name: str, tmp_path) -> None:
+    """Zoo LeNet (batch norm) and ResNet after two SGD steps: ONNX in onnxruntime, the
+    PyTorch module in eval mode and the model rebuilt from it give the same logits."""
+    model = xc.zoo.build_model(model_name, backend="numpy", seed=1)
+    rng = np.random.default_rng(3)
+    optimizer = xc.SGD(0.05, momentum=0.9)
+    for _ in range(2):
+        x = rng.random((8, 1, 28, 28)).astype(np.float32)
+        model.train_batch(x, rng.integers(0, 10, size=8))
+        optimizer.step(model.parameters())
+    path = tmp_path / f"{model_name}.onnx"
+    interop.to_onnx(model, path)
+    x = rng.random((5, 1, 28, 28)).astype(np.float32)
+    want = _predict(model, x)
+    np.testing.assert_allclose(_run_onnx(path, x), want, rtol=RTOL, atol=_atol(want))
+    net = interop.to_torch(model).eval()
+    got = net(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
+    back = interop.from_torch(net, input_shape=(1, 28, 28))
+    assert _kinds(back.layers) == _kinds(model.layers)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[key], value, err_msg=key)
+
+
+def test_from_torch_batch_norm_and_global_pool_of_a_torch_network() -> None:
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6, momentum=0.2, eps=1e-4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Linear(6, 5),
+        nn.BatchNorm1d(5, affine=False),
+    )
+    net.train()
+    for _ in range(3):  # running statistics away from zeros and ones
+        net(torch.randn(16, 2, 7, 7) * 2 + 1)
+    net.eval()
+    model = interop.from_torch(net, input_shape=(2, 7, 7))
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds == ["Conv2D", "BatchNorm2D", "ReLU", "GlobalAvgPool2D", "Dense", "BatchNorm1D"]
+    bn = model.layers[1]
+    assert (bn.momentum, bn.eps, bn.affine) == (0.2, 1e-4, True)
+    assert model.layers[-1].affine is False
+    np.testing.assert_array_equal(
+        model.state_dict()["batchnorm2d_0.running_var"], net[1].running_var.numpy()
+    )
+    x = np.random.default_rng(0).normal(1.0, 2.0, size=(4, 2, 7, 7)).astype(np.float32)
+    want = net(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(_predict(model, x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_norm_pool_and_block_refusals_name_the_module_and_layer(tmp_path) -> None:
+    nn = torch.nn
+    block = interop.torch_residual_class()
+
+    class Residual(nn.Module):  # a custom block of the same name is not ours
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return x
+
+    net = nn.Sequential(
+        nn.BatchNorm2d(3, momentum=None),
+        nn.AdaptiveAvgPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.ReLU(),
+        Residual(),
+        block(nn.Sequential(nn.Conv2d(3, 3, 1), nn.GELU()), nn.Sequential()),
+    )
+    with pytest.raises(ValueError, match="unsupported module") as info:
+        interop.from_torch(net, input_shape=(3, 4, 4))
+    message = str(info.value)
+    for part in (
+        "0: BatchNorm2d (momentum=None",
+        "1: AdaptiveAvgPool2d (output_size=2",
+        "2: AdaptiveAvgPool2d (output (N, C, 1, 1): expected Flatten()",
+        "4: Residual;",
+        "5: Residual (layers.1: GELU)",
+    ):
+        assert part in message, (part, message)
+    inner = xc.Sequential(
+        [xc.Residual([xc.Conv2D(2, 1), _Scale()]), xc.Flatten()], input_shape=(2, 3, 3)
+    )
+    with pytest.raises(ValueError, match=r"residual_0\._scale_0 \(_Scale\)"):
+        interop.to_onnx(inner, tmp_path / "x.onnx")
+    with pytest.raises(ValueError, match=r"residual_0\._scale_0 \(_Scale\)"):
+        interop.to_torch(inner)
 
 
 # --------------------------------------------------------------- safetensors
@@ -604,10 +844,11 @@ def test_safetensors_checks_weights_against_the_architecture(tmp_path) -> None:
     interop.save_safetensors(tmp_path / "shape.safetensors", wrong_shape, meta)
     with pytest.raises(CheckpointError, match="does not fit its architecture"):
         xc.load_model(tmp_path / "shape.safetensors")
-    missing = {k: v for k, v in state.items() if k != "conv2d_1.bias"}
-    interop.save_safetensors(tmp_path / "missing.safetensors", missing, meta)
-    with pytest.raises(CheckpointError, match="conv2d_1.bias"):
-        xc.load_model(tmp_path / "missing.safetensors")
+    for gone in ("dense_0.weight", "batchnorm2d_1.running_var"):
+        missing = {k: v for k, v in state.items() if k != gone}
+        interop.save_safetensors(tmp_path / "missing.safetensors", missing, meta)
+        with pytest.raises(CheckpointError, match=gone):
+            xc.load_model(tmp_path / "missing.safetensors")
     with pytest.raises(TypeError, match="expected a NumPy array"):
         interop.save_safetensors(tmp_path / "obj.safetensors", {"a": np.array([None])}, meta)
     # a plain safetensors file without xpconv metadata

@@ -26,7 +26,7 @@ from .onnx_export import (
     to_onnx,
 )
 from .safetensors_io import load_safetensors, save_safetensors
-from .torch_exchange import FROM_TORCH, TO_TORCH, from_torch, to_torch
+from .torch_exchange import FROM_TORCH, TO_TORCH, from_torch, to_torch, torch_residual_class
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -43,4 +43,5 @@ __all__ = [
     "save_safetensors",
     "to_onnx",
     "to_torch",
+    "torch_residual_class",
 ]

@@ -27,17 +27,21 @@ from ..functional._conv import conv_geometry
 from ..layers import (
     Activation,
     AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
     Conv1D,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
     Identity,
     Layer,
     LeakyReLU,
     LogSoftmax,
     MaxPool2D,
     ReLU,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
@@ -74,11 +78,13 @@ class OnnxGraph:
         self.to_numpy = to_numpy
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
+        #: Prepended to every name (``"residual_0."`` while a block's layers are added).
+        self.prefix = ""
         self._count = 0
 
     def name(self, stem: str) -> str:
         self._count += 1
-        return f"{stem}_{self._count}"
+        return f"{self.prefix}{stem}_{self._count}"
 
     def weight(self, stem: str, value: Any) -> str:
         """Add ``value`` (an array of the model's backend, or a host array) in the graph's
@@ -242,6 +248,43 @@ def _export_activation(layer: Activation, graph: OnnxGraph, x: str) -> str:
     return _activate(layer, graph, x, kwargs)
 
 
+def _export_batch_norm(layer: BatchNorm2D | BatchNorm1D, graph: OnnxGraph, x: str) -> str:
+    # inference mode: normalized with the running statistics (no training outputs)
+    channels = layer.input_shape[0] if layer.input_shape else 0
+    if layer.affine:
+        scale, shift = layer.params["weight"].value, layer.params["bias"].value
+    else:
+        scale, shift = np.ones(channels), np.zeros(channels)
+    inputs = [
+        x,
+        graph.weight(f"{layer.name}_scale", scale),
+        graph.weight(f"{layer.name}_bias", shift),
+        graph.weight(f"{layer.name}_running_mean", layer.buffers["running_mean"]),
+        graph.weight(f"{layer.name}_running_var", layer.buffers["running_var"]),
+    ]
+    return graph.node("BatchNormalization", inputs, layer.name, epsilon=layer.eps)
+
+
+def _export_global_avg_pool(layer: GlobalAvgPool2D, graph: OnnxGraph, x: str) -> str:
+    y = graph.node("GlobalAveragePool", [x], layer.name)  # (N, C, 1, 1)
+    return graph.node("Flatten", [y], f"{layer.name}_flatten", axis=1)
+
+
+def _export_residual(layer: Residual, graph: OnnxGraph, x: str) -> str:
+    outer = graph.prefix
+    graph.prefix = f"{outer}{layer.name}."
+    try:
+        branch = x
+        for inner in layer.layers:
+            branch = ONNX_EXPORTERS[type(inner)](inner, graph, branch)
+        short = x
+        for inner in layer.shortcut:
+            short = ONNX_EXPORTERS[type(inner)](inner, graph, short)
+    finally:
+        graph.prefix = outer
+    return graph.node("Add", [branch, short], layer.name)
+
+
 #: Layer class -> ``fn(layer, graph, x) -> y`` adding the layer's nodes to ``graph``.
 ONNX_EXPORTERS: dict[type, Callable[[Any, OnnxGraph, str], str]] = {
     Conv2D: _export_conv2d,
@@ -251,6 +294,10 @@ ONNX_EXPORTERS: dict[type, Callable[[Any, OnnxGraph, str], str]] = {
     Flatten: _export_flatten,
     Dense: _export_dense,
     Dropout: _export_dropout,
+    BatchNorm2D: _export_batch_norm,
+    BatchNorm1D: _export_batch_norm,
+    GlobalAvgPool2D: _export_global_avg_pool,
+    Residual: _export_residual,
     **{
         cls: _export_activation
         for cls in (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax)
@@ -259,10 +306,20 @@ ONNX_EXPORTERS: dict[type, Callable[[Any, OnnxGraph, str], str]] = {
 
 
 def unsupported_layers(layers: list[Layer], table: dict[type, Any]) -> list[str]:
-    """``"name (Type)"`` of every layer whose exact type has no entry in ``table``."""
-    return [
-        f"{layer.name} ({type(layer).__name__})" for layer in layers if type(layer) not in table
-    ]
+    """``"name (Type)"`` of every layer whose exact type has no entry in ``table``; the
+    inner layers of a block (a layer with ``children()``) are checked too, named
+    ``"block.inner (Type)"``."""
+    return _unsupported([(layer.name, layer) for layer in layers], table)
+
+
+def _unsupported(named: list[tuple[str, Layer]], table: dict[type, Any]) -> list[str]:
+    out = []
+    for name, layer in named:
+        if type(layer) not in table:
+            out.append(f"{name} ({type(layer).__name__})")
+        elif hasattr(layer, "children"):
+            out += _unsupported([(f"{name}.{n}", inner) for n, inner in layer.children()], table)
+    return out
 
 
 def to_onnx(

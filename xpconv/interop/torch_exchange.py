@@ -19,17 +19,21 @@ from ..functional._conv import conv_geometry
 from ..layers import (
     Activation,
     AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
     Conv1D,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
+    GlobalAvgPool2D,
     Identity,
     Layer,
     LeakyReLU,
     LogSoftmax,
     MaxPool2D,
     ReLU,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
@@ -37,7 +41,7 @@ from ..layers import (
 )
 from ..model import Sequential
 
-__all__ = ["FROM_TORCH", "TO_TORCH", "from_torch", "to_torch"]
+__all__ = ["FROM_TORCH", "TO_TORCH", "from_torch", "to_torch", "torch_residual_class"]
 
 
 def _torch() -> Any:
@@ -174,6 +178,63 @@ def _to_activation(layer: Activation, tensor: Callable[[Any], Any]) -> list[Any]
     return _activation_module(layer.activation, kwargs)
 
 
+def _to_batch_norm(layer: BatchNorm2D | BatchNorm1D, tensor: Callable[[Any], Any]) -> list[Any]:
+    """Same eps and momentum (both use PyTorch's convention: biased batch variance to
+    normalize, unbiased in the running one), running statistics copied."""
+    torch = _torch()
+    cls = torch.nn.BatchNorm2d if isinstance(layer, BatchNorm2D) else torch.nn.BatchNorm1d
+    assert layer.input_shape is not None
+    bn = cls(layer.input_shape[0], eps=layer.eps, momentum=layer.momentum, affine=layer.affine)
+    _copy_params(bn, layer, tensor)
+    mean, var = tensor(layer.buffers["running_mean"]), tensor(layer.buffers["running_var"])
+    bn.to(mean.dtype)
+    with torch.no_grad():
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+    return [bn]
+
+
+def _to_global_avg_pool(layer: GlobalAvgPool2D, tensor: Callable[[Any], Any]) -> list[Any]:
+    nn = _torch().nn
+    return [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+
+
+_RESIDUAL_CLASS: list[type] = []
+
+
+def torch_residual_class() -> type:
+    """The ``torch.nn.Module`` class :func:`to_torch` makes of a :class:`Residual`:
+    ``Residual(layers, shortcut)`` with two ``nn.Sequential`` attributes, computing
+    ``layers(x) + shortcut(x)`` (an empty ``shortcut`` is the identity). Its state dict
+    keys are ``layers.0.weight``, ``shortcut.0.weight`` and so on; :func:`from_torch`
+    converts it back."""
+    if not _RESIDUAL_CLASS:
+        nn = _torch().nn
+
+        class TorchResidual(nn.Module):
+            """``layers(x) + shortcut(x)``; an empty shortcut is the identity."""
+
+            def __init__(self, layers: Any, shortcut: Any) -> None:
+                super().__init__()
+                self.layers, self.shortcut = layers, shortcut
+
+            def forward(self, x: Any) -> Any:
+                return self.layers(x) + self.shortcut(x)
+
+        TorchResidual.__name__ = TorchResidual.__qualname__ = "Residual"
+        _RESIDUAL_CLASS.append(TorchResidual)
+    return _RESIDUAL_CLASS[0]
+
+
+def _to_residual(layer: Residual, tensor: Callable[[Any], Any]) -> list[Any]:
+    nn = _torch().nn
+
+    def chain(layers: list[Layer]) -> Any:
+        return nn.Sequential(*[m for inner in layers for m in TO_TORCH[type(inner)](inner, tensor)])
+
+    return [torch_residual_class()(chain(layer.layers), chain(layer.shortcut))]
+
+
 #: xpconv layer class -> ``fn(layer, tensor) -> [torch.nn.Module, ...]``; ``tensor``
 #: turns one of the layer's arrays into a host torch tensor of the model's dtype.
 TO_TORCH: dict[type, Callable[[Any, Callable[[Any], Any]], list[Any]]] = {
@@ -184,6 +245,10 @@ TO_TORCH: dict[type, Callable[[Any, Callable[[Any], Any]], list[Any]]] = {
     Flatten: _to_flatten,
     Dense: _to_dense,
     Dropout: _to_dropout,
+    BatchNorm2D: _to_batch_norm,
+    BatchNorm1D: _to_batch_norm,
+    GlobalAvgPool2D: _to_global_avg_pool,
+    Residual: _to_residual,
     **{
         cls: _to_activation
         for cls in (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax)
@@ -196,7 +261,9 @@ def to_torch(model: Sequential) -> Any:
 
     Fused activations become modules of their own (``Conv2D(..., activation="relu")``
     -> ``Conv2d, ReLU``), so module indices differ from layer indices; the module is in
-    training mode, as PyTorch creates it (call ``.eval()`` for inference: dropout).
+    training mode, as PyTorch creates it (call ``.eval()`` for inference: dropout, and
+    batch norm with the running statistics). A :class:`Residual` becomes one
+    :func:`torch_residual_class` module holding its layers.
 
     Raises:
         ValueError: the model is not built, or some layers have no PyTorch counterpart
@@ -205,9 +272,7 @@ def to_torch(model: Sequential) -> Any:
     torch = _torch()
     if not isinstance(model, Sequential) or not model.built:
         raise ValueError(f"model: expected a built Sequential (give input_shape), got {model!r}")
-    missing = [
-        f"{la.name} ({type(la).__name__})" for la in model.layers if type(la) not in TO_TORCH
-    ]
+    missing = _missing([(la.name, la) for la in model.layers])
     if missing:
         raise ValueError(
             f"to_torch: no PyTorch module for layer(s) {', '.join(missing)}; supported: "
@@ -222,6 +287,17 @@ def to_torch(model: Sequential) -> Any:
     for layer in model.layers:
         modules += TO_TORCH[type(layer)](layer, tensor)
     return torch.nn.Sequential(*modules).to(dtype)
+
+
+def _missing(named: list[tuple[str, Layer]]) -> list[str]:
+    """``"name (Type)"`` of the layers, inner ones of blocks included, not in TO_TORCH."""
+    out = []
+    for name, layer in named:
+        if type(layer) not in TO_TORCH:
+            out.append(f"{name} ({type(layer).__name__})")
+        elif isinstance(layer, Residual):
+            out += _missing([(f"{name}.{n}", inner) for n, inner in layer.children()])
+    return out
 
 
 # ---------------------------------------------------------------- torch -> xpconv
@@ -304,6 +380,58 @@ def _from_dropout(m: Any) -> Converted:
     return Dropout(m.p), {}, None
 
 
+def _from_batch_norm(m: Any) -> Converted:
+    if not m.track_running_stats or m.running_mean is None:
+        _refuse(m, "track_running_stats=False; xpconv keeps running statistics")
+    if m.momentum is None:
+        _refuse(m, "momentum=None (cumulative average); only an exponential momentum")
+    cls = BatchNorm2D if type(m).__name__ == "BatchNorm2d" else BatchNorm1D
+    layer = cls(momentum=float(m.momentum), eps=float(m.eps), affine=m.affine)
+    return layer, _weights(m, "weight", "bias", "running_mean", "running_var"), None
+
+
+def _from_adaptive_avg_pool(m: Any) -> Converted:
+    # the Flatten that must follow is checked (and taken) by _convert_chain
+    if m.output_size not in (1, (1, 1), [1, 1]):
+        _refuse(m, f"output_size={m.output_size!r}; only 1 (global pooling), then Flatten")
+    return GlobalAvgPool2D(), {}, None
+
+
+def _block_names(layers: list[Layer], prefix: str = "") -> list[str]:
+    """The names :class:`Residual` gives its layers when built: kind, index by kind."""
+    counts: dict[str, int] = {}
+    names = []
+    for layer in layers:
+        kind = type(layer).__name__
+        names.append(f"{prefix}{kind.lower()}_{counts.get(kind, 0)}")
+        counts[kind] = counts.get(kind, 0) + 1
+    return names
+
+
+def _from_residual(m: Any) -> Converted:
+    chains = []
+    refused: list[str] = []
+    for attr in ("layers", "shortcut"):
+        converted, bad = _convert_chain(_leaves(getattr(m, attr), f"{attr}."))
+        refused += bad
+        for layer, _, dim in converted:
+            if dim not in (None, -1):
+                refused.append(f"{attr}: {type(layer).__name__}(dim={dim}), only dim=-1 in a block")
+        chains.append(_fold(converted))
+    if refused:
+        _refuse(m, "; ".join(refused))
+    if not chains[0]:
+        _refuse(m, "empty layers")
+    weights = {
+        f"{name}.{key}": value
+        for chain, prefix in zip(chains, ("", "shortcut."))
+        for name, (_, inner, _) in zip(_block_names([c[0] for c in chain], prefix), chain)
+        for key, value in inner.items()
+    }
+    block = Residual([c[0] for c in chains[0]], [c[0] for c in chains[1]] or None)
+    return block, weights, None
+
+
 def _simple(cls: type[Layer]) -> Callable[[Any], Converted]:
     return lambda m: (cls(), {}, None)
 
@@ -319,7 +447,8 @@ def _last_dim(cls: type[Layer]) -> Callable[[Any], Converted]:
     return convert
 
 
-#: ``torch.nn`` class name -> ``fn(module) -> (xpconv layer, {param name: array})``.
+#: ``torch.nn`` class name (and ``"Residual"``, the module of :func:`torch_residual_class`)
+#: -> ``fn(module) -> (xpconv layer, {parameter or buffer name: array}, dim)``.
 FROM_TORCH: dict[str, Callable[[Any], Converted]] = {
     "Conv2d": _from_conv2d,
     "Conv1d": _from_conv1d,
@@ -335,7 +464,55 @@ FROM_TORCH: dict[str, Callable[[Any], Converted]] = {
     "LeakyReLU": _from_leaky_relu,
     "Softmax": _last_dim(Softmax),
     "LogSoftmax": _last_dim(LogSoftmax),
+    "BatchNorm2d": _from_batch_norm,
+    "BatchNorm1d": _from_batch_norm,
+    "AdaptiveAvgPool2d": _from_adaptive_avg_pool,
+    "Residual": _from_residual,
 }
+
+
+def _module_class(name: str) -> Any:
+    """The class a FROM_TORCH key names: ``torch.nn``'s, or for ``"Residual"`` the
+    block module of :func:`torch_residual_class`."""
+    if name == "Residual":
+        return torch_residual_class()
+    return getattr(_torch().nn, name, None)
+
+
+def _convert_chain(leaves: list[tuple[str, Any]]) -> tuple[list[Converted], list[str]]:
+    """The converted modules of ``leaves`` (position, module) and the refused ones as
+    ``"position: why"``. ``AdaptiveAvgPool2d(1)`` must be followed by ``Flatten()``: the
+    pair is one GlobalAvgPool2D."""
+    converted: list[Converted] = []
+    refused: list[str] = []
+    skip = False
+    for i, (where, leaf) in enumerate(leaves):
+        if skip:
+            skip = False
+            continue
+        name = type(leaf).__name__
+        convert = FROM_TORCH.get(name)
+        if convert is None or type(leaf) is not _module_class(name):
+            refused.append(f"{where}: {name}")
+            continue
+        try:
+            item = convert(leaf)
+        except _Unsupported as exc:
+            refused.append(f"{where}: {exc}")
+            continue
+        if name == "AdaptiveAvgPool2d":
+            after = leaves[i + 1][1] if i + 1 < len(leaves) else None
+            if not (
+                type(after) is _torch().nn.Flatten and (after.start_dim, after.end_dim) == (1, -1)
+            ):
+                refused.append(
+                    f"{where}: AdaptiveAvgPool2d (output (N, C, 1, 1): expected Flatten() right "
+                    "after it, the pair is xpconv's GlobalAvgPool2D)"
+                )
+                continue
+            skip = True
+        converted.append(item)
+    return converted, refused
 
 
 def _foldable(layer: Layer) -> str | None:
@@ -392,7 +569,10 @@ def from_torch(
 
     A ReLU, Tanh, Sigmoid or LeakyReLU(0.01) right after a Conv2d, Conv1d or Linear
     becomes that layer's fused activation (so ``from_torch(to_torch(model))`` has
-    ``model``'s layers).
+    ``model``'s layers). BatchNorm2d/1d bring their running statistics;
+    ``AdaptiveAvgPool2d(1)`` followed by ``Flatten()`` becomes one GlobalAvgPool2D; the
+    residual block module of :func:`torch_residual_class` becomes a :class:`Residual`
+    (other residual forms, being custom modules, are refused).
 
     Raises:
         ValueError: some modules are not supported (the message names each one with
@@ -401,19 +581,8 @@ def from_torch(
     torch = _torch()
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
-    converted: list[Converted] = []
-    refused: list[str] = []
     dtypes = {p.dtype for p in module.parameters()}
-    for where, leaf in _leaves(module):
-        name = type(leaf).__name__
-        convert = FROM_TORCH.get(name)
-        if convert is None or type(leaf) is not getattr(torch.nn, name, None):
-            refused.append(f"{where}: {name}")
-            continue
-        try:
-            converted.append(convert(leaf))
-        except _Unsupported as exc:
-            refused.append(f"{where}: {exc}")
+    converted, refused = _convert_chain(_leaves(module))
     if refused:
         raise ValueError(
             f"from_torch: unsupported module(s) {'; '.join(refused)}; supported: "
