@@ -22,6 +22,7 @@ from .layers import (
 from .model import Sequential
 from .optimizers import SGD, Adam, ExponentialDecay, LinearDecay
 from .saving import load_model, load_training, save_model, save_training
+from .step import TrainState, TrainStep
 from .trainer import History, Trainer, TrainingError
 
 __version__ = "0.1.0"
@@ -50,6 +51,8 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "TrainState",
+    "TrainStep",
     "Trainer",
     "TrainingError",
     "functional",

@@ -83,8 +83,8 @@ class Backend:
         default=None, repr=False, compare=False
     )
     # ``_compile(fn, donate_argnums)``: a compiled version of a pure function of arrays
-    _compile: Callable[[Callable[..., Any], tuple[int, ...]], Callable[..., Any]] | None = (
-        field(default=None, repr=False, compare=False)
+    _compile: Callable[[Callable[..., Any], tuple[int, ...]], Callable[..., Any]] | None = field(
+        default=None, repr=False, compare=False
     )
 
     @property
@@ -301,8 +301,7 @@ def _load_jax(device: Any) -> Backend:
         position = int(index) if index else 0
         if not 0 <= position < len(devices):
             raise BackendError(
-                f"device: backend 'jax' has {len(devices)} {platform!r} device(s), "
-                f"got {device!r}"
+                f"device: backend 'jax' has {len(devices)} {platform!r} device(s), got {device!r}"
             )
         dev = devices[position]
     xp = array_api_compat.array_namespace(jax.numpy.empty(0))
@@ -327,9 +326,7 @@ def _load_jax(device: Any) -> Backend:
     def compile_fn(fn: Callable[..., Any], donate: tuple[int, ...]) -> Callable[..., Any]:
         return jax.jit(fn, donate_argnums=donate)
 
-    return Backend(
-        "jax", xp, dev, xp.float32, to_numpy, dtype_problem, host_int_dtype, compile_fn
-    )
+    return Backend("jax", xp, dev, xp.float32, to_numpy, dtype_problem, host_int_dtype, compile_fn)
 
 
 @dataclass(frozen=True)
@@ -484,9 +481,7 @@ for _spec in (
     BackendSpec("numpy", _load_numpy, array_api_compat.is_numpy_array, aliases=("np",)),
     BackendSpec("torch", _load_torch, array_api_compat.is_torch_array),
     BackendSpec("cupy", _load_cupy, array_api_compat.is_cupy_array),
-    BackendSpec(
-        "array_api_strict", _load_array_api_strict, _is_strict_array, aliases=("strict",)
-    ),
+    BackendSpec("array_api_strict", _load_array_api_strict, _is_strict_array, aliases=("strict",)),
     BackendSpec("jax", _load_jax, array_api_compat.is_jax_array),
 ):
     register_backend(_spec)

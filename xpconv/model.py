@@ -293,7 +293,7 @@ class Sequential:
             total_loss = total_loss + self.loss.forward(out, target) * out.shape[0]
             if target.ndim == 1:
                 hits = xp.argmax(out, axis=1) == target
-                correct = correct + xp.sum(xp.astype(hits, xp.int64))
+                correct = correct + xp.count_nonzero(hits)
         return {"loss": float(total_loss) / n, "accuracy": int(correct) / n}
 
     # ------------------------------------------------------------------ parameters

@@ -54,9 +54,7 @@ class TrainState(NamedTuple):
 
 
 def _buffer_owners(model: Sequential) -> dict[str, tuple[Any, str]]:
-    return {
-        f"{layer.name}.{key}": (layer, key) for layer in model.layers for key in layer.buffers
-    }
+    return {f"{layer.name}.{key}": (layer, key) for layer in model.layers for key in layer.buffers}
 
 
 @contextmanager
@@ -70,9 +68,7 @@ def _bound(
     duration of the block; restore what was there afterwards, whatever happens."""
     named = model.parameters()
     if set(params) != set(named):
-        raise ValueError(
-            f"params: expected the names {sorted(named)}, got {sorted(params)}"
-        )
+        raise ValueError(f"params: expected the names {sorted(named)}, got {sorted(params)}")
     owners = _buffer_owners(model)
     if set(buffers) != set(owners):
         raise ValueError(f"buffers: expected the names {sorted(owners)}, got {sorted(buffers)}")
@@ -86,7 +82,9 @@ def _bound(
             layer.buffers = {**layer.buffers, key: buffers[name]}
         for name, mask in masks.items():
             if name not in dropouts:
-                raise ValueError(f"masks: expected Dropout layer names {sorted(dropouts)}, got {name!r}")
+                raise ValueError(
+                    f"masks: expected Dropout layer names {sorted(dropouts)}, got {name!r}"
+                )
             dropouts[name].given_mask = mask
         yield
     finally:
@@ -165,17 +163,16 @@ def train_step(
     Returns:
         ``(loss, outputs, new_state)``; ``loss`` is 0-d, ``outputs`` (N, *output_shape).
     """
-    loss, out, grads, buffers = loss_and_gradients(
-        model, state.params, state.buffers, x, y, masks
-    )
+    loss, out, grads, buffers = loss_and_gradients(model, state.params, state.buffers, x, y, masks)
     if gradient_hook is not None:
         grads = _hooked(gradient_hook, grads)
     params, opt_state = apply_gradients(optimizer, state.params, grads, state.opt_state, lr, step)
     return loss, out, TrainState(params, buffers, opt_state)
 
 
-def _hooked(hook: GradientHook, grads: Grads) -> Grads:
-    new = hook(dict(grads))
+def _hooked(hook: GradientHook, grads: Grads, order: list[str] | None = None) -> Grads:
+    """``hook(grads)`` with the gradients in ``order`` (model order), checked."""
+    new = hook({name: grads[name] for name in (order or grads)})
     if not isinstance(new, dict) or set(new) != set(grads):
         raise ValueError(
             f"gradient_hook: expected a dict with the names {sorted(grads)}, got "
@@ -323,7 +320,7 @@ class TrainStep:
             self._compiled = {
                 "whole": be.compile(whole, (0, 1, 2)),
                 "gradients": be.compile(gradients, (1,)),
-                "update": be.compile(update, (0, 1, 2)),
+                "update": be.compile(update, (0, 2)),
             }
             self._compiled_for = be
         return self._compiled
@@ -341,6 +338,6 @@ class TrainStep:
         if self.gradient_hook is None:
             return fns["whole"](*state[:2], state.opt_state, x, y, masks, lr, step)
         loss, out, grads, buffers = fns["gradients"](state.params, state.buffers, x, y, masks)
-        grads = _hooked(self.gradient_hook, grads)
+        grads = _hooked(self.gradient_hook, grads, list(state.params))
         params, opt_state = fns["update"](state.params, grads, state.opt_state, lr, step)
         return loss, out, TrainState(params, buffers, opt_state)

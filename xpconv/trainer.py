@@ -22,6 +22,7 @@ import numpy as np
 from .functional._checks import positive_int
 from .model import Sequential
 from .optimizers import Optimizer
+from .step import TrainStep
 
 Array = Any
 
@@ -98,6 +99,8 @@ class Trainer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
         self.model, self.optimizer = model, optimizer
+        # the whole step (compiled on JAX); replace it to add a gradient hook
+        self.train_step = TrainStep(model, optimizer)
         self.seed = seed
         self.rng = np.random.default_rng([seed, 2])
         self.progress = progress
@@ -201,7 +204,6 @@ class Trainer:
         n = int(x.shape[0])
         order = be.asarray(self.rng.permutation(n) if shuffle else np.arange(n))  # one transfer
         model.train()
-        params = model.parameters()
         bar = _progress_bar(self.progress, n, f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
         loss_sum, correct, pending = 0.0, 0, []
@@ -210,14 +212,13 @@ class Trainer:
             for step, first in enumerate(range(0, n, batch_size)):
                 idx = order[first : min(first + batch_size, n)]
                 xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
-                loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
-                self.optimizer.step(params)
+                loss = self.train_step(xb, yb, validate=False)  # checked by _prepare
                 count = int(idx.shape[0])
                 pending.append(loss)
                 loss_sum = loss_sum + loss * count
                 if yb.ndim == 1:
                     hits = xp.argmax(model.last_output, axis=1) == yb
-                    correct = correct + xp.sum(xp.astype(hits, xp.int64))
+                    correct = correct + xp.count_nonzero(hits)
                 seen += count
                 if (step + 1) % self.log_every == 0 or first + batch_size >= n:
                     step_losses += self._read_losses(pending, epoch, step)
