@@ -11,7 +11,7 @@ Cases whose library or device is missing are skipped with a visible reason (``-r
 JAX runs in its 64-bit mode for the whole session (set here, before any JAX array
 exists), so its float32 and float64 cases share one process: the float32 cases then
 also check that nothing is promoted to float64 by accident. JAX with 64-bit mode off,
-its default, is covered by tests that run in a subprocess (``tests/test_jax.py``).
+its default, is covered by a test that runs in a subprocess (``tests/test_step.py``).
 """
 
 from __future__ import annotations

@@ -373,3 +373,16 @@ def test_cli_train_on_jax(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["backend"] == "jax"
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["train_loss"])
+
+
+def test_core_needs_a_mask_for_every_active_dropout() -> None:
+    model = _small("numpy")
+    opt = xc.SGD(0.1)
+    params = {k: p.value for k, p in model.parameters().items()}
+    state = TrainState(params, {}, opt.init_state(params))
+    x, y = _batch()
+    with pytest.raises(ValueError, match=r"masks: expected a mask .* missing \['dropout_0'\]"):
+        train_step(model, opt, state, x, y, {}, 0.1, 0)
+    mask = model.layers[4].draw_mask(5, model.backend, model.dtype)
+    loss, _, _ = train_step(model, opt, state, x, y, {"dropout_0": mask}, 0.1, 0)
+    assert np.isfinite(float(loss))

@@ -75,6 +75,12 @@ def _bound(
     saved_params = {name: (p.value, p.grad) for name, p in named.items()}
     saved_buffers = {layer: dict(layer.buffers) for layer in model.layers}
     dropouts = {layer.name: layer for layer in model.layers if isinstance(layer, Dropout)}
+    missing = sorted(name for name, layer in dropouts.items() if layer.p and name not in masks)
+    if missing:  # drawing inside a compiled step would freeze one mask into it
+        raise ValueError(
+            f"masks: expected a mask for every active Dropout layer, missing {missing} "
+            "(draw them with Dropout.draw_mask)"
+        )
     try:
         for name, p in named.items():
             p.value, p.grad = params[name], None
