@@ -204,6 +204,11 @@ class Trainer:
         n = int(x.shape[0])
         order = be.asarray(self.rng.permutation(n) if shuffle else np.arange(n))  # one transfer
         model.train()
+        step_fn = self.train_step
+        if step_fn.model is not model or step_fn.optimizer is not self.optimizer:
+            # the model or optimizer was replaced: a step for the new pair, same hook
+            step_fn = TrainStep(model, self.optimizer, gradient_hook=step_fn.gradient_hook)
+            self.train_step = step_fn
         bar = _progress_bar(self.progress, n, f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
         loss_sum, correct, pending = 0.0, 0, []
@@ -212,7 +217,7 @@ class Trainer:
             for step, first in enumerate(range(0, n, batch_size)):
                 idx = order[first : min(first + batch_size, n)]
                 xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
-                loss = self.train_step(xb, yb, validate=False)  # checked by _prepare
+                loss = step_fn(xb, yb, validate=False)  # checked by _prepare
                 count = int(idx.shape[0])
                 pending.append(loss)
                 loss_sum = loss_sum + loss * count
