@@ -38,7 +38,9 @@ SHORT = {
     "xpconv-numpy": "xpconv-numpy",
     "xpconv-torch": "xpconv-torch",
     "xpconv-array_api_strict": "xpconv-strict*",
+    "xpconv-jax": "xpconv-jax",
     "torch": "torch nn",
+    "jax": "jax (plain)",
 }
 
 

@@ -10,7 +10,12 @@ A *contender* is one implementation being timed:
 - ``"xpconv-numpy"``, ``"xpconv-torch"`` (xpconv on PyTorch CPU tensors) and
   ``"xpconv-array_api_strict"`` (a reference only: correct, not built for speed);
 - ``"torch"``: PyTorch's own ``nn.Sequential`` of the same layers, trained with
-  ``torch.optim.SGD`` (momentum 0.9) and ``F.cross_entropy`` through autograd.
+  ``torch.optim.SGD`` (momentum 0.9) and ``F.cross_entropy`` through autograd;
+- ``"xpconv-jax"``: xpconv on JAX, trained through ``xpconv.TrainStep`` (the whole
+  step compiled by ``jax.jit``);
+- ``"jax"``: a plain JAX model of the same network (``lax.conv_general_dilated``,
+  ``lax.reduce_window`` max pooling, ``jax.grad``, the same SGD with momentum), its
+  whole step under ``jax.jit`` with parameters and velocities donated.
 
 A runner's ``run(steps)`` performs ``steps`` training steps (forward, loss, backward,
 optimizer update) or inference passes and reads one number back at the end (the last
@@ -59,8 +64,9 @@ XPCONV_BACKENDS = {
     "xpconv-numpy": "numpy",
     "xpconv-torch": "torch",
     "xpconv-array_api_strict": "array_api_strict",
+    "xpconv-jax": "jax",
 }
-CONTENDERS = (*XPCONV_BACKENDS, "torch")
+CONTENDERS = (*XPCONV_BACKENDS, "torch", "jax")
 REFERENCE_ONLY = frozenset({"xpconv-array_api_strict"})
 
 
@@ -103,11 +109,14 @@ def available_contenders() -> dict[str, str | None]:
         if _has("array_api_strict")
         else "array-api-strict is not installed (pip install array-api-strict)"
     )
+    jax_missing = None if _has("jax") else "JAX is not installed (pip install 'jax[cpu]')"
     return {
         "xpconv-numpy": None,
         "xpconv-torch": torch_missing,
         "xpconv-array_api_strict": strict_missing,
+        "xpconv-jax": jax_missing,
         "torch": torch_missing,
+        "jax": jax_missing,
     }
 
 
@@ -176,9 +185,10 @@ def copy_weights(model: Any, net: Any) -> None:
 
 
 class XpconvRunner:
-    """Times xpconv: ``model.train_batch`` + ``SGD.step``, or ``model.forward`` in eval mode;
-    before every step ``xpconv.host.balance_blas_threads()``, as ``Trainer.fit`` does
-    (it does nothing unless ``xpconv.tune_host`` switched it on)."""
+    """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles,
+    ``xpconv.TrainStep``), or ``model.forward`` in eval mode; before every step
+    ``xpconv.host.balance_blas_threads()``, as ``Trainer.fit`` does (it does nothing
+    unless ``xpconv.tune_host`` switched it on)."""
 
     def __init__(self, workload: str, backend: str, mode: str, batch: int, seed: int = 0):
         self.model = build_xpconv(workload, backend, seed)
@@ -187,6 +197,11 @@ class XpconvRunner:
         self.x = self.model.as_input(x)
         self.y = self.model.as_target(y, batch)
         self.mode = mode
+        self.train_step = None
+        if self.model.backend.can_compile:
+            from xpconv import TrainStep
+
+            self.train_step = TrainStep(self.model, self.optimizer)
 
     def run(self, steps: int) -> float:
         model, x = self.model, self.x
@@ -194,6 +209,9 @@ class XpconvRunner:
             loss = None
             for _ in range(steps):
                 balance_blas_threads()
+                if self.train_step is not None:
+                    loss = self.train_step(x, self.y, validate=False)
+                    continue
                 loss = model.train_batch(x, self.y)
                 self.optimizer.step(model.parameters())
             return float(loss)
@@ -236,6 +254,68 @@ class TorchRunner:
         return out[0, 0].item()
 
 
+class JaxRunner:
+    """Times a plain JAX model of the workload: ``jax.jit`` of a whole ``jax.grad`` step
+    (SGD with momentum, parameters and velocities donated), or a jitted forward."""
+
+    def __init__(self, workload: str, mode: str, batch: int, seed: int = 0):
+        import jax
+        import jax.numpy as jnp
+        from jax import lax
+
+        self.jax = jax
+        self.params = [
+            jnp.asarray(v) for v in build_xpconv(workload, "numpy", seed).state_dict().values()
+        ]
+        self.velocity = [jnp.zeros_like(p) for p in self.params]
+        x, y = make_data(batch, seed)
+        self.x, self.y = jnp.asarray(x), jnp.asarray(y)
+        self.mode = mode
+        dims = ("NCHW", "OIHW", "NCHW")
+
+        def conv(x, w, b, pad):
+            out = lax.conv_general_dilated(x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=dims)
+            return out + b[None, :, None, None]
+
+        def pool(x):
+            return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+        def forward(params, x):
+            if workload == "W1":
+                w, b, dw, db = params
+                h = jnp.tanh(conv(x, w, b, 2)).reshape(x.shape[0], -1)
+                return h @ dw.T + db
+            w1, b1, w2, b2, d1, c1, d2, c2 = params
+            h = pool(jax.nn.relu(conv(x, w1, b1, 1)))
+            h = pool(jax.nn.relu(conv(h, w2, b2, 1))).reshape(x.shape[0], -1)
+            return jax.nn.relu(h @ d1.T + c1) @ d2.T + c2
+
+        def loss_fn(params, x, y):
+            logp = jax.nn.log_softmax(forward(params, x), axis=1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+        def step(params, velocity, x, y):
+            loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+            velocity = [MOMENTUM * v - LR * g for v, g in zip(velocity, grads)]
+            return loss, [p + v for p, v in zip(params, velocity)], velocity
+
+        self.step = jax.jit(step, donate_argnums=(0, 1))
+        self.forward = jax.jit(forward)
+
+    def run(self, steps: int) -> float:
+        if self.mode == "train":
+            loss = None
+            for _ in range(steps):
+                loss, self.params, self.velocity = self.step(
+                    self.params, self.velocity, self.x, self.y
+                )
+            return float(loss)
+        out = None
+        for _ in range(steps):
+            out = self.forward(self.params, self.x)
+        return float(out[0, 0])
+
+
 def make_runner(contender: str, workload: str, mode: str, batch: int, seed: int = 0) -> Any:
     """A runner for one contender, workload, mode and batch size."""
     if workload not in WORKLOADS:
@@ -244,6 +324,8 @@ def make_runner(contender: str, workload: str, mode: str, batch: int, seed: int 
         raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
     if contender == "torch":
         return TorchRunner(workload, mode, batch, seed)
+    if contender == "jax":
+        return JaxRunner(workload, mode, batch, seed)
     if contender in XPCONV_BACKENDS:
         return XpconvRunner(workload, XPCONV_BACKENDS[contender], mode, batch, seed)
     raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")

@@ -9,6 +9,11 @@ and states the tolerance for comparing with a float64 reference:
 Cases whose library or device is missing are skipped with a visible reason (``-rs``).
 In CI (``CI=true``) a missing oracle, data set or CPU backend fails the run instead
 (:func:`require_or_skip`); only GPU cases may skip there.
+
+JAX runs in its 64-bit mode for the whole session (set here, before any JAX array
+exists), so its float32 and float64 cases share one process: the float32 cases then
+also check that nothing is promoted to float64 by accident. JAX with 64-bit mode off,
+its default, is covered by a test that runs in a subprocess (``tests/test_step.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,13 @@ import numpy as np
 import pytest
 
 from xpconv import backend as xb
+
+try:
+    import jax
+except ImportError:  # the jax cases are skipped with the loader's reason
+    pass
+else:
+    jax.config.update("jax_enable_x64", True)
 
 DATA_DIR = Path(
     os.environ.get("XPCONV_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -90,6 +102,8 @@ CASES = [
     Case("strict-device1-f32", "array_api_strict", "device1", "float32"),
     Case("torch-cpu-f64", "torch", "cpu", "float64"),
     Case("torch-cpu-f32", "torch", "cpu", "float32"),
+    Case("jax-cpu-f64", "jax", "cpu", "float64"),
+    Case("jax-cpu-f32", "jax", "cpu", "float32"),
     Case("cupy-f32", "cupy", None, "float32", gpu=True),
     Case("torch-cuda-f32", "torch", "cuda", "float32", gpu=True),
 ]

@@ -38,6 +38,7 @@ from .optimizers import (
     Warmup,
 )
 from .saving import load_model, load_training, save_model, save_training
+from .step import TrainState, TrainStep
 from .trainer import History, Trainer, TrainingError
 
 __version__ = "0.1.0"
@@ -75,6 +76,8 @@ __all__ = [
     "Softmax",
     "StepDecay",
     "Tanh",
+    "TrainState",
+    "TrainStep",
     "Trainer",
     "TrainingError",
     "distributed",

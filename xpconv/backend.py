@@ -15,8 +15,13 @@ Select a backend by name::
 
 Random numbers never come from the array libraries: they are drawn from one seeded
 ``numpy.random.Generator`` on the host and moved to the device, so the same seed gives
-bit-identical values on every backend. Adding a backend (JAX, say) means adding one
-loader function to ``_LOADERS``; the numerical code does not change.
+bit-identical values on every backend.
+
+Every backend is one :class:`BackendSpec` in a registry: its name and aliases, how to
+recognise its arrays, and a loader that imports the library and returns a
+:class:`Backend` for a device. ``get_backend``, ``backend_of``, ``available_backends``
+and the error messages all read the registry, so adding a backend is one call to
+:func:`register_backend`; the numerical code does not change.
 """
 
 from __future__ import annotations
@@ -32,12 +37,16 @@ import numpy as np
 __all__ = [
     "Backend",
     "BackendError",
+    "BackendSpec",
     "available_backends",
     "backend_of",
     "default_backend",
     "get_backend",
     "namespace_of",
+    "register_backend",
+    "registered_backends",
     "set_default_backend",
+    "unregister_backend",
 ]
 
 Array = Any
@@ -63,6 +72,35 @@ class Backend:
     device: Any
     float_dtype: Any
     _to_numpy: Callable[[Array], np.ndarray] = field(repr=False, compare=False)
+    # Optional library hooks: why a float dtype name cannot be used now (None: it can),
+    # and the host integer dtype the library stores a host integer dtype as.
+    _dtype_problem: Callable[[str], str | None] | None = field(
+        default=None, repr=False, compare=False
+    )
+    _host_int_dtype: Callable[[np.dtype], np.dtype] | None = field(
+        default=None, repr=False, compare=False
+    )
+    # ``_compile(fn, donate_argnums)``: a compiled version of a pure function of arrays
+    _compile: Callable[[Callable[..., Any], tuple[int, ...]], Callable[..., Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    @property
+    def can_compile(self) -> bool:
+        """Whether :meth:`compile` makes a compiled function (JAX) rather than none."""
+        return self._compile is not None
+
+    def compile(
+        self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()
+    ) -> Callable[..., Any]:
+        """``fn``, a pure function of arrays (nested dicts and tuples of them), compiled
+        for this backend (once per input shape), with the arguments at
+        ``donate_argnums`` donated: their buffers are reused for the outputs, and the
+        caller must not use them afterwards. Raises ``BackendError`` on backends that
+        do not compile (see :attr:`can_compile`)."""
+        if self._compile is None:
+            raise BackendError(f"backend {self.name!r} does not compile functions")
+        return self._compile(fn, donate_argnums)
 
     @property
     def label(self) -> str:
@@ -77,6 +115,9 @@ class Backend:
         if isinstance(name, str):
             if name not in ("float32", "float64"):
                 raise ValueError(f"dtype: expected 'float32' or 'float64', got {name!r}")
+            problem = self._dtype_problem(name) if self._dtype_problem else None
+            if problem:
+                raise BackendError(f"dtype: {problem}")
             return getattr(self.xp, name)
         if name in (self.xp.float32, self.xp.float64):
             return name
@@ -96,6 +137,8 @@ class Backend:
         elif isinstance(dtype, str):
             dtype = self.dtype(dtype) if dtype.startswith("float") else getattr(self.xp, dtype)
         if dtype is None:
+            if self._host_int_dtype is not None and host.dtype.kind in "iu":
+                host = host.astype(self._host_int_dtype(host.dtype), copy=False)
             dtype = getattr(self.xp, host.dtype.name)
         return self.xp.asarray(host, dtype=dtype, device=self.device)
 
@@ -144,7 +187,8 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def _same_device(a: Any, b: Any) -> bool:
-    return str(a) == str(b)
+    # JAX arrays being traced by ``jax.jit`` report no device: they match any.
+    return a is None or b is None or str(a) == str(b)
 
 
 def _describe(a: Any) -> str:
@@ -231,13 +275,122 @@ def _load_cupy(device: Any) -> Backend:
     return Backend("cupy", xp, dev, xp.float32, cupy.asnumpy)
 
 
-_LOADERS: dict[str, Callable[[Any], Backend]] = {
-    "numpy": _load_numpy,
-    "array_api_strict": _load_array_api_strict,
-    "torch": _load_torch,
-    "cupy": _load_cupy,
-}
-_ALIASES = {"np": "numpy", "strict": "array_api_strict", "array-api-strict": "array_api_strict"}
+def _load_jax(device: Any) -> Backend:
+    try:
+        import jax
+    except ImportError as exc:
+        raise BackendError(
+            "backend 'jax' needs JAX: pip install 'xpconv[jax]' (or 'jax[cpu]')"
+        ) from exc
+    if device is None or hasattr(device, "platform"):
+        dev = device if device is not None else jax.devices()[0]
+    else:
+        platform, _, index = str(device).partition(":")
+        platform = {"cuda": "gpu"}.get(platform, platform)
+        try:
+            devices = jax.devices(platform)
+        except RuntimeError as exc:
+            raise BackendError(
+                f"backend 'jax' with device {device!r}: JAX has no {platform!r} devices "
+                f"({exc}); install a CUDA build of JAX (pip install 'jax[cuda12]') for 'gpu'"
+            ) from exc
+        position = int(index) if index else 0
+        if not 0 <= position < len(devices):
+            raise BackendError(
+                f"device: backend 'jax' has {len(devices)} {platform!r} device(s), got {device!r}"
+            )
+        dev = devices[position]
+    xp = array_api_compat.array_namespace(jax.numpy.empty(0))
+
+    def dtype_problem(name: str) -> str | None:
+        if name == "float64" and not jax.config.jax_enable_x64:
+            return (
+                "backend 'jax' computes in float64 only in JAX's 64-bit mode, which is off; "
+                "enable it before creating arrays with "
+                "jax.config.update('jax_enable_x64', True) or JAX_ENABLE_X64=1 in the "
+                "environment"
+            )
+        return None
+
+    def host_int_dtype(dtype: np.dtype) -> np.dtype:
+        return np.dtype(jax.dtypes.canonicalize_dtype(dtype))
+
+    def to_numpy(a: Array) -> np.ndarray:
+        # a copy: a step that donates its parameters frees the buffers a view would see
+        return np.array(a)
+
+    def compile_fn(fn: Callable[..., Any], donate: tuple[int, ...]) -> Callable[..., Any]:
+        return jax.jit(fn, donate_argnums=donate)
+
+    return Backend("jax", xp, dev, xp.float32, to_numpy, dtype_problem, host_int_dtype, compile_fn)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """One registered backend: how to recognise its arrays and how to load it.
+
+    Attributes:
+        name: the name ``get_backend`` takes (lower case).
+        load: ``load(device)`` imports the library and returns a :class:`Backend` on
+            ``device`` (``None``: the library's default); raises ``BackendError`` naming
+            the package to install when the library or device is missing.
+        is_array: whether an object is an array of this library. Must not import the
+            library (check ``type(a).__module__``, or use ``array_api_compat.is_*``).
+        aliases: other accepted names (``"np"``).
+    """
+
+    name: str
+    load: Callable[[Any], Backend]
+    is_array: Callable[[Any], bool]
+    aliases: tuple[str, ...] = ()
+
+
+def _is_strict_array(a: Any) -> bool:
+    return type(a).__module__.startswith("array_api_strict")
+
+
+_REGISTRY: dict[str, BackendSpec] = {}
+_ALIASES: dict[str, str] = {"array-api-strict": "array_api_strict"}
+
+
+def register_backend(spec: BackendSpec, *, replace: bool = False) -> None:
+    """Add a backend to the registry (``replace=True`` to redefine an existing name).
+
+    Arrays are recognised by the most recently registered spec first, so a backend
+    wrapping another library's arrays can claim them (narrow its ``is_array``).
+    """
+    if not isinstance(spec, BackendSpec):
+        raise TypeError(f"spec: expected a BackendSpec, got {type(spec).__name__}")
+    name = spec.name.strip().lower()
+    if not name or ":" in name:
+        raise ValueError(f"spec.name: expected a name without ':', got {spec.name!r}")
+    taken = name in _REGISTRY or name in _ALIASES
+    if taken and not replace:
+        raise ValueError(f"spec.name: backend {name!r} is registered already")
+    _REGISTRY.pop(name, None)
+    _REGISTRY[name] = spec
+    for alias in spec.aliases:
+        _ALIASES[alias.strip().lower()] = name
+    for key in [k for k in _CACHE if k[0] == name]:
+        del _CACHE[key]
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend (and its aliases and cached instances)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"name: expected one of {sorted(_REGISTRY)}, got {name!r}")
+    del _REGISTRY[name]
+    for alias in [a for a, target in _ALIASES.items() if target == name]:
+        del _ALIASES[alias]
+    for key in [k for k in _CACHE if k[0] == name]:
+        del _CACHE[key]
+
+
+def registered_backends() -> list[str]:
+    """Names of every registered backend, importable here or not."""
+    return list(_REGISTRY)
+
+
 _CACHE: dict[tuple[str, str], Backend] = {}
 _default_name: str | None = None
 
@@ -269,11 +422,11 @@ def get_backend(name: str | Backend | None = None, device: Any = None) -> Backen
     if not isinstance(name, str):
         raise TypeError(f"backend: expected a name such as 'numpy', got {type(name).__name__}")
     key_name, device = _split(name.strip().lower(), device)
-    if key_name not in _LOADERS:
-        raise ValueError(f"backend: expected one of {sorted(_LOADERS)}, got {name!r}")
+    if key_name not in _REGISTRY:
+        raise ValueError(f"backend: expected one of {sorted(_REGISTRY)}, got {name!r}")
     key = (key_name, str(device))
     if key not in _CACHE:
-        _CACHE[key] = _LOADERS[key_name](device)
+        _CACHE[key] = _REGISTRY[key_name].load(device)
     return _CACHE[key]
 
 
@@ -298,7 +451,7 @@ def set_default_backend(name: str | None) -> None:
 def available_backends() -> list[str]:
     """Names of the backends whose library imports and has a usable device here."""
     names = []
-    for name in _LOADERS:
+    for name in _REGISTRY:
         try:
             get_backend(name)
         except BackendError:
@@ -309,25 +462,26 @@ def available_backends() -> list[str]:
 
 def backend_of(a: Array) -> Backend:
     """The backend (with the array's device) that array ``a`` belongs to."""
-    checks = (
-        ("numpy", array_api_compat.is_numpy_array),
-        ("torch", array_api_compat.is_torch_array),
-        ("cupy", array_api_compat.is_cupy_array),
-        ("array_api_strict", _is_strict_array),
-    )
-    for name, check in checks:
-        if check(a):
-            if name == "numpy":
+    for spec in reversed(_REGISTRY.values()):
+        if spec.is_array(a):
+            if spec.name == "numpy":
                 return get_backend("numpy")
-            return get_backend(name, device=array_api_compat.device(a))
+            return get_backend(spec.name, device=array_api_compat.device(a))
     raise BackendError(
-        f"expected an array of a supported backend ({', '.join(_LOADERS)}), "
+        f"expected an array of a supported backend ({', '.join(_REGISTRY)}), "
         f"got {type(a).__module__}.{type(a).__qualname__}"
     )
 
 
-def _is_strict_array(a: Any) -> bool:
-    return type(a).__module__.startswith("array_api_strict")
+for _spec in (
+    BackendSpec("numpy", _load_numpy, array_api_compat.is_numpy_array, aliases=("np",)),
+    BackendSpec("torch", _load_torch, array_api_compat.is_torch_array),
+    BackendSpec("cupy", _load_cupy, array_api_compat.is_cupy_array),
+    BackendSpec("array_api_strict", _load_array_api_strict, _is_strict_array, aliases=("strict",)),
+    BackendSpec("jax", _load_jax, array_api_compat.is_jax_array),
+):
+    register_backend(_spec)
+del _spec
 
 
 def namespace_of(**arrays: Array) -> Any:

@@ -105,7 +105,7 @@ def _common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         default=None,
-        help="numpy, torch, cupy or array_api_strict (default: $XPCONV_BACKEND, else numpy)",
+        help="numpy, torch, cupy, jax or array_api_strict (default: $XPCONV_BACKEND, else numpy)",
     )
     p.add_argument(
         "--device", default=None, help="device on the backend, e.g. cuda, cuda:1, device1"

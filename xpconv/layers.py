@@ -532,12 +532,29 @@ class Dropout(Layer):
             raise ValueError(f"{self.name}: p expected a float in [0, 1), got {p!r}")
         self.p = float(p)
 
+    def draw_mask(self, batch: int, backend: Backend, dtype: Any) -> Array | None:
+        """The scaled mask (batch, *input_shape) the next training forward would draw,
+        drawn now from the model's generator (``None`` when ``p == 0``).
+
+        A compiled training step draws the masks on the host before it runs and hands
+        each in through :attr:`given_mask`, in the order the eager pass draws them.
+        """
+        if self.p == 0.0:
+            return None
+        shape = (int(batch), *self.input_shape)
+        u = backend.uniform(self._rng, shape, dtype=dtype)
+        return backend.xp.astype(u >= self.p, dtype) * (1.0 / (1.0 - self.p))
+
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         self._rng = ctx.dropout_rng
+        self.given_mask: Array | None = None
         return input_shape
 
     def forward(self, x: Array, training: bool) -> Array:
-        out, self._mask = F.dropout(x, self.p, rng=self._rng, training=training)
+        mask, self.given_mask = self.given_mask, None
+        if not training:
+            mask = None
+        out, self._mask = F.dropout(x, self.p, rng=self._rng, training=training, mask=mask)
         return out
 
     def backward(self, grad: Array) -> Array:

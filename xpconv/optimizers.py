@@ -303,6 +303,64 @@ class Optimizer:
     def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
         raise NotImplementedError
 
+    # -- the same update as a pure function (what a compiled training step calls) --
+    def init_state(self, params: dict[str, Array]) -> dict[str, dict[str, Array]]:
+        """The state before the first step, per parameter name: ``{name: {slot: array}}``.
+
+        Slots that a subclass creates on its first step start here as zeros, so the
+        state has the same structure at every step (a compiled step is traced once).
+        Subclasses list their slots in ``_slots``.
+        """
+        state = {}
+        for name, value in params.items():
+            xp = array_namespace(value)
+            state[name] = {slot: xp.zeros_like(value) for slot in self._slots()}
+        return state
+
+    def _slots(self) -> tuple[str, ...]:
+        """Names of the per-parameter state arrays the update keeps."""
+        return ()
+
+    def update(
+        self,
+        params: dict[str, Array],
+        grads: dict[str, Array | None],
+        state: dict[str, dict[str, Array]],
+        lr: Any,
+        step: Any,
+    ) -> tuple[dict[str, Array], dict[str, dict[str, Array]]]:
+        """One update as a pure function: neither the optimizer nor its inputs change.
+
+        Args:
+            params: parameter values by name.
+            grads: gradients by the same names (``None``: the parameter is left as is).
+            state: per-parameter state (from :meth:`init_state` or a previous update).
+            lr: the learning rate, a number or a 0-d array (an array lets a compiled
+                step take a new rate without being traced again).
+            step: the 0-based step number (a number or a 0-d array), for Adam's bias
+                correction.
+
+        Returns:
+            ``(new_params, new_state)``, the same structure as the inputs. Runs the same
+            arithmetic as :meth:`step`.
+        """
+        saved_state, saved_count = self.state, self.step_count
+        self.state = {name: dict(slots) for name, slots in state.items()}
+        self.step_count = step
+        try:
+            new = {}
+            for name, value in params.items():
+                grad = grads.get(name)
+                if grad is None:
+                    new[name] = value
+                    continue
+                if self.weight_decay:
+                    grad = grad + self.weight_decay * value
+                new[name] = self._update(name, value, grad, lr)
+            return new, self.state
+        finally:
+            self.state, self.step_count = saved_state, saved_count
+
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments and the class name (see :func:`optimizer_from_config`)."""
         plain = {
@@ -359,6 +417,9 @@ class SGD(Optimizer):
         #: Names of the per-parameter state arrays (checked when a checkpoint loads).
         self.state_slots: tuple[str, ...] = ("velocity",) if self.momentum else ()
 
+    def _slots(self) -> tuple[str, ...]:
+        return ("velocity",) if self.momentum else ()
+
     def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
         if self.momentum == 0.0:
             return value - lr * grad
@@ -399,6 +460,9 @@ class Adam(Optimizer):
         eps = check_positive(eps, "eps")
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.state_slots: tuple[str, ...] = ("m", "v")
+
+    def _slots(self) -> tuple[str, ...]:
+        return ("m", "v")
 
     def _update(self, name: str, value: Array, grad: Array, lr: float) -> Array:
         xp = array_namespace(value)

@@ -29,6 +29,7 @@ from .functional._checks import positive_int
 from .functional.targets import count_correct
 from .model import Sequential
 from .optimizers import Optimizer
+from .step import TrainStep
 
 Array = Any
 
@@ -115,6 +116,8 @@ class Trainer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
         self.model, self.optimizer = model, optimizer
+        # the whole step (compiled on JAX); replace it to add a gradient hook
+        self.train_step = TrainStep(model, optimizer)
         self.seed = seed
         self.rng = np.random.default_rng([seed, 2])
         self.progress = progress
@@ -271,7 +274,11 @@ class Trainer:
         order = be.asarray(order_host)  # one transfer
         x_host = None if self.augment is None else be.to_numpy(x)
         model.train()
-        params = model.parameters()
+        step_fn = self.train_step
+        if step_fn.model is not model or step_fn.optimizer is not self.optimizer:
+            # the model or optimizer was replaced: a step for the new pair, same hook
+            step_fn = TrainStep(model, self.optimizer, gradient_hook=step_fn.gradient_hook)
+            self.train_step = step_fn
         bar = _progress_bar(self.progress, n, f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
         loss_sum, correct, pending = 0.0, 0, []
@@ -286,8 +293,7 @@ class Trainer:
                     rows = order_host[first : min(first + batch_size, n)]
                     xb = be.asarray(self.augment(x_host[rows], self.rng), dtype=model.dtype)
                 yb = xp.take(y, idx, axis=0)
-                loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
-                self.optimizer.step(params)
+                loss = step_fn(xb, yb, validate=False)  # checked by _prepare
                 count = int(idx.shape[0])
                 pending.append(loss)
                 loss_sum = loss_sum + loss * count

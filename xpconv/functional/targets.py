@@ -97,7 +97,7 @@ def _check_rows(shape: tuple[int, ...], n: int, name: str) -> None:
 
 
 def count_correct(xp: Any, outputs: Array, targets: Array) -> Array | None:
-    """Number of rows whose largest output is the target class, as a 0-d int64 array
+    """Number of rows whose largest output is the target class, as a 0-d integer array
     (on the device: no sync).
 
     The target class is the index for integer targets and the largest entry of the
@@ -108,5 +108,4 @@ def count_correct(xp: Any, outputs: Array, targets: Array) -> Array | None:
     if outputs.ndim != 2:
         return None
     truth = targets if xp.isdtype(targets.dtype, "integral") else xp.argmax(targets, axis=1)
-    hits = xp.argmax(outputs, axis=1) == xp.astype(truth, xp.int64)
-    return xp.sum(xp.astype(hits, xp.int64))
+    return xp.count_nonzero(xp.argmax(outputs, axis=1) == truth)
