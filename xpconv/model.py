@@ -335,15 +335,6 @@ class Sequential:
             f"{layer.name}.{key}": p for layer in self.layers for key, p in layer.params.items()
         }
 
-    def buffers(self) -> dict[str, Array]:
-        """Every layer's non-trainable state by ``"layer.key"`` name, in layer order."""
-        self._require_built()
-        return {
-            f"{layer.name}.{key}": value
-            for layer in self.layers
-            for key, value in layer.buffers.items()
-        }
-
     def gradients(self) -> dict[str, Array | None]:
         return {name: p.grad for name, p in self.parameters().items()}
 
