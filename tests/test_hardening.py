@@ -556,3 +556,32 @@ def test_a_new_layer_type_is_validated_by_its_own_build(
     save_checkpoint(tmp_path / "bad.npz", arrays, meta)
     with pytest.raises(CheckpointError, match=r"_gain_0\.gain.*\(9,\)"):
         load_model(tmp_path / "bad.npz")
+
+
+def test_compressed_zeros_that_expand_far_beyond_the_file_are_refused_cheaply(tmp_path) -> None:
+    """A file of about 100 KB whose deflated entry of zeros declares 100 MB is refused
+    from its headers: no array is read, and loading costs far less than 50 MB."""
+    import zipfile
+
+    path = tmp_path / "zeros.npz"
+    save_checkpoint(path, {"w": np.ones(3, np.float32)}, {"kind": "test"}, compress=True)
+    header = b"\x93NUMPY\x01\x00"
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (26214400,), }"
+    text = text + " " * (63 - len(text) % 64) + "\n"
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        with zf.open("big.npy", "w", force_zip64=True) as out:
+            out.write(header + struct.pack("<H", len(text)) + text.encode())
+            chunk = bytes(2**20)
+            for _ in range(100):
+                out.write(chunk)
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match="times its size"):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20
+    arrays, _ = load_checkpoint(path, max_bytes=None)  # trusted: read as it is
+    assert arrays["big"].shape == (26214400,) and not arrays["big"].any()

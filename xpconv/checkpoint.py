@@ -69,6 +69,12 @@ _NPY_PREFIX = b"\x93NUMPY"
 # Deflate cannot expand data by more than about 1032:1; a member claiming a
 # larger ratio is lying about its size.
 _MAX_DEFLATE_RATIO = 1100
+# A whole archive may declare at most this many times its own size in array bytes (or
+# _SMALL_ARCHIVE_BYTES, whichever is more) unless max_bytes is None: trained weights
+# barely compress, so only a file built to expand (runs of zeros) goes past it, and a
+# file of a few kilobytes then cannot cost more than a few tens of megabytes.
+_MAX_ARCHIVE_RATIO = 256
+_SMALL_ARCHIVE_BYTES = 8 * 2**20
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 # Everything the standard zip / npy readers may raise on malformed input.
@@ -567,24 +573,36 @@ def _inspect(
             "instead of 1-d uint8 JSON bytes",
         )
     total += meta_entry.nbytes
-    _check_total(path, total, max_bytes, METADATA_KEY)
+    _check_total(path, total, max_bytes, METADATA_KEY, archive_size)
     metadata = _parse_metadata(path, _read_entry(zf, path, meta_entry).tobytes())
 
     entries: list[_Entry] = []
     for key, info in array_infos:
         entry = _inspect_entry(zf, path, key, info, archive_size)
         total += entry.nbytes
-        _check_total(path, total, max_bytes, key)
+        _check_total(path, total, max_bytes, key, archive_size)
         entries.append(entry)
     return entries, metadata
 
 
-def _check_total(path: Path, total: int, max_bytes: int | None, key: str) -> None:
-    if max_bytes is not None and total > max_bytes:
+def _check_total(
+    path: Path, total: int, max_bytes: int | None, key: str, archive_size: int
+) -> None:
+    if max_bytes is None:
+        return
+    if total > max_bytes:
         raise CheckpointError(
             f"cannot load checkpoint {str(path)!r}: its arrays declare at least {total} bytes "
             f"(reached at entry {key!r}), more than max_bytes={max_bytes}; pass a larger "
             "max_bytes (or None) to load_checkpoint if you trust this file"
+        )
+    expands = max(_MAX_ARCHIVE_RATIO * archive_size, _SMALL_ARCHIVE_BYTES)
+    if total > expands:
+        raise CheckpointError(
+            f"cannot load checkpoint {str(path)!r}: its arrays declare at least {total} bytes "
+            f"(reached at entry {key!r}) from a file of {archive_size} bytes, more than "
+            f"{_MAX_ARCHIVE_RATIO} times its size; trained weights do not compress like that. "
+            "Pass max_bytes=None to load_checkpoint if you trust this file"
         )
 
 
