@@ -165,6 +165,10 @@ class _RecordingSGD(SGD):
         self.used.append(self.lr)
         super().step(params)
 
+    def update(self, params, grads, state, lr, step):  # what Trainer's TrainStep calls
+        self.used.append(float(lr))
+        return super().update(params, grads, state, lr, step)
+
 
 @pytest.mark.parametrize("kind", ["linear", "exponential"])
 def test_multi_epoch_fit_follows_the_schedule_to_its_last_step(kind: str) -> None:

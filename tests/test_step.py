@@ -153,7 +153,7 @@ def test_train_step_rejects_bad_arguments() -> None:
         TrainStep(_small("numpy"), xc.SGD(0.1), gradient_hook=3)  # type: ignore[arg-type]
     step = TrainStep(_small("numpy"), xc.SGD(0.1))
     x, _ = _batch()
-    with pytest.raises(ValueError, match=r"y: expected labels in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"y: expected class indices in \[0, 4\)"):
         step(x, np.full(5, 7))
 
 
