@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install xpconv with its test dependencies into a virtual environment and run
-# the linters and the whole test suite (the torch oracle and array-api-strict
-# tests included). Usage: bash ci/test.sh [extra pytest arguments]
+# the linters and the whole test suite (the torch oracle, array-api-strict, JAX, ONNX
+# and MPI tests included), on XPCONV_TEST_WORKERS pytest-xdist workers (default 2).
+# Usage: bash ci/test.sh [extra pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +20,4 @@ python -m pip install -q -e ".[test,cli]"
 
 ruff check .
 ruff format --check .
-python -m pytest -rs "$@"
+python -m pytest -rs -n "${XPCONV_TEST_WORKERS:-2}" "$@"
