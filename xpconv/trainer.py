@@ -438,13 +438,13 @@ class Trainer:
                 if (step + 1) % self.log_every == 0 or step + 1 == len(sampler):
                     # One all-reduce of the interval's weighted losses and hit count.
                     summed = comm.allreduce(xp.stack([*pending, hits_sum]))
-                    host = np.asarray(be.to_numpy(summed), dtype=np.float64)
+                    totals = np.asarray(be.to_numpy(summed), dtype=np.float64)
                     losses = summed[:-1] / be.asarray(np.asarray(counts), dtype=model.dtype)
                     step_losses += self._read_losses(
                         [losses[i] for i in range(len(counts))], epoch, step
                     )
-                    loss_sum += float(np.sum(host[:-1]))
-                    correct += int(round(host[-1]))
+                    loss_sum += float(np.sum(totals[:-1]))
+                    correct += int(round(totals[-1]))
                     pending, counts = [], []
                     hits_sum = xp.zeros((), dtype=model.dtype, device=be.device)
                     if bar is not None:
