@@ -287,10 +287,11 @@ class TrainStep:
         targets (N, *output_shape). Returns the loss, a 0-d array on the device; the
         outputs (N, *output_shape) stay in :attr:`last_output`.
 
-        ``validate=False`` skips the class-range check of labels checked before.
+        ``validate=False`` skips the checks of data checked before (the class range of
+        the labels, the finiteness of the inputs), so the step never waits on the device.
         """
         model, optimizer = self.model, self.optimizer
-        x = model.as_input(x)
+        x = model.as_input(x, finite=validate)
         y = model.as_target(y, int(x.shape[0]), validate=validate)
         masks = self._masks(int(x.shape[0]))
         state = self._state()
