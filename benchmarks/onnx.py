@@ -49,10 +49,10 @@ def _runner(contender: str, onnx_path: str, batch: int, threads: int) -> Any:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
+    runtime = onnxruntime.InferenceSession(
         onnx_path, sess_options=options, providers=["CPUExecutionProvider"]
     )
-    return lambda: float(session.run(["output"], {"input": x})[0][0, 0])
+    return lambda: float(runtime.run(["output"], {"input": x})[0][0, 0])
 
 
 def _sample(run: Any, steps: int) -> float:

@@ -10,7 +10,7 @@ Cases whose library or device is missing are skipped with a visible reason (``-r
 In CI (``CI=true``) a missing oracle, data set or CPU backend fails the run instead
 (:func:`require_or_skip`); only GPU cases may skip there.
 
-JAX runs in its 64-bit mode for the whole session (set here, before any JAX array
+JAX runs in its 64-bit mode for the whole test run (set here, before any JAX array
 exists), so its float32 and float64 cases share one process: the float32 cases then
 also check that nothing is promoted to float64 by accident. JAX with 64-bit mode off,
 its default, is covered by a test that runs in a subprocess (``tests/test_step.py``).

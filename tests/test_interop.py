@@ -27,12 +27,12 @@ def _atol(reference: np.ndarray) -> float:
     return 5e-6 * max(1.0, float(np.max(np.abs(reference))))
 
 
-def _session(path: os.PathLike | str) -> ort.InferenceSession:
+def _runtime(path: os.PathLike | str) -> ort.InferenceSession:
     return ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
 
 
 def _run_onnx(path: os.PathLike | str, x: np.ndarray) -> np.ndarray:
-    return _session(path).run([interop.OUTPUT_NAME], {interop.INPUT_NAME: x})[0]
+    return _runtime(path).run([interop.OUTPUT_NAME], {interop.INPUT_NAME: x})[0]
 
 
 def _predict(model: xc.Sequential, x: np.ndarray) -> np.ndarray:
@@ -163,10 +163,10 @@ def test_exported_graph_names_and_dynamic_batch(tmp_path) -> None:
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 10]
     assert proto.opset_import[0].version == 13
     assert {n.op_type for n in proto.graph.node} >= {"Conv", "MaxPool", "Gemm", "Relu"}
-    session = _session(path)
+    runtime = _runtime(path)
     for n in (1, 3, 17):
         x = _input(model, n, seed=n)
-        got = session.run(None, {"input": x})[0]
+        got = runtime.run(None, {"input": x})[0]
         assert got.shape == (n, 10)
         want = _predict(model, x)
         np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))

@@ -426,10 +426,10 @@ def compare_with_onnxruntime(
     if x is None:
         x = np.random.default_rng(seed).random((8, *model.input_shape))
     try:  # onnxruntime's errors derive from Exception only
-        session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-        elem = session.get_inputs()[0].type  # "tensor(float)" or "tensor(double)"
+        runtime = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+        elem = runtime.get_inputs()[0].type  # "tensor(float)" or "tensor(double)"
         host = np.asarray(x, dtype=np.float64 if "double" in elem else np.float32)
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: host})[0]
+        got = runtime.run([OUTPUT_NAME], {INPUT_NAME: host})[0]
     except Exception as exc:
         raise RuntimeError(f"onnxruntime could not run {os.fspath(path)!r}: {exc}") from exc
     want = model.backend.to_numpy(model.predict(np.asarray(x, dtype=model.dtype_name)))
