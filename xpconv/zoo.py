@@ -149,6 +149,16 @@ MODELS = {"lecture": lecture, "lenet": lenet, "resnet": resnet}
 
 #: Per-model training recipes: what ``xpconv train --model NAME`` uses unless told
 #: otherwise. ``warmup`` is the fraction of the run spent warming up linearly.
+_MODERN_RECIPE: dict[str, Any] = dict(
+    optimizer="adamw",
+    lr=3e-3,
+    schedule="cosine",
+    final_lr=0.0,
+    warmup=0.1,
+    weight_decay=5e-4,
+    momentum=0.9,
+    batch_size=128,
+)
 RECIPES: dict[str, dict[str, Any]] = {
     "lecture": dict(
         optimizer="sgd",
@@ -160,26 +170,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         momentum=0.9,
         batch_size=60,
     ),
-    "lenet": dict(
-        optimizer="adamw",
-        lr=3e-3,
-        schedule="cosine",
-        final_lr=0.0,
-        warmup=0.1,
-        weight_decay=5e-4,
-        momentum=0.9,
-        batch_size=128,
-    ),
-    "resnet": dict(
-        optimizer="adamw",
-        lr=3e-3,
-        schedule="cosine",
-        final_lr=0.0,
-        warmup=0.1,
-        weight_decay=5e-4,
-        momentum=0.9,
-        batch_size=128,
-    ),
+    "lenet": dict(_MODERN_RECIPE),
+    "resnet": dict(_MODERN_RECIPE),
 }
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
