@@ -240,6 +240,16 @@ def test_numpy_tanh_fast_path_matches_portable(rng: np.random.Generator, dtype) 
             assert got.dtype == dtype
 
 
+def test_tanh_backward_fast_path_matches_portable(case: Case, rng: np.random.Generator) -> None:
+    """Each backend's ``tanh_backward`` (one fused pass on PyTorch) equals the formula."""
+    t = case.asarray(np.tanh(rng.normal(size=(4, 3, 5, 6))))
+    grad = case.asarray(rng.normal(size=(4, 3, 5, 6)))
+    got = kernels_for(case.xp).tanh_backward(case.xp, grad, t)
+    expected = case.to_numpy(grad) * (1.0 - case.to_numpy(t) ** 2)
+    case.assert_close(got, expected, "fast tanh_backward")
+    case.assert_close(PORTABLE.tanh_backward(case.xp, grad, t), expected, "portable")
+
+
 def test_row_sums_fast_path_matches_portable(case: Case, rng: np.random.Generator) -> None:
     """The bias gradient's row sums (a matrix-vector product on NumPy)."""
     for shape in [(3, 5), (32, 4096)]:
