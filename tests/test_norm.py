@@ -282,3 +282,70 @@ def test_gradcheck_argument_errors(rng: np.random.Generator) -> None:
         gradcheck(F.tanh, x, backward=F.tanh_backward, eps=0.0)
     with pytest.raises(ValueError, match="grad_out"):
         gradcheck(F.tanh, x, backward=F.tanh_backward, grad_out=np.ones(3))
+
+
+def _batch_innermost(a: np.ndarray) -> np.ndarray:
+    """The same values, stored with the batch axis innermost (as a convolution leaves them)."""
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 0, -1)), -1, 0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize(
+    "shape, layout",
+    [
+        ((6, 5, 7, 9), "batch-innermost"),
+        ((6, 5, 7, 9), "C order"),
+        ((1, 3, 4, 4), "C order"),
+        ((12, 7), "F order"),
+        ((12, 7), "C order"),
+        ((4, 3, 10), "batch-innermost"),
+    ],
+)
+def test_numpy_batch_norm_kernels_match_portable(dtype, affine, shape, layout) -> None:
+    """The NumPy kernels (channel block by channel block) give the portable results in
+    every memory order, keep the input's memory order, and hand back layouts they do
+    not cover (the portable code runs then)."""
+    from xpconv.functional._kernels import kernels_for, use_portable
+
+    rng = np.random.default_rng(3)
+    arrange = {
+        "batch-innermost": _batch_innermost,
+        "C order": np.ascontiguousarray,
+        "F order": np.asfortranarray,
+    }[layout]
+    x = arrange(rng.normal(2.0, 3.0, size=shape).astype(dtype))
+    g = arrange(rng.normal(size=shape).astype(dtype))
+    c = shape[1]
+    weight = rng.normal(size=c).astype(dtype) if affine else None
+    bias = rng.normal(size=c).astype(dtype) if affine else None
+    stats = np.zeros(c, dtype), np.ones(c, dtype)
+    fast = kernels_for(np)
+    assert fast.batch_norm_train is not None and fast.batch_norm_train_backward is not None
+    y, mean, var, saved = F.batch_norm_forward(x, weight, bias, *stats)
+    grads = F.batch_norm_backward_saved(g, saved)
+    with use_portable():
+        y_ref, mean_ref, var_ref, saved_ref = F.batch_norm_forward(x, weight, bias, *stats)
+        grads_ref = F.batch_norm_backward_saved(g, saved_ref)
+    rtol = 1e-12 if dtype == "float64" else 2e-5
+    for got, ref, what in [
+        (y, y_ref, "y"),
+        (mean, mean_ref, "running mean"),
+        (var, var_ref, "running var"),
+        (saved.x_hat, saved_ref.x_hat, "x_hat"),
+        *zip(grads, grads_ref, ["grad_x", "grad_weight", "grad_bias"]),
+    ]:
+        scale = max(float(np.max(np.abs(ref))), 1.0)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=rtol * scale * 10, err_msg=what)
+        assert got.dtype == dtype, what
+    kept = [(a, b) for a, b, n in zip(y.strides, np.empty_like(x).strides, shape) if n > 1]
+    assert all(a == b for a, b in kept), "y keeps the memory order of x"
+    covered = (
+        layout == "batch-innermost" or shape[0] == 1 or (len(shape) == 2 and layout == "F order")
+    )
+    done = fast.batch_norm_train(np, x, weight, bias, 1e-5)
+    assert (done is not None) == covered
+    # a gradient in another memory order than x_hat: the portable backward runs
+    if layout == "batch-innermost":
+        other = np.ascontiguousarray(g)
+        assert fast.batch_norm_train_backward(np, other, saved.x_hat, saved.invstd, weight) is None

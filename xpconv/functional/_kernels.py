@@ -62,6 +62,11 @@ class Kernels:
     - ``row_sums(xp, a)``: (O, L) -> (O,), the bias gradient of a convolution.
     - ``tanh(xp, x)`` and ``tanh_backward(xp, grad_out, t)``: the lecture's activation
       and ``grad_out * (1 - t**2)``.
+    - ``batch_norm_train(xp, x, weight, bias, eps)`` -> ``(y, x_hat, mean, var, invstd)``
+      and ``batch_norm_train_backward(xp, grad_out, x_hat, invstd, weight)`` ->
+      ``(grad_x, grad_weight, grad_bias)``: training-mode batch norm (contract in
+      ``_norm``). ``None`` here, or a ``None`` result, means the portable code in
+      ``_norm`` runs.
     """
 
     name: str
@@ -74,6 +79,8 @@ class Kernels:
     tanh: Callable[..., Any] = _tanh
     tanh_backward: Callable[..., Any] = _tanh_backward
     row_sums: Callable[..., Any] = _row_sums
+    batch_norm_train: Callable[..., Any] | None = None
+    batch_norm_train_backward: Callable[..., Any] | None = None
 
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)

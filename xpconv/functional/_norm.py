@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._checks import check_float, check_rank, namespace
+from ._kernels import kernels_for
 
 Array = Any
 
@@ -131,12 +132,18 @@ def batch_norm_forward(
     """
     xp = _check_bn(x, weight, bias, running_mean, running_var, training, momentum, eps)
     nd, axes = x.ndim, _axes(x)
+    done = None  # (y, x_hat, mean, var, invstd) from a backend's fused kernel
     if training:
-        mean = xp.mean(x, axis=axes)
-        centred = x - _per_channel(xp, mean, nd)
-        var = xp.mean(centred * centred, axis=axes)  # biased
-        invstd = 1.0 / xp.sqrt(var + eps)
-        x_hat = centred * _per_channel(xp, invstd, nd)
+        fast = kernels_for(xp).batch_norm_train
+        done = None if fast is None else fast(xp, x, weight, bias, eps)
+        if done is not None:
+            y, x_hat, mean, var, invstd = done
+        else:
+            mean = xp.mean(x, axis=axes)
+            centred = x - _per_channel(xp, mean, nd)
+            var = xp.mean(centred * centred, axis=axes)  # biased
+            invstd = 1.0 / xp.sqrt(var + eps)
+            x_hat = centred * _per_channel(xp, invstd, nd)
         if running_mean is not None:
             count = math.prod(int(d) for d in x.shape) // int(x.shape[1])
             unbiased = var * (count / (count - 1))
@@ -145,11 +152,12 @@ def batch_norm_forward(
     else:
         invstd = 1.0 / xp.sqrt(running_var + eps)
         x_hat = (x - _per_channel(xp, running_mean, nd)) * _per_channel(xp, invstd, nd)
-    y = x_hat
-    if weight is not None:
-        y = y * _per_channel(xp, weight, nd)
-    if bias is not None:
-        y = y + _per_channel(xp, bias, nd)
+    if done is None:
+        y = x_hat
+        if weight is not None:
+            y = y * _per_channel(xp, weight, nd)
+        if bias is not None:
+            y = y + _per_channel(xp, bias, nd)
     return y, running_mean, running_var, BatchNormSaved(x_hat, invstd, weight, training)
 
 
@@ -203,6 +211,10 @@ def batch_norm_backward_saved(grad_out: Array, saved: BatchNormSaved) -> tuple[A
     xp = namespace(grad_out=grad_out, x_hat=saved.x_hat)
     nd, axes = grad_out.ndim, _axes(grad_out)
     x_hat, invstd = saved.x_hat, saved.invstd
+    fast = kernels_for(xp).batch_norm_train_backward if saved.training else None
+    done = None if fast is None else fast(xp, grad_out, x_hat, invstd, saved.weight)
+    if done is not None:
+        return done
     grad_bias = xp.sum(grad_out, axis=axes)
     grad_weight = xp.sum(grad_out * x_hat, axis=axes)
     g_hat = grad_out if saved.weight is None else grad_out * _per_channel(xp, saved.weight, nd)

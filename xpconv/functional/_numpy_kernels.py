@@ -281,6 +281,105 @@ def row_sums(xp: Any, a: np.ndarray) -> np.ndarray:
     return a @ np.ones(a.shape[1], dtype=a.dtype)
 
 
+def _channel_rows(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """``x`` (N, C, ...) as a (C, M) view of its memory, and the axis order of that
+    memory, when each channel's values are one contiguous block (the batch-innermost
+    layout a convolution leaves, or C-order with N == 1); else ``None``."""
+    for order in ((1, *range(2, x.ndim), 0), (1, 0, *range(2, x.ndim))):
+        view = x.transpose(order)
+        if view.flags.c_contiguous:
+            return view.reshape(x.shape[1], -1), order
+    return None
+
+
+def _like(rows: np.ndarray, order: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """(C, M) rows in memory order ``order`` -> the (N, C, ...) view of them."""
+    return rows.reshape([shape[a] for a in order]).transpose(np.argsort(order))
+
+
+_BN_BLOCK = 1 << 16  # values per pass of a channel block: 256 KB of float32 stays in cache
+
+
+def batch_norm_train(
+    xp: Any, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Training-mode batch norm of ``x`` (N, C, ...) channel block by channel block, so
+    each block is read once from memory and its statistics, normalization, scale and
+    shift run in cache (the portable path makes about ten passes over ``x``).
+
+    Returns ``(y, x_hat, mean, var, invstd)`` (var biased; y and x_hat in x's memory
+    order), or ``None`` for a layout it does not cover (the caller falls back).
+    """
+    found = _channel_rows(np.asarray(x))
+    if found is None or x.dtype not in (np.float32, np.float64):
+        return None
+    rows, order = found
+    c, m = rows.shape
+    xh, y = np.empty_like(rows), np.empty_like(rows)
+    mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
+    ones = np.ones(m, dtype=x.dtype)
+    step = max(1, _BN_BLOCK // m)
+
+    def work(lo: int, hi: int) -> None:
+        for a in range(lo, hi, step):
+            b = min(a + step, hi)
+            block, h = rows[a:b], xh[a:b]
+            mean[a:b] = block @ ones / m
+            np.subtract(block, mean[a:b, None], out=h)
+            var[a:b] = np.einsum("ij,ij->i", h, h) / m
+            inv = 1.0 / np.sqrt(var[a:b] + eps)
+            h *= inv[:, None]
+            if weight is None:
+                y[a:b] = h
+            else:
+                np.multiply(h, weight[a:b, None], out=y[a:b])
+            if bias is not None:
+                y[a:b] += bias[a:b, None]
+
+    _in_parts(work, c, rows.nbytes)
+    invstd = 1.0 / np.sqrt(var + eps)
+    shape = tuple(x.shape)
+    return _like(y, order, shape), _like(xh, order, shape), mean, var, invstd
+
+
+def batch_norm_train_backward(
+    xp: Any,
+    grad_out: np.ndarray,
+    x_hat: np.ndarray,
+    invstd: np.ndarray,
+    weight: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Backward of :func:`batch_norm_train` block by block: ``(grad_x, grad_weight,
+    grad_bias)``, or ``None`` when ``grad_out`` and ``x_hat`` differ in memory order."""
+    found_g, found_h = _channel_rows(np.asarray(grad_out)), _channel_rows(np.asarray(x_hat))
+    if found_g is None or found_h is None or found_g[1] != found_h[1]:
+        return None
+    if grad_out.dtype != x_hat.dtype:
+        return None
+    (g, order), (h, _) = found_g, found_h
+    c, m = g.shape
+    gx = np.empty_like(g)
+    gw, gb = np.empty(c, dtype=g.dtype), np.empty(c, dtype=g.dtype)
+    ones = np.ones(m, dtype=g.dtype)
+    scale = invstd if weight is None else weight * invstd
+    step = max(1, _BN_BLOCK // m)
+
+    def work(lo: int, hi: int) -> None:
+        for a in range(lo, hi, step):
+            b = min(a + step, hi)
+            gb[a:b] = g[a:b] @ ones
+            gw[a:b] = np.einsum("ij,ij->i", g[a:b], h[a:b])
+            # grad_x = scale * (g - mean(g) - x_hat * mean(g * x_hat))
+            out = gx[a:b]
+            np.multiply(h[a:b], (gw[a:b] / m)[:, None], out=out)
+            np.subtract(g[a:b], out, out=out)
+            out -= (gb[a:b] / m)[:, None]
+            out *= scale[a:b, None]
+
+    _in_parts(work, c, g.nbytes)
+    return _like(gx, order, tuple(grad_out.shape)), gw, gb
+
+
 def batch_innermost(x: np.ndarray) -> bool:
     """Whether the batch axis (0) of ``x`` has the smallest stride."""
     strides = np.asarray(x).strides
@@ -298,6 +397,8 @@ def _load() -> Kernels:
         max_pool_blocks_backward=max_pool_blocks_backward,
         tanh=tanh,
         tanh_backward=tanh_backward,
+        batch_norm_train=batch_norm_train,
+        batch_norm_train_backward=batch_norm_train_backward,
         row_sums=row_sums,
     )
 
