@@ -43,6 +43,51 @@ def _row_sums(xp: Any, a: Any) -> Any:
     return xp.sum(a, axis=1)
 
 
+def _per_channel(xp: Any, v: Any, ndim: int) -> Any:
+    """(C,) -> (1, C, 1, ...) to broadcast against an array of rank ``ndim``."""
+    return xp.reshape(v, (1, -1) + (1,) * (ndim - 2))
+
+
+def _batch_norm_train(xp: Any, x: Any, weight: Any, bias: Any, eps: float) -> tuple[Any, ...]:
+    """Training-mode batch norm of ``x`` (N, C, ...) with the batch statistics:
+    ``(y, x_hat, mean, var, invstd)``, the last three (C,), ``var`` biased."""
+    nd, axes = x.ndim, (0, *range(2, x.ndim))
+    mean = xp.mean(x, axis=axes)
+    centred = x - _per_channel(xp, mean, nd)
+    var = xp.mean(centred * centred, axis=axes)
+    invstd = 1.0 / xp.sqrt(var + eps)
+    x_hat = centred * _per_channel(xp, invstd, nd)
+    y = x_hat
+    if weight is not None:
+        y = y * _per_channel(xp, weight, nd)
+    if bias is not None:
+        y = y + _per_channel(xp, bias, nd)
+    return y, x_hat, mean, var, invstd
+
+
+def _batch_norm_backward(
+    xp: Any, grad_out: Any, x_hat: Any, invstd: Any, weight: Any, training: bool
+) -> tuple[Any, Any, Any]:
+    """``(grad_x, grad_weight, grad_bias)`` of batch norm from the normalized input
+    ``x_hat`` (N, C, ...) and ``invstd`` (C,); in training the batch statistics'
+    dependence on x is included."""
+    nd, axes = grad_out.ndim, (0, *range(2, grad_out.ndim))
+    grad_bias = xp.sum(grad_out, axis=axes)
+    grad_weight = xp.sum(grad_out * x_hat, axis=axes)
+    g_hat = grad_out if weight is None else grad_out * _per_channel(xp, weight, nd)
+    if training:
+        count = 1
+        for d in (grad_out.shape[0], *grad_out.shape[2:]):
+            count *= int(d)
+        mean_g = xp.sum(g_hat, axis=axes) / count
+        if weight is None:
+            mean_gx = grad_weight / count
+        else:
+            mean_gx = xp.sum(g_hat * x_hat, axis=axes) / count
+        g_hat = g_hat - _per_channel(xp, mean_g, nd) - x_hat * _per_channel(xp, mean_gx, nd)
+    return g_hat * _per_channel(xp, invstd, nd), grad_weight, grad_bias
+
+
 def _batch_innermost(x: Any) -> bool:
     """Whether ``x`` (N, ...) is stored with its batch axis innermost (unknown: False)."""
     return False
@@ -63,10 +108,9 @@ class Kernels:
     - ``tanh(xp, x)`` and ``tanh_backward(xp, grad_out, t)``: the lecture's activation
       and ``grad_out * (1 - t**2)``.
     - ``batch_norm_train(xp, x, weight, bias, eps)`` -> ``(y, x_hat, mean, var, invstd)``
-      and ``batch_norm_train_backward(xp, grad_out, x_hat, invstd, weight)`` ->
-      ``(grad_x, grad_weight, grad_bias)``: training-mode batch norm (contract in
-      ``_norm``). ``None`` here, or a ``None`` result, means the portable code in
-      ``_norm`` runs.
+      and ``batch_norm_backward(xp, grad_out, x_hat, invstd, weight, training)`` ->
+      ``(grad_x, grad_weight, grad_bias)``: batch norm with the batch statistics, and
+      its backward in either mode (contract in ``_norm``).
     """
 
     name: str
@@ -79,8 +123,8 @@ class Kernels:
     tanh: Callable[..., Any] = _tanh
     tanh_backward: Callable[..., Any] = _tanh_backward
     row_sums: Callable[..., Any] = _row_sums
-    batch_norm_train: Callable[..., Any] | None = None
-    batch_norm_train_backward: Callable[..., Any] | None = None
+    batch_norm_train: Callable[..., Any] = _batch_norm_train
+    batch_norm_backward: Callable[..., Any] = _batch_norm_backward
 
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)

@@ -131,19 +131,9 @@ def batch_norm_forward(
         returned unchanged in inference and ``None`` when none were given.
     """
     xp = _check_bn(x, weight, bias, running_mean, running_var, training, momentum, eps)
-    nd, axes = x.ndim, _axes(x)
-    done = None  # (y, x_hat, mean, var, invstd) from a backend's fused kernel
+    nd = x.ndim
     if training:
-        fast = kernels_for(xp).batch_norm_train
-        done = None if fast is None else fast(xp, x, weight, bias, eps)
-        if done is not None:
-            y, x_hat, mean, var, invstd = done
-        else:
-            mean = xp.mean(x, axis=axes)
-            centred = x - _per_channel(xp, mean, nd)
-            var = xp.mean(centred * centred, axis=axes)  # biased
-            invstd = 1.0 / xp.sqrt(var + eps)
-            x_hat = centred * _per_channel(xp, invstd, nd)
+        y, x_hat, mean, var, invstd = kernels_for(xp).batch_norm_train(xp, x, weight, bias, eps)
         if running_mean is not None:
             count = math.prod(int(d) for d in x.shape) // int(x.shape[1])
             unbiased = var * (count / (count - 1))
@@ -152,7 +142,6 @@ def batch_norm_forward(
     else:
         invstd = 1.0 / xp.sqrt(running_var + eps)
         x_hat = (x - _per_channel(xp, running_mean, nd)) * _per_channel(xp, invstd, nd)
-    if done is None:
         y = x_hat
         if weight is not None:
             y = y * _per_channel(xp, weight, nd)
@@ -209,25 +198,9 @@ def batch_norm_backward_saved(grad_out: Array, saved: BatchNormSaved) -> tuple[A
         (the gradients of the scale and shift even when the forward had none).
     """
     xp = namespace(grad_out=grad_out, x_hat=saved.x_hat)
-    nd, axes = grad_out.ndim, _axes(grad_out)
-    x_hat, invstd = saved.x_hat, saved.invstd
-    fast = kernels_for(xp).batch_norm_train_backward if saved.training else None
-    done = None if fast is None else fast(xp, grad_out, x_hat, invstd, saved.weight)
-    if done is not None:
-        return done
-    grad_bias = xp.sum(grad_out, axis=axes)
-    grad_weight = xp.sum(grad_out * x_hat, axis=axes)
-    g_hat = grad_out if saved.weight is None else grad_out * _per_channel(xp, saved.weight, nd)
-    if saved.training:
-        count = math.prod(int(d) for d in grad_out.shape) // int(grad_out.shape[1])
-        mean_g = xp.sum(g_hat, axis=axes) / count
-        if saved.weight is None:
-            mean_gx = grad_weight / count
-        else:
-            mean_gx = xp.sum(g_hat * x_hat, axis=axes) / count
-        g_hat = g_hat - _per_channel(xp, mean_g, nd) - x_hat * _per_channel(xp, mean_gx, nd)
-    grad_x = g_hat * _per_channel(xp, invstd, nd)
-    return grad_x, grad_weight, grad_bias
+    return kernels_for(xp).batch_norm_backward(
+        xp, grad_out, saved.x_hat, saved.invstd, saved.weight, saved.training
+    )
 
 
 def batch_norm_backward(

@@ -302,17 +302,17 @@ _BN_BLOCK = 1 << 16  # values per pass of a channel block: 256 KB of float32 sta
 
 def batch_norm_train(
     xp: Any, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, eps: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Training-mode batch norm of ``x`` (N, C, ...) channel block by channel block, so
     each block is read once from memory and its statistics, normalization, scale and
     shift run in cache (the portable path makes about ten passes over ``x``).
 
     Returns ``(y, x_hat, mean, var, invstd)`` (var biased; y and x_hat in x's memory
-    order), or ``None`` for a layout it does not cover (the caller falls back).
+    order). Other memory orders take the portable code.
     """
     found = _channel_rows(np.asarray(x))
     if found is None or x.dtype not in (np.float32, np.float64):
-        return None
+        return PORTABLE.batch_norm_train(xp, x, weight, bias, eps)
     rows, order = found
     c, m = rows.shape
     xh, y = np.empty_like(rows), np.empty_like(rows)
@@ -342,20 +342,21 @@ def batch_norm_train(
     return _like(y, order, shape), _like(xh, order, shape), mean, var, invstd
 
 
-def batch_norm_train_backward(
+def batch_norm_backward(
     xp: Any,
     grad_out: np.ndarray,
     x_hat: np.ndarray,
     invstd: np.ndarray,
     weight: np.ndarray | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Backward of :func:`batch_norm_train` block by block: ``(grad_x, grad_weight,
-    grad_bias)``, or ``None`` when ``grad_out`` and ``x_hat`` differ in memory order."""
+    training: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batch norm's backward in training, block by block: ``(grad_x, grad_weight,
+    grad_bias)``. Inference, and ``grad_out`` in another memory order than ``x_hat``,
+    take the portable code."""
     found_g, found_h = _channel_rows(np.asarray(grad_out)), _channel_rows(np.asarray(x_hat))
-    if found_g is None or found_h is None or found_g[1] != found_h[1]:
-        return None
-    if grad_out.dtype != x_hat.dtype:
-        return None
+    same = found_g is not None and found_h is not None and found_g[1] == found_h[1]
+    if not (training and same and grad_out.dtype == x_hat.dtype):
+        return PORTABLE.batch_norm_backward(xp, grad_out, x_hat, invstd, weight, training)
     (g, order), (h, _) = found_g, found_h
     c, m = g.shape
     gx = np.empty_like(g)
@@ -398,7 +399,7 @@ def _load() -> Kernels:
         tanh=tanh,
         tanh_backward=tanh_backward,
         batch_norm_train=batch_norm_train,
-        batch_norm_train_backward=batch_norm_train_backward,
+        batch_norm_backward=batch_norm_backward,
         row_sums=row_sums,
     )
 
