@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def _data(n: int = 40, seed: int = 3):
 
 
 def _model(**kwargs) -> xc.Sequential:
-    return xc.Sequential([L.Flatten(), L.Dense(3)], input_shape=(1, 4, 4), seed=0, **kwargs)
+    kwargs.setdefault("seed", 0)
+    return xc.Sequential([L.Flatten(), L.Dense(3)], input_shape=(1, 4, 4), **kwargs)
 
 
 # ------------------------------------------------------------------ the history table
@@ -268,3 +270,113 @@ def test_state_moved_with_the_model_is_announced_once_with_its_count() -> None:
         trainer.fit(x, y, epochs=2, batch_size=10)
     assert len([w for w in record if "optimizer: moved" in str(w.message)]) == 1
     assert len(trainer.history.epoch) == 2
+
+
+# ------------------------------------------------------------------ data parallel
+
+
+class _ThreadGroup:
+    """``size`` ranks as threads of this process, exchanging host copies of buffers."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.slots: list[np.ndarray | None] = [None] * size
+        self.barrier = threading.Barrier(size, timeout=60)
+        self.wait = self.barrier.wait
+
+
+class _ThreadRank(xc.distributed.Communicator):
+    engine = "test"
+
+    def __init__(self, group: _ThreadGroup, rank: int) -> None:
+        super().__init__(rank, group.size)
+        self.group = group
+
+    def _exchange(self, buffer) -> list[np.ndarray]:
+        from xpconv.backend import backend_of
+
+        self.group.slots[self.rank] = np.array(backend_of(buffer).to_numpy(buffer))
+        self.group.wait()
+        values = [np.array(v) for v in self.group.slots]
+        self.group.wait()
+        return values
+
+    def _allreduce(self, buffer):
+        from xpconv.backend import backend_of
+
+        values = self._exchange(buffer)
+        total = values[0]
+        for value in values[1:]:  # in rank order on every rank: identical sums
+            total = total + value
+        return backend_of(buffer).asarray(total, dtype=buffer.dtype)
+
+    def _broadcast(self, buffer, root):
+        from xpconv.backend import backend_of
+
+        return backend_of(buffer).asarray(self._exchange(buffer)[root], dtype=buffer.dtype)
+
+    def barrier(self) -> None:
+        self.group.wait()
+
+
+def _fit_ranks(size: int, x, y, **kwargs) -> list[xc.Trainer]:
+    """One trainer per rank, each in its own thread, all on the same data and seed."""
+    group = _ThreadGroup(size)
+    trainers = []
+    for rank in range(size):
+        model = _model(dtype="float64")
+        if rank:  # other starting weights: rank 0's are broadcast at the start
+            model.load_state_dict({k: v + rank for k, v in model.state_dict().items()})
+        communicator = _ThreadRank(group, rank) if size > 1 else None
+        opt = SGD(0.2, momentum=0.9, final_lr=0.05)
+        trainers.append(
+            xc.Trainer(model, opt, progress=False, log_every=2, communicator=communicator)
+        )
+    errors: list[BaseException] = []
+
+    def run(trainer: xc.Trainer) -> None:
+        try:
+            trainer.fit(x, y, **kwargs)
+        except BaseException as exc:  # reported below, from the test's thread
+            errors.append(exc)
+            group.barrier.abort()  # the other ranks stop waiting
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in trainers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if errors:
+        raise errors[0]
+    return trainers
+
+
+@pytest.mark.parametrize("n", [40, 41])  # 41: the last global batch is one example
+def test_two_ranks_train_the_one_process_model(n: int) -> None:
+    """Two ranks (threads) on shares of every global batch give the run of one process
+    on the whole batch: the same weights, history, step losses and validation metrics."""
+    x, y = _data(n)
+    x = x.astype(np.float64)
+    xv, yv = _data(15, seed=4)
+    kwargs = dict(epochs=3, batch_size=10, validation_data=(xv.astype(np.float64), yv))
+    (single,) = _fit_ranks(1, x, y, **kwargs)
+    ranks = _fit_ranks(2, x, y, **kwargs)
+    for trainer in ranks:
+        for name, value in single.model.state_dict().items():
+            np.testing.assert_allclose(
+                trainer.model.state_dict()[name], value, rtol=1e-10, atol=1e-12, err_msg=name
+            )
+        got, want = trainer.history, single.history
+        assert got.epoch == want.epoch == [1, 2, 3]
+        np.testing.assert_allclose(got.loss, want.loss, rtol=1e-10)
+        assert got.accuracy == want.accuracy
+        assert [len(s) for s in got.step_losses] == [len(s) for s in want.step_losses]
+        np.testing.assert_allclose(sum(got.step_losses, []), sum(want.step_losses, []), rtol=1e-10)
+        np.testing.assert_allclose(got.val_loss, want.val_loss, rtol=1e-10)
+        assert got.val_accuracy == want.val_accuracy
+        assert got.lr == want.lr
+        assert (
+            trainer.optimizer.step_count
+            == single.optimizer.step_count
+            == 3 * (n // 10 + (n % 10 > 0))
+        )
