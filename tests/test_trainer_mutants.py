@@ -237,18 +237,21 @@ def test_patience_counts_evaluations_without_improvement() -> None:
 # ------------------------------------------------------------------ optimizer state
 
 
-def test_float64_optimizer_state_loads_into_a_float32_trainer() -> None:
+@pytest.mark.parametrize("saved, loaded", [("float64", "float32"), ("float32", "float64")])
+def test_optimizer_state_takes_the_dtype_of_the_loading_model(saved: str, loaded: str) -> None:
+    """State saved from a model of one precision and loaded into a trainer of the other
+    is cast to the loading model's dtype."""
     x, y = _data()
-    source = xc.Trainer(_model(dtype="float64"), SGD(0.1, momentum=0.9), progress=False)
-    source.fit(x.astype(np.float64), y, epochs=1, batch_size=10)
+    source = xc.Trainer(_model(dtype=saved), SGD(0.1, momentum=0.9), progress=False)
+    source.fit(x.astype(saved), y, epochs=1, batch_size=10)
     arrays, meta = source.state()
-    assert arrays and all(a.dtype == np.float64 for a in arrays.values())
-    target = xc.Trainer(_model(), SGD(0.1, momentum=0.9), progress=False)
+    assert arrays and all(a.dtype == np.dtype(saved) for a in arrays.values())
+    target = xc.Trainer(_model(dtype=loaded), SGD(0.1, momentum=0.9), progress=False)
     target.load_state(arrays, meta)
     state = target.optimizer.state_arrays()
     assert sorted(state) == sorted(k[len("optimizer/") :] for k in arrays)
     for name, value in state.items():
-        assert value.dtype == np.float32, name
+        assert value.dtype == np.dtype(loaded), name
         np.testing.assert_allclose(value, arrays[f"optimizer/{name}"], rtol=1e-6)
     assert target.epochs_done == 1 and target.optimizer.step_count == 4
     assert target.history.loss == source.history.loss
