@@ -322,36 +322,50 @@ class _ThreadRank(xc.distributed.Communicator):
         self.group.wait()
 
 
-def _fit_ranks(size: int, x, y, **kwargs) -> list[xc.Trainer]:
-    """One trainer per rank, each in its own thread, all on the same data and seed."""
+def _ranks(size: int, lr: float = 0.2, seed: int = 0) -> list[xc.Trainer]:
+    """One trainer per rank on one model and optimizer; ranks above 0 start from other
+    weights (rank 0's are broadcast at the start)."""
     group = _ThreadGroup(size)
     trainers = []
     for rank in range(size):
         model = _model(dtype="float64")
-        if rank:  # other starting weights: rank 0's are broadcast at the start
+        if rank:
             model.load_state_dict({k: v + rank for k, v in model.state_dict().items()})
         communicator = _ThreadRank(group, rank) if size > 1 else None
-        opt = SGD(0.2, momentum=0.9, final_lr=0.05)
-        trainers.append(
-            xc.Trainer(model, opt, progress=False, log_every=2, communicator=communicator)
+        opt = SGD(lr, momentum=0.9, final_lr=0.05)
+        trainer = xc.Trainer(
+            model, opt, seed=seed, progress=False, log_every=2, communicator=communicator
         )
+        trainer.group = group
+        trainers.append(trainer)
+    return trainers
+
+
+def _fit_threads(trainers: list[xc.Trainer], kwargs: list[dict]) -> list[xc.Trainer]:
+    """``trainer.fit(**kwargs)`` of every rank, each in its own thread."""
     errors: list[BaseException] = []
 
-    def run(trainer: xc.Trainer) -> None:
+    def run(trainer: xc.Trainer, fit_kwargs: dict) -> None:
         try:
-            trainer.fit(x, y, **kwargs)
+            trainer.fit(**fit_kwargs)
         except BaseException as exc:  # reported below, from the test's thread
             errors.append(exc)
-            group.barrier.abort()  # the other ranks stop waiting
+            trainer.group.barrier.abort()  # the other ranks stop waiting
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in trainers]
+    threads = [threading.Thread(target=run, args=a) for a in zip(trainers, kwargs)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(1800)
-    if errors:
-        raise errors[0]
+    if errors:  # the error itself rather than a rank's broken barrier
+        raise next(
+            (e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0]
+        )
     return trainers
+
+
+def _fit_ranks(size: int, x, y, **kwargs) -> list[xc.Trainer]:
+    return _fit_threads(_ranks(size), [dict(x=x, y=y, **kwargs)] * size)
 
 
 @pytest.mark.parametrize("n", [40, 41])  # 41: the last global batch is one example
@@ -383,3 +397,43 @@ def test_two_ranks_train_the_one_process_model(n: int) -> None:
             == single.optimizer.step_count
             == 3 * (n // 10 + (n % 10 > 0))
         )
+
+
+@pytest.mark.parametrize(
+    "what",
+    [
+        "the model",
+        "the optimizer",
+        "the run",
+        "the training images",
+        "the training labels",
+        "the validation images",
+        "the validation labels",
+    ],
+)
+def test_ranks_that_disagree_are_told_what_differs(what: str) -> None:
+    """Every rank refuses to start when one rank differs, naming that item only."""
+    x, y = _data()
+    xv, yv = _data(15, seed=4)
+    x, xv = x.astype(np.float64), xv.astype(np.float64)
+    base = dict(x=x, y=y, epochs=1, batch_size=10, validation_data=(xv, yv))
+    other = dict(base)
+    trainers = _ranks(2)
+    if what == "the model":
+        trainers[1].model.get_config = lambda: {"other": True}
+    elif what == "the optimizer":
+        trainers[1].optimizer.get_config = lambda: {"other": True}
+    elif what == "the run":
+        other["batch_size"] = 5
+    elif what == "the training images":
+        other["x"] = x + 1
+    elif what == "the training labels":
+        other["y"] = (y + 1) % 3
+    elif what == "the validation images":
+        other["validation_data"] = (xv + 1, yv)
+    else:
+        other["validation_data"] = (xv, (yv + 1) % 3)
+    message = rf"^ranks disagree on {what}( \(|\b).*\(1 rank\(s\) differ from rank 0\); every"
+    with pytest.raises(xc.distributed.DistributedError, match=message) as info:
+        _fit_threads(trainers, [base, other])
+    assert str(info.value).count("rank(s) differ") == 1, str(info.value)  # that one only
