@@ -437,3 +437,21 @@ def test_ranks_that_disagree_are_told_what_differs(what: str) -> None:
     with pytest.raises(xc.distributed.DistributedError, match=message) as info:
         _fit_threads(trainers, [base, other])
     assert str(info.value).count("rank(s) differ") == 1, str(info.value)  # that one only
+
+
+def test_two_ranks_without_shuffling_show_one_bar(bars) -> None:
+    """In order (``shuffle=False``) the ranks still give the one-process run, and only
+    rank 0 shows a progress bar, counting the global batches."""
+    x, y = _data(30)
+    x = x.astype(np.float64)
+    kwargs = dict(x=x, y=y, epochs=2, batch_size=10, shuffle=False)
+    (single,) = _fit_threads(_ranks(1), [kwargs])
+    assert len(bars) == 0  # progress=False there
+    ranks = _ranks(2)
+    for trainer in ranks:
+        trainer.progress = True
+    _fit_threads(ranks, [kwargs, kwargs])
+    assert [b.kwargs["desc"] for b in bars] == ["epoch 1/2", "epoch 2/2"]
+    assert all(b.kwargs["total"] == 30 and b.updates == [10, 10, 10] for b in bars)
+    for name, value in single.model.state_dict().items():
+        np.testing.assert_allclose(ranks[0].model.state_dict()[name], value, rtol=1e-10)
