@@ -31,6 +31,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ._io import write_json
+
 __all__ = ["build_parser", "main"]
 
 PROG = "xpconv"
@@ -340,18 +342,34 @@ def _backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
         parser.error(f"argument --device: {message}")
 
 
+#: How the library's words for an argument read on the command line (longest first).
+LIBRARY_TO_FLAGS = (("data_dir=DIR", "--data-dir DIR"), ("data_dir", "--data-dir"))
+
+
+def _as_flags(text: str) -> str:
+    """A library message with its argument names replaced by the command's flags."""
+    for argument, flag in LIBRARY_TO_FLAGS:
+        text = text.replace(argument, flag)
+    return text
+
+
 def _load_data(name: str, data_dir: str | None, progress: bool) -> Any:
-    """Load a dataset, printing any warning (e.g. the offline fallback) on stderr."""
-    from .datasets import load_dataset
+    """Load a dataset, falling back to the digits set when MNIST or Fashion-MNIST cannot
+    be had (and no directory was named), printing every warning on stderr; the
+    library's messages are given in the command's flags."""
+    from .datasets import DatasetError, load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dataset = load_dataset(name, data_dir, progress=progress)
+        try:
+            dataset = load_dataset(name, data_dir, progress=progress, allow_fallback=True)
+        except DatasetError as exc:
+            raise DatasetError(_as_flags(str(exc))) from exc
     for w in caught:
         text = str(w.message)
         if text.startswith(f"{PROG}: "):
             text = text[len(PROG) + 2 :]
-        print(f"{PROG}: warning: {text}", file=sys.stderr)
+        print(f"{PROG}: warning: {_as_flags(text)}", file=sys.stderr)
     return dataset
 
 
@@ -362,22 +380,6 @@ def _describe_data(dataset: Any) -> str:
         f"images, {shape}, {dataset.num_classes} classes)\n"
         f"      from {dataset.source}"
     )
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temporary file beside it, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _finite(value: float | None) -> float | None:
@@ -779,7 +781,7 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
             "test_accuracy": test["accuracy"],
         },
     )
-    _write_json(out / "metrics.json", metrics)
+    write_json(out / "metrics.json", metrics)
 
     written = ["metrics.json", "model.npz", "training.npz"]
     if not args.no_plots:
@@ -883,7 +885,7 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     print(json.dumps(result, allow_nan=False))
     if args.json is not None:
-        _write_json(Path(args.json), result)
+        write_json(Path(args.json), result)
     return 0
 
 
