@@ -368,8 +368,14 @@ def _backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
         parser.error(f"argument --device: {message}")
 
 
-#: How the library's words for an argument read on the command line (longest first).
-LIBRARY_TO_FLAGS = (("data_dir=DIR", "--data-dir DIR"), ("data_dir", "--data-dir"))
+#: How the library's phrases naming an argument read on the command line (whole
+#: phrases, so that a path holding the word is left alone).
+LIBRARY_TO_FLAGS = (
+    ("data_dir=DIR", "--data-dir DIR"),
+    ("(from data_dir)", "(from --data-dir)"),
+    ("(from data_dir;", "(from --data-dir;"),
+    ("leave data_dir and XPCONV_DATA unset", "leave --data-dir and XPCONV_DATA unset"),
+)
 
 
 def _as_flags(text: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write
+from ..checkpoint import atomic_write
 from ..functional._conv import conv_geometry
 from ..layers import (
     Activation,

@@ -7,7 +7,7 @@ is stored as one JSON string under the header's ``__metadata__`` key
 :data:`METADATA_KEY`, as an object that starts with the checkpoint format marker
 (``{"format": "xpconv-checkpoint", "version": 1, ...}``).
 
-Writing is atomic (temporary file, fsync, rename; :func:`xpconv._io.atomic_write`).
+Writing is atomic (temporary file, fsync, rename; :func:`xpconv.checkpoint.atomic_write`).
 Reading trusts nothing: the header length is read and bounded first, the header is
 parsed and every tensor checked (allowed dtype, shape, byte ranges that tile the data
 exactly, total size within ``max_bytes``) against the file's size before the data is
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write
 from ..checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
     CheckpointError,
     CheckpointNotFoundError,
+    atomic_write,
 )
 
 __all__ = ["MAX_HEADER_BYTES", "METADATA_KEY", "load_safetensors", "save_safetensors"]
