@@ -631,17 +631,17 @@ def _plan_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: A
         out.mkdir(parents=True, exist_ok=True)
     _print_plan(trainer, args, out, comm)
     return _Plan(
-        args,
-        comm,
-        root,
-        model_name,
-        trainer,
-        dataset,
-        x_train,
-        y_train,
-        out,
-        resumed_from,
-        _run_record(args, model_name, model),
+        args=args,
+        comm=comm,
+        root=root,
+        model_name=model_name,
+        trainer=trainer,
+        dataset=dataset,
+        x_train=x_train,
+        y_train=y_train,
+        out=out,
+        resumed_from=resumed_from,
+        run_record=_run_record(args, model_name, model),
     )
 
 
