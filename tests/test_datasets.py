@@ -341,7 +341,7 @@ def test_explicit_dir_without_files_is_an_error(
     assert str(empty) in message
     assert "train-images-idx3-ubyte" in message and "t10k-labels-idx1-ubyte" in message
     assert "train-labels-idx1-ubyte" not in message  # that one is present
-    assert "--data-dir" in message
+    assert "data_dir=DIR" in message
     # The same through XPCONV_DATA, and for a directory that does not exist.
     monkeypatch.setenv("XPCONV_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(ds.DatasetError, match="XPCONV_DATA.*does not exist"):
@@ -442,7 +442,7 @@ def test_invalid_idx_files(tmp_path: Path, damage) -> None:
     message = str(info.value)
     assert str(bad) in message
     assert phrase in message
-    assert "expected" in message and ("download" in message or "--data-dir" in message)
+    assert "expected" in message and ("download" in message or "data_dir=DIR" in message)
     assert isinstance(info.value, ValueError)
 
 
@@ -528,19 +528,19 @@ def test_all_mirrors_fail(isolated: Path, mirrors) -> None:
         assert url in message
     assert "checksum mismatch" in message and "HTTP 404" in message
     assert "could not connect" in message
-    assert "--data-dir" in message and "XPCONV_DATA" in message
+    assert "data_dir=DIR" in message and "XPCONV_DATA" in message
     assert _cache_files(isolated / "mnist") == []
 
-    # load_dataset without an explicit directory falls back to digits, loudly.
+    # Asked to, load_dataset without an explicit directory falls back to digits, loudly.
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        d = ds.load_dataset("mnist", mirrors=urls, progress=False)
+        d = ds.load_dataset("mnist", mirrors=urls, progress=False, allow_fallback=True)
     assert d.name == "digits" and d.source.startswith("fallback: scikit-learn 8x8 digits")
     assert d.x_train.shape == (1437, 1, 28, 28)
     assert all(issubclass(w.category, UserWarning) for w in record)
     fallback = [str(w.message) for w in record if "fell back" in str(w.message)]
     assert len(fallback) == 1 and len(record) == len(urls)  # one per failed mirror + fallback
-    assert "--data-dir" in fallback[0] and "XPCONV_DATA" in fallback[0]
+    assert "data_dir=DIR" in fallback[0] and "XPCONV_DATA" in fallback[0]
     assert corrupt.url in fallback[0]  # says why
 
     with pytest.raises(ds.DatasetError):
@@ -551,10 +551,27 @@ def test_all_mirrors_fail(isolated: Path, mirrors) -> None:
 
 def test_fallback_when_offline_and_not_downloading() -> None:
     with pytest.warns(UserWarning, match="fell back.*Fashion-MNIST|Fashion-MNIST.*fell back"):
-        d = ds.load_dataset("fashion-mnist", download=False)
+        d = ds.load_dataset("fashion-mnist", download=False, allow_fallback=True)
     assert d.name == "digits" and d.source.startswith("fallback:")
     with pytest.raises(ds.DatasetError, match="download=False"):
         ds.fashion_mnist(download=False)
+
+
+def test_library_raises_instead_of_falling_back(isolated: Path) -> None:
+    """Without ``allow_fallback`` a user asking for MNIST gets MNIST or an error that
+    names the function's arguments, never the command line's flags."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning either
+        for load in (
+            lambda: ds.load_dataset("mnist", download=False),
+            lambda: ds.load_dataset("fashion-mnist", download=False),
+            lambda: ds.mnist(download=False),
+        ):
+            with pytest.raises(ds.DatasetError) as info:
+                load()
+            message = str(info.value)
+            assert "download=False" in message and "data_dir=DIR" in message
+            assert "XPCONV_DATA" in message and "--" not in message
 
 
 def test_corrupt_cache_file(isolated: Path, mirrors) -> None:
@@ -614,7 +631,7 @@ def test_digits_without_sklearn(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ds.DatasetError, match="fallback is not available"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds.load_dataset("mnist", download=False)
+            ds.load_dataset("mnist", download=False, allow_fallback=True)
 
 
 # --------------------------------------------------------------------------- arguments

@@ -13,7 +13,8 @@ members) that holds
 Writing is atomic: the archive is written to a temporary file in the target
 directory, flushed and fsynced, and then renamed over the final name, so a
 reader (or a process that crashes mid-save) never sees a half-written file
-under the final name.
+under the final name (:func:`xpconv._io.atomic_write`, also importable from
+here as ``atomic_write``).
 
 Reading never unpickles anything (``allow_pickle=False`` always) and checks
 every ``.npy`` header *before* allocating memory, so a crafted or corrupt
@@ -31,7 +32,6 @@ import math
 import os
 import stat
 import struct
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import numpy.lib.format as npy_format
+
+from ._io import atomic_write
 
 __all__ = [
     "FORMAT_NAME",
@@ -192,44 +194,6 @@ def save_checkpoint(
     return target
 
 
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str]) -> Iterator[Any]:
-    """A binary file whose content appears at ``path`` only once completely written.
-
-    Yields a file opened for writing at ``.<name>.<random>.tmp`` beside ``path``; when
-    the block ends normally the file is flushed, fsynced and renamed onto ``path``
-    (:func:`os.replace`), then the directory is fsynced (best effort). On an exception
-    the temporary file is removed and any previous file at ``path`` is left untouched.
-    An existing file keeps its permission bits; a new one gets ``0o666 & ~umask``.
-
-    Raises:
-        FileNotFoundError: the parent directory of ``path`` does not exist.
-    """
-    target = Path(os.fspath(path))
-    directory = target.parent
-    if not directory.is_dir():
-        raise FileNotFoundError(
-            f"cannot save checkpoint {str(target)!r}: directory {str(directory)!r} does not exist"
-        )
-    mode = _target_mode(target)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix="." + target.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):
-                os.fchmod(fh.fileno(), mode)
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
 def _validate_arrays(arrays: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
     if not isinstance(arrays, Mapping):
         raise TypeError(f"arrays must be a mapping of name -> numpy array, got {type(arrays)!r}")
@@ -328,43 +292,6 @@ def _write_entry(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
     info.file_size = array.nbytes + 4096
     with zf.open(info, mode="w") as member:
         npy_format.write_array(member, array, allow_pickle=False)
-
-
-def _target_mode(target: Path) -> int:
-    try:
-        return stat.S_IMODE(os.stat(target).st_mode)
-    except OSError:
-        return 0o666 & ~_current_umask()
-
-
-def _current_umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist the rename in ``directory`` (best effort; a no-op where unsupported)."""
-    if os.name == "nt":
-        return
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-    try:
-        dir_fd = os.open(directory, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------

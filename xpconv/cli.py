@@ -27,9 +27,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from ._io import write_json
+from .zoo import RECIPES
 
 __all__ = ["build_parser", "main"]
 
@@ -42,6 +46,22 @@ AUGMENTS = ("auto", "crop", "flip", "crop+flip", "none")
 #: Batch size of test-set evaluation, in ``train`` and ``evaluate`` alike (so the two
 #: compute the same numbers).
 EVAL_BATCH = 512
+#: Defaults of ``train``'s options that do not come from the model's recipe: the code
+#: reads them here and the help text is written from them.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "lecture",
+    "dataset": "mnist",
+    "epochs": 1,
+    "seed": 0,
+    "dtype": "float32",
+    "distributed_timeout": 300.0,
+}
+
+
+def _by_model(key: str) -> str:
+    """A recipe setting in the help text: ``60 for lecture, 128 otherwise``."""
+    lecture, other = RECIPES["lecture"][key], RECIPES["lenet"][key]
+    return f"{lecture:g} for lecture, {other:g} otherwise"
 
 
 class CliError(Exception):
@@ -146,31 +166,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         choices=MODELS,
         default=None,
-        help="architecture (default: lecture): lecture (one conv), lenet (two conv blocks "
-        "with batch norm), resnet (three stages of residual blocks)",
+        help=f"architecture (default: {TRAIN_DEFAULTS['model']}): lecture (one conv), lenet "
+        "(two conv blocks with batch norm), resnet (three stages of residual blocks)",
     )
     train.add_argument(
         "--dataset",
         choices=DATASETS,
         default=None,
-        help="dataset (default: mnist; with --resume, the checkpoint's)",
+        help=f"dataset (default: {TRAIN_DEFAULTS['dataset']}; with --resume, the checkpoint's)",
     )
     train.add_argument(
-        "--epochs", type=_positive_int, default=1, help="total epochs of the run (default: 1)"
+        "--epochs",
+        type=_positive_int,
+        default=TRAIN_DEFAULTS["epochs"],
+        help=f"total epochs of the run (default: {TRAIN_DEFAULTS['epochs']})",
     )
     train.add_argument(
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="examples per step (default: the model's recipe: 60 for lecture, 128 otherwise; "
+        help=f"examples per step (default: the model's recipe: {_by_model('batch_size')}; "
         "with --resume, the checkpoint's)",
     )
     train.add_argument(
         "--lr",
         type=_positive_float,
         default=None,
-        help="initial (peak) learning rate (default: the model's recipe: 0.1 for lecture, "
-        "0.003 otherwise)",
+        help=f"initial (peak) learning rate (default: the model's recipe: {_by_model('lr')})",
     )
     train.add_argument(
         "--final-lr",
@@ -199,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FRACTION",
         help="fraction of the steps spent warming up linearly from lr / 10 (default: the "
-        "model's recipe: 0 for lecture, 0.1 otherwise)",
+        f"model's recipe: {_by_model('warmup')})",
     )
     train.add_argument(
         "--weight-decay",
@@ -218,10 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: none; --augment alone means auto)",
     )
     train.add_argument(
-        "--seed", type=_non_negative_int, default=None, help="weights and shuffling (default: 0)"
+        "--seed",
+        type=_non_negative_int,
+        default=None,
+        help=f"weights and shuffling (default: {TRAIN_DEFAULTS['seed']})",
     )
     train.add_argument(
-        "--dtype", choices=("float32", "float64"), default=None, help="default: float32"
+        "--dtype",
+        choices=("float32", "float64"),
+        default=None,
+        help=f"default: {TRAIN_DEFAULTS['dtype']}",
     )
     train.add_argument(
         "--limit",
@@ -258,10 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--distributed-timeout",
         type=_positive_float,
-        default=300.0,
+        default=TRAIN_DEFAULTS["distributed_timeout"],
         metavar="SECONDS",
         help="with --distributed: how long a rank waits for the others in a collective "
-        "before stopping every rank (default: 300)",
+        f"before stopping every rank (default: {TRAIN_DEFAULTS['distributed_timeout']:g})",
     )
     _common_options(train)
     train.set_defaults(handler=_train, command_parser=train)
@@ -340,18 +368,40 @@ def _backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
         parser.error(f"argument --device: {message}")
 
 
+#: How the library's phrases naming an argument read on the command line (whole
+#: phrases, so that a path holding the word is left alone).
+LIBRARY_TO_FLAGS = (
+    ("data_dir=DIR", "--data-dir DIR"),
+    ("(from data_dir)", "(from --data-dir)"),
+    ("(from data_dir;", "(from --data-dir;"),
+    ("leave data_dir and XPCONV_DATA unset", "leave --data-dir and XPCONV_DATA unset"),
+)
+
+
+def _as_flags(text: str) -> str:
+    """A library message with its argument names replaced by the command's flags."""
+    for argument, flag in LIBRARY_TO_FLAGS:
+        text = text.replace(argument, flag)
+    return text
+
+
 def _load_data(name: str, data_dir: str | None, progress: bool) -> Any:
-    """Load a dataset, printing any warning (e.g. the offline fallback) on stderr."""
-    from .datasets import load_dataset
+    """Load a dataset, falling back to the digits set when MNIST or Fashion-MNIST cannot
+    be had (and no directory was named), printing every warning on stderr; the
+    library's messages are given in the command's flags."""
+    from .datasets import DatasetError, load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        dataset = load_dataset(name, data_dir, progress=progress)
+        try:
+            dataset = load_dataset(name, data_dir, progress=progress, allow_fallback=True)
+        except DatasetError as exc:
+            raise DatasetError(_as_flags(str(exc))) from exc
     for w in caught:
         text = str(w.message)
         if text.startswith(f"{PROG}: "):
             text = text[len(PROG) + 2 :]
-        print(f"{PROG}: warning: {text}", file=sys.stderr)
+        print(f"{PROG}: warning: {_as_flags(text)}", file=sys.stderr)
     return dataset
 
 
@@ -362,22 +412,6 @@ def _describe_data(dataset: Any) -> str:
         f"images, {shape}, {dataset.num_classes} classes)\n"
         f"      from {dataset.source}"
     )
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON atomically (temporary file beside it, then a rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _finite(value: float | None) -> float | None:
@@ -392,18 +426,6 @@ def _default_out(model: str, dataset: str) -> Path:
         n += 1
         out = Path("runs") / f"{model}-{dataset}-{stamp}-{n}"
     return out
-
-
-def _zoo_name(model: Any) -> str:
-    """The zoo name whose architecture ``model`` has, or ``"custom"``."""
-    from .zoo import build_model
-
-    layers = model.get_config()["layers"]
-    for name in MODELS:
-        reference = build_model(name, backend="numpy", input_shape=model.input_shape)
-        if reference.get_config()["layers"] == layers:
-            return name
-    return "custom"
 
 
 def _step_curve(history: Any) -> tuple[list[float], list[float]]:
@@ -539,94 +561,58 @@ def _communicator(args: argparse.Namespace) -> Any:
     return comm
 
 
-def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any) -> int:
-    from . import __version__
-    from .saving import load_training, save_model, save_training
-    from .trainer import Trainer
-    from .zoo import RECIPES, build_model, build_optimizer
+@dataclass
+class _Plan:
+    """A training run as planned: options resolved, model, trainer and data ready."""
 
+    args: argparse.Namespace
+    comm: Any
+    root: bool
+    model_name: str
+    trainer: Any
+    dataset: Any
+    x_train: Any
+    y_train: Any
+    out: Path
+    resumed_from: Path | None
+    run_record: dict[str, Any]
+
+    @property
+    def training_path(self) -> Path:
+        return self.out / "training.npz"
+
+
+def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any) -> int:
+    """Plan the run, run it, report it."""
+    plan = _plan_run(args, parser, comm)
+    ran = _run_training(plan)
+    if ran is None:
+        return 130
+    if not plan.root:
+        return 0
+    return _report_run(plan, *ran)
+
+
+#: Options that a resumed run takes from its checkpoint, and the recipe's options.
+RECIPE_OPTIONS = ("lr", "final_lr", "optimizer", "schedule", "warmup", "weight_decay")
+
+
+def _plan_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any) -> _Plan:
+    """Step 1: resolve the options (defaults, the recipe, a checkpoint's settings), build
+    or resume the model and trainer, load the data, choose the output directory."""
     root = comm is None or comm.is_root
     progress = not args.no_progress and root
     backend = _backend(parser, args)
     if args.out is not None:
         _check_out(Path(args.out), args)  # before any data is loaded
-    if args.distributed == "nccl":
-        from .distributed import NCCLCommunicator
-
-        comm = NCCLCommunicator(backend, comm, timeout=args.distributed_timeout)
-    if comm is not None:
-        from .distributed import share_cores
-
-        threads = share_cores(comm, backend)
-        if threads is not None:
-            print(f"note: {threads} BLAS thread(s) per rank (the ranks share this machine)")
-    recipe_options = ("lr", "final_lr", "optimizer", "schedule", "warmup", "weight_decay")
-    ignored = [
-        f"--{name.replace('_', '-')}"
-        for name in ("model", *recipe_options, "augment", "seed", "dtype")
-        if getattr(args, name) is not None
-    ]
-    seed = 0 if args.seed is None else args.seed
-
-    resumed_from = None
-    if args.resume is not None:
-        from .checkpoint import load_checkpoint
-
-        resumed_from = Path(args.resume)
-        _, meta = load_checkpoint(resumed_from)
-        trainer = _load_or_fail(
-            lambda: load_training(resumed_from, backend=backend, progress=progress), resumed_from
-        )
-        trainer.communicator = comm
-        model = trainer.model
-        model_name = _zoo_name(model)
-        record = meta.get("run")
-        if isinstance(record, dict) and args.model is None:
-            args.model = record.get("model")
-        ignored = [o for o in ignored if o != "--model"]
-        _resume_settings(args, record, model)
-        if ignored:
-            print(
-                f"note: {', '.join(ignored)} ignored with --resume (the checkpoint holds the "
-                "model, optimizer and seed)"
-            )
-        print(
-            f"resuming {resumed_from} after epoch {trainer.epochs_done}, until epoch {args.epochs}"
-        )
-        if trainer.epochs_done >= args.epochs:
-            print(
-                f"note: the checkpoint already has {trainer.epochs_done} epoch(s); "
-                f"nothing to train (raise --epochs to continue)"
-            )
-        optimizer = trainer.optimizer
+    comm = _ready_communicator(args, backend, comm)
+    resumed_from = None if args.resume is None else Path(args.resume)
+    if resumed_from is not None:
+        trainer, model_name = _resume(args, backend, progress, comm)
+        model, recipe = trainer.model, None
     else:
-        args.dataset = args.dataset or "mnist"
-        model_name = args.model or "lecture"
-        model = build_model(
-            model_name,
-            backend=backend,
-            seed=seed,
-            dtype=args.dtype or "float32",
-        )
-    recipe = dict(RECIPES.get(model_name, RECIPES["lecture"]))
-    args.batch_size = batch_size = args.batch_size or recipe["batch_size"]
-    if args.resume is None:
-        chosen = {k: getattr(args, k) for k in recipe_options if getattr(args, k) is not None}
-        if "lr" in chosen and "final_lr" not in chosen and recipe["schedule"] != "cosine":
-            recipe["final_lr"] = None  # lr / 2, as the lecture's decay
-        if "schedule" in chosen and "final_lr" not in chosen:
-            recipe["final_lr"] = None
-        recipe.update(chosen)
-        print(
-            f"recipe for {model_name}: {recipe['optimizer']}, lr {recipe['lr']:g}, "
-            f"{recipe['schedule']} schedule"
-            + (f" after a {recipe['warmup']:.0%} warm-up" if recipe["warmup"] else "")
-            + f", weight decay {recipe['weight_decay']:g}, batch size {batch_size}"
-            + ("" if args.augment is None else f", augment {args.augment}")
-            + " (change with --optimizer, --lr, --final-lr, --schedule, --warmup, "
-            "--weight-decay, --batch-size, --augment)"
-        )
-
+        args.dataset = args.dataset or TRAIN_DEFAULTS["dataset"]
+        model_name, model, recipe = _new_model(args, backend)
     if comm is not None and not root:
         comm.barrier()  # rank 0 downloads or checks the files first
     dataset = _load_data(args.dataset, args.data_dir, progress)
@@ -637,43 +623,153 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
     if args.limit is not None and args.limit < len(y_train):
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
         print(f"      training on the first {args.limit} of {len(dataset.y_train)} examples")
-
-    if args.resume is None:
-        optimizer = build_optimizer(
-            recipe["optimizer"],
-            recipe["lr"],
-            schedule=recipe["schedule"],
-            total_steps=args.epochs * math.ceil(len(y_train) / batch_size),
-            final_lr=recipe["final_lr"],
-            warmup=recipe["warmup"],
-            weight_decay=recipe["weight_decay"],
-            momentum=recipe["momentum"],
-        )
-        trainer = Trainer(
-            model,
-            optimizer,
-            seed=seed,
-            progress=progress,
-            augment=_augment(args.augment, dataset.name),
-            communicator=comm,
-        )
-
+    if recipe is not None:
+        trainer = _new_trainer(args, model, recipe, dataset.name, len(y_train), progress, comm)
     out = Path(args.out) if args.out is not None else _default_out(model_name, dataset.name)
     _check_out(out, args)
     if root:
         out.mkdir(parents=True, exist_ok=True)
-    model.summary()
-    opt = optimizer.get_config()
+    _print_plan(trainer, args, out, comm)
+    return _Plan(
+        args=args,
+        comm=comm,
+        root=root,
+        model_name=model_name,
+        trainer=trainer,
+        dataset=dataset,
+        x_train=x_train,
+        y_train=y_train,
+        out=out,
+        resumed_from=resumed_from,
+        run_record=_run_record(args, model_name, model),
+    )
+
+
+def _ready_communicator(args: argparse.Namespace, backend: Any, comm: Any) -> Any:
+    """The communicator of a distributed run on ``backend`` (NCCL wraps the MPI one),
+    its ranks sharing the machine's cores; ``None`` for one process."""
+    if args.distributed == "nccl":
+        from .distributed import NCCLCommunicator
+
+        comm = NCCLCommunicator(backend, comm, timeout=args.distributed_timeout)
+    if comm is not None:
+        from .distributed import share_cores
+
+        threads = share_cores(comm, backend)
+        if threads is not None:
+            print(f"note: {threads} BLAS thread(s) per rank (the ranks share this machine)")
+    return comm
+
+
+def _resume(args: argparse.Namespace, backend: Any, progress: bool, comm: Any) -> tuple[Any, str]:
+    """The trainer of ``--resume``, the options it fixes filled in from the checkpoint's
+    record of its run, and the model's name as recorded there."""
+    from .checkpoint import load_checkpoint
+    from .saving import load_training
+
+    ignored = [
+        f"--{name.replace('_', '-')}"
+        for name in (*RECIPE_OPTIONS, "augment", "seed", "dtype")
+        if getattr(args, name) is not None
+    ]
+    path = Path(args.resume)
+    _, meta = load_checkpoint(path)
+    trainer = _load_or_fail(lambda: load_training(path, backend=backend, progress=progress), path)
+    trainer.communicator = comm
+    record = meta.get("run")
+    _resume_settings(args, record, trainer.model)
+    recorded = record.get("model") if isinstance(record, dict) else None
+    model_name = recorded if isinstance(recorded, str) else "custom"  # files without a record
+    if args.batch_size is None:
+        args.batch_size = RECIPES.get(model_name, RECIPES["lecture"])["batch_size"]
+    if ignored:
+        print(
+            f"note: {', '.join(ignored)} ignored with --resume (the checkpoint holds the "
+            "model, optimizer and seed)"
+        )
+    print(f"resuming {path} after epoch {trainer.epochs_done}, until epoch {args.epochs}")
+    if trainer.epochs_done >= args.epochs:
+        print(
+            f"note: the checkpoint already has {trainer.epochs_done} epoch(s); "
+            f"nothing to train (raise --epochs to continue)"
+        )
+    return trainer, model_name
+
+
+def _new_model(args: argparse.Namespace, backend: Any) -> tuple[str, Any, dict[str, Any]]:
+    """A new run's model name, model and recipe (the model's, changed by the options),
+    the recipe printed."""
+    from .zoo import build_model
+
+    model_name = args.model or TRAIN_DEFAULTS["model"]
+    seed = TRAIN_DEFAULTS["seed"] if args.seed is None else args.seed
+    model = build_model(
+        model_name, backend=backend, seed=seed, dtype=args.dtype or TRAIN_DEFAULTS["dtype"]
+    )
+    recipe = dict(RECIPES[model_name])
+    args.batch_size = args.batch_size or recipe["batch_size"]
+    chosen = {k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None}
+    if "lr" in chosen and "final_lr" not in chosen and recipe["schedule"] != "cosine":
+        recipe["final_lr"] = None  # lr / 2, as the lecture's decay
+    if "schedule" in chosen and "final_lr" not in chosen:
+        recipe["final_lr"] = None
+    recipe.update(chosen)
+    print(
+        f"recipe for {model_name}: {recipe['optimizer']}, lr {recipe['lr']:g}, "
+        f"{recipe['schedule']} schedule"
+        + (f" after a {recipe['warmup']:.0%} warm-up" if recipe["warmup"] else "")
+        + f", weight decay {recipe['weight_decay']:g}, batch size {args.batch_size}"
+        + ("" if args.augment is None else f", augment {args.augment}")
+        + " (change with --optimizer, --lr, --final-lr, --schedule, --warmup, "
+        "--weight-decay, --batch-size, --augment)"
+    )
+    return model_name, model, recipe
+
+
+def _new_trainer(
+    args: argparse.Namespace,
+    model: Any,
+    recipe: dict[str, Any],
+    dataset_name: str,
+    n_train: int,
+    progress: bool,
+    comm: Any,
+) -> Any:
+    """The trainer of a new run: the recipe's optimizer over all its steps."""
+    from .trainer import Trainer
+    from .zoo import build_optimizer
+
+    optimizer = build_optimizer(
+        recipe["optimizer"],
+        recipe["lr"],
+        schedule=recipe["schedule"],
+        total_steps=args.epochs * math.ceil(n_train / args.batch_size),
+        final_lr=recipe["final_lr"],
+        warmup=recipe["warmup"],
+        weight_decay=recipe["weight_decay"],
+        momentum=recipe["momentum"],
+    )
+    seed = TRAIN_DEFAULTS["seed"] if args.seed is None else args.seed
+    augment = _augment(args.augment, dataset_name)
+    return Trainer(
+        model, optimizer, seed=seed, progress=progress, augment=augment, communicator=comm
+    )
+
+
+def _print_plan(trainer: Any, args: argparse.Namespace, out: Path, comm: Any) -> None:
+    """The model's summary, the optimizer, augmentation, output and ranks of the run."""
+    trainer.model.summary()
+    opt = trainer.optimizer.get_config()
     if isinstance(opt["lr"], (int, float)):
         print(
             f"optimizer: {opt['type']} lr {opt['lr']:g} -> {opt.get('final_lr') or opt['lr']:g} "
             f"({opt.get('decay', 'constant')}), momentum {opt.get('momentum', 0):g}, "
-            f"batch size {batch_size}, {args.epochs} epoch(s)"
+            f"batch size {args.batch_size}, {args.epochs} epoch(s)"
         )
     else:
         print(
             f"optimizer: {opt['type']} lr {_describe_schedule(opt['lr'])}, weight decay "
-            f"{opt.get('weight_decay', 0):g}, batch size {batch_size}, {args.epochs} epoch(s)"
+            f"{opt.get('weight_decay', 0):g}, batch size {args.batch_size}, {args.epochs} epoch(s)"
         )
     if trainer.augment is not None:
         print(f"augmentation: {trainer.augment.describe()}")
@@ -681,60 +777,84 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
     if comm is not None:
         print(f"distributed: {comm.size} ranks over {comm.engine}, {args.batch_size} per step")
 
-    training_path = out / "training.npz"
-    run_record = _run_record(args, model_name, model)
 
-    def on_epoch_end(tr: Any) -> None:
-        h = tr.history
-        if root:
-            save_training(tr, training_path, extra={"run": run_record})
-        val = ""
-        if h.val_loss[-1] is not None:
-            val = f", test loss {h.val_loss[-1]:.4f} acc {h.val_accuracy[-1]:.2%}"
-        print(
-            f"epoch {h.epoch[-1]}/{args.epochs}: loss {h.loss[-1]:.4f} acc "
-            f"{h.accuracy[-1]:.2%}{val} ({h.seconds[-1]:.1f} s, "
-            f"{h.images_per_second[-1]:.0f} img/s)",
-            flush=True,
-        )
+def _run_training(plan: _Plan) -> tuple[Any, float, int] | None:
+    """Step 2: train, a checkpoint and a line printed after every epoch. Returns the
+    history, the wall time and the epochs trained, or ``None`` when interrupted (after
+    saying where the last epoch is saved)."""
+    from .callbacks import Checkpoint, EpochLogger
 
+    args, trainer = plan.args, plan.trainer
+    trainer.callbacks += [
+        Checkpoint(plan.training_path, extra={"run": plan.run_record}),
+        EpochLogger(),
+    ]
     sys.stdout.flush()
     epochs_before = trainer.epochs_done
     started = time.perf_counter()
     try:
         history = trainer.fit(
-            x_train,
-            y_train,
+            plan.x_train,
+            plan.y_train,
             epochs=args.epochs,
-            batch_size=batch_size,
-            validation_data=(dataset.x_test, dataset.y_test),
-            on_epoch_end=on_epoch_end,
+            batch_size=args.batch_size,
+            validation_data=(plan.dataset.x_test, plan.dataset.y_test),
         )
     except KeyboardInterrupt:
         done = trainer.epochs_done
-        saved = training_path if training_path.exists() else resumed_from
+        saved = plan.training_path if plan.training_path.exists() else plan.resumed_from
         where, hint = "", ""
         if done and saved is not None:
             where = f"; epoch {done} is saved in {saved}"
             hint = f" (continue with: {PROG} train --resume {saved} --epochs {args.epochs})"
         print(f"\n{PROG}: interrupted{where}{hint}", file=sys.stderr)
-        return 130
-    wall = time.perf_counter() - started
-    trained = trainer.epochs_done - epochs_before
-    if not root:
-        return 0
-    if trainer.epochs_done and not training_path.exists():
-        save_training(trainer, training_path, extra={"run": run_record})
+        return None
+    return history, time.perf_counter() - started, trainer.epochs_done - epochs_before
 
+
+def _report_run(plan: _Plan, history: Any, wall: float, trained: int) -> int:
+    """Step 3 (root rank): the test result, metrics.json, model.npz, the pictures and
+    the closing table."""
+    from .saving import save_model, save_training
+
+    trainer, dataset, out = plan.trainer, plan.dataset, plan.out
+    model = trainer.model
+    if trainer.epochs_done and not plan.training_path.exists():
+        save_training(trainer, plan.training_path, extra={"run": plan.run_record})
     if trained > 0 and history.val_loss[-1] is not None:
         # The trainer has just evaluated these very weights on the test set (with
         # Sequential.evaluate's default batch size, EVAL_BATCH).
         test = {"loss": history.val_loss[-1], "accuracy": history.val_accuracy[-1]}
     else:
         test = model.evaluate(dataset.x_test, dataset.y_test, batch_size=EVAL_BATCH)
+    metrics = _metrics(plan, history, test, wall)
+    extra = {"model_name": plan.model_name, "dataset": plan.args.dataset}
+    save_model(model, out / "model.npz", extra={**extra, "test_accuracy": test["accuracy"]})
+    write_json(out / "metrics.json", metrics)
+    written = ["metrics.json", "model.npz", "training.npz"]
+    if not plan.args.no_plots:
+        n_train = len(plan.y_train)
+        written += _pictures(model, dataset, history, out, plan.model_name, n_train)
+    print()
+    print(history.table())
+    print(
+        f"test accuracy: {test['accuracy']:.2%} (loss {test['loss']:.4f}) on "
+        f"{len(dataset.y_test)} {dataset.name} test images; training took "
+        f"{metrics['seconds']:.1f} s"
+    )
+    print(f"wrote {', '.join(written)} into {out}")
+    return 0
+
+
+def _metrics(plan: _Plan, history: Any, test: dict[str, float], wall: float) -> dict[str, Any]:
+    """The content of ``metrics.json``."""
+    from . import __version__
+
+    args, trainer, dataset, comm = plan.args, plan.trainer, plan.dataset, plan.comm
+    model, backend = trainer.model, trainer.model.backend
     seconds = float(sum(history.seconds))
     images = float(sum(r * s for r, s in zip(history.images_per_second, history.seconds)))
-    metrics: dict[str, Any] = {
+    return {
         "test_accuracy": test["accuracy"],
         "test_loss": _finite(test["loss"]),
         "train_loss": [_finite(v) for v in history.loss],
@@ -746,23 +866,23 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         "backend": backend.name,
         "device": str(backend.device),
         "dtype": model.dtype_name,
-        "model": model_name,
+        "model": plan.model_name,
         "num_parameters": model.num_parameters(),
         "dataset": args.dataset,
         "dataset_loaded": dataset.name,
         "data_source": dataset.source,
-        "train_examples": len(y_train),
+        "train_examples": len(plan.y_train),
         "test_examples": len(dataset.y_test),
         "epochs": len(history.epoch),
-        "batch_size": batch_size,
-        "optimizer": optimizer.get_config(),
+        "batch_size": args.batch_size,
+        "optimizer": trainer.optimizer.get_config(),
         "augment": None if trainer.augment is None else trainer.augment.get_config(),
         "seconds": seconds,
         "wall_seconds": wall,
         "images_per_second": _finite(images / seconds) if seconds > 0 else None,
         "seed": trainer.seed,
         "limit": args.limit,
-        "resumed_from": None if resumed_from is None else str(resumed_from),
+        "resumed_from": None if plan.resumed_from is None else str(plan.resumed_from),
         "distributed": None
         if comm is None
         else {"engine": comm.engine, "ranks": comm.size, "global_batch_size": args.batch_size},
@@ -770,29 +890,6 @@ def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: 
         "finished": datetime.now().astimezone().isoformat(timespec="seconds"),
         "train_loss_steps": dict(zip(("epoch", "loss"), _step_curve(history))),
     }
-    save_model(
-        model,
-        out / "model.npz",
-        extra={
-            "model_name": model_name,
-            "dataset": args.dataset,
-            "test_accuracy": test["accuracy"],
-        },
-    )
-    _write_json(out / "metrics.json", metrics)
-
-    written = ["metrics.json", "model.npz", "training.npz"]
-    if not args.no_plots:
-        written += _pictures(model, dataset, history, out, model_name, len(y_train))
-
-    print()
-    print(history.table())
-    print(
-        f"test accuracy: {test['accuracy']:.2%} (loss {test['loss']:.4f}) on "
-        f"{len(dataset.y_test)} {dataset.name} test images; training took {seconds:.1f} s"
-    )
-    print(f"wrote {', '.join(written)} into {out}")
-    return 0
 
 
 def _augment(spec: str | None, dataset: str) -> Any:
@@ -833,7 +930,7 @@ def _pictures(
         from . import plots
 
         title = (
-            f"{model_name} model on {plots._title(dataset.name)} ({n_train} training "
+            f"{model_name} model on {plots.dataset_title(dataset.name)} ({n_train} training "
             f"images): {len(history.epoch)} epoch(s), backend {model.backend.label}"
         )
         paths = plots.save_all(
@@ -883,7 +980,7 @@ def _evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     )
     print(json.dumps(result, allow_nan=False))
     if args.json is not None:
-        _write_json(Path(args.json), result)
+        write_json(Path(args.json), result)
     return 0
 
 

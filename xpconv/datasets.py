@@ -33,7 +33,6 @@ import http.client
 import math
 import os
 import struct
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -311,22 +310,24 @@ def load_dataset(
     *,
     normalize: str = "unit",
     download: bool = True,
-    allow_fallback: bool = True,
+    allow_fallback: bool = False,
     progress: bool = True,
     mirrors: Sequence[str] | None = None,
 ) -> Dataset:
     """Load a dataset by name: ``"mnist"``, ``"fashion-mnist"`` (or ``"fashion_mnist"``) or
     ``"digits"``.
 
-    When no explicit directory is given (neither ``data_dir`` nor ``$XPCONV_DATA``) and the
-    data is neither cached nor downloadable, ``allow_fallback=True`` returns :func:`digits`
-    instead and emits a :class:`UserWarning` that says so, why, and how to get the real data.
-    A broken explicit directory always raises.
+    By default the data asked for is returned or a :class:`DatasetError` says why it
+    cannot be had. Only with ``allow_fallback=True`` (what the command line passes), when no
+    explicit directory is given (neither ``data_dir`` nor ``$XPCONV_DATA``) and the data is
+    neither cached nor downloadable, :func:`digits` is returned instead with a
+    :class:`UserWarning` that says so, why, and how to get the real data. A broken explicit
+    directory always raises.
 
     Args:
         name: dataset name, case-insensitive.
         data_dir, normalize, download, progress, mirrors: as for :func:`mnist`.
-        allow_fallback: fall back to :func:`digits` as described above.
+        allow_fallback: fall back to :func:`digits` as described above (default: no).
 
     Returns:
         A :class:`Dataset`; images ``(N, 1, 28, 28)`` ``float32``, labels ``(N,)`` ``int64``.
@@ -351,9 +352,9 @@ def load_dataset(
     message = (
         f"xpconv: could not load {title}, so it fell back to the small scikit-learn 8x8 "
         f"digits set (1797 images upsampled to 28x28). Results are NOT comparable to "
-        f"{title}.\nWhy: {reason}\nTo use the full {title} data: pass --data-dir DIR "
-        f"(data_dir=DIR) or set XPCONV_DATA=DIR pointing at the four IDX files, or go online "
-        f"so they can be downloaded into {get_cache_dir(key)}."
+        f"{title}.\nWhy: {reason}\nTo use the full {title} data: pass data_dir=DIR or set "
+        f"XPCONV_DATA=DIR pointing at the four IDX files, or go online so they "
+        f" can be downloaded into {get_cache_dir(key)}."
     )
     try:
         fallback = digits(normalize=normalize)
@@ -479,7 +480,7 @@ def _check_pair(paths: dict[str, Path], arrays: dict[str, np.ndarray], split: st
         raise DatasetError(
             f"{paths[split + '_labels']}: expected {images.shape[0]} labels, one per image in "
             f"{paths[split + '_images']}, found {labels.shape[0]}. The files do not belong "
-            f"together: delete both and download them again (or pass --data-dir with a "
+            f"together: delete both and download them again (or pass data_dir=DIR with a "
             f"matching set)."
         )
     if labels.size and int(labels.max()) >= _NUM_LABELS:
@@ -487,7 +488,7 @@ def _check_pair(paths: dict[str, Path], arrays: dict[str, np.ndarray], split: st
         raise DatasetError(
             f"{paths[split + '_labels']}: expected labels 0..{_NUM_LABELS - 1}, found "
             f"{bad} label(s) up to {int(labels.max())}. The file is damaged or not a label "
-            f"file: delete it and download it again (or pass --data-dir with the right files)."
+            f"file: delete it and download it again (or pass data_dir=DIR with the right files)."
         )
 
 
@@ -514,8 +515,8 @@ def _from_explicit_dir(key: str, directory: Path, origin: str) -> tuple[dict[str
     if not directory.is_dir():
         what = "does not exist" if not directory.exists() else "is not a directory"
         raise DatasetError(
-            f"{title} data directory {directory} (from {origin}) {what}. Pass --data-dir "
-            f"(data_dir=) a directory holding the four {title} IDX files, or leave it unset "
+            f"{title} data directory {directory} (from {origin}) {what}. Pass data_dir=DIR, "
+            f"a directory holding the four {title} IDX files, or leave it unset "
             f"to use the download cache."
         )
     options = [directory / sub for sub in _SUBDIRS[key]] + [directory]
@@ -536,7 +537,7 @@ def _from_explicit_dir(key: str, directory: Path, origin: str) -> tuple[dict[str
     raise DatasetError(
         f"{title} files not found in {best_dir} (from {origin}; looked in {looked}): "
         f"missing {missing}. Put the four IDX files (gzipped or not) there, pass a different "
-        f"--data-dir, or leave data_dir and XPCONV_DATA unset to download into the cache."
+        f"data_dir=DIR, or leave data_dir and XPCONV_DATA unset to download into the cache."
     )
 
 
@@ -569,7 +570,7 @@ def _from_cache(
     if not download:
         raise DatasetError(
             f"{title} is not in the cache {cache} (missing {', '.join(problems)}) and "
-            f"download=False. Pass --data-dir DIR (data_dir=DIR) or set XPCONV_DATA=DIR to a "
+            f"download=False. Pass data_dir=DIR or set XPCONV_DATA=DIR to a "
             f"directory with the four IDX files, or allow downloading."
         )
     order = list(mirrors)
@@ -588,8 +589,9 @@ def _from_cache(
 
 
 def _sha256(path: Path) -> str:
-    st = path.stat()
-    memo_key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    from ._io import file_identity  # here: the module also loads on its own, by file
+
+    memo_key = file_identity(path)
     digest = _SHA_MEMO.get(memo_key)
     if digest is None:
         h = hashlib.sha256()
@@ -622,7 +624,7 @@ def _verify_gz(key: str, path: Path, *, remedy: str) -> None:
             raise DatasetError(
                 f"{path}: expected the {title} file {canonical} (SHA-256 {expected}), found "
                 f"the {_TITLES[other]} file of that name (SHA-256 {actual}). It is the "
-                f"{_TITLES[other]} file, not the {title} one: point --data-dir (data_dir=) at "
+                f"{_TITLES[other]} file, not the {title} one: point data_dir=DIR at "
                 f"the {title} files instead."
             )
     if remedy == "cache":
@@ -631,7 +633,7 @@ def _verify_gz(key: str, path: Path, *, remedy: str) -> None:
         todo = (
             "Delete it and download it again, replace it with the original file, or "
             "decompress it (uncompressed IDX files are read without a checksum); or pass a "
-            "different --data-dir."
+            "different data_dir=DIR."
         )
     raise DatasetError(
         f"{path}: checksum mismatch: expected SHA-256 {expected} (the original {title} "
@@ -644,7 +646,7 @@ def _verify_gz(key: str, path: Path, *, remedy: str) -> None:
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
     """Parse an IDX file of unsigned bytes with ``ndim`` dimensions (gzipped or not)."""
-    redo = "Delete it and download it again (or pass --data-dir with intact files)."
+    redo = "Delete it and download it again (or pass data_dir=DIR with intact files)."
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
@@ -700,7 +702,7 @@ def _download_from_mirrors(
     mirrors = list(mirrors)
     if not mirrors:
         raise DatasetError(
-            f"No mirrors to download {title} {filename} from. Pass --data-dir DIR (data_dir=DIR) "
+            f"No mirrors to download {title} {filename} from. Pass data_dir=DIR "
             f"or set XPCONV_DATA=DIR to a directory with the four IDX files."
         )
     expected = CHECKSUMS[key][filename]
@@ -722,7 +724,7 @@ def _download_from_mirrors(
         f"Could not download {title} {filename} into {cache}; every mirror failed:\n"
         + "\n".join(failures)
         + "\nWhat to do: check the internet connection and try again, or download the four "
-        "IDX files yourself and pass --data-dir DIR (data_dir=DIR) or set XPCONV_DATA=DIR."
+        "IDX files yourself and pass data_dir=DIR or set XPCONV_DATA=DIR."
     )
 
 
@@ -730,48 +732,29 @@ class _DownloadFailed(Exception):
     pass
 
 
-def _progress_bar(total: int | None, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc)
-
-
 def _download(url: str, final: Path, expected_sha: str, progress: bool) -> Path:
     """Stream ``url`` into a temp file beside ``final``, verify it, then move it into place.
 
     Raises _DownloadFailed with a short reason; never leaves a partial file behind.
     """
+    from ._io import atomic_write, file_identity
+
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest, received = _stream(url, out, final.name, progress)
-            out.flush()
-            os.fsync(out.fileno())
-        if digest != expected_sha:
+    with atomic_write(final, suffix=".part") as out:
+        digest, received = _stream(url, out, final.name, progress)
+        if digest != expected_sha:  # the temporary file is removed, nothing is renamed
             raise _DownloadFailed(
                 f"checksum mismatch: expected SHA-256 {expected_sha}, got {digest} "
                 f"({received} bytes)"
             )
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
-        st = final.stat()
-        _SHA_MEMO[(str(final.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)] = (
-            digest
-        )
-        return final
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _SHA_MEMO[file_identity(final)] = digest
+    return final
 
 
 def _stream(url: str, out, label: str, progress: bool) -> tuple[str, int]:
     """Copy the body of ``url`` into ``out``; return (SHA-256 hex digest, byte count)."""
+    from ._io import progress_bar
+
     request = urllib.request.Request(url, headers={"User-Agent": "xpconv"})
     h = hashlib.sha256()
     received = 0
@@ -779,7 +762,7 @@ def _stream(url: str, out, label: str, progress: bool) -> tuple[str, int]:
         with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
             length_header = response.headers.get("Content-Length")
             length = int(length_header) if length_header and length_header.isdigit() else None
-            bar = _progress_bar(length, label, progress)
+            bar = progress_bar(progress, length, label, unit="B")
             try:
                 while True:
                     chunk = response.read(_CHUNK)
@@ -804,16 +787,3 @@ def _stream(url: str, out, label: str, progress: bool) -> tuple[str, int]:
     if length is not None and received != length:
         raise _DownloadFailed(f"connection closed early: received {received} of {length} bytes")
     return h.hexdigest(), received
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -26,6 +26,7 @@ import numpy as np
 __all__ = [
     "DPI",
     "PlotsUnavailable",
+    "dataset_title",
     "first_conv_layer",
     "plot_confusion",
     "plot_curves",
@@ -42,7 +43,9 @@ PathLike = str | os.PathLike
 _TRAIN, _TEST, _STEP = "#1f77b4", "#d62728", "#9ecae1"
 
 
-def _title(name: str) -> str:
+def dataset_title(name: str) -> str:
+    """How a dataset is called in titles: ``"mnist"`` -> ``"MNIST"``,
+    ``"fashion-mnist"`` -> ``"Fashion-MNIST"``, any other name unchanged."""
     return {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}.get(name, name)
 
 
@@ -391,7 +394,7 @@ def plot_confusion(
     ax.set_yticklabels(names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    title = _title(getattr(dataset, "name", ""))
+    title = dataset_title(getattr(dataset, "name", ""))
     ax.set_title(
         f"Confusion matrix, {title} test set ({y.size} images)\naccuracy {accuracy:.2%}",
         fontsize=11,

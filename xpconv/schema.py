@@ -78,6 +78,7 @@ TRAINER_KEYS: dict[str, bool] = {
     "history": True,
     "seed": True,
     "augment": False,
+    "callbacks": False,
 }
 
 Shape = tuple[int, ...]
@@ -443,16 +444,40 @@ def validate_training(
                 nullable = key.startswith("val_") and item is None
                 if not nullable and (isinstance(item, bool) or not isinstance(item, (int, float))):
                     raise _fail(f"{field}[{i}]", f"expected a number, got {item!r:.40}")
+    callbacks = state.get("callbacks", {})
+    if not isinstance(callbacks, Mapping):
+        raise _fail("trainer.callbacks", f"expected an object, got {type(callbacks).__name__}")
+    for name, entry in callbacks.items():
+        if not isinstance(entry, Mapping):
+            raise _fail(f"trainer.callbacks.{name}", f"expected an object, got {entry!r:.40}")
+        for key, value in entry.items():
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise _fail(
+                    f"trainer.callbacks.{name}.{key}",
+                    f"expected a number, a string or null, got {value!r:.40}",
+                )
     slots = getattr(optimizer, "state_slots", None)
     for key, array in arrays.items():
         field = f"trainer/{key}"
         shape = tuple(int(d) for d in array.shape)
+        if key.startswith("callback/"):
+            owner, _, rest = key[len("callback/") :].partition("/")
+            if owner not in callbacks or not rest:
+                raise _fail(
+                    field, "expected callback/<key>/<name> of a callback in trainer.callbacks"
+                )
+            if np.dtype(array.dtype).kind not in "biuf":
+                raise _fail(field, f"expected a numeric array, got dtype {array.dtype}")
+            continue
         if np.dtype(array.dtype).kind != "f":
             raise _fail(field, f"expected a floating array, got dtype {array.dtype}")
         prefix, _, rest = key.partition("/")
         name, _, slot = rest.rpartition("/")
         if prefix != "optimizer" or not name:
-            raise _fail(field, "unexpected array; expected optimizer/<parameter>/<slot>")
+            raise _fail(
+                field,
+                "unexpected array; expected optimizer/<parameter>/<slot> or callback/<key>/<name>",
+            )
         if name not in param_shapes:
             raise _fail(
                 field,

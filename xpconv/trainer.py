@@ -7,6 +7,10 @@
 Metrics stay on the device during an epoch and are read once per logging interval
 (``log_every`` steps), so a GPU is not synchronised on every step. A loss that becomes
 NaN or infinite stops training with :class:`TrainingError` naming the epoch and step.
+
+What happens around the loop (progress bar, NaN guard, early stopping, checkpoints,
+printing) is done by callbacks (:mod:`xpconv.callbacks`), whose state is part of
+:meth:`Trainer.state` and so of every training checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +28,16 @@ from array_api_compat import is_array_api_obj
 from . import host
 from .augment import Augment
 from .backend import backend_of
+from .callbacks import (
+    BatchLogs,
+    Callback,
+    EarlyStopping,
+    LambdaCallback,
+    NaNGuard,
+    ProgressBar,
+    RunInfo,
+    TrainingError,
+)
 from .distributed import Communicator
 from .functional._checks import positive_int
 from .functional.targets import count_correct
@@ -35,9 +49,8 @@ Array = Any
 
 __all__ = ["History", "Trainer", "TrainingError"]
 
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss); the message names epoch and step."""
+#: Prefix of the callbacks' arrays in :meth:`Trainer.state`: ``callback/<state_key>/<name>``.
+CALLBACK_PREFIX = "callback/"
 
 
 @dataclass
@@ -71,16 +84,6 @@ class History:
         return "\n".join(rows)
 
 
-def _progress_bar(enabled: bool, total: int, desc: str) -> Any:
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=desc, unit="img", leave=True, dynamic_ncols=True)
-
-
 class Trainer:
     """Runs the training loop of a :class:`~xpconv.model.Sequential` with an optimizer.
 
@@ -98,6 +101,15 @@ class Trainer:
             reported metrics are those of the global batches. ``None``: one process.
         augment: an :class:`~xpconv.augment.Augment` applied to every training batch on
             the host, drawing from the shuffling generator (so resume stays exact).
+        callbacks: :class:`~xpconv.callbacks.Callback` objects called around every
+            ``fit`` (after the built-in :class:`~xpconv.callbacks.NaNGuard`, early
+            stopping and :class:`~xpconv.callbacks.ProgressBar`, before ``fit``'s
+            ``on_epoch_end``); their state is saved with the trainer's.
+
+    Attributes:
+        run: a :class:`~xpconv.callbacks.RunInfo` describing the current ``fit`` (its
+            last one once it returned; ``None`` before).
+        stop_training: set to ``True`` by a callback to end the run after this epoch.
     """
 
     def __init__(
@@ -110,6 +122,7 @@ class Trainer:
         log_every: int = 50,
         communicator: Communicator | None = None,
         augment: Augment | None = None,
+        callbacks: list[Callback] | tuple[Callback, ...] | None = None,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
@@ -127,13 +140,28 @@ class Trainer:
         self.augment = augment if augment is not None and augment.active else None
         self.epochs_done = 0
         self.history = History()
-        self._best: tuple[float, dict[str, np.ndarray]] | None = None
         if communicator is not None and not isinstance(communicator, Communicator):
             raise TypeError(
                 f"communicator: expected a Communicator or None, got {type(communicator).__name__}"
             )
         self.communicator = communicator
         self.gradient_hook: Callable[[dict[str, Array]], dict[str, Array]] | None = None
+        if callbacks is None:
+            callbacks = []
+        if not isinstance(callbacks, (list, tuple)):
+            raise TypeError(
+                f"callbacks: expected a list of Callback, got {type(callbacks).__name__}"
+            )
+        for i, callback in enumerate(callbacks):
+            if not isinstance(callback, Callback):
+                raise TypeError(
+                    f"callbacks[{i}]: expected a Callback, got {type(callback).__name__}"
+                )
+        self.callbacks: list[Callback] = list(callbacks)
+        self.run: RunInfo | None = None
+        self.stop_training = False
+        self._active: list[Callback] = []  # the callbacks of the fit that is running
+        self._callback_state: dict[str, dict[str, Any]] = {}  # saved, or to restore
 
     # ------------------------------------------------------------------ data
     def _prepare(self, x: Any, y: Any, argument: str, label: str) -> tuple[Array, Array]:
@@ -231,39 +259,110 @@ class Trainer:
         if self._distributed:
             self._start_distributed(x_dev, y_dev, val, epochs, batch_size, shuffle)
             run_epoch = self._run_epoch_distributed
-        waited = 0
-        for epoch in range(self.epochs_done, epochs):
-            loss, acc, seconds = run_epoch(x_dev, y_dev, epoch, epochs, batch_size, shuffle)
-            h = self.history
-            h.epoch.append(epoch + 1)
-            h.loss.append(loss)
-            h.accuracy.append(acc)
-            h.lr.append(self.optimizer.lr)
-            h.seconds.append(seconds)
-            h.images_per_second.append(n / seconds if seconds > 0 else float("inf"))
-            monitored = loss
-            if val is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                metrics = self._evaluate(*val)
-                h.val_loss.append(metrics["loss"])
-                h.val_accuracy.append(metrics["accuracy"])
-                monitored = metrics["loss"]
-            else:
-                h.val_loss.append(None)
-                h.val_accuracy.append(None)
-            self.epochs_done = epoch + 1
-            if on_epoch_end is not None:
-                on_epoch_end(self)
-            if early_stopping is not None and (val is None or h.val_loss[-1] is not None):
-                if self._best is None or monitored < self._best[0]:
-                    self._best, waited = (monitored, self.model.state_dict()), 0
-                else:
-                    waited += 1
-                    if waited >= early_stopping:
-                        break
-        if early_stopping is not None and restore_best and self._best is not None:
-            self.model.load_state_dict(self._best[1])
+        self.run = RunInfo(epochs, batch_size, steps, n, val is not None)
+        self.stop_training = False
+        self._start_callbacks(early_stopping, restore_best, on_epoch_end)
+        try:
+            self._each_callback("on_fit_start")
+            for epoch in range(self.epochs_done, epochs):
+                self._each_callback("on_epoch_start", epoch + 1)
+                loss, acc, seconds = run_epoch(x_dev, y_dev, epoch, epochs, batch_size, shuffle)
+                evaluate = val is not None and (
+                    (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
+                )
+                self._record_epoch(
+                    epoch, loss, acc, seconds, self._evaluate(*val) if evaluate else None
+                )
+                self._each_callback("on_epoch_end")
+                if self.stop_training:
+                    break
+            self._each_callback("on_fit_end")
+        except BaseException as error:
+            for callback in self._active:
+                callback.on_fit_abort(self, error)
+            raise
+        finally:
+            self._stop_callbacks()
         self.model.eval()
         return self.history
+
+    def _record_epoch(
+        self, epoch: int, loss: float, acc: float, seconds: float, val: dict[str, float] | None
+    ) -> None:
+        """Append the epoch's entry to the history (validation ``None`` when not evaluated)."""
+        h, n = self.history, self.run.examples
+        h.epoch.append(epoch + 1)
+        h.loss.append(loss)
+        h.accuracy.append(acc)
+        h.lr.append(self.optimizer.lr)
+        h.seconds.append(seconds)
+        h.images_per_second.append(n / seconds if seconds > 0 else float("inf"))
+        h.val_loss.append(None if val is None else val["loss"])
+        h.val_accuracy.append(None if val is None else val["accuracy"])
+        self.epochs_done = epoch + 1
+
+    # ------------------------------------------------------------------ callbacks
+    def _start_callbacks(
+        self,
+        early_stopping: int | None,
+        restore_best: bool,
+        on_epoch_end: Callable[[Trainer], None] | None,
+    ) -> None:
+        """The callbacks of this fit, in calling order, each given its saved state."""
+        active: list[Callback] = []
+        if not any(isinstance(c, NaNGuard) for c in self.callbacks):
+            active.append(NaNGuard())
+        if early_stopping is not None:
+            active.append(EarlyStopping(early_stopping, restore_best=restore_best))
+        if self.progress and not any(isinstance(c, ProgressBar) for c in self.callbacks):
+            active.append(ProgressBar())
+        active += self.callbacks
+        if on_epoch_end is not None:
+            active.append(LambdaCallback(on_epoch_end=on_epoch_end))
+        keys = [c.state_key for c in active if c.state_key is not None]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ValueError(
+                f"callbacks: expected one callback per state key, got several for {twice} "
+                "(early_stopping= adds an EarlyStopping)"
+            )
+        for callback in active:
+            if callback.state_key in self._callback_state:
+                callback.load_state(dict(self._callback_state[callback.state_key]))
+        self._active = active
+
+    def _stop_callbacks(self) -> None:
+        """Keep the state of this fit's callbacks (for the next fit and for checkpoints)."""
+        self._callback_state.update(self._callback_states())
+        self._active = []
+
+    def _callback_states(self) -> dict[str, dict[str, Any]]:
+        return {c.state_key: c.state() for c in self._active if c.state_key is not None}
+
+    def _each_callback(self, hook: str, *args: Any) -> None:
+        for callback in self._active:
+            getattr(callback, hook)(self, *args)
+
+    def _end_batch(
+        self,
+        step_losses: list[float],
+        epoch: int,
+        step: int,
+        count: int,
+        seen: int,
+        start: float,
+        losses: list[float] | None = None,
+        loss_sum: float = 0.0,
+    ) -> None:
+        """The tail of every step, local or distributed: tell the callbacks, and keep the
+        interval's losses (``losses``: read at this step) in the history."""
+        logs = BatchLogs(epoch + 1, step + 1, count, seen, time.perf_counter() - start)
+        if losses is not None:
+            logs.logged, logs.step_losses, logs.loss = True, losses, loss_sum / seen
+        for callback in self._active:
+            callback.on_batch_end(self, logs)
+        if losses is not None:
+            step_losses += losses
 
     def _run_epoch(
         self, x: Array, y: Array, epoch: int, epochs: int, batch_size: int, shuffle: bool
@@ -279,59 +378,42 @@ class Trainer:
             # the model or optimizer was replaced: a step for the new pair, same hook
             step_fn = TrainStep(model, self.optimizer, gradient_hook=step_fn.gradient_hook)
             self.train_step = step_fn
-        bar = _progress_bar(self.progress, n, f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
         loss_sum, correct, pending = 0.0, 0, []
         seen, step_losses = 0, []
-        try:
-            for step, first in enumerate(range(0, n, batch_size)):
-                idx = order[first : min(first + batch_size, n)]
-                host.balance_blas_threads()  # one BLAS thread while the machine is busy
-                if x_host is None:
-                    xb = xp.take(x, idx, axis=0)
-                else:  # augmented on the host from the seeded generator, then moved
-                    rows = order_host[first : min(first + batch_size, n)]
-                    xb = be.asarray(self.augment(x_host[rows], self.rng), dtype=model.dtype)
-                yb = xp.take(y, idx, axis=0)
-                loss = step_fn(xb, yb, validate=False)  # checked by _prepare
-                count = int(idx.shape[0])
-                pending.append(loss)
-                loss_sum = loss_sum + loss * count
-                hits = count_correct(xp, model.last_output, yb)
-                correct = None if hits is None or correct is None else correct + hits
-                seen += count
-                if (step + 1) % self.log_every == 0 or first + batch_size >= n:
-                    step_losses += self._read_losses(pending, epoch, step)
-                    pending = []
-                    if bar is not None:
-                        bar.set_postfix(
-                            loss=f"{float(loss_sum) / seen:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}",
-                        )
-                if bar is not None:
-                    bar.update(count)
-        finally:
-            if bar is not None:
-                bar.close()
+        for step, first in enumerate(range(0, n, batch_size)):
+            idx = order[first : min(first + batch_size, n)]
+            host.balance_blas_threads()  # one BLAS thread while the machine is busy
+            if x_host is None:
+                xb = xp.take(x, idx, axis=0)
+            else:  # augmented on the host from the seeded generator, then moved
+                rows = order_host[first : min(first + batch_size, n)]
+                xb = be.asarray(self.augment(x_host[rows], self.rng), dtype=model.dtype)
+            yb = xp.take(y, idx, axis=0)
+            loss = step_fn(xb, yb, validate=False)  # checked by _prepare
+            count = int(idx.shape[0])
+            pending.append(loss)
+            loss_sum = loss_sum + loss * count
+            hits = count_correct(xp, model.last_output, yb)
+            correct = None if hits is None or correct is None else correct + hits
+            seen += count
+            if (step + 1) % self.log_every == 0 or first + batch_size >= n:
+                losses, pending = self._read_losses(pending), []
+                self._end_batch(
+                    step_losses, epoch, step, count, seen, start, losses, float(loss_sum)
+                )
+            else:
+                self._end_batch(step_losses, epoch, step, count, seen, start)
         seconds = time.perf_counter() - start
         self.history.step_losses.append(step_losses)
         accuracy = float("nan") if correct is None else int(correct) / n
         return float(loss_sum) / n, accuracy, seconds
 
-    def _read_losses(self, losses: list[Array], epoch: int, last_step: int) -> list[float]:
-        """Move the interval's losses to the host in one transfer; on a non-finite one,
-        stop with an error naming its step."""
+    def _read_losses(self, losses: list[Array]) -> list[float]:
+        """Move the interval's losses to the host in one transfer (the NaN guard, a
+        callback, checks them)."""
         model = self.model
-        values = [float(v) for v in model.backend.to_numpy(model.xp.stack(losses))]
-        if all(math.isfinite(v) for v in values):
-            return values
-        bad = next(i for i, v in enumerate(values) if not math.isfinite(v))
-        step = last_step - len(values) + 1 + bad
-        raise TrainingError(
-            f"loss became {values[bad]} at epoch {epoch + 1}, step {step + 1}; "
-            "training stopped (lower the learning rate or check the data for NaN/inf); "
-            "checkpoints written before this point are kept"
-        )
+        return [float(v) for v in model.backend.to_numpy(model.xp.stack(losses))]
 
     # ------------------------------------------------------------------ data parallel
     @property
@@ -412,51 +494,40 @@ class Trainer:
         sampler = ShardedSampler(n, batch_size, comm.rank, comm.size)
         model.train()
         params = model.parameters()
-        bar = _progress_bar(self.progress and comm.is_root, n, f"epoch {epoch + 1}/{epochs}")
         start = time.perf_counter()
         loss_sum, correct, seen, step_losses = 0.0, 0, 0, []
         pending, counts, hits_sum = [], [], xp.zeros((), dtype=model.dtype, device=be.device)
-        try:
-            for step, (lo, hi, count) in enumerate(sampler.ranges()):
-                local = hi - lo
-                if local:
-                    idx = order[lo:hi]
-                    xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
-                    loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
-                    pending.append(loss * local)
-                    hits = count_correct(xp, model.last_output, yb)
-                    if hits is not None:
-                        hits_sum = hits_sum + xp.astype(hits, model.dtype)
-                else:  # a global batch smaller than the number of ranks
-                    for p in params.values():
-                        p.grad = xp.zeros(p.shape, dtype=model.dtype, device=be.device)
-                    pending.append(xp.zeros((), dtype=model.dtype, device=be.device))
-                self._apply_gradient_hook(params, local)
-                self.optimizer.step(params)
-                counts.append(count)
-                seen += count
-                if (step + 1) % self.log_every == 0 or step + 1 == len(sampler):
-                    # One all-reduce of the interval's weighted losses and hit count.
-                    summed = comm.allreduce(xp.stack([*pending, hits_sum]))
-                    totals = np.asarray(be.to_numpy(summed), dtype=np.float64)
-                    losses = summed[:-1] / be.asarray(np.asarray(counts), dtype=model.dtype)
-                    step_losses += self._read_losses(
-                        [losses[i] for i in range(len(counts))], epoch, step
-                    )
-                    loss_sum += float(np.sum(totals[:-1]))
-                    correct += int(round(totals[-1]))
-                    pending, counts = [], []
-                    hits_sum = xp.zeros((), dtype=model.dtype, device=be.device)
-                    if bar is not None:
-                        bar.set_postfix(
-                            loss=f"{loss_sum / seen:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}",
-                        )
-                if bar is not None:
-                    bar.update(count)
-        finally:
-            if bar is not None:
-                bar.close()
+        for step, (lo, hi, count) in enumerate(sampler.ranges()):
+            local = hi - lo
+            if local:
+                idx = order[lo:hi]
+                xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
+                loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
+                pending.append(loss * local)
+                hits = count_correct(xp, model.last_output, yb)
+                if hits is not None:
+                    hits_sum = hits_sum + xp.astype(hits, model.dtype)
+            else:  # a global batch smaller than the number of ranks
+                for p in params.values():
+                    p.grad = xp.zeros(p.shape, dtype=model.dtype, device=be.device)
+                pending.append(xp.zeros((), dtype=model.dtype, device=be.device))
+            self._apply_gradient_hook(params, local)
+            self.optimizer.step(params)
+            counts.append(count)
+            seen += count
+            if (step + 1) % self.log_every == 0 or step + 1 == len(sampler):
+                # One all-reduce of the interval's weighted losses and hit count.
+                summed = comm.allreduce(xp.stack([*pending, hits_sum]))
+                totals = np.asarray(be.to_numpy(summed), dtype=np.float64)
+                means = summed[:-1] / be.asarray(np.asarray(counts), dtype=model.dtype)
+                losses = self._read_losses([means[i] for i in range(len(counts))])
+                loss_sum += float(np.sum(totals[:-1]))
+                correct += int(round(totals[-1]))
+                pending, counts = [], []
+                hits_sum = xp.zeros((), dtype=model.dtype, device=be.device)
+                self._end_batch(step_losses, epoch, step, count, seen, start, losses, loss_sum)
+            else:
+                self._end_batch(step_losses, epoch, step, count, seen, start)
         seconds = time.perf_counter() - start
         self.history.step_losses.append(step_losses)
         return loss_sum / n, correct / n, seconds
@@ -479,7 +550,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Everything needed to resume exactly: host arrays and JSON metadata."""
+        """Everything needed to resume exactly: host arrays and JSON metadata, the
+        callbacks' states included (under ``"callbacks"`` and ``callback/<key>/...``)."""
         be = self.model.backend
         arrays = {
             f"optimizer/{k}": be.to_numpy(v) for k, v in self.optimizer.state_arrays().items()
@@ -494,6 +566,16 @@ class Trainer:
             "seed": self.seed,
             "augment": None if self.augment is None else self.augment.get_config(),
         }
+        callbacks: dict[str, dict[str, Any]] = {}
+        for key, state in {**self._callback_state, **self._callback_states()}.items():
+            callbacks[key] = {}
+            for name, value in state.items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"{CALLBACK_PREFIX}{key}/{name}"] = value
+                else:
+                    callbacks[key][name] = value
+        if callbacks:  # absent without stateful callbacks, as in files of earlier versions
+            meta["callbacks"] = callbacks
         return arrays, meta
 
     def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
@@ -512,3 +594,10 @@ class Trainer:
         self.model.dropout_rng.bit_generator.state = meta["dropout_rng"]
         self.epochs_done = int(meta["epochs_done"])
         self.history = History(**meta["history"])
+        # Callback states: given to the callbacks with these keys when fit starts.
+        states = {key: dict(value) for key, value in meta.get("callbacks", {}).items()}
+        for name, value in arrays.items():
+            if name.startswith(CALLBACK_PREFIX):
+                key, _, rest = name[len(CALLBACK_PREFIX) :].partition("/")
+                states.setdefault(key, {})[rest] = value
+        self._callback_state = states

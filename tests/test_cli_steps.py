@@ -1,0 +1,76 @@
+"""The train command's three steps: the library's words become flags, defaults are
+written once, and the model name is read from the run record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpconv as xc
+from xpconv import cli
+from xpconv.checkpoint import load_checkpoint
+from xpconv.cli import main
+
+
+def test_dataset_errors_speak_in_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    where = tmp_path / "my data_dir (from data_dir" / "none"  # a path holding the words
+    code = main(["train", "--data-dir", str(where), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("xpconv: error: ")
+    assert "(from --data-dir)" in err and "Pass --data-dir DIR" in err
+    assert str(where) in err  # the path itself is left as it is
+    assert err.count("data_dir") == 2 * err.count(str(where))  # only those in the path
+
+
+def test_help_is_written_from_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    recipes = xc.zoo.RECIPES
+    assert f"(default: {cli.TRAIN_DEFAULTS['model']})" in text
+    assert f"total epochs of the run (default: {cli.TRAIN_DEFAULTS['epochs']})" in text
+    assert (
+        f"{recipes['lecture']['batch_size']} for lecture, {recipes['lenet']['batch_size']} "
+        "otherwise" in text
+    )
+    args = cli.build_parser().parse_args(["train"])
+    assert args.epochs == cli.TRAIN_DEFAULTS["epochs"]
+    assert args.distributed_timeout == cli.TRAIN_DEFAULTS["distributed_timeout"]
+
+
+def _small_run(tmp_path: Path, record: dict | None) -> Path:
+    """A training checkpoint of a lenet-sized custom model, one epoch done."""
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, 20)
+    model = xc.Sequential([xc.Flatten(), xc.Dense(10)], input_shape=(1, 28, 28), seed=0)
+    trainer = xc.Trainer(model, xc.SGD(0.1), progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=10)
+    path = tmp_path / "training.npz"
+    xc.save_training(trainer, path, extra=None if record is None else {"run": record})
+    return path
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "no-record"])
+def test_the_model_name_is_read_from_the_run_record(
+    tmp_path: Path, recorded: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
+    record = {"dataset": "digits", "limit": None, "batch_size": 10, "model": "lenet"}
+    path = _small_run(tmp_path, record if recorded else None)
+    out = tmp_path / "out"
+    argv = ["train", "--resume", str(path), "--epochs", "1", "--out", str(out)]
+    argv += ["--no-plots", "--no-progress"]
+    if not recorded:
+        argv += ["--dataset", "digits"]
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    metrics = json.loads((out / "metrics.json").read_text())
+    name = "lenet" if recorded else "custom"
+    assert metrics["model"] == name
+    assert load_checkpoint(out / "model.npz")[1]["model_name"] == name
+    assert load_checkpoint(out / "training.npz")[1]["run"]["model"] == name
+    assert "nothing to train" in captured.out
