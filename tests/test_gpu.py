@@ -293,8 +293,8 @@ def test_kernels_match_the_fast_path_interface() -> None:
     kernels = ck.make_kernels()
     assert (kernels.name, kernels.im2col, kernels.col2im) == ("cupy", ck.im2col, ck.col2im)
     x = np.zeros((4, 3, 5, 5))
-    assert not kernels.batch_innermost(x)
-    assert kernels.batch_innermost(laid_out(x, "batch-innermost"))
+    assert not kernels.batch_innermost(np, x)
+    assert kernels.batch_innermost(np, laid_out(x, "batch-innermost"))
     assert kernels_for(portable()).name == "numpy"  # registering CuPy changes nothing here
 
 

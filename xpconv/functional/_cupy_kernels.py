@@ -366,7 +366,7 @@ def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
     return out.transpose(output_permutation())
 
 
-def batch_innermost(x: Array) -> bool:
+def batch_innermost(xp: Any, x: Array) -> bool:
     """Whether the batch axis (0) of ``x`` has the smallest stride."""
     return x.ndim > 1 and x.shape[0] > 1 and x.strides[0] == min(abs(s) for s in x.strides)
 
