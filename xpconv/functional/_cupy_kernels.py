@@ -457,7 +457,9 @@ def reference_max_pool_blocks_backward(
     shape = (grad_out.shape[0], taps, *grad_out.shape[1:])
     env.update(grad=grad_memory, argmax=code_memory, idx=np.arange(int(np.prod(shape))))
     _evaluate(POOL_GRAD_CELL, env)
-    return _eval(POOL_GRAD_VALUE, env).astype(grad_out.dtype).reshape(shape)
+    with np.errstate(invalid="ignore"):  # 0 * inf is NaN, silently, as on the GPU
+        values = _eval(POOL_GRAD_VALUE, env)
+    return values.astype(grad_out.dtype).reshape(shape)
 
 
 # ------------------------------------------------------------------ CuPy kernels
