@@ -391,7 +391,7 @@ def test_batch_innermost_inputs_give_the_same_results(rng: np.random.Generator) 
     x_f = np.asfortranarray(x_c)  # batch innermost, as a flattened convolution output
     w, g = rng.normal(size=(5, 40)), rng.normal(size=(6, 5))
     kernels = kernels_for(get_backend("numpy").xp)
-    assert kernels.batch_innermost(x_f) and not kernels.batch_innermost(x_c)
+    assert kernels.batch_innermost(np, x_f) and not kernels.batch_innermost(np, x_c)
     np.testing.assert_allclose(F.linear(x_f, w), F.linear(x_c, w), rtol=1e-12)
     for a, b in zip(F.linear_backward(g, x_f, w), F.linear_backward(g, x_c, w)):
         np.testing.assert_allclose(a, b, rtol=1e-12)

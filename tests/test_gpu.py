@@ -138,6 +138,27 @@ def test_cuda_source_is_built_from_the_tested_formulas() -> None:
         assert f"#define {macro}(" in ck.PREAMBLE
 
 
+def test_pool_source_is_built_from_the_tested_formulas() -> None:
+    for name, expr in ck.POOL_CELL:
+        assert f"const I {name} = {expr};" in ck.POOL_SOURCE
+    for name, expr in ck.POOL_FIRST + ck.POOL_TAP + ck.POOL_BIAS + ck.POOL_RELU:
+        assert f"{name} = {expr};" in ck.POOL_SOURCE
+    for name, expr in ck.POOL_GRAD_CELL:
+        assert f"const I {name} = {expr};" in ck.POOL_BACKWARD_SOURCE
+    assert f"out = {ck.POOL_GRAD_VALUE};" in ck.POOL_BACKWARD_SOURCE
+
+
+def test_python_helpers_pick_like_c() -> None:
+    """``XP_MAX`` propagates NaN and gives the second value of equal ones (signed
+    zeros), like NumPy's ``maximum``; ``XP_WHERE`` is C's ``?:``."""
+    a = np.array([1.0, np.nan, 2.0, 0.0, -0.0, -np.inf])
+    b = np.array([2.0, 1.0, np.nan, -0.0, 0.0, -np.inf])
+    got = ck.PY_HELPERS["XP_MAX"](a, b)
+    np.testing.assert_array_equal(got, [2.0, np.nan, np.nan, 0.0, 0.0, -np.inf])
+    assert np.signbit(got[3]) and not np.signbit(got[4])
+    assert ck.PY_HELPERS["XP_WHERE"](a > 0.5, 1, -1).tolist() == [1, -1, 1, -1, -1, -1]
+
+
 def test_python_helpers_divide_like_c() -> None:
     a = np.array([-7, -6, -1, 0, 1, 6, 7], dtype=np.int64)
     assert ck.PY_HELPERS["XP_DIV"](a, 3).tolist() == [-2, -2, 0, 0, 0, 2, 2]
@@ -145,35 +166,143 @@ def test_python_helpers_divide_like_c() -> None:
     assert ck.PY_HELPERS["XP_TAP"](a, 3, 3).tolist() == [False] * 3 + [True, False, True, False]
 
 
+def random_blocks(rng: np.random.Generator, count: int) -> list[tuple[int, ...]]:
+    """(O, T, PH, PW, N) shapes of pool-ordered blocks, T from 1 (no pooling) to 9."""
+    return [
+        (int(rng.integers(1, 5)), int(rng.integers(1, 10)), *map(int, rng.integers(1, 5, 3)))
+        for _ in range(count)
+    ]
+
+
+BLOCKS = random_blocks(np.random.default_rng(20261201), 24)
+POOL_OPTIONS = [(False, False), (True, False), (False, True), (True, True)]  # bias, relu
+
+
+def block_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Few distinct values (many ties), a NaN and infinities in some windows."""
+    values = rng.integers(-3, 4, size=shape).astype(dtype)
+    flat = values.reshape(-1)
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0], dtype=dtype)
+    spots = rng.choice(flat.size, size=min(flat.size // 8, 4), replace=False)
+    flat[spots] = specials[: spots.size]
+    return values
+
+
+def portable_pool(
+    blocks: np.ndarray, bias: np.ndarray | None, relu: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    from xpconv.functional import _pool
+
+    with np.errstate(invalid="ignore"):
+        return _pool.max_pool_blocks(portable(), blocks, bias, relu)
+
+
+def portable_pool_backward(grad: np.ndarray, code: np.ndarray, taps: int) -> np.ndarray:
+    from xpconv.functional import _pool
+
+    with np.errstate(invalid="ignore"):  # 0 * inf: NaN, as the kernels give
+        return np.asarray(_pool.max_pool_blocks_backward(portable(), grad, code, taps))
+
+
+def pool_layout(a: np.ndarray, k: int, lib: Any = np) -> Any:
+    """``a`` as it is, in the reversed memory order, or a view with gaps (``lib``)."""
+    if k % 3 == 1:
+        axes = tuple(range(a.ndim))[::-1]
+        return lib.ascontiguousarray(a.transpose(axes)).transpose(axes)
+    if k % 3 == 2:
+        wide = lib.zeros((*a.shape[:-1], a.shape[-1] * 2), dtype=a.dtype)
+        wide[..., ::2] = a
+        return wide[..., ::2]
+    return a
+
+
+@pytest.mark.parametrize("bias, relu", POOL_OPTIONS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_reference_max_pool_blocks_matches_portable(
+    bias: bool, relu: bool, dtype: str, rng: np.random.Generator
+) -> None:
+    """The pool kernel's formulas, evaluated with NumPy, give the portable values and
+    codes exactly: first maximum on ties, NaN wins, dtype kept, any memory layout."""
+    for k, shape in enumerate(BLOCKS):
+        blocks = pool_layout(block_values(rng, shape, dtype), k)
+        b = rng.standard_normal(shape[0]).astype(dtype) if bias else None
+        out, code = ck.reference_max_pool_blocks(blocks, b, relu)
+        ref_out, ref_code = portable_pool(blocks, b, relu)
+        assert out.dtype == ref_out.dtype == dtype and code.dtype == ref_code.dtype == np.int8
+        np.testing.assert_array_equal(out, ref_out, err_msg=str(shape))
+        np.testing.assert_array_equal(code, ref_code, err_msg=str(shape))
+
+
+def test_reference_max_pool_blocks_wants_one_dtype() -> None:
+    blocks = np.ones((2, 4, 1, 1, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match="bias: expected dtype float32"):
+        ck.reference_max_pool_blocks(blocks, np.ones(2), False)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_reference_max_pool_blocks_backward_matches_portable(
+    dtype: str, rng: np.random.Generator
+) -> None:
+    """Windows marked -1 pass nothing; an infinite gradient times a 0 mask is NaN, as
+    in the portable product."""
+    for k, (o, taps, ph, pw, n) in enumerate(BLOCKS):
+        grad = block_values(rng, (o, ph, pw, n), dtype)
+        code = pool_layout(rng.integers(-1, taps, size=grad.shape).astype(np.int8), k + 1)
+        grad = pool_layout(grad, k)
+        got = ck.reference_max_pool_blocks_backward(grad, code, taps)
+        assert got.dtype == dtype and got.shape == (o, taps, ph, pw, n)
+        np.testing.assert_array_equal(got, portable_pool_backward(grad, code, taps))
+
+
 # ------------------------------------------------------------------ the C source, on the host
+
+
+_HOST_TYPES = {"int8": "signed char"}  # the others: T (the array type) or I (index)
+
+
+def _cast(typ: str, ctype: str, const: bool) -> str:
+    """C++ cast of a ``void*`` to a pointer to a kernel parameter of type ``typ``."""
+    name = ctype if typ == "T" else _HOST_TYPES.get(typ, typ)
+    return f"static_cast<{'const ' if const else ''}{name}*>"
 
 
 def _host_source() -> str:
     """The CuPy kernels as C++ functions for the host: each kernel's own preamble (its
     index type and macros) and body text, a loop over ``i`` in place of CUDA's threads,
-    and pointers in place of CuPy's raw arrays."""
+    and pointers in place of CuPy's raw arrays and outputs.
+
+    ``extern "C" void <kernel>_<i32|i64>_<float32|float64>(ins, outs, size, params)``
+    takes the raw input arrays and the outputs as arrays of pointers, in parameter
+    order, and the scalars as int64 values."""
     parts = ["#include <cstddef>"]
-    for which in ("im2col", "col2im"):
+    for which in ck.KERNELS:
         for wide in (False, True):
             spec = ck.kernel_spec(which, wide)
-            raw = spec["in_params"].split(",")[0].split()[-1]
-            params = [p.split()[-1] for p in spec["in_params"].split(",")[1:]]
+            inputs = [p.split() for p in spec["in_params"].split(",")]
+            raws = [(p[1], p[2]) for p in inputs if p[0] == "raw"]
+            params = [p[-1] for p in inputs if p[0] != "raw"]
+            outs = [tuple(p.split()) for p in spec["out_params"].split(",")]
             space = f"{which}_{'i64' if wide else 'i32'}"
-            args = ", ".join(f"I {p}" for p in params)
-            unpack = ", ".join(f"static_cast<I>(p[{k}])" for k in range(len(params)))
+            pointers = [f"const {_HOST_TYPES.get(t, t)}* {name}" for t, name in raws]
+            pointers += [f"{_HOST_TYPES.get(t, t)}* {name}_" for t, name in outs]
+            refs = "".join(f"    {_HOST_TYPES.get(t, t)}& {n} = {n}_[i];\n" for t, n in outs)
+            args = ", ".join([*pointers, "std::ptrdiff_t size", *(f"I {p}" for p in params)])
             parts.append(
                 f"namespace {space} {{\n{spec['preamble']}\n"
                 f"template <typename T>\n"
-                f"void run(const T* {raw}, T* out_, std::ptrdiff_t size, {args}) {{\n"
+                f"void run({args}) {{\n"
                 f"  for (std::ptrdiff_t i = 0; i < size; ++i) {{\n"
-                f"    T& out = out_[i];\n{spec['operation']}\n  }}\n}}\n}}"
+                f"{refs}{spec['operation']}\n  }}\n}}\n}}"
             )
             for tname, ctype in (("float64", "double"), ("float32", "float")):
+                arrays = [f"{_cast(t, ctype, True)}(ins[{k}])" for k, (t, _) in enumerate(raws)]
+                arrays += [f"{_cast(t, ctype, False)}(outs[{k}])" for k, (t, _) in enumerate(outs)]
+                unpack = [f"static_cast<I>(p[{k}])" for k in range(len(params))]
                 parts.append(
-                    f'extern "C" void {space}_{tname}(const {ctype}* a, {ctype}* o, '
-                    f"long long size, const long long* p) {{\n"
+                    f'extern "C" void {space}_{tname}(const void* const* ins, '
+                    f"void* const* outs, long long size, const long long* p) {{\n"
                     f"  typedef {space}::I I;\n"
-                    f"  {space}::run<{ctype}>(a, o, size, {unpack});\n}}"
+                    f"  {space}::run<{ctype}>({', '.join([*arrays, 'size', *unpack])});\n}}"
                 )
     return "\n".join(parts)
 
@@ -196,13 +325,19 @@ def host_kernels(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     return ctypes.CDLL(str(library))
 
 
-def _call(lib: ctypes.CDLL, name: str, memory: np.ndarray, out: np.ndarray, args: list[int]):
+def _call(
+    lib: ctypes.CDLL,
+    name: str,
+    inputs: list[np.ndarray],
+    outputs: list[np.ndarray],
+    args: list[int],
+) -> None:
+    """Run host kernel ``name`` over every element of ``outputs[0]``."""
+    ins = (ctypes.c_void_p * len(inputs))(*(a.ctypes.data for a in inputs))
+    outs = (ctypes.c_void_p * len(outputs))(*(a.ctypes.data for a in outputs))
     params = np.asarray(args, dtype=np.int64)
     getattr(lib, name)(
-        memory.ctypes.data_as(ctypes.c_void_p),
-        out.ctypes.data_as(ctypes.c_void_p),
-        ctypes.c_longlong(out.size),
-        params.ctypes.data_as(ctypes.c_void_p),
+        ins, outs, ctypes.c_longlong(outputs[0].size), params.ctypes.data_as(ctypes.c_void_p)
     )
 
 
@@ -219,7 +354,7 @@ def test_kernel_source_compiled_for_the_host_matches_portable(
         values = ck.im2col_arguments(geom, strides)
         cols = np.empty((geom.in_channels * geom.taps, values["NCOL"]), dtype=dtype)
         args = [values[p] for p in ck.IM2COL_PARAMS]
-        _call(host_kernels, f"im2col_{index}_{dtype}", memory, cols, args)
+        _call(host_kernels, f"im2col_{index}_{dtype}", [memory], [cols], args)
         np.testing.assert_array_equal(cols, np.asarray(_im2col.im2col(xp, x, geom)), str(geom))
 
         grad = rng.standard_normal(cols.shape).astype(dtype)
@@ -227,15 +362,52 @@ def test_kernel_source_compiled_for_the_host_matches_portable(
         values = ck.col2im_arguments(geom, strides)
         buf = np.empty(ck.output_shape(geom), dtype=dtype)
         args = [values[p] for p in ck.COL2IM_PARAMS]
-        _call(host_kernels, f"col2im_{index}_{dtype}", memory, buf, args)
+        _call(host_kernels, f"col2im_{index}_{dtype}", [memory], [buf], args)
         got = buf.transpose(ck.output_permutation())
         expected = np.asarray(_im2col.col2im(xp, grad, geom))
         tol = 1e-12 if dtype == "float64" else 1e-5
         np.testing.assert_allclose(got, expected, rtol=tol, atol=tol, err_msg=str(geom))
 
 
+@pytest.mark.parametrize("index", ["i32", "i64"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_pool_source_compiled_for_the_host_matches_portable(
+    host_kernels: ctypes.CDLL, index: str, dtype: str, rng: np.random.Generator
+) -> None:
+    """The max-pool kernels' C source, compiled for the host, against the portable ops
+    (bit for bit), in every bias/ReLU combination and memory layout."""
+    for k, shape in enumerate(BLOCKS):
+        bias, relu = POOL_OPTIONS[k % len(POOL_OPTIONS)]
+        blocks = pool_layout(block_values(rng, shape, dtype), k)
+        b = pool_layout(rng.standard_normal(shape[0]).astype(dtype), k) if bias else None
+        memory, strides = ck.dense_memory(blocks, np.ascontiguousarray)
+        bias_memory, bias_strides = (
+            (memory, (None,)) if b is None else ck.dense_memory(b, np.ascontiguousarray)
+        )
+        values = ck.pool_arguments(shape, strides, bias_strides[0], relu)
+        out = np.empty((shape[0], *shape[2:]), dtype=dtype)
+        code = np.empty(out.shape, dtype=np.int8)
+        args = [values[p] for p in ck.POOL_PARAMS]
+        name = f"max_pool_blocks_{index}_{dtype}"
+        _call(host_kernels, name, [memory, bias_memory], [out, code], args)
+        ref_out, ref_code = portable_pool(blocks, b, relu)
+        np.testing.assert_array_equal(out, ref_out, err_msg=f"{shape} bias={bias} relu={relu}")
+        np.testing.assert_array_equal(code, ref_code, err_msg=f"{shape} bias={bias} relu={relu}")
+
+        taps = shape[1]
+        grad = pool_layout(block_values(rng, out.shape, dtype), k + 1)
+        grad_memory, grad_strides = ck.dense_memory(grad, np.ascontiguousarray)
+        code_memory, code_strides = ck.dense_memory(code, np.ascontiguousarray)
+        values = ck.pool_backward_arguments(grad.shape, taps, grad_strides, code_strides)
+        back = np.empty((shape[0], taps, *shape[2:]), dtype=dtype)
+        args = [values[p] for p in ck.POOL_BACKWARD_PARAMS]
+        name = f"max_pool_blocks_backward_{index}_{dtype}"
+        _call(host_kernels, name, [grad_memory, code_memory], [back], args)
+        np.testing.assert_array_equal(back, portable_pool_backward(grad, code, taps), str(shape))
+
+
 @pytest.mark.parametrize("wide", [False, True])
-@pytest.mark.parametrize("which", ["im2col", "col2im"])
+@pytest.mark.parametrize("which", list(ck.KERNELS))
 def test_kernel_spec_follows_cupys_parameter_rules(which: str, wide: bool) -> None:
     """What ``cupy.ElementwiseKernel`` accepts: "[raw] TYPE NAME" parameters where TYPE
     is a NumPy dtype name or a one-letter placeholder that an *array* argument fixes
@@ -259,8 +431,11 @@ def test_kernel_spec_follows_cupys_parameter_rules(which: str, wide: bool) -> No
     assert spec["name"].isidentifier()
     index_type = "long long" if wide else "int"
     assert spec["preamble"].startswith(f"typedef {index_type} I;")
-    expected = ck.IM2COL_PARAMS if which == "im2col" else ck.COL2IM_PARAMS
-    assert names[1:-1] == list(expected)
+    raws, scalars, _, _ = ck.KERNELS[which]
+    assert [p[-1] for p in inputs if p[0] == "raw"] == [name for _, name in raws]
+    assert [p[-1] for p in inputs if p[0] != "raw"] == list(scalars)
+    assert all(p[-2] == ("int64" if wide else "int32") for p in inputs if p[0] != "raw")
+    assert names[len(raws) : len(raws) + len(scalars)] == list(scalars)
 
 
 # ------------------------------------------------------------------ registration (CPU)
@@ -292,9 +467,11 @@ def test_loader_returns_none_without_cupy(monkeypatch: pytest.MonkeyPatch) -> No
 def test_kernels_match_the_fast_path_interface() -> None:
     kernels = ck.make_kernels()
     assert (kernels.name, kernels.im2col, kernels.col2im) == ("cupy", ck.im2col, ck.col2im)
+    assert kernels.max_pool_blocks is ck.max_pool_blocks  # the fused conv+pool step
+    assert kernels.max_pool_blocks_backward is ck.max_pool_blocks_backward
     x = np.zeros((4, 3, 5, 5))
-    assert not kernels.batch_innermost(x)
-    assert kernels.batch_innermost(laid_out(x, "batch-innermost"))
+    assert not kernels.batch_innermost(np, x)
+    assert kernels.batch_innermost(np, laid_out(x, "batch-innermost"))
     assert kernels_for(portable()).name == "numpy"  # registering CuPy changes nothing here
 
 
@@ -344,6 +521,92 @@ def test_cupy_kernels_match_portable(
         np.testing.assert_allclose(
             cupy_backend.to_numpy(fast), cupy_backend.to_numpy(slow), rtol=tol, atol=tol
         )
+
+
+def fused_conv_pool_pass(backend: str, x: np.ndarray) -> dict[str, Any]:
+    """Output, input gradient and parameter gradients of a fused Conv2D + ReLU +
+    MaxPool2D step, float64, on ``backend``."""
+    import xpconv
+
+    layers = [xpconv.Conv2D(6, 3, padding="same", activation="relu"), xpconv.MaxPool2D(2)]
+    model = xpconv.Sequential(
+        layers, backend=backend, dtype="float64", seed=3, input_shape=x.shape[1:]
+    )
+    assert isinstance(model.steps[0], xpconv.layers.ConvMaxPool)
+    out = model.forward(x, training=True)
+    seen = {"out": out, "grad_x": model.backward(out, input_grad=True)}
+    return {**seen, **{name: p.grad for name, p in model.parameters().items()}}
+
+
+def test_fused_conv_pool_pass_matches_portable_on_numpy() -> None:
+    """The comparison the CuPy test below makes, on NumPy's kernels."""
+    x = np.random.default_rng(7).standard_normal((5, 2, 8, 8))
+    fast = fused_conv_pool_pass("numpy", x)
+    with use_portable():
+        slow = fused_conv_pool_pass("numpy", x)
+    assert fast.keys() == slow.keys() and len(fast) == 4
+    for name in fast:
+        np.testing.assert_allclose(fast[name], slow[name], rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("wide", [False, True], ids=["int32", "int64"])
+def test_cupy_pool_kernels_match_portable(
+    cupy_backend: xb.Backend,
+    dtype: str,
+    wide: bool,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The CUDA max pool of pool-ordered blocks and its backward against the portable
+    ops on the same device, bit for bit (ties, NaN, infinities, layouts)."""
+    import cupy
+
+    from xpconv.functional import _pool
+
+    if wide:
+        monkeypatch.setattr(ck, "_INT32_LIMIT", 0)
+    xp = cupy_backend.xp
+    for k, shape in enumerate(BLOCKS):
+        bias, relu = POOL_OPTIONS[k % len(POOL_OPTIONS)]
+        blocks = pool_layout(cupy.asarray(block_values(rng, shape, dtype)), k, cupy)
+        b = cupy.asarray(rng.standard_normal(shape[0]).astype(dtype)) if bias else None
+        out, code = ck.max_pool_blocks(xp, blocks, b, relu)
+        ref_out, ref_code = _pool.max_pool_blocks(xp, blocks, b, relu)
+        assert out.dtype == ref_out.dtype and code.dtype == ref_code.dtype == np.int8
+        np.testing.assert_array_equal(cupy.asnumpy(out), cupy.asnumpy(ref_out), str(shape))
+        np.testing.assert_array_equal(cupy.asnumpy(code), cupy.asnumpy(ref_code), str(shape))
+        grad = pool_layout(cupy.asarray(block_values(rng, out.shape, dtype)), k + 1, cupy)
+        got = ck.max_pool_blocks_backward(xp, grad, code, shape[1])
+        ref = _pool.max_pool_blocks_backward(xp, grad, code, shape[1])
+        np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(ref), str(shape))
+
+
+@pytest.mark.gpu
+def test_cupy_fused_conv_pool_runs_the_pool_kernels(
+    cupy_backend: xb.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Conv2D + ReLU + MaxPool2D model's forward and backward on CuPy call the CUDA
+    pool kernels (no portable fallback) and give the portable path's results."""
+    import cupy
+
+    from xpconv.functional import _pool
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the fused step fell back to the portable pool")
+
+    x = np.random.default_rng(7).standard_normal((5, 2, 8, 8))
+    with monkeypatch.context() as patched:
+        patched.setattr(_pool, "max_pool_blocks", refuse)
+        patched.setattr(_pool, "max_pool_blocks_backward", refuse)
+        fast = fused_conv_pool_pass("cupy", x)
+    with use_portable():
+        slow = fused_conv_pool_pass("cupy", x)
+    assert fast.keys() == slow.keys()
+    for name in fast:
+        got, want = cupy.asnumpy(fast[name]), cupy.asnumpy(slow[name])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.gpu

@@ -662,6 +662,7 @@ class ConvMaxPool:
         o, (ph, pw) = geom.out_channels, geom.pooled
         taps = geom.pool[0] * geom.pool[1]
         out, argmax = kernels_for(xp).max_pool_blocks(  # (O, PH, PW, N)
+            xp,
             xp.reshape(z, (o, taps, ph, pw, geom.batch)),
             conv.params["bias"].value if conv.use_bias else None,
             relu=conv.activation == "relu",
@@ -674,7 +675,7 @@ class ConvMaxPool:
         xp, cols, geom, argmax, taps = self._saved
         self._saved = None
         grad = xp.permute_dims(grad, (1, 2, 3, 0))  # the ReLU is in ``argmax`` (-1: off)
-        blocks = kernels_for(xp).max_pool_blocks_backward(grad, argmax, taps)
+        blocks = kernels_for(xp).max_pool_blocks_backward(xp, grad, argmax, taps)
         gx, gw, gb = conv2d_backward_matrix(
             xp,
             xp.reshape(blocks, (geom.out_channels, -1)),

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _im2col
+from . import _im2col, _pool
 from ._im2col import ConvGeometry
 from ._kernels import Kernels, register_fast_path
 
@@ -51,6 +51,9 @@ __all__ = [
     "COLUMN_ORDER",
     "COL2IM_SOURCE",
     "IM2COL_SOURCE",
+    "KERNELS",
+    "POOL_BACKWARD_SOURCE",
+    "POOL_SOURCE",
     "PREAMBLE",
     "PY_HELPERS",
     "batch_innermost",
@@ -61,10 +64,16 @@ __all__ = [
     "im2col_arguments",
     "kernel_spec",
     "make_kernels",
+    "max_pool_blocks",
+    "max_pool_blocks_backward",
     "output_permutation",
     "output_shape",
+    "pool_arguments",
+    "pool_backward_arguments",
     "reference_col2im",
     "reference_im2col",
+    "reference_max_pool_blocks",
+    "reference_max_pool_blocks_backward",
 ]
 
 # ------------------------------------------------------------------ the formulas
@@ -75,7 +84,10 @@ COLUMN_ORDER = ("oh", "ow", "n")
 #: output positions replaced by input positions (so batch innermost, like the columns).
 OUTPUT_ORDER = ("c", *({"oh": "h", "ow": "w", "n": "n"}[a] for a in COLUMN_ORDER))
 
-_SIZE = {"n": "N", "c": "C", "h": "H", "w": "W", "oh": "OH", "ow": "OW", "ki": "KH", "kj": "KW"}
+_SIZE = {
+    **{"n": "N", "c": "C", "h": "H", "w": "W", "oh": "OH", "ow": "OW", "ki": "KH", "kj": "KW"},
+    **{"o": "O", "t": "TAPS", "ph": "PH", "pw": "PW"},  # the pool-ordered blocks
+}
 
 #: Scalar arguments of both kernels (sizes of the geometry), in call order.
 GEOMETRY_PARAMS = (
@@ -83,6 +95,13 @@ GEOMETRY_PARAMS = (
 )  # fmt: skip
 IM2COL_PARAMS = (*GEOMETRY_PARAMS, "XN", "XC", "XH", "XW")  # element strides of the input
 COL2IM_PARAMS = (*GEOMETRY_PARAMS, "GR", "GC")  # element strides of the columns
+#: Scalars of the pool-ordered max pool: sizes of the (O, TAPS, PH, PW, N) blocks, their
+#: element strides, the bias's stride, and whether to add the bias and apply the ReLU.
+POOL_SIZES = ("O", "TAPS", "PH", "PW", "N")
+POOL_PARAMS = (*POOL_SIZES, "BO", "BT", "BH", "BW", "BN", "BB", "HAS_BIAS", "RELU")
+#: Scalars of its backward: the sizes, then the element strides of the (O, PH, PW, N)
+#: gradient and of its int8 tap codes.
+POOL_BACKWARD_PARAMS = (*POOL_SIZES, "GO", "GH", "GW", "GN", "AO", "AH", "AW", "AN")
 
 #: C macros; :data:`PY_HELPERS` are the same operations on NumPy integer arrays.
 #: Division and remainder truncate toward zero, as in C.
@@ -91,6 +110,8 @@ PREAMBLE = """
 #define XP_MOD(a, b) ((a) % (b))
 #define XP_INSIDE(v, n) ((v) >= 0 && (v) < (n))
 #define XP_TAP(a, s, o) ((a) >= 0 && (a) % (s) == 0 && (a) / (s) < (o))
+#define XP_WHERE(c, a, b) ((c) ? (a) : (b))
+#define XP_MAX(a, b) (((a) != (a) || (a) > (b)) ? (a) : (b))
 """
 
 
@@ -108,6 +129,9 @@ PY_HELPERS: dict[str, Callable[..., Any]] = {
     "XP_MOD": _mod,
     "XP_INSIDE": lambda v, n: (v >= 0) & (v < n),
     "XP_TAP": lambda a, s, o: (a >= 0) & (_mod(a, s) == 0) & (_div(a, s) < o),
+    "XP_WHERE": np.where,
+    # NaN-propagating, and the second value where both are equal: NumPy's ``maximum``
+    "XP_MAX": np.maximum,
 }
 
 
@@ -152,8 +176,40 @@ COL2IM_HIT = "XP_TAP(a, SH, OH) && XP_TAP(b, SW, OW)"
 COL2IM_SRC = f"((c * KH + ki) * KW + kj) * GR + ({_ravel(COLUMN_ORDER)}) * GC"
 
 
+#: The pool-ordered max pool (contract of ``_pool.max_pool_blocks``), per element
+#: ``idx`` of the (O, PH, PW, N) output: the first tap's value, then for every later tap
+#: ``t`` (in order) the first maximum, ties keeping the earlier tap and NaN winning as
+#: in the portable path; then the bias, then the ReLU (code -1 where it is off).
+POOL_CELL = (
+    *_unravel("idx", ("o", "ph", "pw", "n")),
+    ("src", "o * BO + ph * BH + pw * BW + n * BN"),
+)
+POOL_FIRST = (("best", "blocks[src]"), ("arg", "0"))
+POOL_TAP = (
+    ("v", "blocks[src + t * BT]"),
+    ("arg", "XP_WHERE(v > best, t, arg)"),
+    ("best", "XP_MAX(best, v)"),
+)
+POOL_BIAS = (("best", "best + bias[o * BB]"),)
+POOL_RELU = (("arg", "XP_WHERE(best > 0, arg, -1)"), ("best", "XP_MAX(best, 0)"))
+
+#: Its backward, per element ``idx`` of the (O, TAPS, PH, PW, N) result: the window's
+#: gradient times "this tap is the recorded one" (0 or 1, so 0 * inf is NaN, as in
+#: the portable product).
+POOL_GRAD_CELL = (
+    *_unravel("idx", ("o", "t", "ph", "pw", "n")),
+    ("at_code", "o * AO + ph * AH + pw * AW + n * AN"),
+    ("at_grad", "o * GO + ph * GH + pw * GW + n * GN"),
+)
+POOL_GRAD_VALUE = "grad[at_grad] * (argmax[at_code] == t)"
+
+
 def _c_lines(steps: Sequence[tuple[str, str]], indent: str = "") -> str:
     return "\n".join(f"{indent}const I {name} = {expr};" for name, expr in steps)
+
+
+def _c_assign(steps: Sequence[tuple[str, str]], indent: str = "") -> str:
+    return "\n".join(f"{indent}{name} = {expr};" for name, expr in steps)
 
 
 IM2COL_SOURCE = f"""
@@ -176,6 +232,32 @@ for (I ki = 0; ki < KH; ++ki) {{
   }}
 }}
 out = acc;
+"""
+
+(_, _best_start), (_, _arg_start) = POOL_FIRST
+POOL_SOURCE = f"""
+const I idx = static_cast<I>(i);
+{_c_lines(POOL_CELL)}
+T best = {_best_start};
+I arg = {_arg_start};
+for (I t = 1; t < TAPS; ++t) {{
+  const T v = {POOL_TAP[0][1]};
+{_c_assign(POOL_TAP[1:], "  ")}
+}}
+if (HAS_BIAS) {{
+{_c_assign(POOL_BIAS, "  ")}
+}}
+if (RELU) {{
+{_c_assign(POOL_RELU, "  ")}
+}}
+out = best;
+code = static_cast<signed char>(arg);
+"""
+
+POOL_BACKWARD_SOURCE = f"""
+const I idx = static_cast<I>(i);
+{_c_lines(POOL_GRAD_CELL)}
+out = {POOL_GRAD_VALUE};
 """
 
 # ------------------------------------------------------------------ shared host logic
@@ -226,6 +308,37 @@ def im2col_arguments(geom: ConvGeometry, x_strides: Sequence[int]) -> dict[str, 
 def col2im_arguments(geom: ConvGeometry, col_strides: Sequence[int]) -> dict[str, int]:
     """The scalars of the col2im kernel (``COL2IM_PARAMS``) by name."""
     return {**_geometry_values(geom), **dict(zip(("GR", "GC"), col_strides))}
+
+
+def pool_arguments(
+    shape: Sequence[int],
+    block_strides: Sequence[int],
+    bias_stride: int | None,
+    relu: bool,
+) -> dict[str, int]:
+    """The scalars of the max-pool kernel (``POOL_PARAMS``) by name, for blocks of
+    ``shape`` (O, TAPS, PH, PW, N) and element strides ``block_strides``; a bias of
+    element stride ``bias_stride``, or None for no bias."""
+    return {
+        **dict(zip(POOL_SIZES, shape)),
+        **dict(zip(("BO", "BT", "BH", "BW", "BN"), block_strides)),
+        "BB": 0 if bias_stride is None else bias_stride,
+        "HAS_BIAS": int(bias_stride is not None),
+        "RELU": int(relu),
+    }
+
+
+def pool_backward_arguments(
+    shape: Sequence[int], taps: int, grad_strides: Sequence[int], code_strides: Sequence[int]
+) -> dict[str, int]:
+    """The scalars of the max-pool backward kernel (``POOL_BACKWARD_PARAMS``) by name,
+    for a gradient of ``shape`` (O, PH, PW, N) and ``taps`` pooling taps."""
+    o, ph, pw, n = shape
+    return {
+        **dict(zip(POOL_SIZES, (o, taps, ph, pw, n))),
+        **dict(zip(("GO", "GH", "GW", "GN"), grad_strides)),
+        **dict(zip(("AO", "AH", "AW", "AN"), code_strides)),
+    }
 
 
 def output_permutation() -> tuple[int, ...]:
@@ -296,23 +409,94 @@ def reference_col2im(cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     return acc.reshape(shape).transpose(output_permutation())
 
 
+def _check_bias(blocks: np.ndarray, bias: np.ndarray | None) -> None:
+    if bias is not None and bias.dtype != blocks.dtype:
+        raise ValueError(f"bias: expected dtype {blocks.dtype} (the blocks'), got {bias.dtype}")
+
+
+def reference_max_pool_blocks(
+    blocks: np.ndarray, bias: np.ndarray | None = None, relu: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pool-ordered max pool computed by evaluating the kernel's own formulas with
+    NumPy, one "thread" per output element, the taps in the kernel's order (for tests;
+    slow). ``blocks`` (O, TAPS, PH, PW, N), ``bias`` (O,) of the same dtype."""
+    blocks = np.asarray(blocks)
+    _check_bias(blocks, bias)
+    memory, strides = dense_memory(blocks, np.ascontiguousarray)
+    bias_memory, bias_strides = (
+        (memory, (None,)) if bias is None else dense_memory(np.asarray(bias), np.ascontiguousarray)
+    )
+    values = pool_arguments(blocks.shape, strides, bias_strides[0], relu)
+    env: dict[str, Any] = {k: np.int64(v) for k, v in values.items()}
+    shape = (blocks.shape[0], *blocks.shape[2:])
+    env.update(blocks=memory, bias=bias_memory, idx=np.arange(int(np.prod(shape))))
+    _evaluate(POOL_CELL + POOL_FIRST, env)
+    for t in range(1, blocks.shape[1]):
+        env["t"] = np.int64(t)
+        _evaluate(POOL_TAP, env)
+    if bias is not None:
+        _evaluate(POOL_BIAS, env)
+    if relu:
+        _evaluate(POOL_RELU, env)
+    out = np.broadcast_to(env["best"], env["idx"].shape).astype(blocks.dtype)
+    code = np.broadcast_to(env["arg"], env["idx"].shape).astype(np.int8)
+    return out.reshape(shape), code.reshape(shape)
+
+
+def reference_max_pool_blocks_backward(
+    grad_out: np.ndarray, argmax: np.ndarray, taps: int
+) -> np.ndarray:
+    """The pool-ordered max-pool backward computed by evaluating the kernel's own
+    formula with NumPy, one "thread" per result element (for tests; slow):
+    (O, PH, PW, N) and int8 codes -> (O, TAPS, PH, PW, N)."""
+    grad_out, argmax = np.asarray(grad_out), np.asarray(argmax)
+    grad_memory, grad_strides = dense_memory(grad_out, np.ascontiguousarray)
+    code_memory, code_strides = dense_memory(argmax, np.ascontiguousarray)
+    values = pool_backward_arguments(grad_out.shape, taps, grad_strides, code_strides)
+    env: dict[str, Any] = {k: np.int64(v) for k, v in values.items()}
+    shape = (grad_out.shape[0], taps, *grad_out.shape[1:])
+    env.update(grad=grad_memory, argmax=code_memory, idx=np.arange(int(np.prod(shape))))
+    _evaluate(POOL_GRAD_CELL, env)
+    with np.errstate(invalid="ignore"):  # 0 * inf is NaN, silently, as on the GPU
+        values = _eval(POOL_GRAD_VALUE, env)
+    return values.astype(grad_out.dtype).reshape(shape)
+
+
 # ------------------------------------------------------------------ CuPy kernels
 
 
+#: Per kernel: its raw input arrays (type, name), scalar parameters, outputs and body.
+KERNELS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], str, str]] = {
+    "im2col": ((("T", "x"),), IM2COL_PARAMS, "T out", IM2COL_SOURCE),
+    "col2im": ((("T", "cols"),), COL2IM_PARAMS, "T out", COL2IM_SOURCE),
+    "max_pool_blocks": (
+        (("T", "blocks"), ("T", "bias")),
+        POOL_PARAMS,
+        "T out, int8 code",
+        POOL_SOURCE,
+    ),
+    "max_pool_blocks_backward": (
+        (("T", "grad"), ("int8", "argmax")),
+        POOL_BACKWARD_PARAMS,
+        "T out",
+        POOL_BACKWARD_SOURCE,
+    ),
+}
+
+
 def kernel_spec(which: str, wide: bool) -> dict[str, str]:
-    """The arguments of ``cupy.ElementwiseKernel`` for ``"im2col"`` or ``"col2im"`` with
+    """The arguments of ``cupy.ElementwiseKernel`` for one of :data:`KERNELS` with
     32-bit (``wide=False``) or 64-bit indices. Scalars get explicit integer types (CuPy
     infers a type placeholder from arrays only); ``I`` is a typedef in the preamble."""
-    if which == "im2col":
-        raw, params, body = "x", IM2COL_PARAMS, IM2COL_SOURCE
-    elif which == "col2im":
-        raw, params, body = "cols", COL2IM_PARAMS, COL2IM_SOURCE
-    else:
-        raise ValueError(f"which: expected 'im2col' or 'col2im', got {which!r}")
+    if which not in KERNELS:
+        raise ValueError(f"which: expected one of {sorted(KERNELS)}, got {which!r}")
+    raws, params, outputs, body = KERNELS[which]
     dtype, ctype = ("int64", "long long") if wide else ("int32", "int")
     return {
-        "in_params": ", ".join([f"raw T {raw}", *(f"{dtype} {p}" for p in params)]),
-        "out_params": "T out",
+        "in_params": ", ".join(
+            [*(f"raw {t} {name}" for t, name in raws), *(f"{dtype} {p}" for p in params)]
+        ),
+        "out_params": outputs,
         "operation": body,
         "name": f"xpconv_{which}_{dtype}",
         "preamble": f"typedef {ctype} I;\n{PREAMBLE}",
@@ -326,11 +510,10 @@ def _kernel(which: str, wide: bool) -> Any:
     return cupy.ElementwiseKernel(**kernel_spec(which, wide))
 
 
-def _launch(which: str, memory: Array, values: dict[str, int], out: Array) -> None:
-    if out.size:
-        params = IM2COL_PARAMS if which == "im2col" else COL2IM_PARAMS
-        wide = not _fits_int32(out.size, memory.size)
-        _kernel(which, wide)(memory, *(values[p] for p in params), out)
+def _launch(which: str, inputs: Sequence[Array], values: dict[str, int], *outs: Array) -> None:
+    if outs[0].size:
+        wide = not _fits_int32(*(a.size for a in (*inputs, *outs)))
+        _kernel(which, wide)(*inputs, *(values[p] for p in KERNELS[which][1]), *outs)
 
 
 def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
@@ -346,7 +529,7 @@ def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
         memory, strides = dense_memory(x, cupy.ascontiguousarray)
         values = im2col_arguments(geom, strides)
         out = cupy.empty((geom.in_channels * geom.taps, values["NCOL"]), dtype=x.dtype)
-        _launch("im2col", memory, values, out)
+        _launch("im2col", [memory], values, out)
     return out
 
 
@@ -362,18 +545,72 @@ def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
         memory, strides = dense_memory(cols.reshape(rows, ncol), cupy.ascontiguousarray)
         values = col2im_arguments(geom, strides)
         out = cupy.empty(output_shape(geom), dtype=cols.dtype)
-        _launch("col2im", memory, values, out)
+        _launch("col2im", [memory], values, out)
     return out.transpose(output_permutation())
 
 
-def batch_innermost(x: Array) -> bool:
+_FLOATS = ("float32", "float64")
+
+
+def max_pool_blocks(
+    xp: Any, blocks: Array, bias: Array | None = None, relu: bool = False
+) -> tuple[Array, Array]:
+    """Pool-ordered max pool, bias and ReLU (contract in ``_pool``), one CUDA kernel:
+    (O, T, PH, PW, N) and (O,) -> (O, PH, PW, N) and its int8 tap codes.
+
+    The blocks are read through their strides. Other dtypes than float32/float64, or a
+    bias of another dtype than the blocks (which the portable path promotes), take the
+    portable path.
+    """
+    if blocks.dtype.name not in _FLOATS or (bias is not None and bias.dtype != blocks.dtype):
+        return _pool.max_pool_blocks(xp, blocks, bias, relu)
+    import cupy
+
+    with blocks.device:
+        memory, strides = dense_memory(blocks, cupy.ascontiguousarray)
+        bias_memory, bias_strides = (
+            (memory, (None,)) if bias is None else dense_memory(bias, cupy.ascontiguousarray)
+        )
+        values = pool_arguments(blocks.shape, strides, bias_strides[0], relu)
+        shape = (blocks.shape[0], *blocks.shape[2:])
+        out = cupy.empty(shape, dtype=blocks.dtype)
+        code = cupy.empty(shape, dtype=cupy.int8)
+        _launch("max_pool_blocks", [memory, bias_memory], values, out, code)
+    return out, code
+
+
+def max_pool_blocks_backward(xp: Any, grad_out: Array, argmax: Array, taps: int) -> Array:
+    """Pool-ordered max-pool backward (contract in ``_pool``), one CUDA kernel:
+    (O, PH, PW, N) and int8 codes -> (O, T, PH, PW, N); every element is written once,
+    so the result needs no zero fill. Other dtypes take the portable path."""
+    if grad_out.dtype.name not in _FLOATS or argmax.dtype.name != "int8":
+        return _pool.max_pool_blocks_backward(xp, grad_out, argmax, taps)
+    import cupy
+
+    with grad_out.device:
+        grad_memory, grad_strides = dense_memory(grad_out, cupy.ascontiguousarray)
+        code_memory, code_strides = dense_memory(argmax, cupy.ascontiguousarray)
+        values = pool_backward_arguments(grad_out.shape, taps, grad_strides, code_strides)
+        out = cupy.empty((grad_out.shape[0], taps, *grad_out.shape[1:]), dtype=grad_out.dtype)
+        _launch("max_pool_blocks_backward", [grad_memory, code_memory], values, out)
+    return out
+
+
+def batch_innermost(xp: Any, x: Array) -> bool:
     """Whether the batch axis (0) of ``x`` has the smallest stride."""
     return x.ndim > 1 and x.shape[0] > 1 and x.strides[0] == min(abs(s) for s in x.strides)
 
 
 def make_kernels() -> Kernels:
     """The CuPy kernels (CuPy itself is imported only when they run)."""
-    return Kernels("cupy", im2col, col2im, batch_innermost=batch_innermost)
+    return Kernels(
+        "cupy",
+        im2col,
+        col2im,
+        batch_innermost=batch_innermost,
+        max_pool_blocks=max_pool_blocks,
+        max_pool_blocks_backward=max_pool_blocks_backward,
+    )
 
 
 @functools.cache

@@ -4,6 +4,31 @@ The portable Array-API implementations are the default and the reference the tes
 check. A backend may register faster versions of the same functions (same signature,
 same results); :func:`kernels_for` picks them automatically.
 
+Every entry is a whole op with one calling convention: **the array namespace comes
+first**, then the arrays, then plain Python values. A fast path may ignore ``xp`` (it
+knows its library), the portable path uses it instead of looking the namespace up
+again. The signatures are the ``Protocol`` classes below (parameter names included);
+a test checks every registered table against them. Shapes:
+
+- ``im2col(xp, x, geom)``: (N, C, H, W) -> (C * KH * KW, L)
+- ``col2im(xp, cols, geom)``: (C * KH * KW, L) -> (N, C, H, W)
+- ``weight_grad(xp, grad2, cols)``: (O, L) and (K, L) -> (O, K)
+- ``row_sums(xp, a)``: (O, L) -> (O,)
+- ``batch_innermost(xp, x)``: (N, ...) -> bool
+- ``max_pool_blocks(xp, blocks, bias=None, relu=False)``: (O, T, PH, PW, N) and (O,)
+  -> (O, PH, PW, N) values and their int8 (O, PH, PW, N) tap codes
+- ``max_pool_blocks_backward(xp, grad_out, argmax, taps)``: (O, PH, PW, N) values and
+  codes -> (O, T, PH, PW, N)
+- ``tanh(xp, x)`` and ``tanh_backward(xp, grad_out, t)``: elementwise, any shape
+- ``batch_norm_train(xp, x, weight, bias, eps)``: (N, C, ...) and (C,) or None ->
+  ``(y, x_hat, mean, var, invstd)``, y and x_hat of x's shape, the others (C,), var
+  biased: batch norm with the batch statistics (contract in ``_norm``)
+- ``batch_norm_backward(xp, grad_out, x_hat, invstd, weight, training)``: ->
+  ``(grad_x, grad_weight, grad_bias)``, in training or inference
+
+``L`` is ``OH * OW * N`` in the column order of ``_im2col`` (pool-ordered when
+``geom.pool != (1, 1)``); ``T = KP * KQ`` pooling taps (contract in ``_pool``).
+
 The choice holds no global state that threads share: ``XPCONV_PORTABLE=1`` in the
 environment sets the default, :func:`use_portable` forces the portable path inside a
 ``with`` block for the current thread (or asyncio task) only, and
@@ -17,11 +42,70 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import array_api_compat
 
 from . import _im2col, _pool
+from ._im2col import ConvGeometry
+
+Array = Any
+
+
+class Im2col(Protocol):
+    def __call__(self, xp: Any, x: Array, geom: ConvGeometry) -> Array: ...
+
+
+class Col2im(Protocol):
+    def __call__(self, xp: Any, cols: Array, geom: ConvGeometry) -> Array: ...
+
+
+class WeightGrad(Protocol):
+    def __call__(self, xp: Any, grad2: Array, cols: Array) -> Array: ...
+
+
+class RowSums(Protocol):
+    def __call__(self, xp: Any, a: Array) -> Array: ...
+
+
+class BatchInnermost(Protocol):
+    def __call__(self, xp: Any, x: Array) -> bool: ...
+
+
+class MaxPoolBlocks(Protocol):
+    def __call__(
+        self, xp: Any, blocks: Array, bias: Array | None = None, relu: bool = False
+    ) -> tuple[Array, Array]: ...
+
+
+class MaxPoolBlocksBackward(Protocol):
+    def __call__(self, xp: Any, grad_out: Array, argmax: Array, taps: int) -> Array: ...
+
+
+class Tanh(Protocol):
+    def __call__(self, xp: Any, x: Array) -> Array: ...
+
+
+class TanhBackward(Protocol):
+    def __call__(self, xp: Any, grad_out: Array, t: Array) -> Array: ...
+
+
+class BatchNormTrain(Protocol):
+    def __call__(
+        self, xp: Any, x: Array, weight: Array | None, bias: Array | None, eps: float
+    ) -> tuple[Array, Array, Array, Array, Array]: ...
+
+
+class BatchNormBackward(Protocol):
+    def __call__(
+        self,
+        xp: Any,
+        grad_out: Array,
+        x_hat: Array,
+        invstd: Array,
+        weight: Array | None,
+        training: bool,
+    ) -> tuple[Array, Array, Array]: ...
 
 
 def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
@@ -88,43 +172,58 @@ def _batch_norm_backward(
     return g_hat * _per_channel(xp, invstd, nd), grad_weight, grad_bias
 
 
-def _batch_innermost(x: Any) -> bool:
+def _batch_innermost(xp: Any, x: Any) -> bool:
     """Whether ``x`` (N, ...) is stored with its batch axis innermost (unknown: False)."""
     return False
 
 
 @dataclass(frozen=True)
 class Kernels:
-    """Kernels a backend may specialise.
+    """Kernels a backend may specialise (signatures and shapes: the module docstring).
 
     - ``im2col`` / ``col2im``: the data movement of convolution (contract in ``_im2col``).
-    - ``weight_grad(xp, grad2, cols)``: ``grad2 @ cols.T``, the weight gradient.
-    - ``batch_innermost(x)``: whether ``x`` is stored batch-innermost, so an op can
+    - ``weight_grad``: ``grad2 @ cols.T``, the weight gradient.
+    - ``batch_innermost``: whether ``x`` is stored batch-innermost, so an op can
       return its result in the same memory order (no layout change between layers).
-    - ``max_pool_blocks(blocks, bias, relu)`` and
-      ``max_pool_blocks_backward(grad, argmax, taps)``: the fused step's pool-ordered
-      max pool with the convolution's bias and ReLU (contract in ``_pool``).
-    - ``row_sums(xp, a)``: (O, L) -> (O,), the bias gradient of a convolution.
-    - ``tanh(xp, x)`` and ``tanh_backward(xp, grad_out, t)``: the lecture's activation
-      and ``grad_out * (1 - t**2)``.
-    - ``batch_norm_train(xp, x, weight, bias, eps)`` -> ``(y, x_hat, mean, var, invstd)``
-      and ``batch_norm_backward(xp, grad_out, x_hat, invstd, weight, training)`` ->
-      ``(grad_x, grad_weight, grad_bias)``: batch norm with the batch statistics, and
-      its backward in either mode (contract in ``_norm``).
+    - ``max_pool_blocks`` and ``max_pool_blocks_backward``: the fused step's
+      pool-ordered max pool with the convolution's bias and ReLU (contract in ``_pool``).
+    - ``row_sums``: the bias gradient of a convolution.
+    - ``tanh`` and ``tanh_backward``: the lecture's activation and
+      ``grad_out * (1 - t**2)``.
+    - ``batch_norm_train`` and ``batch_norm_backward``: batch normalization with the
+      batch statistics, and its backward in either mode.
+
+    Entries left out are the portable ones.
     """
 
     name: str
-    im2col: Callable[..., Any]
-    col2im: Callable[..., Any]
-    weight_grad: Callable[..., Any] = _weight_grad
-    batch_innermost: Callable[[Any], bool] = _batch_innermost
-    max_pool_blocks: Callable[..., Any] = _pool.max_pool_blocks
-    max_pool_blocks_backward: Callable[..., Any] = _pool.max_pool_blocks_backward
-    tanh: Callable[..., Any] = _tanh
-    tanh_backward: Callable[..., Any] = _tanh_backward
-    row_sums: Callable[..., Any] = _row_sums
-    batch_norm_train: Callable[..., Any] = _batch_norm_train
-    batch_norm_backward: Callable[..., Any] = _batch_norm_backward
+    im2col: Im2col
+    col2im: Col2im
+    weight_grad: WeightGrad = _weight_grad
+    batch_innermost: BatchInnermost = _batch_innermost
+    max_pool_blocks: MaxPoolBlocks = _pool.max_pool_blocks
+    max_pool_blocks_backward: MaxPoolBlocksBackward = _pool.max_pool_blocks_backward
+    tanh: Tanh = _tanh
+    tanh_backward: TanhBackward = _tanh_backward
+    row_sums: RowSums = _row_sums
+    batch_norm_train: BatchNormTrain = _batch_norm_train
+    batch_norm_backward: BatchNormBackward = _batch_norm_backward
+
+
+#: The interface of each entry of :class:`Kernels`, by field name.
+INTERFACE: dict[str, type] = {
+    "im2col": Im2col,
+    "col2im": Col2im,
+    "weight_grad": WeightGrad,
+    "batch_innermost": BatchInnermost,
+    "max_pool_blocks": MaxPoolBlocks,
+    "max_pool_blocks_backward": MaxPoolBlocksBackward,
+    "tanh": Tanh,
+    "tanh_backward": TanhBackward,
+    "row_sums": RowSums,
+    "batch_norm_train": BatchNormTrain,
+    "batch_norm_backward": BatchNormBackward,
+}
 
 
 PORTABLE = Kernels("portable", _im2col.im2col, _im2col.col2im)

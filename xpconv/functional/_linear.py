@@ -46,7 +46,7 @@ def linear(x: Array, weight: Array, bias: Array | None = None) -> Array:
     xp = _check_linear(x, weight, bias)
     # x stored batch-innermost (a flattened convolution output): the products are faster
     # with its contiguous transpose as the operand.
-    out = (weight @ x.T).T if kernels_for(xp).batch_innermost(x) else x @ weight.T
+    out = (weight @ x.T).T if kernels_for(xp).batch_innermost(xp, x) else x @ weight.T
     if bias is not None:
         out = out + bias
     return out
@@ -70,7 +70,7 @@ def linear_backward(grad_out: Array, x: Array, weight: Array) -> tuple[Array, Ar
     expected = (x.shape[0], weight.shape[0])
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
-    if kernels_for(xp).batch_innermost(x):
+    if kernels_for(xp).batch_innermost(xp, x):
         grad_x = (weight.T @ grad_out.T).T  # (IN, N) contiguous: x's own layout
         grad_w = (x.T @ grad_out).T
     else:

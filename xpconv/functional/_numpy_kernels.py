@@ -5,7 +5,8 @@ im2col and col2im: the portable path copies the input three times (transpose, pa
 stack of the tap slices). Here the transposed, padded input is written once into a
 buffer, the (C, KH, KW, KP, KQ, PH, PW, N) windows are a strided view of it, and one
 copy makes the columns. col2im accumulates into a buffer it owns, in place, one strided
-view per kernel tap.
+view per kernel tap. The shapes, regions and strides are ``_strided``'s, shared with
+the PyTorch kernels; here the copies are split over the cores.
 
 The pool, weight-gradient and tanh kernels write into buffers they own with ``out=``
 instead of chaining temporaries. Work on large arrays is split over the machine's
@@ -26,6 +27,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ._im2col import ConvGeometry
 from ._kernels import PORTABLE, Kernels, register_fast_path
+from ._strided import StridedPlan, strided_plan
 
 Array = Any
 
@@ -68,34 +70,24 @@ def _in_parts(work: Any, count: int, nbytes: int) -> None:
         future.result()
 
 
-def _padded_chwn(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+def _padded_chwn(x: np.ndarray, plan: StridedPlan) -> np.ndarray:
     """(N, C, H, W) -> (C, Hp, Wp, N) with zero padding, in one pass."""
-    (pt, pb), (pl, pr) = geom.pad
-    n, c = geom.batch, geom.in_channels
-    h, w = geom.in_size
     xt = x.transpose(1, 2, 3, 0)
-    if pt == pb == pl == pr == 0:
+    if not plan.zero:
         return np.ascontiguousarray(xt)
-    hp, wp = geom.padded_size
-    buf = np.empty((c, hp, wp, n), dtype=x.dtype)
-    buf[:, :pt] = 0
-    buf[:, pt + h :] = 0
-    buf[:, pt : pt + h, :pl] = 0
-    buf[:, pt : pt + h, pl + w :] = 0
-    buf[:, pt : pt + h, pl : pl + w] = xt
+    buf = np.empty(plan.padded, dtype=x.dtype)
+    for region in plan.zero:
+        buf[region] = 0
+    buf[plan.inside] = xt
     return buf
 
 
 def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N)."""
-    src = _padded_chwn(np.asarray(x), geom)
-    sc, sh, sw, sn = src.strides
-    (dh, dw), (th, tw), (kp, kq) = geom.dilation, geom.stride, geom.pool
+    plan = strided_plan(geom)
+    src = _padded_chwn(np.asarray(x), plan)
     windows = as_strided(
-        src,
-        shape=(geom.in_channels, *geom.kernel, kp, kq, *geom.pooled, geom.batch),
-        strides=(sc, sh * dh, sw * dw, sh * th, sw * tw, sh * th * kp, sw * tw * kq, sn),
-        writeable=False,
+        src, shape=plan.windows, strides=plan.window_strides(*src.strides), writeable=False
     )
     cols = np.empty(windows.shape, dtype=src.dtype)
     if geom.in_channels == 1 and geom.pool == (1, 1):  # split the kernel taps instead
@@ -117,30 +109,23 @@ def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 
 def col2im(xp: Any, cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """The adjoint of :func:`im2col`: (C * KH * KW, OH * OW * N) -> (N, C, H, W)."""
-    n, c = geom.batch, geom.in_channels
-    cols = np.asarray(cols).reshape(c, *geom.kernel, *geom.pool, *geom.pooled, n)
-    (pt, _), (pl, _) = geom.pad
-    h, w = geom.in_size
-    plain = geom.pool == (1, 1) and geom.stride == (1, 1) and pt == pl == 0
-    if plain and geom.taps == 1 and geom.out == geom.in_size:
-        return cols.reshape(c, h, w, n).transpose(3, 0, 1, 2)
-    acc = np.zeros((c, *geom.padded_size, n), dtype=cols.dtype)
-    sc, sh, sw, sn = acc.strides
-    (dh, dw), (th, tw), (kp, kq) = geom.dilation, geom.stride, geom.pool
-    strides = (sc, sh * th, sw * tw, sh * th * kp, sw * tw * kq, sn)
-    shape = (kp, kq, *geom.pooled, n)
+    plan = strided_plan(geom)
+    c = geom.in_channels
+    cols = np.asarray(cols).reshape(plan.windows)
+    if plan.reshape_only:
+        return cols.reshape(c, *geom.in_size, geom.batch).transpose(3, 0, 1, 2)
+    acc = np.zeros(plan.padded, dtype=cols.dtype)
+    strides = plan.tap_strides(*acc.strides)
 
     def accumulate(lo: int, hi: int) -> None:
-        for i in range(geom.kernel[0]):
-            for j in range(geom.kernel[1]):
-                # all inputs under kernel tap (i, j), laid out like cols[:, i, j]
-                view = as_strided(
-                    acc[lo:hi, i * dh :, j * dw :], (hi - lo, *shape), strides, writeable=True
-                )
-                view += cols[lo:hi, i, j]
+        for i, j, row, col in plan.tap_starts:
+            view = as_strided(
+                acc[lo:hi, row:, col:], (hi - lo, *plan.tap_shape), strides, writeable=True
+            )
+            view += cols[lo:hi, i, j]
 
     _in_parts(accumulate, c, cols.nbytes)
-    return acc[:, pt : pt + h, pl : pl + w].transpose(3, 0, 1, 2)
+    return acc[plan.inside].transpose(3, 0, 1, 2)
 
 
 _SINGLE_THREAD_GEMM = 1 << 18  # OpenBLAS keeps products below M * N * K = 2**18 on one thread
@@ -180,7 +165,7 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
 
 
 def max_pool_blocks(
-    blocks: np.ndarray, bias: np.ndarray | None = None, relu: bool = False
+    xp: Any, blocks: np.ndarray, bias: np.ndarray | None = None, relu: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pool-ordered max pool, bias and ReLU (contract in ``_pool``), split over the
     cores by channel, each part finished in place while it is in cache."""
@@ -211,10 +196,12 @@ def max_pool_blocks(
     return best, code
 
 
-def max_pool_blocks_backward(grad: np.ndarray, argmax: np.ndarray, taps: int) -> np.ndarray:
+def max_pool_blocks_backward(
+    xp: Any, grad_out: np.ndarray, argmax: np.ndarray, taps: int
+) -> np.ndarray:
     """Pool-ordered max-pool backward (contract in ``_pool``), written tap by tap into
     one buffer and split over the cores by channel: twice as fast on 2 cores."""
-    grad, argmax = np.asarray(grad), np.asarray(argmax)
+    grad, argmax = np.asarray(grad_out), np.asarray(argmax)
     out = np.empty((grad.shape[0], taps, *grad.shape[1:]), dtype=grad.dtype)
 
     def scatter(lo: int, hi: int) -> None:
@@ -381,7 +368,7 @@ def batch_norm_backward(
     return _like(gx, order, tuple(grad_out.shape)), gw, gb
 
 
-def batch_innermost(x: np.ndarray) -> bool:
+def batch_innermost(xp: Any, x: np.ndarray) -> bool:
     """Whether the batch axis (0) of ``x`` has the smallest stride."""
     strides = np.asarray(x).strides
     return x.ndim > 1 and x.shape[0] > 1 and strides[0] == min(abs(s) for s in strides)

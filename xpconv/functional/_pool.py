@@ -245,7 +245,7 @@ def _max_forward_tiled(xp: Any, src: Array, geom: PoolGeometry) -> tuple[Array, 
 
 
 def max_pool_blocks(
-    blocks: Array, bias: Array | None = None, relu: bool = False
+    xp: Any, blocks: Array, bias: Array | None = None, relu: bool = False
 ) -> tuple[Array, Array]:
     """Max pooling of a convolution output in pool-ordered columns (see ``_im2col``),
     then the convolution's bias and ReLU (they commute with the max).
@@ -253,9 +253,9 @@ def max_pool_blocks(
     ``blocks`` (O, T, PH, PW, N) holds the T = KP * KQ pooling taps as contiguous
     blocks; ``bias`` is (O,). Returns the output (O, PH, PW, N) and the int8 index of
     each window's first maximum (row-major tap order, as :func:`max_pool2d`), or -1
-    where the ReLU is off: such a window passes no gradient to any tap.
+    where the ReLU is off: such a window passes no gradient to any tap. ``xp`` is the
+    namespace of the arrays.
     """
-    xp = namespace(blocks=blocks)
     out, code = _first_max(xp, [blocks[:, k, ...] for k in range(blocks.shape[1])])
     if bias is not None:
         out = out + xp.reshape(bias, (-1, 1, 1, 1))
@@ -265,9 +265,9 @@ def max_pool_blocks(
     return out, code
 
 
-def max_pool_blocks_backward(grad_out: Array, argmax: Array, taps: int) -> Array:
-    """Vector-Jacobian product of :func:`max_pool_blocks`: (O, PH, PW, N) -> (O, T, PH, PW, N)."""
-    xp = namespace(grad_out=grad_out, argmax=argmax)
+def max_pool_blocks_backward(xp: Any, grad_out: Array, argmax: Array, taps: int) -> Array:
+    """Vector-Jacobian product of :func:`max_pool_blocks`: ``grad_out`` (O, PH, PW, N)
+    and its int8 ``argmax`` codes -> (O, T, PH, PW, N), T = ``taps``."""
     shape = (grad_out.shape[0], taps, *grad_out.shape[1:])
     dev = array_api_compat.device(grad_out)
     grad = xp.empty(shape, dtype=grad_out.dtype, device=dev)  # every block is written

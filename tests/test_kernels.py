@@ -1,0 +1,183 @@
+"""The kernel table: one interface for every backend, and every fast entry against
+the portable one.
+
+- Every registered table (portable, NumPy, PyTorch, and CuPy's built here without
+  CuPy) has exactly the interface's entries, with the interface's signatures
+  (parameter names, kinds and defaults; the namespace first).
+- On every backend case, each entry of the table that backend selects equals the
+  portable entry on random inputs (ties and several layouts included). The more
+  detailed checks of single entries live beside their ops (``test_conv.py``,
+  ``test_functional_ops.py``, ``test_gpu.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from xpconv.functional import _cupy_kernels, _numpy_kernels, _strided, _torch_kernels
+from xpconv.functional._conv import conv_geometry
+from xpconv.functional._kernels import INTERFACE, PORTABLE, Kernels, kernels_for
+
+TABLES: dict[str, Callable[[], Kernels]] = {
+    "portable": lambda: PORTABLE,
+    "numpy": _numpy_kernels._load,
+    "torch": _torch_kernels.make_kernels,  # imports no torch
+    "cupy": _cupy_kernels.make_kernels,  # imports no cupy
+}
+
+
+def _parameters(fn: Callable[..., Any]) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
+
+def _interface(entry: str) -> list[tuple[str, Any, Any]]:
+    return _parameters(INTERFACE[entry].__call__)[1:]  # less ``self``
+
+
+def test_interface_names_every_entry_namespace_first() -> None:
+    entries = {f.name for f in dataclasses.fields(Kernels)} - {"name"}
+    assert set(INTERFACE) == entries
+    for entry in INTERFACE:
+        assert _interface(entry)[0][0] == "xp", entry
+
+
+def test_signature_check_sees_a_different_convention() -> None:
+    """The comparison below fails for an entry without the namespace or renamed."""
+    assert _parameters(lambda blocks, bias=None, relu=False: None) != _interface("max_pool_blocks")
+    assert _parameters(lambda xp, grad, argmax, taps: None) != _interface(
+        "max_pool_blocks_backward"
+    )
+
+
+@pytest.mark.parametrize("entry", list(INTERFACE))
+@pytest.mark.parametrize("table", list(TABLES))
+def test_every_table_follows_the_interface(table: str, entry: str) -> None:
+    kernels = TABLES[table]()
+    assert kernels.name == table
+    assert _parameters(getattr(kernels, entry)) == _interface(entry), f"{table}.{entry}"
+
+
+def test_fast_tables_are_the_ones_selected() -> None:
+    assert kernels_for(np) == _numpy_kernels._load()  # the same entries
+    torch = pytest.importorskip("torch")
+    assert kernels_for(torch).name == "torch"
+
+
+# ------------------------------------------------------------------ fast == portable
+
+
+GEOMETRY_ARGS = [  # (x shape, weight shape, conv options, pool)
+    ((2, 3, 7, 6), (4, 3, 3, 3), dict(padding=1), (1, 1)),
+    ((3, 1, 9, 9), (2, 1, 5, 5), dict(padding="same"), (1, 1)),
+    ((2, 2, 8, 7), (3, 2, 2, 3), dict(stride=(2, 1), dilation=(1, 2), padding=(1, 2)), (1, 1)),
+    ((2, 2, 6, 6), (3, 2, 1, 1), {}, (1, 1)),  # col2im is a reshape
+    ((2, 3, 8, 8), (4, 3, 3, 3), dict(padding=1), (2, 2)),  # pool-ordered columns
+    ((1, 2, 7, 9), (2, 2, 3, 2), dict(padding=(1, 0)), (2, 3)),
+]
+
+
+def _geometries(case: Any) -> list[tuple[Any, Any]]:
+    out = []
+    for x_shape, w_shape, conv, pool in GEOMETRY_ARGS:
+        geom = dataclasses.replace(conv_geometry(x_shape, w_shape, **conv), pool=pool)
+        out.append((geom, x_shape))
+    return out
+
+
+def test_im2col_col2im_entries_match_portable(case: Any, rng: np.random.Generator) -> None:
+    kernels, xp = kernels_for(case.xp), case.xp
+    for geom, x_shape in _geometries(case):
+        x = case.asarray(rng.standard_normal(x_shape))
+        ref = case.to_numpy(PORTABLE.im2col(xp, x, geom))
+        assert ref.shape == (geom.in_channels * geom.taps, geom.columns)
+        np.testing.assert_array_equal(case.to_numpy(kernels.im2col(xp, x, geom)), ref, str(geom))
+        y = case.asarray(rng.standard_normal(ref.shape))
+        case.assert_close(
+            kernels.col2im(xp, y, geom), case.to_numpy(PORTABLE.col2im(xp, y, geom)), str(geom)
+        )
+
+
+def test_matrix_entries_match_portable(case: Any, rng: np.random.Generator) -> None:
+    kernels, xp = kernels_for(case.xp), case.xp
+    for o, k, length in [(4, 27, 96), (16, 25, 256 * 300)]:  # one GEMM; chunked on NumPy
+        grad2 = case.asarray(rng.standard_normal((o, length)))
+        cols = case.asarray(rng.standard_normal((k, length)))
+        expected = case.to_numpy(PORTABLE.weight_grad(xp, grad2, cols))
+        got = kernels.weight_grad(xp, grad2, cols)
+        scale = np.sqrt(length)  # sums of L products of N(0, 1) values
+        np.testing.assert_allclose(case.to_numpy(got), expected, rtol=0, atol=case.rtol * scale)
+        sums = case.to_numpy(PORTABLE.row_sums(xp, grad2))
+        got = case.to_numpy(kernels.row_sums(xp, grad2))
+        np.testing.assert_allclose(got, sums, rtol=0, atol=case.rtol * scale)
+
+
+def test_elementwise_entries_match_portable(case: Any, rng: np.random.Generator) -> None:
+    kernels, xp = kernels_for(case.xp), case.xp
+    host = rng.standard_normal((4, 3, 5, 6))
+    for x in (
+        case.asarray(host),
+        xp.permute_dims(
+            case.asarray(np.ascontiguousarray(host.transpose(1, 2, 3, 0))), (3, 0, 1, 2)
+        ),
+    ):
+        t = kernels.tanh(xp, x)
+        case.assert_close(t, case.to_numpy(PORTABLE.tanh(xp, x)), "tanh")
+        g = case.asarray(rng.standard_normal(host.shape))
+        ref = case.to_numpy(PORTABLE.tanh_backward(xp, g, t))
+        case.assert_close(kernels.tanh_backward(xp, g, t), ref, "tanh_backward")
+
+
+def test_batch_innermost_entry(case: Any, rng: np.random.Generator) -> None:
+    """C-order arrays are not batch-innermost for any table; a fast path may recognise
+    the batch-innermost layout (the portable answer is always False: unknown)."""
+    kernels, xp = kernels_for(case.xp), case.xp
+    host = rng.standard_normal((4, 3, 5, 6))
+    plain = case.asarray(host)
+    assert not kernels.batch_innermost(xp, plain) and not PORTABLE.batch_innermost(xp, plain)
+    inner = xp.permute_dims(
+        case.asarray(np.ascontiguousarray(host.transpose(1, 2, 3, 0))), (3, 0, 1, 2)
+    )
+    assert not PORTABLE.batch_innermost(xp, inner)
+    if kernels.name in ("numpy", "torch", "cupy"):
+        assert kernels.batch_innermost(xp, inner)
+
+
+@pytest.mark.parametrize("bias, relu", [(False, False), (True, False), (False, True), (True, True)])
+def test_pool_entries_match_portable(
+    case: Any, rng: np.random.Generator, bias: bool, relu: bool
+) -> None:
+    kernels, xp = kernels_for(case.xp), case.xp
+    for shape in [(3, 4, 2, 3, 5), (2, 1, 3, 1, 2), (5, 6, 2, 2, 3)]:
+        blocks = case.asarray(rng.integers(-3, 4, size=shape).astype(np.float64))  # ties
+        b = case.asarray(rng.integers(-1, 2, size=shape[0]).astype(np.float64)) if bias else None
+        out, code = kernels.max_pool_blocks(xp, blocks, b, relu)
+        ref_out, ref_code = PORTABLE.max_pool_blocks(xp, blocks, b, relu)
+        assert out.dtype == ref_out.dtype and code.dtype == ref_code.dtype == xp.int8
+        np.testing.assert_array_equal(case.to_numpy(out), case.to_numpy(ref_out), str(shape))
+        np.testing.assert_array_equal(case.to_numpy(code), case.to_numpy(ref_code), str(shape))
+        grad = case.asarray(rng.standard_normal(tuple(out.shape)))
+        got = kernels.max_pool_blocks_backward(xp, grad, code, shape[1])
+        ref = PORTABLE.max_pool_blocks_backward(xp, grad, code, shape[1])
+        np.testing.assert_array_equal(case.to_numpy(got), case.to_numpy(ref), str(shape))
+
+
+# ------------------------------------------------------------------ the shared strided plan
+
+
+def test_strided_plan_regions_tile_the_padded_buffer() -> None:
+    """The padding regions and the input region cover the padded buffer exactly once."""
+    for x_shape, w_shape, conv, pool in GEOMETRY_ARGS:
+        geom = dataclasses.replace(conv_geometry(x_shape, w_shape, **conv), pool=pool)
+        plan = _strided.strided_plan(geom)
+        count = np.zeros(plan.padded, dtype=int)
+        for region in (*plan.zero, plan.inside):
+            count[region] += 1
+        assert (count == 1).all(), geom
+        assert plan.reshape_only == (geom.kernel == (1, 1) and geom.pad == ((0, 0), (0, 0)))
+        assert _strided.strided_plan(geom) is plan  # made once per geometry
