@@ -15,7 +15,7 @@ import numpy as np
 
 Initializer = Callable[[np.random.Generator, tuple[int, ...], int, int], np.ndarray]
 
-__all__ = ["INITIALIZERS", "get_initializer"]
+__all__ = ["INITIALIZERS", "get_initializer", "initializer_config"]
 
 
 def glorot_normal(rng: np.random.Generator, shape, fan_in: int, fan_out: int) -> np.ndarray:
@@ -75,3 +75,16 @@ def get_initializer(init: str | Initializer) -> Initializer:
     if init not in INITIALIZERS:
         raise ValueError(f"init: expected one of {sorted(INITIALIZERS)}, got {init!r}")
     return INITIALIZERS[init]
+
+
+def initializer_config(init: str | Initializer) -> str | Initializer:
+    """What a layer's ``get_config`` keeps of its ``init`` argument: the name as given,
+    the name of a registered initialiser passed as a function (``he_normal`` ->
+    ``"he_normal"``), or else the callable itself (which rebuilds the same layer but
+    is not JSON: register it in ``INITIALIZERS`` to save the architecture)."""
+    if isinstance(init, str):
+        return init
+    for name, fn in INITIALIZERS.items():
+        if fn is init:
+            return name
+    return init

@@ -23,18 +23,19 @@ from array_api_compat import array_namespace
 
 from . import functional as F
 from .backend import Backend
-from .functional._checks import int_pair, positive_int
-from .functional._conv import (
+from .functional import (
+    ConvGeometry,
     check_conv1d,
     conv2d_backward_cols,
-    conv2d_backward_matrix,
     conv2d_forward,
-    conv2d_forward_matrix,
     conv_geometry,
+    conv_max_pool2d_backward_saved,
+    conv_max_pool2d_forward_unchecked,
+    conv_pool_geometry,
     lift_1d_arg,
 )
-from .functional._kernels import kernels_for
-from .initializers import get_initializer
+from .functional.checks import int_pair, positive_int
+from .initializers import get_initializer, initializer_config
 
 Array = Any
 Shape = tuple[int, ...]
@@ -48,6 +49,7 @@ __all__ = [
     "BuildContext",
     "Conv1D",
     "Conv2D",
+    "ConvMaxPool",
     "Dense",
     "Dropout",
     "Flatten",
@@ -63,6 +65,8 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "Tanh",
+    "backward_step",
+    "layer_from_config",
 ]
 
 
@@ -95,7 +99,14 @@ class BuildContext:
 
 
 class Layer:
-    """Base class. Subclasses set ``output_shape`` in ``_build`` and implement the passes."""
+    """Base class. Subclasses set ``output_shape`` in ``_build`` and implement the passes.
+
+    A layer whose backward pass can skip the gradient of its input (a convolution as a
+    network's first layer) sets ``skips_input_grad = True`` and takes
+    ``backward(grad, *, input_grad=None)``: ``None`` follows ``needs_input_grad``.
+    """
+
+    skips_input_grad = False
 
     def __init__(self) -> None:
         self.params: dict[str, Parameter] = {}
@@ -135,6 +146,9 @@ class Layer:
 
     def backward(self, grad: Array) -> Array:
         raise NotImplementedError
+
+    def _wants_input_grad(self, input_grad: bool | None) -> bool:
+        return self.needs_input_grad if input_grad is None else bool(input_grad)
 
     # -- description ---------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
@@ -198,6 +212,8 @@ class Conv2D(_ActivationMixin, Layer):
         in_channels: checked against the input when given, inferred otherwise.
     """
 
+    skips_input_grad = True
+
     def __init__(
         self,
         filters: int,
@@ -253,6 +269,13 @@ class Conv2D(_ActivationMixin, Layer):
             self._param(ctx, "bias", np.zeros(self.filters))
         return (self.filters, *self._geom.out)
 
+    @property
+    def geometry(self) -> ConvGeometry:
+        """The validated geometry of the convolution for one example (batch 1)."""
+        if not self.built:
+            raise RuntimeError(f"{self.name}: not built yet; build it (or its model) first")
+        return self._geom
+
     def _kernel(self) -> Array:
         """The weight as the 4-D (O, C // groups, KH, KW) array the convolution uses."""
         return self.params["weight"].value
@@ -266,18 +289,23 @@ class Conv2D(_ActivationMixin, Layer):
         self._saved = (xp, cols, geom)
         return self._activate(out)
 
-    def backward(self, grad: Array) -> Array:
+    def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         xp, cols, geom = self._saved
         grad = self._deactivate(grad)
         gx, gw, gb = conv2d_backward_cols(
-            xp, grad, cols, self._kernel(), geom, need_input_grad=self.needs_input_grad
+            xp, grad, cols, self._kernel(), geom, need_input_grad=self._wants_input_grad(input_grad)
         )
-        weight = self.params["weight"]
-        weight.grad = xp.reshape(gw, weight.shape)
-        if self.use_bias:
-            self.params["bias"].grad = gb
+        self.set_gradients(xp, gw, gb)
         self._saved = None
         return gx
+
+    def set_gradients(self, xp: Any, grad_weight: Array, grad_bias: Array) -> None:
+        """Store the gradients (O, C // groups, KH, KW) and (O,) of a backward pass in
+        ``Parameter.grad`` (the weight's in the parameter's own shape)."""
+        weight = self.params["weight"]
+        weight.grad = xp.reshape(grad_weight, weight.shape)
+        if self.use_bias:
+            self.params["bias"].grad = grad_bias
 
     def get_config(self) -> dict[str, Any]:
         return dict(
@@ -289,7 +317,7 @@ class Conv2D(_ActivationMixin, Layer):
             groups=self.groups,
             activation=self.activation,
             use_bias=self.use_bias,
-            init=self.init if isinstance(self.init, str) else "glorot_normal",
+            init=initializer_config(self.init),
             in_channels=self.in_channels,
         )
 
@@ -363,9 +391,9 @@ class Conv1D(Conv2D):
         xp = array_namespace(x)
         return super().forward(xp.expand_dims(x, axis=2), training)[:, :, 0, :]
 
-    def backward(self, grad: Array) -> Array | None:
+    def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         xp = array_namespace(grad)
-        gx = super().backward(xp.expand_dims(grad, axis=2))
+        gx = super().backward(xp.expand_dims(grad, axis=2), input_grad=input_grad)
         return None if gx is None else gx[:, :, 0, :]
 
     def get_config(self) -> dict[str, Any]:
@@ -511,7 +539,7 @@ class Dense(_ActivationMixin, Layer):
             units=self.units,
             activation=self.activation,
             use_bias=self.use_bias,
-            init=self.init if isinstance(self.init, str) else "glorot_normal",
+            init=initializer_config(self.init),
             in_features=self.in_features,
         )
 
@@ -616,31 +644,58 @@ Softmax = _named_activation("softmax", "Softmax over the last axis.")
 LogSoftmax = _named_activation("log_softmax", "Log-softmax over the last axis.")
 
 
-class ConvMaxPool:
-    """A Conv2D and the tiled MaxPool2D after it, run as one step of a model.
+class ConvMaxPool(Layer):
+    """A Conv2D and the tiled MaxPool2D after it as one layer (and one step of a model):
+    (N, C, H, W) -> (N, filters, OH // KP, OW // KQ).
 
-    Same results as the two layers in turn, less memory traffic: the convolution's
-    columns are pool-ordered (see ``functional._im2col``), so its output is one
-    contiguous block per pooling tap and the pool is a maximum over whole blocks; bias
-    and ReLU commute with the max and run on the four-times-smaller pooled output, and
-    the ReLU's backward pass is folded into the pool's recorded argmax; rows and
-    columns the pool drops are never computed. Both layers keep their own
-    parameters and standalone behaviour.
+    Same results as the two layers in turn, less memory traffic: runs
+    :func:`xpconv.functional.conv_max_pool2d_forward` and its backward (pool-ordered
+    columns, bias and ReLU on the pooled output, no rows the pool drops). The
+    convolution must have a ReLU or no activation and the pool a stride equal to its
+    window and no padding (:meth:`fits`).
+
+    A :class:`~xpconv.model.Sequential` with ``fuse=True`` runs each such pair of its
+    layers as a ``ConvMaxPool`` step; both layers keep their own names and
+    parameters. Used as a layer of its own, its parameters are ``conv.weight`` and
+    ``conv.bias``.
     """
 
+    skips_input_grad = True
+
     def __init__(self, conv: Conv2D, pool: MaxPool2D) -> None:
+        super().__init__()
+        if not self.fits(conv, pool):
+            raise ValueError(
+                f"{self.name}: expected a Conv2D with a ReLU or no activation and a "
+                f"MaxPool2D with stride == kernel_size and no padding, got {conv!r} and "
+                f"{pool!r}"
+            )
         self.conv, self.pool = conv, pool
+        if conv.built and pool.built:  # a model's step over two built layers
+            self.name = f"{conv.name} + {pool.name}"
+            self.needs_input_grad = conv.needs_input_grad
+            self._adopt()
 
-    @property
-    def name(self) -> str:
-        return f"{self.conv.name} + {self.pool.name}"
+    def _adopt(self) -> None:
+        conv, pool = self.conv, self.pool
+        if conv.output_shape != pool.input_shape:
+            raise ValueError(
+                f"{self.name}: the pool's input shape {pool.input_shape} is not the "
+                f"convolution's output shape {conv.output_shape}"
+            )
+        self._geom = conv_pool_geometry(conv.geometry, pool.kernel_size)
+        self.input_shape, self.output_shape = conv.input_shape, pool.output_shape
+        self.params = {f"conv.{key}": p for key, p in conv.params.items()}
 
-    @property
-    def output_shape(self) -> Shape | None:
-        return self.pool.output_shape
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        self.conv.name, self.pool.name = "conv", "pool"
+        self.pool.build(self.conv.build(input_shape, ctx), ctx)
+        self._adopt()
+        return self.output_shape  # type: ignore[return-value]
 
-    def describe(self) -> str:
-        return f"{self.conv.describe()} + {self.pool.describe()}"
+    def children(self) -> list[tuple[str, Layer]]:
+        """The convolution and the pool with their names inside the layer."""
+        return [("conv", self.conv), ("pool", self.pool)]
 
     @staticmethod
     def fits(conv: Layer, pool: Layer) -> bool:
@@ -656,39 +711,46 @@ class ConvMaxPool:
     def forward(self, x: Array, training: bool) -> Array:
         conv = self.conv
         weight = conv.params["weight"].value
-        xp = array_namespace(weight)
-        geom = replace(conv._geom, batch=int(x.shape[0]), pool=self.pool.kernel_size)
-        z, cols = conv2d_forward_matrix(xp, x, weight, None, geom)
-        o, (ph, pw) = geom.out_channels, geom.pooled
-        taps = geom.pool[0] * geom.pool[1]
-        out, argmax = kernels_for(xp).max_pool_blocks(  # (O, PH, PW, N)
-            xp,
-            xp.reshape(z, (o, taps, ph, pw, geom.batch)),
-            conv.params["bias"].value if conv.use_bias else None,
-            relu=conv.activation == "relu",
+        bias = conv.params["bias"].value if conv.use_bias else None
+        geom = replace(self._geom, batch=int(x.shape[0]))
+        out, self._saved = conv_max_pool2d_forward_unchecked(
+            array_namespace(weight), x, weight, bias, geom, relu=conv.activation == "relu"
         )
-        self._saved = (xp, cols, geom, argmax, taps)
-        return xp.permute_dims(out, (3, 0, 1, 2))
+        return out
 
-    def backward(self, grad: Array) -> Array | None:
-        conv = self.conv
-        xp, cols, geom, argmax, taps = self._saved
-        self._saved = None
-        grad = xp.permute_dims(grad, (1, 2, 3, 0))  # the ReLU is in ``argmax`` (-1: off)
-        blocks = kernels_for(xp).max_pool_blocks_backward(xp, grad, argmax, taps)
-        gx, gw, gb = conv2d_backward_matrix(
-            xp,
-            xp.reshape(blocks, (geom.out_channels, -1)),
-            cols,
-            conv.params["weight"].value,
-            geom,
-            need_input_grad=conv.needs_input_grad,
+    def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
+        saved, self._saved = self._saved, None
+        gx, gw, gb = conv_max_pool2d_backward_saved(
+            grad, saved, need_input_grad=self._wants_input_grad(input_grad)
         )
-        conv.params["weight"].grad = gw
-        if conv.use_bias:
-            # max pooling sends each pooled gradient to one position: the sums agree
-            conv.params["bias"].grad = gb
+        # max pooling sends each pooled gradient to one position: the bias sums agree
+        self.conv.set_gradients(saved.xp, gw, gb)
         return gx
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "conv": {"type": "Conv2D", "config": self.conv.get_config()},
+            "pool": {"type": "MaxPool2D", "config": self.pool.get_config()},
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ConvMaxPool:
+        """A layer from :meth:`get_config` output (unbuilt)."""
+        parts = [config[key] for key in ("conv", "pool")]
+        return cls(*(layer_from_config(part["type"], part["config"]) for part in parts))
+
+    def describe(self) -> str:
+        return f"{self.conv.describe()} + {self.pool.describe()}"
+
+
+def backward_step(step: Layer, grad: Array, *, input_grad: bool) -> Array | None:
+    """``step.backward(grad)`` for the first step of a chain, where the caller says
+    whether the gradient of the input is wanted: a layer that can skip it
+    (``skips_input_grad``) is told; otherwise it is computed and dropped."""
+    if step.skips_input_grad:
+        return step.backward(grad, input_grad=input_grad)
+    gx = step.backward(grad)
+    return gx if input_grad else None
 
 
 class _BatchNorm(Layer):
@@ -834,6 +896,8 @@ class Residual(Layer):
     ``residual_0.conv2d_0.weight`` and so on. A ReLU after the sum is a separate layer.
     """
 
+    skips_input_grad = True
+
     def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None) -> None:
         self.layers: list[Layer] = []
         self.shortcut: list[Layer] = []
@@ -905,16 +969,17 @@ class Residual(Layer):
             s = layer.forward(s, training)
         return F.add(h, s)
 
-    def backward(self, grad: Array) -> Array | None:
+    def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
+        need = self._wants_input_grad(input_grad)
         grad_branch, grad_short = F.add_backward(grad)
-        for chain in (self.layers, self.shortcut):
-            if chain:
-                chain[0].needs_input_grad = self.needs_input_grad
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[1:]):
             grad_branch = layer.backward(grad_branch)
-        for layer in reversed(self.shortcut):
-            grad_short = layer.backward(grad_short)
-        if not self.needs_input_grad:
+        grad_branch = backward_step(self.layers[0], grad_branch, input_grad=need)
+        if self.shortcut:
+            for layer in reversed(self.shortcut[1:]):
+                grad_short = layer.backward(grad_short)
+            grad_short = backward_step(self.shortcut[0], grad_short, input_grad=need)
+        if not need:
             return None
         return grad_branch + grad_short
 
@@ -962,6 +1027,7 @@ LAYERS: dict[str, type[Layer]] = {
         BatchNorm1D,
         GlobalAvgPool2D,
         Residual,
+        ConvMaxPool,
     )
 }
 

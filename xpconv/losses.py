@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from . import functional as F
-from .functional import _loss
 
 Array = Any
 
@@ -47,15 +46,12 @@ class SoftmaxCrossEntropy(Loss):
     name = "softmax_cross_entropy"
 
     def forward(self, pred: Array, target: Array) -> Array:
-        xp, targets, indices = _loss._targets(pred, target, check_range=False)
-        log_probs = F.log_softmax(pred, axis=1)
-        self._saved = (xp, log_probs, targets, indices)
-        return _loss.cross_entropy_from_log_softmax(xp, log_probs, targets)
+        loss, self._saved = F.softmax_cross_entropy_forward(pred, target, check_range=False)
+        return loss
 
     def backward(self) -> Array:
-        xp, log_probs, targets, indices = self._saved
-        self._saved = None
-        return _loss.cross_entropy_gradient(xp, xp.exp(log_probs), targets, indices)
+        saved, self._saved = self._saved, None
+        return F.softmax_cross_entropy_backward_saved(saved)
 
 
 class MeanSquaredError(Loss):

@@ -12,20 +12,25 @@ on the host from one ``numpy.random.Generator`` and cast to the model's dtype.
 
 from __future__ import annotations
 
-import numbers
-import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from array_api_compat import is_array_api_obj
 
 from .backend import Backend, get_backend
-from .functional._checks import positive_int
-from .functional.targets import check_targets, count_correct
-from .layers import BuildContext, ConvMaxPool, Layer, Parameter, layer_from_config
+from .inputs import InputChecker, as_batch, batch_count, check_input_shape
+from .layers import (
+    BuildContext,
+    ConvMaxPool,
+    Layer,
+    Parameter,
+    backward_step,
+    layer_from_config,
+)
 from .losses import Loss, get_loss
+from .metrics import MetricTotals
+from .summary import summary_table
 
 Array = Any
 
@@ -73,10 +78,12 @@ class Sequential:
         self.seed = seed
         self.fuse = fuse
         self.training = False
-        self.last_output: Array | None = None  # outputs of the last train_batch
+        #: The outputs of the last :meth:`train_batch` (``return_outputs=True`` hands
+        #: them back directly).
+        self.last_output: Array | None = None
         self.dropout_rng = np.random.default_rng([seed, 1])
         self.input_shape: tuple[int, ...] | None = None
-        self._warned_cast = False
+        self._inputs = InputChecker(self)
         #: Refuse NaN, infinity and values outside the model dtype's range in inputs
         #: (one reduction per call, before any compute). Set to False to skip it.
         self.check_finite = True
@@ -98,7 +105,7 @@ class Sequential:
 
     def build(self, input_shape: Sequence[int]) -> Sequential:
         """Create every layer's parameters for inputs of ``input_shape`` (no batch axis)."""
-        shape = _input_shape(input_shape)
+        shape = check_input_shape(input_shape)
         ctx = BuildContext(
             self.backend, self.dtype, np.random.default_rng(self.seed), self.dropout_rng
         )
@@ -110,7 +117,7 @@ class Sequential:
             shape = layer.build(shape, ctx)
             layer.needs_input_grad = layer is not self.layers[0]
         self._steps = _plan(self.layers, self.fuse)
-        self.input_shape = _input_shape(input_shape)
+        self.input_shape = check_input_shape(input_shape)
         return self
 
     @property
@@ -138,62 +145,9 @@ class Sequential:
         are refused before the cast and before any compute, on every backend: one
         reduction, read at once (``finite=False`` or ``model.check_finite = False`` skips
         it, for data checked before). Floating data of another precision is cast with a
-        warning (once).
+        warning (once). The checks live in :mod:`xpconv.inputs`.
         """
-        host = isinstance(x, np.ndarray) or not is_array_api_obj(x)
-        finite = finite and self.check_finite
-        if host:
-            x = np.asarray(x)
-            if x.dtype.kind not in "fiu":
-                raise TypeError(f"{argument}: expected numeric data, got dtype {x.dtype}")
-            if x.dtype.kind == "f":
-                if finite:
-                    _check_finite_host(x, argument, self.dtype_name)
-                if x.dtype.name != self.dtype_name:
-                    self._warn_cast(argument, x.dtype.name)
-            x = self.backend.asarray(x, dtype=self.dtype)
-        else:
-            self.backend.check(x, argument)
-            if finite and self.xp.isdtype(x.dtype, "real floating"):
-                self._check_finite_device(x, argument)
-            if x.dtype != self.dtype:
-                if not self.xp.isdtype(x.dtype, "real floating"):
-                    raise TypeError(f"{argument}: expected a floating array, got {x.dtype}")
-                self._warn_cast(argument, str(x.dtype))
-                x = self.xp.astype(x, self.dtype)
-        self._check_shape(x, argument)
-        return x
-
-    def _check_finite_device(self, x: Array, argument: str) -> None:
-        """One reduction on the device; the details are looked up on failure only."""
-        xp = self.xp
-        limit = float(np.finfo(self.dtype_name).max)
-        if not bool(self.backend.to_numpy(xp.all(xp.abs(x) <= limit))):
-            _check_finite_host(self.backend.to_numpy(x), argument, self.dtype_name)
-
-    def _warn_cast(self, argument: str, got: str) -> None:
-        if not self._warned_cast:
-            warnings.warn(
-                f"{argument}: {got} data cast to the model's {self.dtype_name}",
-                UserWarning,
-                stacklevel=4,
-            )
-            self._warned_cast = True
-
-    def _check_shape(self, x: Array, argument: str) -> None:
-        if x.ndim < 2:
-            raise ValueError(
-                f"{argument}: expected a batch (N, *input_shape), got shape {tuple(x.shape)}"
-            )
-        if not self.built:
-            self.build(tuple(x.shape[1:]))
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"{argument}: expected examples of shape {self.input_shape} (model input), "
-                f"got {tuple(x.shape[1:])} (batch of shape {tuple(x.shape)})"
-            )
-        if x.shape[0] < 1:
-            raise ValueError(f"{argument}: expected at least one example, got an empty batch")
+        return self._inputs.as_input(x, argument, finite=finite)
 
     def as_target(self, y: Any, n: int, argument: str = "y", *, validate: bool = True) -> Array:
         """Labels (N,) integers in [0, classes), or float targets (N, *output_shape)
@@ -205,28 +159,7 @@ class Sequential:
         once; ``validate=False`` skips that for labels checked before.
         """
         self._require_built()
-        if isinstance(y, np.ndarray) or not is_array_api_obj(y):
-            y = np.asarray(y)
-            if y.dtype.kind in "iu":
-                y = self.backend.asarray(y.astype(np.int64))
-            elif y.dtype.kind == "f":
-                if validate and self.check_finite:
-                    _check_finite_host(y, argument, self.dtype_name)
-                y = self.backend.asarray(y, dtype=self.dtype)
-            else:
-                raise TypeError(
-                    f"{argument}: expected integer labels or float targets, got {y.dtype}"
-                )
-        else:
-            self.backend.check(y, argument)
-            if validate and self.check_finite and self.xp.isdtype(y.dtype, "real floating"):
-                self._check_finite_device(y, argument)
-        if y.ndim < 1:
-            raise ValueError(
-                f"{argument}: expected {n} labels (one per example), got shape {tuple(y.shape)}"
-            )
-        check_targets(self.xp, y, n, self.output_shape, name=argument, check_range=validate)
-        return y
+        return self._inputs.as_target(y, n, argument, validate=validate)
 
     # ------------------------------------------------------------------ passes
     def forward(self, x: Any, training: bool | None = None) -> Array:
@@ -247,28 +180,27 @@ class Sequential:
         Returns the gradient with respect to the input (N, *input_shape) when
         ``input_grad`` is true; otherwise the first layer may skip computing it.
         """
-        first = self.layers[0]
-        first.needs_input_grad = input_grad
-        try:
-            for step in reversed(self._steps):
-                grad = step.backward(grad)
-        finally:
-            first.needs_input_grad = False
-        return grad if input_grad else None
+        steps = self._steps
+        for step in reversed(steps[1:]):
+            grad = step.backward(grad)
+        return backward_step(steps[0], grad, input_grad=input_grad)
 
-    def train_batch(self, x: Any, y: Any, *, validate: bool = True) -> Array:
+    def train_batch(
+        self, x: Any, y: Any, *, validate: bool = True, return_outputs: bool = False
+    ) -> Array | tuple[Array, Array]:
         """Forward in training mode, loss, backward. Returns the loss as a 0-d array
-        (on the device: reading it with ``float`` forces a sync).
+        (on the device: reading it with ``float`` forces a sync), or ``(loss, outputs)``
+        with ``return_outputs=True``, outputs (N, *output_shape).
 
         ``validate=False`` skips the class-range check of labels already checked (the
         Trainer checks the whole dataset once), so the step never waits on the device.
-        The outputs (N, *output_shape) stay in :attr:`last_output`.
+        The outputs also stay in :attr:`last_output`.
         """
         out = self._run(self.as_input(x, finite=validate), training=True)
         loss = self.loss.forward(out, self.as_target(y, out.shape[0], validate=validate))
         self.backward(self.loss.backward())
         self.last_output = out
-        return loss
+        return (loss, out) if return_outputs else loss
 
     def train(self) -> Sequential:
         """Training mode (dropout active, batch norm uses and updates batch statistics)."""
@@ -283,9 +215,9 @@ class Sequential:
     # ------------------------------------------------------------------ inference
     def predict(self, x: Any, batch_size: int = 512) -> Array:
         """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode."""
-        x = _as_batch(x)
-        n = _batches(x, batch_size)
-        self._check_values(x)
+        x = as_batch(x)
+        n = batch_count(x, batch_size)
+        self._inputs.check_values(x)
         parts = [
             self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
             for i in range(0, n, batch_size)
@@ -299,33 +231,18 @@ class Sequential:
     def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, float]:
         """Mean loss and accuracy over (x, y); labels are checked once, metrics read
         once at the end."""
-        x = _as_batch(x)
-        n = _batches(x, batch_size)
+        x = as_batch(x)
+        n = batch_count(x, batch_size)
         if not self.built:
             self.build(tuple(x.shape[1:]))
-        self._check_values(x)
+        self._inputs.check_values(x)
         targets = self.as_target(y, n)
-        total_loss, correct = 0.0, 0
+        totals = MetricTotals(self.xp)
         for i in range(0, n, batch_size):
             out = self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
             target = targets[i : min(i + batch_size, n), ...]
-            total_loss = total_loss + self.loss.forward(out, target) * out.shape[0]
-            hits = count_correct(self.xp, out, target)
-            correct = None if hits is None else correct + hits
-        accuracy = float("nan") if correct is None else int(correct) / n
-        return {"loss": float(total_loss) / n, "accuracy": accuracy}
-
-    def _check_values(self, x: Any) -> None:
-        """The finiteness and range check of :meth:`as_input`, once for a whole dataset."""
-        if not self.check_finite:
-            return
-        if isinstance(x, np.ndarray):
-            if x.dtype.kind == "f":
-                _check_finite_host(x, "x", self.dtype_name)
-        else:
-            self.backend.check(x, "x")
-            if self.xp.isdtype(x.dtype, "real floating"):
-                self._check_finite_device(x, "x")
+            totals.add(self.loss.forward(out, target), out, target)
+        return totals.result()
 
     # ------------------------------------------------------------------ parameters
     def parameters(self) -> dict[str, Parameter]:
@@ -413,6 +330,7 @@ class Sequential:
             "dtype": self.dtype_name,
             "seed": self.seed,
             "input_shape": list(self.input_shape) if self.input_shape else None,
+            "fuse": self.fuse,
         }
 
     @classmethod
@@ -429,42 +347,13 @@ class Sequential:
             dtype=config["dtype"],
             seed=config["seed"],
             input_shape=config["input_shape"],
+            fuse=config.get("fuse", True),
         )
 
     def summary(self, print_fn: Any = print) -> str:
         """A table of each layer's output shape and parameter count; printed and returned."""
         self._require_built()
-        rows = [("layer", "output shape", "params")]
-        rows.append(("input", str((None, *self.input_shape)), ""))
-        for layer in self.layers:
-            rows.append(
-                (
-                    f"{layer.name}: {layer.describe()}",
-                    str((None, *layer.output_shape)),
-                    f"{layer.num_parameters():,}",
-                )
-            )
-            for inner, child in layer.children() if hasattr(layer, "children") else ():
-                rows.append(
-                    (
-                        f"  {layer.name}.{inner}: {child.describe()}",
-                        str((None, *child.output_shape)),
-                        f"{child.num_parameters():,}",
-                    )
-                )
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        line = "-" * (sum(widths) + 4)
-        text = [line]
-        for i, row in enumerate(rows):
-            text.append(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]:>{widths[2]}}")
-            if i == 0:
-                text.append(line)
-        text += [
-            line,
-            f"total parameters: {self.num_parameters():,}   backend: {self.backend.label}   "
-            f"dtype: {self.dtype_name}",
-        ]
-        result = "\n".join(text)
+        result = summary_table(self)
         if print_fn is not None:
             print_fn(result)
         return result
@@ -472,48 +361,6 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(layer.describe() for layer in self.layers)
         return f"Sequential([{inner}], backend={self.backend.label!r}, dtype={self.dtype_name!r})"
-
-
-def _as_batch(x: Any) -> Any:
-    """Arrays pass through; other host data (nested lists) becomes a NumPy array."""
-    if isinstance(x, np.ndarray) or is_array_api_obj(x):
-        return x
-    try:
-        host = np.asarray(x)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"x: expected an array (N, *input_shape), got {type(x).__name__}") from exc
-    if host.dtype.kind not in "fiu":
-        raise TypeError(
-            f"x: expected numeric data (N, *input_shape), got {type(x).__name__} of dtype "
-            f"{host.dtype}"
-        )
-    return host
-
-
-def _batches(x: Any, batch_size: int) -> int:
-    """Check a dataset and batch size for inference; returns the number of examples."""
-    positive_int(batch_size, "batch_size")
-    n = int(x.shape[0]) if getattr(x, "ndim", 0) else 0
-    if n < 1:
-        raise ValueError(f"x: expected at least one example, got shape {tuple(x.shape)}")
-    return n
-
-
-def _input_shape(value: Any) -> tuple[int, ...]:
-    """``input_shape`` as a tuple of positive ints; no silent truncation of floats."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"input_shape: expected a tuple of positive ints such as (1, 28, 28), got {value!r}"
-        )
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in value):
-        raise TypeError(
-            f"input_shape: expected a tuple of positive ints such as (1, 28, 28), got "
-            f"{tuple(value)!r}"
-        )
-    shape = tuple(int(s) for s in value)
-    if not shape or min(shape) < 1:
-        raise ValueError(f"input_shape: expected positive sizes such as (1, 28, 28), got {shape}")
-    return shape
 
 
 def _claim_layers(model: Sequential, layers: Sequence[Layer]) -> None:
@@ -552,24 +399,6 @@ def _plan(layers: list[Layer], fuse: bool) -> list[Any]:
             steps.append(layers[i])
             i += 1
     return steps
-
-
-def _check_finite_host(x: np.ndarray, argument: str, dtype: str = "float64") -> None:
-    """No NaN, no infinity and nothing beyond the largest finite ``dtype`` value (which
-    the cast to ``dtype`` would turn into infinity)."""
-    limit = np.finfo(dtype).max
-    ok = np.abs(x) <= limit
-    if not ok.all():
-        index = tuple(int(i) for i in np.argwhere(~ok)[0])
-        value = x[index]
-        if np.isfinite(value):
-            raise ValueError(
-                f"{argument}: expected values within the {dtype} range of the model "
-                f"(|x| <= {float(limit):.4g}), got {value} at index {index}"
-            )
-        raise ValueError(
-            f"{argument}: expected finite values (no NaN or infinity), got {value} at index {index}"
-        )
 
 
 def _host_dtype(state: dict[str, np.ndarray]) -> str:

@@ -31,6 +31,7 @@ from .layers import (
     BuildContext,
     Conv1D,
     Conv2D,
+    ConvMaxPool,
     Dense,
     Layer,
     Residual,
@@ -251,6 +252,13 @@ def _layer(item: Any, field: str, depth: int = 0) -> Layer:
                 )
             for j, inner in enumerate(value):
                 _layer(inner, f"{field}.config.{key}[{j}]", depth + 1)
+        elif isinstance(value, Mapping) and set(value) == {"type", "config"}:
+            if depth >= LIMITS["block_depth"]:  # one inner layer (ConvMaxPool's conv)
+                raise _fail(
+                    f"{field}.config.{key}",
+                    f"expected inner layers nested at most {LIMITS['block_depth']} deep",
+                )
+            _layer(value, f"{field}.config.{key}", depth + 1)
         else:
             _plain(value, f"{field}.config.{key}")
     try:
@@ -346,6 +354,10 @@ def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
         if len(shape) != 3:
             raise ValueError(f"expected input (C, H, W), got {shape}")
         return (shape[0],), {}
+    if isinstance(layer, ConvMaxPool):
+        inner, conv_params = _shapes(layer.conv, shape)
+        out, _ = _shapes(layer.pool, inner)
+        return out, {f"conv.{k}": v for k, v in conv_params.items()}
     if isinstance(layer, Residual):
         outs, params = [], {}
         for prefix, chain in (("", layer.layers), ("shortcut.", layer.shortcut)):

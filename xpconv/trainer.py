@@ -39,7 +39,7 @@ from .callbacks import (
     TrainingError,
 )
 from .distributed import Communicator
-from .functional._checks import positive_int
+from .functional.checks import positive_int
 from .functional.targets import count_correct
 from .model import Sequential
 from .optimizers import Optimizer

@@ -1,13 +1,21 @@
 """Pure functional ops: forward functions and their explicit backward (VJP) functions.
 
 No state, no globals, no in-place writes into arrays a caller can see. Each op finds
-its namespace from its arguments with ``array_api_compat`` and works on any backend.
+its namespace from its arguments with ``array_api_compat`` (once per call) and works
+on any backend.
+
+Checked ops (``conv2d``, ``max_pool2d_forward``, ...) validate every argument. Layers
+validate once when they are built and then call the unchecked entry points
+(``conv2d_forward``, ``conv2d_backward_cols``, ``conv_max_pool2d_forward_unchecked``)
+with a geometry from ``conv_geometry``: no checks per call. The argument checks
+themselves live in :mod:`xpconv.functional.checks`.
 """
 
 from . import (
     _cupy_kernels,  # noqa: F401  (registers the CuPy fast path; imports CuPy lazily)
     _numpy_kernels,  # noqa: F401  (registers the NumPy fast path)
     _torch_kernels,  # noqa: F401  (registers the PyTorch fast path; imports no torch)
+    checks,
 )
 from ._activation import (
     ACTIVATIONS,
@@ -27,16 +35,39 @@ from ._activation import (
     tanh_backward,
 )
 from ._conv import (
+    check_conv1d,
     conv1d,
     conv1d_backward,
     conv2d,
     conv2d_backward,
+    conv2d_backward_cols,
+    conv2d_forward,
     conv_geometry,
     conv_output_size,
+    grouped_matmul,
+    lift_1d_arg,
+)
+from ._conv_pool import (
+    ConvPoolSaved,
+    conv_max_pool2d,
+    conv_max_pool2d_backward_saved,
+    conv_max_pool2d_forward,
+    conv_max_pool2d_forward_unchecked,
+    conv_pool_geometry,
 )
 from ._dropout import dropout, dropout_backward
+from ._im2col import ConvGeometry
+from ._kernels import Kernels, kernels_for, use_portable
 from ._linear import flatten, flatten_backward, linear, linear_backward
-from ._loss import mse, mse_backward, softmax_cross_entropy, softmax_cross_entropy_backward
+from ._loss import (
+    CrossEntropySaved,
+    mse,
+    mse_backward,
+    softmax_cross_entropy,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_backward_saved,
+    softmax_cross_entropy_forward,
+)
 from ._norm import (
     BatchNormSaved,
     add,
@@ -50,6 +81,7 @@ from ._norm import (
 )
 from ._pool import (
     MaxPoolSaved,
+    PoolGeometry,
     avg_pool2d,
     avg_pool2d_backward,
     max_pool2d,
@@ -62,7 +94,12 @@ from ._pool import (
 __all__ = [
     "ACTIVATIONS",
     "BatchNormSaved",
+    "ConvGeometry",
+    "ConvPoolSaved",
+    "CrossEntropySaved",
+    "Kernels",
     "MaxPoolSaved",
+    "PoolGeometry",
     "add",
     "add_backward",
     "avg_pool2d",
@@ -71,22 +108,34 @@ __all__ = [
     "batch_norm_backward",
     "batch_norm_backward_saved",
     "batch_norm_forward",
+    "check_conv1d",
+    "checks",
     "conv1d",
     "conv1d_backward",
     "conv2d",
     "conv2d_backward",
+    "conv2d_backward_cols",
+    "conv2d_forward",
     "conv_geometry",
+    "conv_max_pool2d",
+    "conv_max_pool2d_backward_saved",
+    "conv_max_pool2d_forward",
+    "conv_max_pool2d_forward_unchecked",
     "conv_output_size",
+    "conv_pool_geometry",
     "dropout",
     "dropout_backward",
     "flatten",
     "flatten_backward",
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
+    "grouped_matmul",
     "identity",
     "identity_backward",
+    "kernels_for",
     "leaky_relu",
     "leaky_relu_backward",
+    "lift_1d_arg",
     "linear",
     "linear_backward",
     "log_softmax",
@@ -106,6 +155,9 @@ __all__ = [
     "softmax_backward",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",
+    "softmax_cross_entropy_backward_saved",
+    "softmax_cross_entropy_forward",
     "tanh",
     "tanh_backward",
+    "use_portable",
 ]

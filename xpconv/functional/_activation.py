@@ -16,8 +16,8 @@ from typing import Any
 
 import array_api_compat
 
-from ._checks import check_float, namespace
 from ._kernels import kernels_for
+from .checks import check_float, namespace
 
 Array = Any
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._checks import check_float, check_rank, int_pair, namespace, positive_int
 from ._im2col import ConvGeometry
 from ._kernels import kernels_for
+from .checks import check_float, check_rank, int_pair, namespace, positive_int
 
 Array = Any
 IntOrPair = int | tuple[int, int]
@@ -110,12 +110,29 @@ def _check_bias(bias: Array | None, out_channels: int) -> None:
         raise ValueError(f"bias: expected shape ({out_channels},), got {tuple(bias.shape)}")
 
 
-def _grouped_matmul(xp: Any, a: Array, b: Array, groups: int) -> Array:
-    """Block-diagonal product: ``a`` split by rows, ``b`` by rows, one 2-D matmul each."""
+def grouped_matmul(
+    xp: Any,
+    a: Array,
+    b: Array,
+    groups: int,
+    *,
+    transpose_a: bool = False,
+    transpose_b: bool = False,
+) -> Array:
+    """The block-diagonal product of a grouped convolution, the one place it is sliced.
+
+    ``a`` and ``b`` are each split by rows into ``groups`` equal blocks; block ``g``
+    of the result is ``op(a_g) @ op(b_g)`` (``op`` transposes where asked), one 2-D
+    matmul per group, and the blocks are stacked by rows. ``groups == 1`` is one
+    plain matmul.
+    """
     if groups == 1:
-        return a @ b
+        return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
     ra, rb = a.shape[0] // groups, b.shape[0] // groups
-    parts = [a[g * ra : (g + 1) * ra, ...] @ b[g * rb : (g + 1) * rb, ...] for g in range(groups)]
+    parts = []
+    for g in range(groups):
+        ag, bg = a[g * ra : (g + 1) * ra, ...], b[g * rb : (g + 1) * rb, ...]
+        parts.append((ag.T if transpose_a else ag) @ (bg.T if transpose_b else bg))
     return xp.concat(parts, axis=0)
 
 
@@ -126,7 +143,7 @@ def conv2d_forward_matrix(
     ``geom`` (see ``_im2col``), and the columns for backward."""
     cols = kernels_for(xp).im2col(xp, x, geom)  # (C*KH*KW, columns)
     o = geom.out_channels
-    out = _grouped_matmul(xp, xp.reshape(weight, (o, -1)), cols, geom.groups)  # fresh
+    out = grouped_matmul(xp, xp.reshape(weight, (o, -1)), cols, geom.groups)  # fresh
     if bias is not None:
         out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
     return out, cols
@@ -175,41 +192,45 @@ def conv2d_backward_matrix(
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
     kernels = kernels_for(xp)
     grad_bias = kernels.row_sums(xp, g2)
-    if groups == 1:
+    if groups == 1:  # the backend's own weight-gradient kernel
         grad_w = kernels.weight_grad(xp, g2, cols)
-        if not need_input_grad:
-            return None, xp.reshape(grad_w, weight.shape), grad_bias
-        grad_cols = w2.T @ g2
     else:
-        og, rows = o // groups, cols.shape[0] // groups
-        grad_w = xp.concat(
-            [
-                g2[g * og : (g + 1) * og, ...] @ cols[g * rows : (g + 1) * rows, ...].T
-                for g in range(groups)
-            ],
-            axis=0,
-        )
-        grad_cols = xp.concat(
-            [
-                w2[g * og : (g + 1) * og, ...].T @ g2[g * og : (g + 1) * og, ...]
-                for g in range(groups)
-            ],
-            axis=0,
-        )
+        grad_w = grouped_matmul(xp, g2, cols, groups, transpose_b=True)
+    if not need_input_grad:
+        return None, xp.reshape(grad_w, weight.shape), grad_bias
+    grad_cols = grouped_matmul(xp, w2, g2, groups, transpose_a=True)
     grad_x = kernels.col2im(xp, grad_cols, geom) if need_input_grad else None
     return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
 
 
-def _prepare2d(
-    x: Array, weight: Array, bias: Array | None, grad_out: Array | None = None, **conv: Any
-) -> tuple[Any, Any]:
-    xp = namespace(x=x, weight=weight, bias=bias, grad_out=grad_out)  # once per call
+def prepare_conv2d(
+    xp: Any, x: Array, weight: Array, bias: Array | None, **conv: Any
+) -> ConvGeometry:
+    """The checks of a 2-D convolution whose namespace ``xp`` the caller found (once per
+    call, over every array it was given); returns the validated geometry."""
     check_rank(x, "x", 4, "(N, C, H, W)")
     check_rank(weight, "weight", 4, "(O, C // groups, KH, KW)")
     check_float(xp, x=x, weight=weight, bias=bias)
     geom = conv_geometry(tuple(x.shape), tuple(weight.shape), **conv)
     _check_bias(bias, geom.out_channels)
-    return xp, geom
+    return geom
+
+
+def _forward2d(xp: Any, x: Array, weight: Array, bias: Array | None, conv: Any) -> Array:
+    geom = prepare_conv2d(xp, x, weight, bias, **conv)
+    return conv2d_forward(xp, x, weight, bias, geom)[0]
+
+
+def _backward2d(
+    xp: Any, grad_out: Array, x: Array, weight: Array, conv: Any
+) -> tuple[Array, Array, Array]:
+    geom = prepare_conv2d(xp, x, weight, None, **conv)
+    check_float(xp, x=x, grad_out=grad_out)
+    expected = (geom.batch, geom.out_channels, *geom.out)
+    if tuple(grad_out.shape) != expected:
+        raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
+    cols = kernels_for(xp).im2col(xp, x, geom)
+    return conv2d_backward_cols(xp, grad_out, cols, weight, geom)  # type: ignore[return-value]
 
 
 def conv2d(
@@ -238,9 +259,9 @@ def conv2d(
     Returns:
         (N, O, OH, OW) with ``OH = floor((H + 2P - D(KH - 1) - 1) / S) + 1``.
     """
+    xp = namespace(x=x, weight=weight, bias=bias)  # once per call
     conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    xp, geom = _prepare2d(x, weight, bias, **conv)
-    return conv2d_forward(xp, x, weight, bias, geom)[0]
+    return _forward2d(xp, x, weight, bias, conv)
 
 
 def conv2d_backward(
@@ -263,14 +284,9 @@ def conv2d_backward(
         ``(grad_x, grad_weight, grad_bias)`` of shapes (N, C, H, W),
         (O, C // groups, KH, KW) and (O,).
     """
+    xp = namespace(x=x, weight=weight, grad_out=grad_out)  # once per call
     conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    xp, geom = _prepare2d(x, weight, None, grad_out, **conv)
-    check_float(xp, x=x, grad_out=grad_out)
-    expected = (geom.batch, geom.out_channels, *geom.out)
-    if tuple(grad_out.shape) != expected:
-        raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
-    cols = kernels_for(xp).im2col(xp, x, geom)
-    return conv2d_backward_cols(xp, grad_out, cols, weight, geom)
+    return _backward2d(xp, grad_out, x, weight, conv)
 
 
 # ------------------------------------------------------------------------------ 1-D
@@ -329,15 +345,28 @@ def check_conv1d(
             )
 
 
-def _lift1d(x: Array, weight: Array, stride: Any, padding: Any, dilation: Any) -> Any:
+def _lift1d(
+    x: Array, weight: Array, stride: Any, padding: Any, dilation: Any, groups: int, **arrays: Any
+) -> Any:
+    """Namespace (once, over x, weight and ``arrays``), checks, and the height-1 2-D
+    problem: (xp, x (N, C, 1, L), weight (O, C // groups, 1, K), 2-D arguments)."""
+    xp = namespace(x=x, weight=weight, **arrays)
     check_rank(x, "x", 3, "(N, C, L)")
     check_rank(weight, "weight", 3, "(O, C // groups, K)")
     conv = dict(
         stride=lift_1d_arg(stride, "stride", 1),
         padding=lift_1d_arg(padding, "padding", 0),
         dilation=lift_1d_arg(dilation, "dilation", 1),
+        groups=groups,
     )
-    xp = namespace(x=x, weight=weight)
+    check_conv1d(
+        tuple(x.shape),
+        tuple(weight.shape),
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        groups=groups,
+    )
     return xp, xp.expand_dims(x, axis=2), xp.expand_dims(weight, axis=2), conv
 
 
@@ -356,17 +385,8 @@ def conv1d(
     x (N, C, L), weight (O, C // groups, K), bias (O,) -> (N, O, OL) with
     ``OL = floor((L + 2P - D(K - 1) - 1) / S) + 1``. Arguments as :func:`conv2d`.
     """
-    xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation)
-    check_conv1d(
-        tuple(x.shape),
-        tuple(weight.shape),
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-    )
-    out = conv2d(x4, w4, bias, groups=groups, **conv)
-    return out[:, :, 0, :]
+    xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation, groups, bias=bias)
+    return _forward2d(xp, x4, w4, bias, conv)[:, :, 0, :]
 
 
 def conv1d_backward(
@@ -380,16 +400,8 @@ def conv1d_backward(
     groups: int = 1,
 ) -> tuple[Array, Array, Array]:
     """Vector-Jacobian product of :func:`conv1d`: (grad_x, grad_weight, grad_bias)."""
-    xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation)
-    check_conv1d(
-        tuple(x.shape),
-        tuple(weight.shape),
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        groups=groups,
-    )
+    xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation, groups, grad_out=grad_out)
     check_rank(grad_out, "grad_out", 3, "(N, O, OL)")
     g4 = xp.expand_dims(grad_out, axis=2)
-    gx, gw, gb = conv2d_backward(g4, x4, w4, groups=groups, **conv)
+    gx, gw, gb = _backward2d(xp, g4, x4, w4, conv)
     return gx[:, :, 0, :], gw[:, :, 0, :], gb

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import backend_of
-from ._checks import check_float, namespace
+from .checks import check_float, namespace
 
 Array = Any
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._checks import check_float, check_rank, namespace
 from ._kernels import kernels_for
+from .checks import check_float, check_rank, namespace
 
 Array = Any
 
 __all__ = ["flatten", "flatten_backward", "linear", "linear_backward"]
 
 
-def _check_linear(x: Array, weight: Array, bias: Array | None) -> Any:
-    xp = namespace(x=x, weight=weight, bias=bias)
+def _check_linear(
+    x: Array, weight: Array, bias: Array | None, grad_out: Array | None = None
+) -> Any:
+    xp = namespace(x=x, weight=weight, bias=bias, grad_out=grad_out)  # once per call
     check_rank(x, "x", 2, "(N, IN)")
     check_rank(weight, "weight", 2, "(OUT, IN)")
     check_float(xp, x=x, weight=weight, bias=bias)
@@ -64,8 +66,7 @@ def linear_backward(grad_out: Array, x: Array, weight: Array) -> tuple[Array, Ar
         grad_x is stored in the memory order of ``x`` where the backend can tell
         (a flattened convolution output keeps its batch innermost).
     """
-    xp = _check_linear(x, weight, None)
-    namespace(x=x, grad_out=grad_out)
+    xp = _check_linear(x, weight, None, grad_out)
     check_float(xp, x=x, grad_out=grad_out)
     expected = (x.shape[0], weight.shape[0])
     if tuple(grad_out.shape) != expected:

@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ._checks import check_float, check_rank, namespace
 from ._kernels import kernels_for
+from .checks import check_float, check_rank, namespace
 
 Array = Any
 
@@ -224,7 +224,7 @@ def batch_norm_backward(
         ``(grad_x, grad_weight, grad_bias)`` of shapes x.shape, (C,) and (C,). In
         training the batch statistics depend on x, and grad_x carries that dependence.
     """
-    namespace(grad_out=grad_out, x=x)
+    xp = namespace(grad_out=grad_out, x=x)
     if tuple(grad_out.shape) != tuple(x.shape):
         raise ValueError(
             f"grad_out: expected shape {tuple(x.shape)} (the shape of x), "
@@ -233,7 +233,7 @@ def batch_norm_backward(
     *_, saved = batch_norm_forward(
         x, weight, None, running_mean, running_var, training=training, eps=eps
     )
-    check_float(namespace(x=x), x=x, grad_out=grad_out)
+    check_float(xp, x=x, grad_out=grad_out)
     return batch_norm_backward_saved(grad_out, saved)
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import array_api_compat
 import array_api_extra as xpx
 
-from ._checks import check_float, check_rank, int_pair, namespace
+from .checks import check_float, check_rank, int_pair, namespace
 
 Array = Any
 IntOrPair = int | tuple[int, int]
@@ -141,15 +141,17 @@ class MaxPoolSaved:
 # ----------------------------------------------------------------------- internals
 
 
-def _prepare(x: Array, kernel_size: Any, stride: Any, padding: Any) -> tuple[Any, PoolGeometry]:
-    xp = namespace(x=x)
+def _prepare(
+    x: Array, kernel_size: Any, stride: Any, padding: Any, grad_out: Array | None = None
+) -> tuple[Any, PoolGeometry]:
+    xp = namespace(x=x, grad_out=grad_out)  # once per call
     check_rank(x, "x", 4, "(N, C, H, W)")
     check_float(xp, x=x)
     return xp, pool_geometry(tuple(x.shape), kernel_size, stride, padding)
 
 
 def _check_grad(xp: Any, grad_out: Array, like: Array, like_name: str, geom: PoolGeometry) -> None:
-    namespace(**{like_name: like, "grad_out": grad_out})
+    """``grad_out`` fits the output; ``xp`` was found over both arrays by the caller."""
     check_float(xp, **{like_name: like, "grad_out": grad_out})
     expected = (geom.batch, geom.channels, *geom.out)
     if tuple(grad_out.shape) != expected:
@@ -382,7 +384,7 @@ def max_pool2d_backward(
         order, as in PyTorch. Use :func:`max_pool2d_forward` and
         :func:`max_pool2d_backward_saved` to avoid recomputing the forward pass.
     """
-    xp, geom = _prepare(x, kernel_size, stride, padding)
+    xp, geom = _prepare(x, kernel_size, stride, padding, grad_out)
     _check_grad(xp, grad_out, x, "x", geom)
     _, saved = _max_forward(xp, x, geom)
     return _max_backward(xp, grad_out, saved, None)
@@ -429,7 +431,7 @@ def avg_pool2d_backward(
         grad_x (N, C, H, W): every output gradient divided by ``KH * KW`` and added to
         each input of its window.
     """
-    xp, geom = _prepare(x, kernel_size, stride, padding)
+    xp, geom = _prepare(x, kernel_size, stride, padding, grad_out)
     _check_grad(xp, grad_out, x, "x", geom)
     return _avg_backward(xp, grad_out, geom, None)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..functional._conv import conv_geometry
+from ..functional import conv_geometry
 from ..layers import (
     Activation,
     AvgPool2D,

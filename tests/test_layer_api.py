@@ -1,0 +1,312 @@
+"""The public op layers use for the fused convolution + max pool, layer configs that
+round-trip every constructor argument, and the explicit input gradient of a model.
+
+The fused op is checked against PyTorch (conv2d, relu, max_pool2d) as the oracle, by
+central finite differences in float64, and on every backend of the fixture.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import Case, torch_or_skip
+
+import xpconv as xc
+import xpconv.functional as F
+from xpconv import layers as L
+from xpconv.initializers import he_normal
+from xpconv.layers import LAYERS, layer_from_config
+
+# ----------------------------------------------------------------- the fused op
+
+#: (x shape, weight shape, pool, conv arguments, relu, bias)
+FUSED = [
+    ((2, 3, 8, 8), (4, 3, 3, 3), 2, dict(padding=1), True, True),
+    ((2, 2, 9, 7), (4, 1, 3, 2), (2, 3), dict(groups=2, stride=(1, 1)), False, True),
+    ((1, 2, 11, 10), (3, 2, 3, 3), 3, dict(padding=(2, 1), dilation=(2, 1)), True, False),
+    ((3, 1, 7, 7), (2, 1, 2, 2), 2, dict(stride=2, padding="valid"), True, True),
+]
+
+
+def _problem(xs, ws, bias, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=xs)
+    w = rng.normal(size=ws) * 0.5
+    b = rng.normal(size=(ws[0],)) * 0.3 if bias else None
+    return x, w, b
+
+
+def _torch_fused(x, w, b, pool, conv, relu, grad=None):
+    torch = torch_or_skip()
+    tf = torch.nn.functional
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = None if b is None else torch.tensor(b, requires_grad=True)
+    z = tf.conv2d(tx, tw, tb, **conv)
+    out = tf.max_pool2d(tf.relu(z) if relu else z, pool)
+    if grad is None:
+        return out.detach().numpy(), None
+    out.backward(torch.tensor(grad))
+    grads = (tx.grad.numpy(), tw.grad.numpy(), None if tb is None else tb.grad.numpy())
+    return out.detach().numpy(), grads
+
+
+@pytest.mark.parametrize("xs, ws, pool, conv, relu, bias", FUSED)
+def test_fused_conv_pool_matches_torch(xs, ws, pool, conv, relu, bias) -> None:
+    x, w, b = _problem(xs, ws, bias)
+    out, saved = F.conv_max_pool2d_forward(x, w, b, pool_size=pool, relu=relu, **conv)
+    grad = np.random.default_rng(1).normal(size=out.shape)
+    ref, (gx_ref, gw_ref, gb_ref) = _torch_fused(x, w, b, pool, conv, relu, grad)
+    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+    gx, gw, gb = F.conv_max_pool2d_backward_saved(grad, saved)
+    np.testing.assert_allclose(gx, gx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, gw_ref, rtol=1e-12, atol=1e-12)
+    if bias:
+        np.testing.assert_allclose(gb, gb_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        F.conv_max_pool2d(x, w, b, pool_size=pool, relu=relu, **conv), ref, rtol=1e-12
+    )
+    skipped = F.conv_max_pool2d_backward_saved(grad, saved, need_input_grad=False)
+    assert skipped[0] is None
+    np.testing.assert_array_equal(skipped[1], gw)
+    np.testing.assert_array_equal(skipped[2], gb)
+
+
+def test_fused_conv_pool_every_backend(case: Case) -> None:
+    xs, ws, pool, conv, relu, _ = FUSED[0]
+    x, w, b = _problem(xs, ws, True, seed=4)
+    hx, hw, hb = case.host(x), case.host(w), case.host(b)
+    grad = case.host(np.random.default_rng(5).normal(size=(2, 4, 4, 4)))
+    ref, (gx_ref, gw_ref, gb_ref) = _torch_fused(hx, hw, hb, pool, conv, relu, grad)
+    out, saved = F.conv_max_pool2d_forward(
+        case.asarray(x), case.asarray(w), case.asarray(b), pool_size=pool, relu=relu, **conv
+    )
+    case.assert_close(out, ref, "out")
+    gx, gw, gb = F.conv_max_pool2d_backward_saved(case.asarray(grad), saved)
+    case.assert_close(gx, gx_ref, "grad_x")
+    case.assert_close(gw, gw_ref, "grad_weight")
+    case.assert_close(gb, gb_ref, "grad_bias")
+
+
+def test_fused_conv_pool_finite_differences(case64: Case) -> None:
+    xs, ws, pool, conv, relu, _ = FUSED[2]
+    x, w, b = _problem(xs, ws, True, seed=7)
+    proj = np.random.default_rng(8).normal(size=(1, 3, 3, 3))
+
+    def objective(xa, wa, ba) -> float:
+        out = F.conv_max_pool2d(
+            case64.asarray(xa), case64.asarray(wa), case64.asarray(ba),
+            pool_size=pool, relu=relu, **conv,
+        )  # fmt: skip
+        return float(np.sum(case64.to_numpy(out) * proj))
+
+    _, saved = F.conv_max_pool2d_forward(
+        case64.asarray(x), case64.asarray(w), case64.asarray(b), pool_size=pool, relu=relu, **conv
+    )
+    grads = F.conv_max_pool2d_backward_saved(case64.asarray(proj), saved)
+    rng = np.random.default_rng(9)
+    h = 1e-6
+    for k, (value, grad) in enumerate(zip((x, w, b), grads)):
+        grad = case64.to_numpy(grad)
+        for _ in range(4):
+            idx = tuple(int(rng.integers(0, s)) for s in value.shape)
+            args = [x, w, b]
+            up, down = value.copy(), value.copy()
+            up[idx] += h
+            down[idx] -= h
+            args[k] = up
+            f_up = objective(*args)
+            args[k] = down
+            numeric = (f_up - objective(*args)) / (2 * h)
+            assert abs(numeric - grad[idx]) <= 1e-6 * max(1.0, abs(numeric)), (k, idx)
+
+
+def test_fused_conv_pool_refuses_bad_arguments() -> None:
+    x, w, b = _problem((1, 1, 4, 4), (2, 1, 3, 3), True)
+    with pytest.raises(ValueError, match=r"pool_size: expected at most .*\(2, 2\), got \(3, 3\)"):
+        F.conv_max_pool2d_forward(x, w, b, pool_size=3)
+    with pytest.raises(ValueError, match="pool_size: expected positive"):
+        F.conv_max_pool2d_forward(x, w, b, pool_size=0)
+    with pytest.raises(ValueError, match="weight: expected 1 input channels per group"):
+        F.conv_max_pool2d_forward(x, np.zeros((2, 2, 3, 3)), b)
+    out, saved = F.conv_max_pool2d_forward(x, w, b, pool_size=2)
+    assert out.shape == (1, 2, 1, 1)
+    with pytest.raises(ValueError, match=r"grad_out: expected shape \(1, 2, 1, 1\)"):
+        F.conv_max_pool2d_backward_saved(np.zeros((1, 2, 2, 2)), saved)
+    with pytest.raises(TypeError, match="saved: expected the ConvPoolSaved"):
+        F.conv_max_pool2d_backward_saved(np.zeros((1, 2, 1, 1)), (saved,))
+
+
+def test_conv_max_pool_layer_is_the_two_layers_in_turn() -> None:
+    """As a layer of its own it gives the values and gradients of Conv2D then MaxPool2D."""
+    x = np.random.default_rng(2).normal(size=(3, 2, 9, 9))
+
+    def model(layers, fuse):
+        return xc.Sequential(layers, backend="numpy", dtype="float64", seed=5,
+                             input_shape=(2, 9, 9), fuse=fuse)  # fmt: skip
+
+    fused = model([L.ConvMaxPool(L.Conv2D(4, 3, activation="relu"), L.MaxPool2D(2))], True)
+    plain = model([L.Conv2D(4, 3, activation="relu"), L.MaxPool2D(2)], False)
+    assert list(fused.parameters()) == ["convmaxpool_0.conv.weight", "convmaxpool_0.conv.bias"]
+    assert not any(isinstance(s, L.ConvMaxPool) for s in plain.steps)
+    plain.load_state_dict(dict(zip(plain.state_dict(), fused.state_dict().values())))
+    out_f, out_p = fused.forward(x, training=True), plain.forward(x, training=True)
+    np.testing.assert_allclose(out_f, out_p, rtol=1e-13, atol=1e-13)
+    g = np.random.default_rng(3).normal(size=out_f.shape)
+    gx_f, gx_p = fused.backward(g, input_grad=True), plain.backward(g, input_grad=True)
+    np.testing.assert_allclose(gx_f, gx_p, rtol=1e-12, atol=1e-12)
+    for a, b in zip(fused.gradients().values(), plain.gradients().values()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert "convmaxpool_0.conv: Conv2D(4, 3x3" in fused.summary(print_fn=None)
+    with pytest.raises(ValueError, match="ConvMaxPool: expected a Conv2D with a ReLU"):
+        L.ConvMaxPool(L.Conv2D(4, 3, activation="tanh"), L.MaxPool2D(2))
+    with pytest.raises(ValueError, match="stride == kernel_size"):
+        L.ConvMaxPool(L.Conv2D(4, 3), L.MaxPool2D(2, stride=1))
+
+
+# ----------------------------------------------------------------- explicit input grad
+
+
+def test_backward_input_grad_is_an_argument_not_a_toggle() -> None:
+    for first in (L.Conv2D(3, 3, padding=1, activation="relu"), L.Flatten()):
+        rest = [L.MaxPool2D(2), L.Flatten(), L.Dense(4)] if isinstance(first, L.Conv2D) else []
+        model = xc.Sequential([first, *rest, L.Dense(3)], backend="numpy", dtype="float64",
+                              input_shape=(1, 6, 6))  # fmt: skip
+        x = np.random.default_rng(0).normal(size=(2, 1, 6, 6))
+        flags = [layer.needs_input_grad for layer in model.layers]
+        assert flags[0] is False
+        model.forward(x, training=True)
+        gx = model.backward(np.ones((2, 3)), input_grad=True)
+        assert gx.shape == (2, 1, 6, 6) and float(np.abs(gx).sum()) > 0
+        assert [layer.needs_input_grad for layer in model.layers] == flags
+        model.forward(x, training=True)
+        assert model.backward(np.ones((2, 3))) is None
+        assert [layer.needs_input_grad for layer in model.layers] == flags
+
+
+def test_train_batch_can_return_the_outputs() -> None:
+    model = xc.Sequential([L.Flatten(), L.Dense(3)], backend="numpy", input_shape=(4,))
+    x, y = np.ones((5, 4), np.float32), np.array([0, 1, 2, 0, 1])
+    loss, out = model.train_batch(x, y, return_outputs=True)
+    assert out.shape == (5, 3) and out is model.last_output and loss.shape == ()
+
+
+# ----------------------------------------------------------------- configs
+
+
+#: An instance of every layer type with arguments away from the defaults, and its input.
+EXAMPLES = {
+    "Conv2D": (
+        lambda: L.Conv2D(4, (3, 2), padding="same", dilation=(1, 2), activation="tanh",
+                         use_bias=False, init="he", in_channels=2),
+        (2, 7, 7),
+    ),
+    "Conv1D": (
+        lambda: L.Conv1D(4, 3, stride=2, padding=1, groups=2, activation="relu",
+                         init="glorot_uniform", in_channels=2),
+        (2, 9),
+    ),
+    "MaxPool2D": (lambda: L.MaxPool2D(3, stride=1, padding=1), (2, 5, 5)),
+    "AvgPool2D": (lambda: L.AvgPool2D((2, 3), stride=(1, 2), padding=(1, 1)), (2, 5, 6)),
+    "Flatten": (lambda: L.Flatten(), (2, 3, 3)),
+    "Dense": (
+        lambda: L.Dense(5, activation="sigmoid", use_bias=False, init=he_normal,
+                        in_features=6),
+        (6,),
+    ),
+    "Dropout": (lambda: L.Dropout(0.25), (6,)),
+    "Activation": (lambda: L.Activation("leaky_relu", negative_slope=0.2), (6,)),
+    "Identity": (lambda: L.Identity(), (6,)),
+    "ReLU": (lambda: L.ReLU(), (6,)),
+    "LeakyReLU": (lambda: L.LeakyReLU(negative_slope=0.3), (6,)),
+    "Sigmoid": (lambda: L.Sigmoid(), (6,)),
+    "Tanh": (lambda: L.Tanh(), (6,)),
+    "Softmax": (lambda: L.Softmax(), (6,)),
+    "LogSoftmax": (lambda: L.LogSoftmax(), (6,)),
+    "BatchNorm2D": (lambda: L.BatchNorm2D(momentum=0.2, eps=1e-3, affine=False), (2, 3, 3)),
+    "BatchNorm1D": (lambda: L.BatchNorm1D(momentum=0.3, eps=1e-4), (3, 4)),
+    "GlobalAvgPool2D": (lambda: L.GlobalAvgPool2D(), (2, 3, 3)),
+    "Residual": (
+        lambda: L.Residual(
+            [L.Conv2D(3, 3, padding="same", init="he_uniform"), L.BatchNorm2D(momentum=0.5)],
+            shortcut=[L.Conv2D(3, 1, use_bias=False)],
+        ),
+        (2, 5, 5),
+    ),
+    "ConvMaxPool": (
+        lambda: L.ConvMaxPool(L.Conv2D(3, 3, activation="relu", init="lecture"),
+                              L.MaxPool2D((2, 1))),
+        (2, 7, 6),
+    ),
+}  # fmt: skip
+
+
+def test_every_layer_type_has_a_config_example() -> None:
+    assert sorted(EXAMPLES) == sorted(LAYERS)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_layer_config_round_trips(kind: str) -> None:
+    """``from_config(get_config())`` gives an equal config and equal outputs."""
+    make, shape = EXAMPLES[kind]
+    layer = make()
+    config = layer.get_config()
+    json.dumps(config)  # JSON data, as checkpoints store it
+    clone = layer_from_config(kind, json.loads(json.dumps(config)))
+    assert type(clone) is type(layer) and clone.get_config() == config
+
+    def run(one: L.Layer) -> tuple[np.ndarray, np.ndarray]:
+        model = xc.Sequential([one], backend="numpy", dtype="float64", seed=3,
+                              input_shape=shape, loss="mse")  # fmt: skip
+        x = np.random.default_rng(4).normal(size=(4, *shape))
+        out = model.forward(x, training=True)
+        return out, model.backward(np.ones_like(out), input_grad=True)
+
+    (out_a, gx_a), (out_b, gx_b) = run(layer), run(clone)
+    np.testing.assert_array_equal(out_a, out_b)
+    np.testing.assert_array_equal(gx_a, gx_b)
+
+
+def test_model_config_keeps_every_argument() -> None:
+    model = xc.Sequential(
+        [L.Conv2D(3, 3, activation="relu"), L.MaxPool2D(2), L.Flatten(), L.Dense(2)],
+        loss="mse", dtype="float64", seed=4, input_shape=(1, 6, 6), fuse=False,
+        backend="numpy",
+    )  # fmt: skip
+    config = model.get_config()
+    assert config["fuse"] is False
+    clone = xc.Sequential.from_config(config, backend="numpy")
+    assert clone.get_config() == config and clone.fuse is False
+    assert not any(isinstance(s, L.ConvMaxPool) for s in clone.steps)
+    older = {k: v for k, v in config.items() if k != "fuse"}  # files written before
+    assert xc.Sequential.from_config(older, backend="numpy").fuse is True
+
+
+def test_a_callable_init_is_kept() -> None:
+    """A registered initialiser passed as a function is named; another callable is kept
+    as it is (the layer rebuilds with it)."""
+
+    def ones(rng, shape, fan_in, fan_out):
+        return np.ones(shape)
+
+    assert L.Dense(3, init=he_normal).get_config()["init"] == "he_normal"
+    layer = L.Dense(3, init=ones)
+    assert layer.get_config()["init"] is ones
+    model = xc.Sequential([layer_from_config("Dense", layer.get_config())],
+                          backend="numpy", input_shape=(2,))  # fmt: skip
+    np.testing.assert_array_equal(model.state_dict()["dense_0.weight"], np.ones((3, 2)))
+
+
+def test_a_conv_max_pool_layer_is_saved_and_loaded(tmp_path) -> None:
+    model = xc.Sequential(
+        [L.ConvMaxPool(L.Conv2D(3, 3, activation="relu"), L.MaxPool2D(2)), L.Flatten(),
+         L.Dense(2)],
+        backend="numpy", input_shape=(1, 8, 8), seed=2,
+    )  # fmt: skip
+    xc.save_model(model, tmp_path / "m.npz")
+    loaded = xc.load_model(tmp_path / "m.npz")
+    assert loaded.get_config() == model.get_config()
+    x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
