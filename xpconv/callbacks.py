@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._io import progress_bar
+from .functional.checks import positive_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainer import Trainer
@@ -146,12 +147,6 @@ class Callback:
         """Restore what :meth:`state` returned."""
 
 
-def _positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
-
-
 def _is_root(trainer: Trainer) -> bool:
     comm = trainer.communicator
     return comm is None or comm.is_root
@@ -228,7 +223,7 @@ class EarlyStopping(Callback):
     state_key = "early_stopping"
 
     def __init__(self, patience: int, *, restore_best: bool = True) -> None:
-        self.patience = _positive(patience, "patience")
+        self.patience = positive_int(patience, "patience")
         self.restore_best = bool(restore_best)
         self.best: float | None = None
         self.waited = 0
@@ -315,7 +310,7 @@ class Checkpoint(Callback):
     ) -> None:
         self.path = path
         self.extra = extra
-        self.every = _positive(every, "every")
+        self.every = positive_int(every, "every")
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         from .saving import save_training  # saving reads the trainer module
