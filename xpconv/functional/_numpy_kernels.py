@@ -303,7 +303,7 @@ def batch_norm_train(
     rows, order = found
     c, m = rows.shape
     xh, y = np.empty_like(rows), np.empty_like(rows)
-    mean, var = np.empty(c, dtype=x.dtype), np.empty(c, dtype=x.dtype)
+    mean, var, invstd = (np.empty(c, dtype=x.dtype) for _ in range(3))
     ones = np.ones(m, dtype=x.dtype)
     step = max(1, _BN_BLOCK // m)
 
@@ -314,8 +314,8 @@ def batch_norm_train(
             mean[a:b] = block @ ones / m
             np.subtract(block, mean[a:b, None], out=h)
             var[a:b] = np.einsum("ij,ij->i", h, h) / m
-            inv = 1.0 / np.sqrt(var[a:b] + eps)
-            h *= inv[:, None]
+            invstd[a:b] = 1.0 / np.sqrt(var[a:b] + eps)
+            h *= invstd[a:b, None]
             if weight is None:
                 y[a:b] = h
             else:
@@ -324,7 +324,6 @@ def batch_norm_train(
                 y[a:b] += bias[a:b, None]
 
     _in_parts(work, c, rows.nbytes)
-    invstd = 1.0 / np.sqrt(var + eps)
     shape = tuple(x.shape)
     return _like(y, order, shape), _like(xh, order, shape), mean, var, invstd
 
