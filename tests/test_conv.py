@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import Case, torch_or_skip
 
+import xpconv
 import xpconv.functional as F
 from xpconv.backend import BackendError, get_backend
 from xpconv.functional import _im2col
@@ -369,6 +370,85 @@ def test_bad_configuration_errors(call, exc, words) -> None:
         call()
     for word in words:
         assert word in str(info.value), f"{word!r} not in {info.value}"
+
+
+X1, W1 = np.ones((2, 3, 8)), np.ones((4, 3, 3))
+#: conv1d states its errors in 1-D terms, whole: (keyword arguments, exception, message)
+BAD_1D = [
+    (
+        dict(x=X1[None]),
+        ValueError,
+        "x: expected a 3-D array (N, C, L), got 4-D of shape (1, 2, 3, 8)",
+    ),
+    (
+        dict(weight=W1[None]),
+        ValueError,
+        "weight: expected a 3-D array (O, C // groups, K), got 4-D of shape (1, 4, 3, 3)",
+    ),
+    (dict(stride=0), ValueError, "stride: expected a positive int, got 0"),
+    (dict(dilation=0), ValueError, "dilation: expected a positive int, got 0"),
+    (
+        dict(padding=-1),
+        ValueError,
+        "padding: expected a non-negative int, 'same' or 'valid', got -1",
+    ),
+    (dict(stride=1.5), TypeError, "stride: expected an int, got 1.5"),
+    (dict(dilation=True), TypeError, "dilation: expected an int, got True"),
+    (dict(padding=0.5), TypeError, "padding: expected an int, got 0.5"),
+    (dict(stride="same"), TypeError, "stride: expected an int, got 'same'"),
+    (dict(dilation="valid"), TypeError, "dilation: expected an int, got 'valid'"),
+    (
+        dict(stride=(1, 2)),
+        TypeError,
+        "stride: expected an int (or a 1-tuple) for conv1d, got (1, 2)",
+    ),
+    (dict(padding="same", stride=2), ValueError, "padding: 'same' needs stride 1, got stride 2"),
+    (
+        dict(x=np.ones((2, 3, 2))),
+        ValueError,
+        "x: input of length 2 with padding 0 is too short for kernel size 3 with dilation 1 "
+        "and stride 1: output length would be 0, expected at least 1",
+    ),
+    (
+        dict(x=np.ones((2, 3, 6)), dilation=3),
+        ValueError,
+        "x: input of length 6 with padding 0 is too short for kernel size 3 with dilation 3 "
+        "and stride 1: output length would be 0, expected at least 1",
+    ),
+    (
+        dict(weight=np.ones((4, 2, 3))),
+        ValueError,
+        "weight: expected 3 input channels per group (x has 3 channels, groups=1), "
+        "got weight of shape (4, 2, 3)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    BAD_1D,
+    ids=[m.split(":")[0] + str(i) for i, (_, _, m) in enumerate(BAD_1D)],
+)
+def test_conv1d_errors_speak_1d(kwargs: dict, exc: type, message: str) -> None:
+    args = {"x": X1, "weight": W1, **kwargs}
+    x, weight = args.pop("x"), args.pop("weight")
+    with pytest.raises(exc) as info:
+        F.conv1d(x, weight, **args)
+    assert str(info.value) == message
+    if x.ndim == 3 and weight.ndim == 3:  # the shape-level check the layer builds with
+        with pytest.raises(exc) as info:
+            F.check_conv1d(tuple(x.shape), tuple(weight.shape), **args)
+        assert str(info.value) == message
+    with pytest.raises(exc) as info:
+        F.conv1d_backward(np.ones((2, 4, 6)), x, weight, **args)
+    assert str(info.value) == message
+
+
+def test_conv1d_layer_errors_name_the_layer() -> None:
+    with pytest.raises(ValueError, match=r"^conv1d_0: dilation: expected a positive int, got 0$"):
+        xpconv.Sequential([xpconv.layers.Conv1D(4, 3, dilation=0)], input_shape=(3, 8))
+    with pytest.raises(TypeError, match=r"^dilation: expected an int, got 1.5$"):
+        xpconv.layers.Conv1D(4, 3, dilation=1.5)
 
 
 def test_mixed_backends_name_both_arguments() -> None:

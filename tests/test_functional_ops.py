@@ -926,3 +926,141 @@ def test_results_stay_on_the_input_device() -> None:
         F.softmax_cross_entropy(F.flatten(x), be.asarray(np.array([0, 1]))),
     ):
         assert be.owns(a), a
+
+
+# ------------------------------------------------------- the argument contract of every op
+#
+# Every public op checks each array argument before any compute: not an array, an
+# integer dtype, another backend or device, and (where the op fixes the layout) another
+# rank are refused with an error that starts with the argument's name.
+
+
+def _contract_inputs() -> dict[str, tuple[object, dict[str, np.ndarray], set[str]]]:
+    """op name -> (callable taking keyword arrays, valid float64 arrays, rank-checked)."""
+    r = np.random.default_rng(11)
+
+    def a(*shape: int) -> np.ndarray:
+        return r.normal(size=shape)
+
+    x4, x3, x2 = a(2, 3, 6, 6), a(2, 3, 8), a(2, 3)
+    mask = (r.random((2, 3)) >= 0.5) * 2.0
+    bn = dict(x=a(4, 3, 2, 2), weight=a(3), bias=a(3), running_mean=a(3), running_var=a(3) ** 2)
+    bn_grad = {k: v for k, v in bn.items() if k != "bias"}
+    conv2 = dict(x=x4, weight=a(4, 3, 3, 3))
+    conv1 = dict(x=x3, weight=a(4, 3, 3))
+    unary = {
+        "identity": F.identity_backward,
+        "relu": F.relu_backward,
+        "leaky_relu": F.leaky_relu_backward,
+        "sigmoid": F.sigmoid_backward,
+        "tanh": F.tanh_backward,
+        "softmax": F.softmax_backward,
+        "log_softmax": F.log_softmax_backward,
+    }
+    table = {
+        "add": (F.add, dict(a=x2, b=a(2, 3)), set()),
+        "avg_pool2d": (lambda **k: F.avg_pool2d(k["x"], 2), dict(x=x4), {"x"}),
+        "avg_pool2d_backward": (
+            lambda **k: F.avg_pool2d_backward(k["grad_out"], k["x"], 2),
+            dict(grad_out=a(2, 3, 3, 3), x=x4),
+            {"grad_out", "x"},
+        ),
+        "max_pool2d": (lambda **k: F.max_pool2d(k["x"], 2), dict(x=x4), {"x"}),
+        "max_pool2d_backward": (
+            lambda **k: F.max_pool2d_backward(k["grad_out"], k["x"], 2),
+            dict(grad_out=a(2, 3, 3, 3), x=x4),
+            {"grad_out", "x"},
+        ),
+        "global_avg_pool2d": (F.global_avg_pool2d, dict(x=x4), {"x"}),
+        "batch_norm": (F.batch_norm, bn, {"weight", "bias", "running_mean", "running_var"}),
+        "batch_norm_backward": (
+            F.batch_norm_backward,
+            dict(grad_out=a(4, 3, 2, 2), **bn_grad),
+            {"grad_out", "weight"},
+        ),
+        "conv1d": (F.conv1d, dict(conv1, bias=a(4)), {"x", "weight", "bias"}),
+        "conv1d_backward": (
+            F.conv1d_backward,
+            dict(grad_out=a(2, 4, 6), **conv1),
+            {"grad_out", "x", "weight"},
+        ),
+        "conv2d": (F.conv2d, dict(conv2, bias=a(4)), {"x", "weight", "bias"}),
+        "conv2d_backward": (
+            F.conv2d_backward,
+            dict(grad_out=a(2, 4, 4, 4), **conv2),
+            {"grad_out", "x", "weight"},
+        ),
+        "conv_max_pool2d": (F.conv_max_pool2d, dict(conv2, bias=a(4)), {"x", "weight", "bias"}),
+        "dropout": (
+            lambda **k: F.dropout(k["x"], 0.5, mask=k["mask"]),
+            dict(x=x2, mask=mask),
+            set(),
+        ),
+        "dropout_backward": (F.dropout_backward, dict(grad_out=a(2, 3), mask=mask), set()),
+        "linear": (F.linear, dict(x=x2, weight=a(4, 3), bias=a(4)), {"x", "weight", "bias"}),
+        "linear_backward": (
+            F.linear_backward,
+            dict(grad_out=a(2, 4), x=x2, weight=a(4, 3)),
+            {"grad_out", "x", "weight"},
+        ),
+        "mse": (F.mse, dict(pred=x2, target=a(2, 3)), set()),
+        "mse_backward": (
+            F.mse_backward,
+            dict(pred=x2, target=a(2, 3), grad=np.asarray(0.5)),
+            set(),
+        ),
+        "softmax_cross_entropy": (
+            F.softmax_cross_entropy,
+            dict(logits=x2, labels=np.exp(x2) / np.exp(x2).sum(1, keepdims=True)),
+            {"logits"},
+        ),
+        "softmax_cross_entropy_backward": (
+            F.softmax_cross_entropy_backward,
+            dict(
+                logits=x2,
+                labels=np.exp(x2) / np.exp(x2).sum(1, keepdims=True),
+                grad=np.asarray(2.0),
+            ),
+            {"logits"},
+        ),
+    }
+    for name, backward in unary.items():
+        forward = getattr(F, name)
+        table[f"{name}_backward"] = (backward, dict(grad_out=a(2, 3), x=x2, out=forward(x2)), set())
+    return table
+
+
+CONTRACT = _contract_inputs()
+CONTRACT_CASES = [(op, arg) for op, (_, arrays, _) in CONTRACT.items() for arg in arrays]
+
+
+@pytest.mark.parametrize("op, arg", CONTRACT_CASES, ids=[f"{o}-{a}" for o, a in CONTRACT_CASES])
+def test_every_array_argument_is_checked_by_name(op: str, arg: str) -> None:
+    fn, arrays, ranked = CONTRACT[op]
+    fn(**arrays)  # the valid call runs
+
+    def call_with(value: object) -> None:
+        fn(**{**arrays, arg: value})
+
+    with pytest.raises(TypeError, match=rf"^{arg}: expected an array"):
+        call_with([arrays[arg].tolist()])
+    if arg != "labels":  # integer class indices are labels too
+        with pytest.raises(TypeError, match=rf"^{arg}: expected a floating dtype"):
+            call_with(np.ones(arrays[arg].shape, dtype=np.int64))
+    if arrays[arg].ndim and arg in ranked:
+        with pytest.raises(ValueError, match=rf"^{arg}: expected"):
+            call_with(arrays[arg][None])
+
+
+SHARED_CASES = [(op, arg) for op, arg in CONTRACT_CASES if len(CONTRACT[op][1]) > 1]
+
+
+@pytest.mark.parametrize("op, arg", SHARED_CASES, ids=[f"{o}-{a}" for o, a in SHARED_CASES])
+def test_every_array_argument_must_share_the_device(op: str, arg: str) -> None:
+    strict = pytest.importorskip("array_api_strict")
+    fn, arrays, _ = CONTRACT[op]
+    here = {k: strict.asarray(v) for k, v in arrays.items()}
+    fn(**here)
+    elsewhere = strict.asarray(arrays[arg], device=strict.Device("device1"))
+    with pytest.raises(BackendError, match=rf"\b{arg} is "):
+        fn(**{**here, arg: elsewhere})

@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import array_api_compat
 import numpy as np
 import pytest
 
@@ -61,6 +62,33 @@ def test_every_table_follows_the_interface(table: str, entry: str) -> None:
     kernels = TABLES[table]()
     assert kernels.name == table
     assert _parameters(getattr(kernels, entry)) == _interface(entry), f"{table}.{entry}"
+
+
+#: the entries each fast table brings itself; every other entry is the portable one.
+SPECIALISED = {
+    "numpy": {
+        "im2col", "col2im", "weight_grad", "batch_innermost", "max_pool_blocks",
+        "max_pool_blocks_backward", "tanh", "tanh_backward", "batch_norm_train",
+        "batch_norm_backward", "row_sums",
+    },
+    "torch": {
+        "im2col", "col2im", "batch_innermost", "max_pool_blocks",
+        "max_pool_blocks_backward", "tanh_backward",
+    },
+    "cupy": {"im2col", "col2im", "batch_innermost", "max_pool_blocks", "max_pool_blocks_backward"},
+}  # fmt: skip
+MODULES = {"numpy": _numpy_kernels, "torch": _torch_kernels, "cupy": _cupy_kernels}
+
+
+@pytest.mark.parametrize("table", list(SPECIALISED))
+def test_fast_tables_bring_their_own_entries(table: str) -> None:
+    kernels = TABLES[table]()
+    for entry in INTERFACE:
+        fn = getattr(kernels, entry)
+        if entry in SPECIALISED[table]:
+            assert fn is getattr(MODULES[table], entry), f"{table}.{entry}"
+        else:
+            assert fn is getattr(PORTABLE, entry), f"{table}.{entry}"
 
 
 def test_fast_tables_are_the_ones_selected() -> None:
@@ -181,3 +209,27 @@ def test_strided_plan_regions_tile_the_padded_buffer() -> None:
         assert (count == 1).all(), geom
         assert plan.reshape_only == (geom.kernel == (1, 1) and geom.pad == ((0, 0), (0, 0)))
         assert _strided.strided_plan(geom) is plan  # made once per geometry
+
+
+@pytest.mark.parametrize("table", ["numpy", "torch"])
+def test_batch_innermost_needs_a_batch_and_another_axis(table: str) -> None:
+    """One example, or one axis only, is never reported batch-innermost, whatever the
+    strides; two examples of one feature in batch-fastest order are."""
+    kernels = TABLES[table]()
+    lib = np if table == "numpy" else pytest.importorskip("torch")
+    xp = array_api_compat.array_namespace(lib.asarray(np.ones(1)))
+    assert not kernels.batch_innermost(xp, lib.asarray(np.arange(5.0)))
+    single = lib.asarray(np.ones((3, 1))).T  # (1, 3), equal strides
+    assert not kernels.batch_innermost(xp, single)
+    pair = lib.asarray(np.ones((1, 2))).T  # (2, 1), batch fastest
+    assert kernels.batch_innermost(xp, pair)
+
+
+def test_numpy_tanh_backward_of_two_dtypes_is_the_portable_one(rng: np.random.Generator) -> None:
+    """The fused NumPy kernel runs on one dtype; two dtypes take the portable formula."""
+    grad = rng.standard_normal((3, 5)).astype(np.float32)
+    t = np.tanh(rng.standard_normal((3, 5)))
+    got = _numpy_kernels.tanh_backward(np, grad, t)
+    want = PORTABLE.tanh_backward(np, grad, t)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)

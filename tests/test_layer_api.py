@@ -310,3 +310,136 @@ def test_a_conv_max_pool_layer_is_saved_and_loaded(tmp_path) -> None:
     assert loaded.get_config() == model.get_config()
     x = np.random.default_rng(0).normal(size=(2, 1, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+
+
+# ------------------------------------------------------------------ public defaults
+
+_CONV = dict(stride=1, padding=0, dilation=1, groups=1)  # torch.nn.functional.conv2d's
+_POOL = dict(stride=None, padding=0)  # stride None: the kernel size, as in PyTorch
+_BN = dict(running_mean=None, running_var=None, training=True, eps=1e-5)
+_LAYER_CONV = dict(_CONV, activation=None, use_bias=True, init="glorot_normal", in_channels=None)
+_FUSED = dict(bias=None, pool_size=2, relu=False, **_CONV)
+
+#: every defaulted parameter of the public functional ops, and of the layers.
+OP_DEFAULTS = {
+    "avg_pool2d": _POOL,
+    "avg_pool2d_backward": _POOL,
+    "max_pool2d": _POOL,
+    "max_pool2d_backward": _POOL,
+    "max_pool2d_forward": _POOL,
+    "pool_geometry": _POOL,
+    "batch_norm": dict(_BN, momentum=0.1),
+    "batch_norm_forward": dict(_BN, momentum=0.1),
+    "batch_norm_backward": _BN,
+    "check_conv1d": _CONV,
+    "conv_geometry": _CONV,
+    "conv1d": dict(_CONV, bias=None),
+    "conv2d": dict(_CONV, bias=None),
+    "conv1d_backward": _CONV,
+    "conv2d_backward": _CONV,
+    "conv2d_backward_cols": dict(need_input_grad=True),
+    "conv_max_pool2d": _FUSED,
+    "conv_max_pool2d_forward": _FUSED,
+    "conv_max_pool2d_forward_unchecked": dict(relu=False),
+    "conv_max_pool2d_backward_saved": dict(need_input_grad=True),
+    "dropout": dict(rng=None, training=True, mask=None),
+    "grouped_matmul": dict(transpose_a=False, transpose_b=False),
+    "kernels_for": dict(portable=None),
+    "use_portable": dict(enabled=True),
+    "linear": dict(bias=None),
+    "leaky_relu": dict(negative_slope=0.01),
+    "leaky_relu_backward": dict(out=None, negative_slope=0.01),
+    "softmax": dict(axis=-1),
+    "log_softmax": dict(axis=-1),
+    "softmax_backward": dict(out=None, axis=-1),
+    "log_softmax_backward": dict(out=None, axis=-1),
+    **{f"{a}_backward": dict(out=None) for a in ("identity", "relu", "sigmoid", "tanh")},
+    "mse_backward": dict(grad=1.0),
+    "softmax_cross_entropy_backward": dict(grad=1.0),
+    "softmax_cross_entropy_backward_saved": dict(grad=1.0),
+    "softmax_cross_entropy_forward": dict(check_range=True),
+}
+LAYER_DEFAULTS = {
+    "AvgPool2D": _POOL,
+    "MaxPool2D": _POOL,
+    "BatchNorm1D": dict(momentum=0.1, eps=1e-5, affine=True),
+    "BatchNorm2D": dict(momentum=0.1, eps=1e-5, affine=True),
+    "Conv1D": _LAYER_CONV,
+    "Conv2D": _LAYER_CONV,
+    "Dense": dict(
+        units=None,
+        neurons=None,
+        activation=None,
+        use_bias=True,
+        init="glorot_normal",
+        in_features=None,
+    ),
+    "Dropout": dict(p=0.5),
+    "Residual": dict(shortcut=None),
+}
+
+
+def _defaults(fn) -> dict:
+    import inspect
+
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.default is not p.empty}
+
+
+def _same(got: dict, want: dict) -> bool:
+    # 1 == True == 1.0 in Python: compare types too
+    return got == want and all(type(got[k]) is type(want[k]) for k in want)
+
+
+def test_public_ops_have_the_documented_defaults() -> None:
+    ops = [n for n in F.__all__ if callable(getattr(F, n)) and not isinstance(getattr(F, n), type)]
+    got = {n: _defaults(getattr(F, n)) for n in ops}
+    got = {n: d for n, d in got.items() if d}
+    assert set(got) == set(OP_DEFAULTS)
+    for name, want in OP_DEFAULTS.items():
+        assert _same(got[name], want), (name, got[name])
+
+
+def test_layers_have_the_documented_defaults() -> None:
+    got = {n: _defaults(cls.__init__) for n, cls in LAYERS.items()}
+    assert {n for n, d in got.items() if d} == set(LAYER_DEFAULTS)
+    for name, want in LAYER_DEFAULTS.items():
+        assert _same(got[name], want), (name, got[name])
+
+
+def test_layer_repr_lists_its_config() -> None:
+    assert repr(L.Dense(3)) == (
+        "Dense(units=3, activation=None, use_bias=True, init='glorot_normal', in_features=None)"
+    )
+    assert repr(L.Dropout(0.25)) == "Dropout(p=0.25)"
+
+
+@pytest.mark.parametrize("activation, use_bias", [("relu", False), ("tanh", True)])
+def test_conv1d_layer_matches_torch_with_every_argument(activation: str, use_bias: bool) -> None:
+    torch = torch_or_skip()
+    rng = np.random.default_rng(5)
+    conv = dict(stride=2, padding=2, dilation=2, groups=2)
+    layer = L.Conv1D(4, 3, activation=activation, use_bias=use_bias, **conv)
+    model = xc.Sequential([layer], input_shape=(6, 17), seed=0, dtype="float64")
+    x = rng.normal(size=(3, 6, 17))
+    ref = torch.nn.Conv1d(6, 4, 3, bias=use_bias, dtype=torch.float64, **conv)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(layer.params["weight"].value))
+        if use_bias:
+            layer.params["bias"].value = rng.normal(size=4)
+            ref.bias.copy_(torch.tensor(layer.params["bias"].value))
+    tx = torch.tensor(x, requires_grad=True)
+    out = getattr(torch, activation)(ref(tx))
+    np.testing.assert_allclose(model.forward(x), out.detach().numpy(), rtol=1e-10, atol=1e-12)
+    grad = rng.normal(size=tuple(out.shape))
+    out.backward(torch.tensor(grad))
+    model.forward(x, training=True)
+    gx = model.backward(grad, input_grad=True)
+    np.testing.assert_allclose(gx, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    gw = layer.params["weight"].grad
+    np.testing.assert_allclose(gw, ref.weight.grad.numpy(), rtol=1e-10, atol=1e-12)
+    assert ("bias" in layer.params) is use_bias
+    config = layer.get_config()
+    assert {k: config[k] for k in (*conv, "activation", "use_bias")} == dict(
+        conv, activation=activation, use_bias=use_bias
+    )

@@ -10,6 +10,7 @@ from conftest import Case, torch_or_skip
 import xpconv as xc
 from xpconv.layers import Parameter
 from xpconv.optimizers import (
+    Adam,
     AdamW,
     Constant,
     CosineDecay,
@@ -238,6 +239,9 @@ def test_adamw_config_round_trip_and_resume(tmp_path) -> None:
         (lambda: AdamW(0.1, exclude="biases"), ["exclude", "bias_and_norm"]),
         (lambda: AdamW(Constant(0.1), final_lr=0.01), ["final_lr", "schedule"]),
         (lambda: schedule_from_config({"type": "Nope"}), ["schedule", "Nope"]),
+        (lambda: schedule_from_config({"lr": 0.1}), ["schedule", "got None"]),
+        (lambda: Warmup(CosineDecay(0.1), steps=True), ["Warmup: steps expected", "True"]),
+        (lambda: Warmup(-1.0), ["Warmup: after: expected", "-1.0"]),
     ],
 )
 def test_bad_schedule_arguments(make, words) -> None:
@@ -245,3 +249,18 @@ def test_bad_schedule_arguments(make, words) -> None:
         make()
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+def test_warmup_of_zero_steps_is_the_schedule_after_it() -> None:
+    after = CosineDecay(0.1)
+    warm = Warmup(after, steps=0)
+    assert warm.warmup_steps(5) == 0
+    assert [warm(i, 5) for i in range(5)] == [after(i, 5) for i in range(5)]
+
+
+def test_adamw_decays_its_rate_like_adam() -> None:
+    """AdamW's ``final_lr`` and ``decay`` build the schedule Adam builds."""
+    for decay in ("linear", "exponential"):
+        adamw, adam = AdamW(0.1, final_lr=0.01, decay=decay), Adam(0.1, final_lr=0.01, decay=decay)
+        assert adamw.schedule.get_config() == adam.schedule.get_config()
+        assert [adamw.schedule(i, 4) for i in range(4)] == [adam.schedule(i, 4) for i in range(4)]

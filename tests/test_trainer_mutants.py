@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -322,13 +323,13 @@ class _ThreadRank(xc.distributed.Communicator):
         self.group.wait()
 
 
-def _ranks(size: int, lr: float = 0.2, seed: int = 0) -> list[xc.Trainer]:
+def _ranks(size: int, lr: float = 0.2, seed: int = 0, dtype: str = "float64") -> list[xc.Trainer]:
     """One trainer per rank on one model and optimizer; ranks above 0 start from other
     weights (rank 0's are broadcast at the start)."""
     group = _ThreadGroup(size)
     trainers = []
     for rank in range(size):
-        model = _model(dtype="float64")
+        model = _model(dtype=dtype)
         if rank:
             model.load_state_dict({k: v + rank for k, v in model.state_dict().items()})
         communicator = _ThreadRank(group, rank) if size > 1 else None
@@ -439,6 +440,21 @@ def test_ranks_that_disagree_are_told_what_differs(what: str) -> None:
     assert str(info.value).count("rank(s) differ") == 1, str(info.value)  # that one only
 
 
+def test_two_ranks_keep_a_float32_model_in_float32() -> None:
+    """With 41 examples one rank has no work in the last global batch: its zero
+    gradients and loss keep the model's dtype, and the run stays the one-process run."""
+    x, y = _data(41)
+    kwargs = dict(x=x, y=y, epochs=2, batch_size=10)
+    (single,) = _fit_threads(_ranks(1, dtype="float32"), [kwargs])
+    ranks = _fit_threads(_ranks(2, dtype="float32"), [kwargs, kwargs])
+    for trainer in ranks:
+        for name, value in trainer.model.state_dict().items():
+            assert value.dtype == np.float32, name
+            np.testing.assert_allclose(value, single.model.state_dict()[name], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(trainer.history.loss, single.history.loss, rtol=1e-5)
+        assert trainer.history.accuracy == single.history.accuracy
+
+
 def test_two_ranks_without_shuffling_show_one_bar(bars) -> None:
     """In order (``shuffle=False``) the ranks still give the one-process run, and only
     rank 0 shows a progress bar, counting the global batches."""
@@ -450,8 +466,16 @@ def test_two_ranks_without_shuffling_show_one_bar(bars) -> None:
     ranks = _ranks(2)
     for trainer in ranks:
         trainer.progress = True
+    started = time.perf_counter()
     _fit_threads(ranks, [kwargs, kwargs])
+    elapsed = time.perf_counter() - started
     assert [b.kwargs["desc"] for b in bars] == ["epoch 1/2", "epoch 2/2"]
     assert all(b.kwargs["total"] == 30 and b.updates == [10, 10, 10] for b in bars)
+    for epoch, bar in enumerate(bars):  # log_every=2: the running loss after steps 2 and 3
+        running = np.cumsum(single.history.step_losses[epoch]) / np.arange(1, 4)
+        assert [p["loss"] for p in bar.postfixes] == [f"{running[i]:.4f}" for i in (1, 2)]
+        assert all(int(p["img_s"]) > 0 for p in bar.postfixes) and bar.closed
+    for trainer in ranks:  # each epoch's time is its own wall-clock time
+        assert all(0 < seconds < elapsed for seconds in trainer.history.seconds)
     for name, value in single.model.state_dict().items():
         np.testing.assert_allclose(ranks[0].model.state_dict()[name], value, rtol=1e-10)

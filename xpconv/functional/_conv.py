@@ -326,16 +326,21 @@ def check_conv1d(
     d = lift_1d_arg(dilation, "dilation", 1)[1]
     p = lift_1d_arg(padding, "padding", 0)
     groups = positive_int(groups, "groups")
+    for name, value in (("stride", s), ("dilation", d)):
+        if value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value}")
     if isinstance(p, str):
         if p.lower() == "same" and s != 1:
             raise ValueError(f"padding: 'same' needs stride 1, got stride {s}")
         return
+    if p[1] < 0:
+        raise ValueError(f"padding: expected a non-negative int, 'same' or 'valid', got {p[1]}")
     if c % groups == 0 and cg != c // groups:
         raise ValueError(
             f"weight: expected {c // groups} input channels per group (x has {c} channels, "
             f"groups={groups}), got weight of shape {tuple(weight_shape)}"
         )
-    if min(s, d, k, length) >= 1 and p[1] >= 0:
+    if min(k, length) >= 1:  # an empty kernel or input: conv_geometry names it
         out = conv_output_size(length, k, s, 2 * p[1], d)
         if out < 1:
             raise ValueError(

@@ -70,7 +70,7 @@ def _zero_d(xp: Any, value: Any, like: Array) -> Array:
     return xp.asarray(value, device=array_api_compat.device(like))
 
 
-def _grad_scale(xp: Any, grad: Any, like: Array, like_name: str) -> Any:
+def _grad_scale(xp: Any, grad: Any, like: Array) -> Any:
     """``grad`` as a Python float or a 0-d array of ``like``'s dtype; an array ``grad``
     was checked against ``like``'s backend by the caller's namespace lookup."""
     if isinstance(grad, bool):
@@ -129,7 +129,7 @@ def softmax_cross_entropy_backward(logits: Array, labels: Array, grad: Any = 1.0
         of ``t`` sums to one.
     """
     xp, targets, indices = _targets(logits, labels, grad=grad)
-    scale = _grad_scale(xp, grad, logits, "logits")
+    scale = _grad_scale(xp, grad, logits)
     return cross_entropy_gradient(xp, _softmax(xp, logits, 1), targets, indices, scale)
 
 
@@ -182,7 +182,7 @@ def softmax_cross_entropy_backward_saved(saved: CrossEntropySaved, grad: Any = 1
     xp, log_probs = saved.xp, saved.log_probs
     if array_api_compat.is_array_api_obj(grad):
         namespace(logits=log_probs, grad=grad)  # the only lookup: the forward found xp
-    scale = _grad_scale(xp, grad, log_probs, "logits")
+    scale = _grad_scale(xp, grad, log_probs)
     return cross_entropy_gradient(xp, xp.exp(log_probs), saved.targets, saved.indices, scale)
 
 
@@ -211,5 +211,5 @@ def mse(pred: Array, target: Array) -> Array:
 def mse_backward(pred: Array, target: Array, grad: Any = 1.0) -> Array:
     """Gradient of :func:`mse` with respect to ``pred``: ``2 (pred - target) / size * grad``."""
     xp = _check_mse(pred, target, grad)
-    scale = _grad_scale(xp, grad, pred, "pred")
+    scale = _grad_scale(xp, grad, pred)
     return (pred - target) * (2.0 / math.prod(pred.shape)) * scale

@@ -181,7 +181,7 @@ def _to_input(xp: Any, grad_src: Array, geom: PoolGeometry) -> Array:
     return g
 
 
-def _reduce_windows(xp: Any, src: Array, geom: PoolGeometry, op: Any) -> Array:
+def _reduce_windows(src: Array, geom: PoolGeometry, op: Any) -> Array:
     """``op``-reduce every window of ``src``: first over kernel rows, then columns."""
     kh, kw = geom.kernel
     rows = src[:, :, geom.rows(0), :]
@@ -297,7 +297,7 @@ def _max_forward(xp: Any, x: Array, geom: PoolGeometry) -> tuple[Array, MaxPoolS
     if geom.tiled:
         out, code = _max_forward_tiled(xp, src, geom)
         return out, MaxPoolSaved(geom, src, out, code)
-    out = _reduce_windows(xp, src, geom, xp.maximum)
+    out = _reduce_windows(src, geom, xp.maximum)
     return out, MaxPoolSaved(geom, src, out)
 
 
@@ -410,7 +410,7 @@ def avg_pool2d(
     """
     xp, geom = _prepare(x, kernel_size, stride, padding)
     src = _source(xp, x, geom, 0.0)
-    return _reduce_windows(xp, src, geom, xp.add) / geom.taps
+    return _reduce_windows(src, geom, xp.add) / geom.taps
 
 
 def avg_pool2d_backward(
