@@ -400,11 +400,142 @@ def test_public_ops_have_the_documented_defaults() -> None:
         assert _same(got[name], want), (name, got[name])
 
 
+def _calls() -> dict[str, list]:
+    """op name -> factories of minimal calls ``(args, kwargs)``, fresh arrays each time;
+    several where one call cannot show every default (running statistics, ranges)."""
+
+    def a(*shape):  # the same values in both calls of a comparison
+        return lambda: np.random.default_rng(sum(shape)).normal(size=shape)
+
+    x4, x3, x2, g3 = a(2, 3, 6, 6), a(2, 3, 8), a(2, 3), a(2, 3, 3, 3)
+    w4, w3, w2 = a(4, 3, 3, 3), a(4, 3, 3), a(4, 3)
+    bn = lambda: (a(4, 3, 2, 2)(), a(3)(), a(3)())  # noqa: E731
+    stats = lambda: (np.zeros(3), np.ones(3))  # noqa: E731
+    labels = np.array([0, 2])
+    geom = lambda: F.conv_geometry((2, 3, 6, 6), (4, 3, 3, 3))  # noqa: E731
+    pooled = lambda: F.conv_pool_geometry(geom(), 2)  # noqa: E731
+    fused = lambda: F.conv_max_pool2d_forward(x4(), w4(), a(4)())[1]  # noqa: E731
+    ce = lambda: F.softmax_cross_entropy_forward(x2(), labels)[1]  # noqa: E731
+    cols = lambda: F.conv2d_forward(np, x4(), w4(), None, geom())[1]  # noqa: E731
+
+    def call(*args, **kwargs):
+        return lambda: ([v() if callable(v) else v for v in args], kwargs)
+
+    pool = [call(x4, 2)]
+    return {
+        "avg_pool2d": pool,
+        "max_pool2d": pool,
+        "max_pool2d_forward": pool,
+        "avg_pool2d_backward": [call(g3, x4, 2)],
+        "max_pool2d_backward": [call(g3, x4, 2)],
+        "pool_geometry": [call((2, 3, 6, 6), 2)],
+        "batch_norm": [lambda: (list(bn()), {}), lambda: ([*bn(), *stats()], {})],
+        "batch_norm_forward": [lambda: (list(bn()), {}), lambda: ([*bn(), *stats()], {})],
+        "batch_norm_backward": [
+            lambda: ([a(4, 3, 2, 2)(), *bn()[:2]], {}),
+            lambda: ([a(4, 3, 2, 2)(), *bn()[:2], *stats()], {"training": False}),
+        ],
+        "check_conv1d": [
+            call((2, 3, 2), (4, 3, 3)),
+            call((2, 3, 8), (4, 3, 3), padding="same"),
+            call((2, 3, 5), (4, 3, 3)),
+        ],
+        "conv_geometry": [call((2, 3, 6, 6), (4, 3, 3, 3))],
+        "conv1d": [call(x3, w3)],
+        "conv2d": [call(x4, w4)],
+        "conv1d_backward": [call(a(2, 4, 6), x3, w3)],
+        "conv2d_backward": [call(a(2, 4, 4, 4), x4, w4)],
+        "conv2d_backward_cols": [call(np, a(2, 4, 4, 4), cols, w4, geom)],
+        "conv_max_pool2d": [call(x4, w4)],
+        "conv_max_pool2d_forward": [call(x4, w4)],
+        "conv_max_pool2d_forward_unchecked": [call(np, x4, w4, None, pooled)],
+        "conv_max_pool2d_backward_saved": [call(a(2, 4, 2, 2), fused)],
+        "dropout": [call(x2, 0.5, mask=np.full((2, 3), 2.0))],
+        "grouped_matmul": [call(np, a(2, 3), a(3, 4), 1)],
+        "kernels_for": [call(np)],
+        "use_portable": [call()],
+        "linear": [call(x2, w2)],
+        "leaky_relu": [call(x2)],
+        "leaky_relu_backward": [call(x2, x2)],
+        "softmax": [call(x2)],
+        "log_softmax": [call(x2)],
+        "softmax_backward": [call(x2, x2)],
+        "log_softmax_backward": [call(x2, x2)],
+        **{f"{n}_backward": [call(x2, x2)] for n in ("identity", "relu", "sigmoid", "tanh")},
+        "mse_backward": [call(x2, x2)],
+        "softmax_cross_entropy_backward": [call(x2, labels)],
+        "softmax_cross_entropy_backward_saved": [call(ce)],
+        "softmax_cross_entropy_forward": [call(x2, labels), call(x2, np.array([0, 3]))],
+    }
+
+
+def _outcome(fn, args, kwargs):
+    """What a call gives: its values (arrays as NumPy, dataclasses field by field, the
+    op table a backend gets inside ``use_portable``), or its error."""
+    import contextlib
+    import dataclasses
+
+    def plain(v):
+        if isinstance(v, np.ndarray):
+            return ("array", v.dtype.str, v.shape, v.tobytes())
+        if isinstance(v, (tuple, list)):
+            return tuple(plain(e) for e in v)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return tuple(plain(getattr(v, f.name)) for f in dataclasses.fields(v))
+        return v
+
+    try:
+        result = fn(*args, **kwargs)
+        if isinstance(result, contextlib.AbstractContextManager):
+            with result:
+                return F.kernels_for(np).name
+        if fn is F.kernels_for:
+            with F.use_portable():
+                return result.name, F.kernels_for(*args, **kwargs).name
+        return plain(result)
+    except (TypeError, ValueError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("name", sorted(OP_DEFAULTS))
+def test_leaving_out_a_default_is_passing_it(name: str) -> None:
+    """Each call gives the same with every defaulted argument left out as with the
+    documented defaults written out."""
+    fn, calls = getattr(F, name), _calls()[name]
+    for make in calls:
+        args, kwargs = make()
+        written = {**OP_DEFAULTS[name], **kwargs}
+        written = {k: v for k, v in written.items() if k not in _positional(fn, len(args))}
+        args2, _ = make()
+        assert _outcome(fn, args, kwargs) == _outcome(fn, args2, written), name
+
+
+def _positional(fn, count: int) -> set[str]:
+    import inspect
+
+    return set(list(inspect.signature(fn).parameters)[:count])
+
+
+#: the required arguments of the layers with defaults
+LAYER_REQUIRED = {
+    "AvgPool2D": (2,),
+    "MaxPool2D": (2,),
+    "Conv1D": (4, 3),
+    "Conv2D": (4, 3),
+    "Dense": (3,),
+    "Residual": ([L.ReLU()],),
+}
+
+
 def test_layers_have_the_documented_defaults() -> None:
     got = {n: _defaults(cls.__init__) for n, cls in LAYERS.items()}
     assert {n for n, d in got.items() if d} == set(LAYER_DEFAULTS)
     for name, want in LAYER_DEFAULTS.items():
         assert _same(got[name], want), (name, got[name])
+        args = LAYER_REQUIRED.get(name, ())
+        written = {k: v for k, v in want.items() if k not in ("units",)}
+        left_out = LAYERS[name](*args).get_config()
+        assert left_out == LAYERS[name](*args, **written).get_config(), name
 
 
 def test_layer_repr_lists_its_config() -> None:

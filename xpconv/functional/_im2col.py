@@ -72,7 +72,7 @@ class ConvGeometry:
         (pt, pb), (pl, pr) = self.pad
         return self.in_size[0] + pt + pb, self.in_size[1] + pl + pr
 
-    def window(self, i: int, j: int, pi: int = 0, pj: int = 0) -> tuple[slice, slice]:
+    def window(self, i: int, j: int, pi: int, pj: int) -> tuple[slice, slice]:
         """Slices of the padded input read by kernel tap (i, j) for pooling tap (pi, pj)."""
         (dh, dw), (sh, sw), (kp, kq), (ph, pw) = self.dilation, self.stride, self.pool, self.pooled
         top, left = i * dh + pi * sh, j * dw + pj * sw
@@ -81,9 +81,7 @@ class ConvGeometry:
             slice(left, left + sw * kq * (pw - 1) + 1, sw * kq),
         )
 
-    def tap_index(
-        self, i: int, j: int, pi: int = 0, pj: int = 0
-    ) -> tuple[slice, slice, slice, slice]:
+    def tap_index(self, i: int, j: int, pi: int, pj: int) -> tuple[slice, slice, slice, slice]:
         """Index of the inputs of kernel tap (i, j), pooling tap (pi, pj), in a padded
         (C, Hp, Wp, N) array."""
         rows, cols = self.window(i, j, pi, pj)
