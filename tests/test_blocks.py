@@ -329,3 +329,44 @@ def test_block_errors() -> None:
         xc.Sequential([xc.BatchNorm2D()], input_shape=(4,))
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         xc.Sequential([xc.GlobalAvgPool2D()], input_shape=(4, 3))
+
+
+@pytest.mark.parametrize(
+    "shortcut, where",
+    [
+        (None, "the identity shortcut (the input) gives (3, 6, 6)"),
+        (1, "the shortcut gives (4, 6, 6)"),
+    ],
+)
+def test_residual_shape_mismatch_names_both_shapes(shortcut, where: str) -> None:
+    branch = [xc.layers.Conv2D(8, 3, padding=1)]
+    short = None if shortcut is None else [xc.layers.Conv2D(4, 1)]
+    message = (
+        f"residual_0: the branch gives output shape (8, 6, 6) but {where}; "
+        "add a shortcut such as Conv2D(..., kernel_size=1, stride=...)"
+    )
+    with pytest.raises(ValueError) as info:
+        xc.Sequential([xc.layers.Residual(branch, shortcut=short)], input_shape=(3, 6, 6))
+    assert str(info.value) == message
+
+
+def test_a_leading_residual_block_gives_the_input_gradient_on_request() -> None:
+    """First in the model, a block computes its input gradient only when asked, and
+    then exactly (central differences in float64)."""
+    block = xc.layers.Residual([xc.layers.Conv2D(2, 3, padding=1), xc.layers.Tanh()])
+    model = xc.Sequential(
+        [block, xc.layers.Flatten()], input_shape=(2, 4, 4), seed=1, dtype="float64"
+    )
+    r = np.random.default_rng(0)
+    x, g = r.normal(size=(2, 2, 4, 4)), r.normal(size=(2, 32))
+    model.forward(x, training=True)
+    assert model.backward(g, input_grad=False) is None
+    model.forward(x, training=True)
+    gx = model.backward(g, input_grad=True)
+    fd = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += 1e-6
+        down[idx] -= 1e-6
+        fd[idx] = np.sum((model.forward(up) - model.forward(down)) * g) / 2e-6
+    np.testing.assert_allclose(gx, fd, rtol=1e-6, atol=1e-8)

@@ -10,10 +10,12 @@ from conftest import Case, torch_or_skip
 import xpconv as xc
 from xpconv.layers import Parameter
 from xpconv.optimizers import (
+    SGD,
     Adam,
     AdamW,
     Constant,
     CosineDecay,
+    Schedule,
     StepDecay,
     Warmup,
     optimizer_from_config,
@@ -264,3 +266,71 @@ def test_adamw_decays_its_rate_like_adam() -> None:
         adamw, adam = AdamW(0.1, final_lr=0.01, decay=decay), Adam(0.1, final_lr=0.01, decay=decay)
         assert adamw.schedule.get_config() == adam.schedule.get_config()
         assert [adamw.schedule(i, 4) for i in range(4)] == [adam.schedule(i, 4) for i in range(4)]
+
+
+#: (class, required arguments, documented defaults): torch.optim's where it has the same
+DOCUMENTED_DEFAULTS = [
+    (
+        SGD,
+        (),
+        dict(
+            lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, final_lr=None, decay="linear"
+        ),
+    ),
+    (
+        Adam,
+        (),
+        dict(
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            final_lr=None,
+            decay="linear",
+        ),
+    ),
+    (
+        AdamW,
+        (),
+        dict(
+            lr=1e-3,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            exclude="none",
+            final_lr=None,
+            decay="linear",
+        ),
+    ),
+    (CosineDecay, (0.1,), dict(final=0.0, steps=None)),
+    (StepDecay, (0.1, 2), dict(gamma=0.1)),
+    (Warmup, (CosineDecay(0.1),), dict(steps=0.1, start_factor=0.1)),
+]
+
+
+@pytest.mark.parametrize(
+    "cls, required, defaults", DOCUMENTED_DEFAULTS, ids=lambda v: getattr(v, "__name__", "")
+)
+def test_leaving_out_a_default_is_passing_it(cls, required, defaults) -> None:
+    left_out, written = cls(*required), cls(*required, **defaults)
+    assert left_out.get_config() == written.get_config()
+    if isinstance(left_out, Schedule):
+        assert [left_out(i, 10) for i in range(10)] == [written(i, 10) for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: StepDecay(-1.0, 2), "StepDecay: initial: expected a number in (0, inf), got -1.0"),
+        (
+            lambda: StepDecay(0.1, 2, gamma=0.0),
+            "StepDecay: gamma: expected a number in (0, inf), got 0.0",
+        ),
+    ],
+)
+def test_schedule_errors_name_the_schedule(make, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        make()
+    assert str(info.value) == message

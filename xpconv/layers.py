@@ -899,8 +899,6 @@ class Residual(Layer):
     skips_input_grad = True
 
     def __init__(self, layers: Sequence[Layer], shortcut: Sequence[Layer] | None = None) -> None:
-        self.layers: list[Layer] = []
-        self.shortcut: list[Layer] = []
         super().__init__()
         if isinstance(layers, Layer):
             layers = [layers]
@@ -914,7 +912,8 @@ class Residual(Layer):
             raise TypeError(
                 f"{self.name}: shortcut expected a list of Layer or None, got {shortcut!r}"
             )
-        self.layers, self.shortcut = list(layers), list(shortcut or [])
+        self.layers: list[Layer] = list(layers)
+        self.shortcut: list[Layer] = list(shortcut or [])
 
     @property
     def buffers(self) -> MutableMapping[str, Array]:  # type: ignore[override]
