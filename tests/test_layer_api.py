@@ -574,3 +574,39 @@ def test_conv1d_layer_matches_torch_with_every_argument(activation: str, use_bia
     assert {k: config[k] for k in (*conv, "activation", "use_bias")} == dict(
         conv, activation=activation, use_bias=use_bias
     )
+
+
+def test_layer_descriptions_name_the_activation() -> None:
+    model = xc.Sequential(
+        [
+            L.Conv2D(4, 3, activation="relu"),
+            L.Conv2D(2, 1),
+            L.Flatten(),
+            L.Dense(3, activation="tanh"),
+            L.Dense(2),
+        ],
+        input_shape=(1, 5, 5),
+    )
+    assert [step.describe() for step in model.steps] == [
+        "Conv2D(4, 3x3, padding=0, relu)",
+        "Conv2D(2, 1x1, padding=0)",
+        "Flatten",
+        "Dense(3, tanh)",
+        "Dense(2)",
+    ]
+
+
+@pytest.mark.parametrize("x_shape, out", [((1, 1, 6, 3), (4, 1)), ((1, 1, 3, 6), (1, 4))])
+def test_fused_pool_larger_than_one_side_of_the_output_is_refused(x_shape, out) -> None:
+    message = f"pool_size: expected at most the convolution's output size {out}, got (2, 2)"
+    with pytest.raises(ValueError) as info:
+        F.conv_max_pool2d(np.ones(x_shape), np.ones((1, 1, 3, 3)), pool_size=2)
+    assert str(info.value) == message
+
+
+def test_fused_backward_needs_its_saved_state() -> None:
+    with pytest.raises(TypeError) as info:
+        F.conv_max_pool2d_backward_saved(np.ones(2), "saved")
+    assert str(info.value) == (
+        "saved: expected the ConvPoolSaved returned by conv_max_pool2d_forward, got str"
+    )

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import Case, torch_or_skip
 
+import xpconv as xc
 import xpconv.functional as F
 from xpconv import gradcheck
 
@@ -300,6 +301,7 @@ def _batch_innermost(a: np.ndarray) -> np.ndarray:
         ((12, 7), "F order"),
         ((12, 7), "C order"),
         ((4, 3, 10), "batch-innermost"),
+        ((64, 8, 20, 20), "batch-innermost"),  # several channels per block, several blocks
     ],
 )
 def test_numpy_batch_norm_kernels_match_portable(dtype, affine, shape, layout) -> None:
@@ -353,3 +355,46 @@ def test_numpy_batch_norm_kernels_match_portable(dtype, affine, shape, layout) -
         ref = PORTABLE.batch_norm_backward(np, other, saved.x_hat, saved.invstd, weight, training)
         for a, b in zip(got, ref):
             np.testing.assert_allclose(a, b, rtol=rtol * 10, atol=rtol * 10)
+
+
+_X, _C = np.ones((4, 3, 2, 2)), np.ones(3)
+_PER_CHANNEL = "expected shape (3,) (one value per channel of x, shape (4, 3, 2, 2)), got (4,)"
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, message",
+    [
+        (dict(running_var=None), ValueError, "running_mean, running_var: give both or neither"),
+        (dict(running_mean=None), ValueError, "running_mean, running_var: give both or neither"),
+        (dict(momentum=True), TypeError, "momentum: expected a real number, got True"),
+        (dict(momentum=1.5), ValueError, "momentum: expected a number in [0, 1], got 1.5"),
+        (dict(eps="a"), TypeError, "eps: expected a real number, got 'a'"),
+        (dict(eps=0.0), ValueError, "eps: expected a number in (0, inf), got 0.0"),
+        *[
+            (dict([(name, np.ones(4))]), ValueError, f"{name}: {_PER_CHANNEL}")
+            for name in ("weight", "bias", "running_mean", "running_var")
+        ],
+    ],
+)
+def test_batch_norm_errors_are_stated_whole(kwargs: dict, exc: type, message: str) -> None:
+    args = {"weight": _C, "bias": _C, "running_mean": _C * 0, "running_var": _C, **kwargs}
+    with pytest.raises(exc) as info:
+        F.batch_norm(_X, args.pop("weight"), args.pop("bias"), **args)
+    assert str(info.value) == message
+
+
+def test_batch_norm_layer_hyperparameters() -> None:
+    assert xc.layers.BatchNorm2D(momentum=1.0, eps=1e-3).get_config()["momentum"] == 1.0
+    for kwargs, exc, message in [
+        (dict(momentum=True), TypeError, "BatchNorm2D: momentum: expected a real number, got True"),
+        (dict(eps=True), TypeError, "BatchNorm2D: eps: expected a real number, got True"),
+        (dict(eps=0), ValueError, "BatchNorm2D: eps: expected a number in (0, inf), got 0.0"),
+        (
+            dict(momentum=-0.1),
+            ValueError,
+            "BatchNorm2D: momentum: expected a number in [0, 1], got -0.1",
+        ),
+    ]:
+        with pytest.raises(exc) as info:
+            xc.layers.BatchNorm2D(**kwargs)
+        assert str(info.value) == message

@@ -34,7 +34,7 @@ from .functional import (
     conv_pool_geometry,
     lift_1d_arg,
 )
-from .functional.checks import int_pair, positive_int
+from .functional.checks import check_number, int_pair, positive_int
 from .initializers import get_initializer, initializer_config
 
 Array = Any
@@ -766,13 +766,9 @@ class _BatchNorm(Layer):
 
     def __init__(self, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-            raise TypeError(f"{self.name}: momentum expected a float in [0, 1], got {momentum!r}")
-        if not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{self.name}: momentum expected a float in [0, 1], got {momentum}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"{self.name}: eps expected a positive float, got {eps!r}")
-        self.momentum, self.eps, self.affine = float(momentum), float(eps), bool(affine)
+        self.momentum = check_number(momentum, f"{self.name}: momentum", low=0.0, high=1.0)
+        self.eps = check_number(eps, f"{self.name}: eps", low=0.0, low_open=True)
+        self.affine = bool(affine)
 
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         if len(input_shape) not in self._ranks:

@@ -16,6 +16,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
+from .functional.checks import check_number
 from .layers import Parameter
 
 Array = Any
@@ -35,36 +36,6 @@ __all__ = [
     "optimizer_from_config",
     "schedule_from_config",
 ]
-
-
-def check_number(
-    value: Any,
-    name: str,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """``value`` as a finite float in the given range, else an error naming ``name``.
-
-    Python and NumPy real scalars (``np.float32(0.1)``) are accepted; ``bool`` is not.
-    ``low_open``/``high_open`` exclude the bound itself.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ValueError(f"{name}: expected a finite number, got {number}")
-    too_low = low is not None and (number <= low if low_open else number < low)
-    too_high = high is not None and (number >= high if high_open else number > high)
-    if too_low or too_high:
-        left = "(" if low_open else "["
-        right = ")" if high_open or high is None else "]"
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise ValueError(f"{name}: expected a number in {left}{lo}, {hi}{right}, got {number}")
-    return number
 
 
 def check_positive(value: Any, name: str) -> float:

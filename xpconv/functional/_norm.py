@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._kernels import kernels_for
-from .checks import check_float, check_rank, namespace
+from .checks import check_float, check_number, check_rank, namespace
 
 Array = Any
 
@@ -95,12 +95,8 @@ def _check_bn(
         raise ValueError("running_mean, running_var: give both or neither")
     if not training and running_mean is None:
         raise ValueError("running_mean: inference (training=False) needs the running statistics")
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
-        raise TypeError(f"momentum: expected a float in [0, 1], got {momentum!r}")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum: expected a float in [0, 1], got {momentum!r}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps: expected a positive float, got {eps!r}")
+    check_number(momentum, "momentum", low=0.0, high=1.0)
+    check_number(eps, "eps", low=0.0, low_open=True)
     if training:
         count = int(x.shape[0])
         for s in x.shape[2:]:

@@ -7,13 +7,15 @@ expected value and the actual one.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 from ..backend import namespace_of
 
 Array = Any
 
-__all__ = ["check_float", "check_rank", "int_pair", "namespace", "positive_int"]
+__all__ = ["check_float", "check_number", "check_rank", "int_pair", "namespace", "positive_int"]
 
 
 def namespace(**arrays: Array) -> Any:
@@ -67,3 +69,33 @@ def int_pair(value: Any, name: str, *, minimum: int) -> tuple[int, int]:
         what = "positive" if minimum == 1 else "non-negative"
         raise ValueError(f"{name}: expected {what} values, got {value!r}")
     return pair  # type: ignore[return-value]
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """``value`` as a finite float in the given range, else an error naming ``name``.
+
+    Python and NumPy real scalars (``np.float32(0.1)``) are accepted; ``bool`` is not.
+    ``low_open``/``high_open`` exclude the bound itself.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {number}")
+    too_low = low is not None and (number <= low if low_open else number < low)
+    too_high = high is not None and (number >= high if high_open else number > high)
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        right = ")" if high_open or high is None else "]"
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        raise ValueError(f"{name}: expected a number in {left}{lo}, {hi}{right}, got {number}")
+    return number
