@@ -610,3 +610,14 @@ def test_fused_backward_needs_its_saved_state() -> None:
     assert str(info.value) == (
         "saved: expected the ConvPoolSaved returned by conv_max_pool2d_forward, got str"
     )
+
+
+@pytest.mark.parametrize("cls", [L.MaxPool2D, L.AvgPool2D])
+def test_pool_layer_errors_name_the_layer_and_argument(cls) -> None:
+    kind = cls.__name__
+    with pytest.raises(ValueError) as info:
+        cls(0)
+    assert str(info.value).startswith(f"{kind}: kernel_size: ")
+    with pytest.raises(ValueError) as info:
+        cls(2, stride=0)
+    assert str(info.value).startswith(f"{kind}: stride: ")

@@ -8,6 +8,7 @@ without any numerical test noticing (see tests/mutation_survivors.md).
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 import threading
@@ -19,6 +20,7 @@ import pytest
 import xpconv as xc
 from xpconv import layers as L
 from xpconv.optimizers import SGD
+from xpconv.step import TrainStep
 from xpconv.trainer import History
 
 
@@ -479,3 +481,51 @@ def test_two_ranks_without_shuffling_show_one_bar(bars) -> None:
         assert all(0 < seconds < elapsed for seconds in trainer.history.seconds)
     for name, value in single.model.state_dict().items():
         np.testing.assert_allclose(ranks[0].model.state_dict()[name], value, rtol=1e-10)
+
+
+# ------------------------------------------------------------ smaller contracts
+
+
+def test_a_replaced_model_keeps_the_gradient_hook() -> None:
+    """A step built with a hook keeps it when the trainer's model is replaced."""
+    trainer = xc.Trainer(_model(), SGD(0.5), progress=False)
+    trainer.train_step = TrainStep(
+        trainer.model, trainer.optimizer, gradient_hook=lambda g: {k: v * 0 for k, v in g.items()}
+    )
+    trainer.model = _model(seed=5)
+    before = trainer.model.state_dict()
+    trainer.fit(*_data(20), batch_size=10)
+    assert trainer.train_step.model is trainer.model
+    for name, value in trainer.model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+
+
+def test_batch_logs_count_seconds_since_the_epoch_started() -> None:
+    seconds: list[float] = []
+    hook = xc.callbacks.LambdaCallback(on_batch_end=lambda _, logs: seconds.append(logs.seconds))
+    trainer = xc.Trainer(_model(), SGD(0.1), progress=False, callbacks=[hook])
+    started = time.perf_counter()
+    trainer.fit(*_data(40), batch_size=10)
+    elapsed = time.perf_counter() - started
+    assert len(seconds) == 4 and seconds == sorted(seconds)
+    assert 0 < seconds[0] and seconds[-1] < elapsed
+
+
+def test_arrays_of_another_backend_are_refused_by_name() -> None:
+    torch = pytest.importorskip("torch")
+    x, y = _data(20)
+    with pytest.raises(xc.backend.BackendError) as info:
+        xc.Trainer(_model(), SGD(0.1), progress=False).fit(torch.tensor(x), y, batch_size=10)
+    assert str(info.value) == (
+        "x: expected an array of backend 'numpy', got an array of backend 'torch' on device "
+        "cpu; move it with Backend.asarray"
+    )
+
+
+def test_outputs_that_are_not_class_scores_have_no_accuracy() -> None:
+    x, _ = _data(20)
+    model = xc.Sequential([L.Conv2D(2, 3)], input_shape=(1, 4, 4), seed=0, loss="mse")
+    targets = np.random.default_rng(0).normal(size=(20, 2, 2, 2)).astype(np.float32)
+    hist = xc.Trainer(model, SGD(0.1), progress=False).fit(x, targets, batch_size=10)
+    assert len(hist.accuracy) == 1 and math.isnan(hist.accuracy[0])
+    assert math.isfinite(hist.loss[0])

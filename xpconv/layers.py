@@ -167,10 +167,6 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
-def _as_pair(value: Any, name: str) -> tuple[int, int]:
-    return int_pair(value, name, minimum=0)
-
-
 class _ActivationMixin:
     """A fused activation after the layer's own op (``activation="tanh"``)."""
 
@@ -230,7 +226,7 @@ class Conv2D(_ActivationMixin, Layer):
     ) -> None:
         super().__init__()
         self.filters = positive_int(filters, f"{self.name}: filters")
-        self.kernel_size = _as_pair(kernel_size, f"{self.name}: kernel_size")
+        self.kernel_size = int_pair(kernel_size, f"{self.name}: kernel_size", minimum=1)
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups = positive_int(groups, f"{self.name}: groups")
         self.use_bias, self.init, self.in_channels = use_bias, init, in_channels
@@ -410,11 +406,13 @@ class _Pool2D(Layer):
         padding: int | tuple[int, int] = 0,
     ) -> None:
         super().__init__()
-        self.kernel_size = _as_pair(kernel_size, f"{self.name}: kernel_size")
+        self.kernel_size = int_pair(kernel_size, f"{self.name}: kernel_size", minimum=1)
         self.stride = (
-            self.kernel_size if stride is None else _as_pair(stride, f"{self.name}: stride")
+            self.kernel_size
+            if stride is None
+            else int_pair(stride, f"{self.name}: stride", minimum=1)
         )
-        self.padding = _as_pair(padding, f"{self.name}: padding")
+        self.padding = int_pair(padding, f"{self.name}: padding", minimum=0)
 
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         if len(input_shape) != 3:
