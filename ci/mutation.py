@@ -88,10 +88,19 @@ def command_run(args: argparse.Namespace) -> int:
     # mutmut runs the tests from mutants/, one folder deeper than the test data expects.
     env.setdefault("XPCONV_TEST_DATA", str(Path("..", "shared", "data").resolve()))
     children = ["--max-children", str(args.max_children)]
-    if not read_meta():
-        subprocess.run(["mutmut", "run", *children, SEED_MODULE], env=env, check=True)
-    names = list(chosen_codes(args))
-    print(f"checking {len(names)} sampled mutants", flush=True)
+    codes = read_meta()
+    # One small mutmut run first: it makes the mutants (or remakes those of changed
+    # functions) and collects the statistics of new tests, so the sample is drawn
+    # from the mutants of the current code.
+    first = next((n for n, c in sorted(codes.items()) if c in KILLED), SEED_MODULE)
+    subprocess.run(["mutmut", "run", *children, first], env=env, check=True)
+    # mutmut checks every mutant it is named again; killed ones stay killed (a changed
+    # function's mutants are reset by mutmut itself), so name only the others.
+    names = [name for name, code in chosen_codes(args).items() if code not in KILLED]
+    if not names:
+        print("every sampled mutant is killed")
+        return 0
+    print(f"checking {len(names)} sampled mutants not killed yet", flush=True)
     return subprocess.run(["mutmut", "run", *children, *names], env=env).returncode
 
 

@@ -233,3 +233,15 @@ def test_numpy_tanh_backward_of_two_dtypes_is_the_portable_one(rng: np.random.Ge
     want = PORTABLE.tanh_backward(np, grad, t)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
+
+
+def test_an_explicit_choice_overrides_the_context() -> None:
+    from xpconv.functional import use_portable
+
+    assert kernels_for(np, portable=True).name == "portable"
+    assert kernels_for(np).name == "numpy"
+    with use_portable():
+        assert kernels_for(np).name == "portable"
+        assert kernels_for(np, portable=False).name == "numpy"
+    with use_portable(False):
+        assert kernels_for(np).name == "numpy"

@@ -49,10 +49,6 @@ class BatchNormSaved:
     training: bool  # batch statistics (True) or running statistics (False)
 
 
-def _axes(x: Array) -> tuple[int, ...]:
-    return (0, *range(2, x.ndim))
-
-
 def _per_channel(xp: Any, v: Array, ndim: int) -> Array:
     """(C,) -> (1, C, 1, ...) to broadcast against an input of rank ``ndim``."""
     return xp.reshape(v, (1, -1) + (1,) * (ndim - 2))
