@@ -621,3 +621,66 @@ def test_pool_layer_errors_name_the_layer_and_argument(cls) -> None:
     with pytest.raises(ValueError) as info:
         cls(2, stride=0)
     assert str(info.value).startswith(f"{kind}: stride: ")
+
+
+def test_block_descriptions_and_summary_rows_name_the_inner_layers() -> None:
+    assert L.Residual([L.ReLU()]).describe() == "Residual(1 layers, shortcut identity)"
+    short = L.Residual([L.ReLU()], shortcut=[L.Conv2D(2, 1)])
+    assert short.describe() == "Residual(1 layers, shortcut 1 layer(s))"
+    assert [L.MaxPool2D(2).describe(), L.AvgPool2D(3).describe()] == [
+        "MaxPool2D(2x2)",
+        "AvgPool2D(3x3)",
+    ]
+    fused = L.ConvMaxPool(L.Conv2D(2, 3), L.MaxPool2D(2))
+    model = xc.Sequential([fused, L.Flatten(), L.Dense(2)], input_shape=(1, 6, 6))
+    assert (fused.conv.name, fused.pool.name) == ("conv", "pool")
+    lines = model.summary().splitlines()
+    for row in (
+        "  convmaxpool_0.conv: Conv2D(2, 3x3, padding=0) ",
+        "  convmaxpool_0.pool: MaxPool2D(2x2) ",
+    ):
+        assert any(line.startswith(row) for line in lines), row
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: F.conv2d(np.ones((2, 3, 5, 5)), np.ones((4, 3, 3))),
+            "weight: expected a 4-D array (O, C // groups, KH, KW), got 3-D of shape (4, 3, 3)",
+        ),
+        (
+            lambda: F.conv2d(np.ones((2, 3, 5)), np.ones((4, 3, 3, 3))),
+            "x: expected a 4-D array (N, C, H, W), got 3-D of shape (2, 3, 5)",
+        ),
+        (
+            lambda: F.conv1d_backward(np.ones((2, 4)), np.ones((2, 3, 8)), np.ones((4, 3, 3))),
+            "grad_out: expected a 3-D array (N, O, OL), got 2-D of shape (2, 4)",
+        ),
+        (
+            lambda: F.max_pool2d(np.ones((2, 3, 5)), 2),
+            "x: expected a 4-D array (N, C, H, W), got 3-D of shape (2, 3, 5)",
+        ),
+        (
+            lambda: F.avg_pool2d(np.ones((2, 3, 5)), 2),
+            "x: expected a 4-D array (N, C, H, W), got 3-D of shape (2, 3, 5)",
+        ),
+        (
+            lambda: F.global_avg_pool2d(np.ones((2, 3, 5))),
+            "x: expected a 4-D array (N, C, H, W), got 3-D of shape (2, 3, 5)",
+        ),
+    ],
+)
+def test_rank_errors_state_the_layout(call, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_pool_backward_from_saved_state_names_the_dtypes() -> None:
+    out, saved = F.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2)
+    with pytest.raises(TypeError) as info:
+        F.max_pool2d_backward_saved(np.ones(out.shape, dtype=np.float32), saved)
+    assert str(info.value) == (
+        "grad_out: expected dtype float64 (the dtype of out), got float32; cast both to one dtype"
+    )
