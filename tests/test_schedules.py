@@ -334,3 +334,40 @@ def test_schedule_errors_name_the_schedule(make, message: str) -> None:
     with pytest.raises(ValueError) as info:
         make()
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "make, exc, message",
+    [
+        (
+            lambda: AdamW(0.1, weight_decay=-1.0),
+            ValueError,
+            "weight_decay: expected a number in [0, inf), got -1.0",
+        ),
+        (
+            lambda: AdamW(0.1, exclude=[1]),
+            ValueError,
+            "exclude: expected 'none', 'bias_and_norm' or a list of name patterns, got [1]",
+        ),
+        (lambda: Constant(-1), ValueError, "lr: expected a number in (0, inf), got -1.0"),
+        (
+            lambda: StepDecay(0.1, True),
+            ValueError,
+            "StepDecay: step_size expected a positive int, got True",
+        ),
+        (
+            lambda: CosineDecay(0.1, steps=0),
+            ValueError,
+            "CosineDecay: steps expected a positive int or None, got 0",
+        ),
+    ],
+)
+def test_optimizer_errors_are_stated_whole(make, exc: type, message: str) -> None:
+    with pytest.raises(exc) as info:
+        make()
+    assert str(info.value) == message
+
+
+def test_a_one_step_cosine_period_and_name_patterns_are_accepted() -> None:
+    assert CosineDecay(0.1, steps=1).get_config()["steps"] == 1
+    assert AdamW(0.1, exclude=("bias",)).get_config()["exclude"] == ["bias"]

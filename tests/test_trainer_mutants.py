@@ -19,7 +19,7 @@ import pytest
 
 import xpconv as xc
 from xpconv import layers as L
-from xpconv.optimizers import SGD
+from xpconv.optimizers import SGD, Adam
 from xpconv.step import TrainStep
 from xpconv.trainer import History
 
@@ -529,3 +529,29 @@ def test_outputs_that_are_not_class_scores_have_no_accuracy() -> None:
     hist = xc.Trainer(model, SGD(0.1), progress=False).fit(x, targets, batch_size=10)
     assert len(hist.accuracy) == 1 and math.isnan(hist.accuracy[0])
     assert math.isfinite(hist.loss[0])
+
+
+@pytest.mark.parametrize("optimizer", [Adam(0.01), SGD(0.1, momentum=0.9)], ids=["Adam", "SGD"])
+def test_a_training_file_with_another_optimizer_state_is_refused(tmp_path, optimizer) -> None:
+    """Each optimizer names its state slots; a file holding another slot (the state of
+    another optimizer) is refused by name, before anything is loaded."""
+    from xpconv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    trainer = xc.Trainer(_model(), optimizer, progress=False)
+    trainer.fit(*_data(20), batch_size=10)
+    path = tmp_path / "training.npz"
+    xc.save_training(trainer, path)
+    arrays, metadata = load_checkpoint(path)
+    key = next(k for k in arrays if k.startswith("trainer/optimizer/dense_0.bias/"))
+    arrays["trainer/optimizer/dense_0.bias/other"] = arrays.pop(key)
+    save_checkpoint(path, arrays, metadata)
+    kind, slots = type(optimizer).__name__, re.escape(str(sorted(optimizer.state_slots)))
+    with pytest.raises(CheckpointError, match=rf"unexpected state 'other' for {kind} .*{slots}"):
+        xc.load_training(path, progress=False)
+
+
+def test_feature_rows_train_a_dense_model() -> None:
+    x, y = _data(20)
+    model = xc.Sequential([L.Dense(3)], input_shape=(16,), seed=0)
+    hist = xc.Trainer(model, SGD(0.1), progress=False).fit(x.reshape(20, 16), y, batch_size=10)
+    assert len(hist.loss) == 1 and math.isfinite(hist.loss[0])
