@@ -15,6 +15,7 @@ import xpconv.functional as F
 from xpconv.backend import BackendError, get_backend
 from xpconv.functional import _numpy_kernels, _pool
 from xpconv.functional._kernels import PORTABLE, kernels_for
+from xpconv.functional.targets import check_targets
 
 # ---------------------------------------------------------------------- utilities
 
@@ -1064,3 +1065,73 @@ def test_every_array_argument_must_share_the_device(op: str, arg: str) -> None:
     elsewhere = strict.asarray(arrays[arg], device=strict.Device("device1"))
     with pytest.raises(BackendError, match=rf"\b{arg} is "):
         fn(**{**here, arg: elsewhere})
+
+
+# ------------------------------------------------------------ losses and targets, whole
+
+_LOGITS = np.array([[1.0, 2.0, 0.5], [0.1, 0.2, 0.3]])
+
+
+@pytest.mark.parametrize(
+    "call, exc, message",
+    [
+        (
+            lambda: F.softmax_cross_entropy(np.ones(3), np.array([0])),
+            ValueError,
+            "logits: expected a 2-D array (N, K), got 1-D of shape (3,)",
+        ),
+        (
+            lambda: F.softmax_cross_entropy_forward(_LOGITS, np.array([0, 3])),
+            ValueError,
+            "labels: expected class indices in [0, 3) for 3 classes, got min 0 and max 3",
+        ),
+        (
+            lambda: F.softmax_cross_entropy_backward_saved("x"),
+            TypeError,
+            "saved: expected the CrossEntropySaved returned by softmax_cross_entropy_forward, "
+            "got str",
+        ),
+        (
+            lambda: F.pool_geometry((2, 3, 4, 0), 2),
+            ValueError,
+            "x: expected a non-empty array, got shape (2, 3, 4, 0)",
+        ),
+        (
+            lambda: check_targets(np, np.array([0, 5]), 2, (3,)),
+            ValueError,
+            "labels: expected class indices in [0, 3) for 3 classes, got min 0 and max 5",
+        ),
+        (
+            lambda: check_targets(np, np.ones((2, 4, 2)), 2, (3, 2)),
+            ValueError,
+            "labels: expected rows of shape (3, 2) of the outputs (N, 3, 2), "
+            "got labels of shape (2, 4, 2)",
+        ),
+    ],
+)
+def test_loss_and_target_errors_are_stated_whole(call, exc: type, message: str) -> None:
+    with pytest.raises(exc) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_one_class_and_unchecked_ranges_are_allowed() -> None:
+    assert float(F.softmax_cross_entropy(np.ones((2, 1)), np.array([0, 0]))) == 0.0
+    loss, _ = F.softmax_cross_entropy_forward(_LOGITS, np.array([0, 3]), check_range=False)
+    assert np.isfinite(float(loss))  # no check, no error: the caller vouched for the range
+    assert check_targets(np, np.array([0, 5]), 2, (3,), check_range=False) is not None
+
+
+@pytest.mark.parametrize("labels", [np.array([0, 2]), np.array([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]])])
+def test_cross_entropy_gradient_scales_by_a_0d_grad_of_another_dtype(labels) -> None:
+    """A float32 0-d ``grad`` scales a float64 gradient and keeps float64; the saved
+    backward agrees with the direct one, for class indices and for probability rows."""
+    probs = np.exp(_LOGITS) / np.exp(_LOGITS).sum(axis=1, keepdims=True)
+    onehot = np.eye(3)[labels] if labels.ndim == 1 else labels
+    want = 2.0 * (probs - onehot) / 2
+    grad = np.asarray(2.0, dtype=np.float32)
+    direct = F.softmax_cross_entropy_backward(_LOGITS, labels, grad)
+    _, saved = F.softmax_cross_entropy_forward(_LOGITS, labels)
+    for got in (direct, F.softmax_cross_entropy_backward_saved(saved, grad)):
+        assert got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12)

@@ -684,3 +684,12 @@ def test_pool_backward_from_saved_state_names_the_dtypes() -> None:
     assert str(info.value) == (
         "grad_out: expected dtype float64 (the dtype of out), got float32; cast both to one dtype"
     )
+
+
+def test_unknown_layers_and_bad_shortcuts_are_refused_whole() -> None:
+    with pytest.raises(ValueError) as info:
+        layer_from_config("Nope", {})
+    assert str(info.value) == f"layer: expected one of {sorted(LAYERS)}, got 'Nope'"
+    with pytest.raises(TypeError) as info:
+        L.Residual([L.ReLU()], shortcut=[1])
+    assert str(info.value) == "Residual: shortcut expected a list of Layer or None, got [1]"

@@ -108,7 +108,7 @@ def cross_entropy_from_log_softmax(xp: Any, log_probs: Array, targets: Array) ->
 
 
 def cross_entropy_gradient(
-    xp: Any, probs: Array, targets: Array, indices: bool, scale: Any = 1.0
+    xp: Any, probs: Array, targets: Array, indices: bool, scale: Any
 ) -> Array:
     """Unchecked: the logits' gradient from ``probs = softmax(logits)`` (N, K)."""
     if not indices:  # rows that do not sum to one (soft labels) weight the softmax
