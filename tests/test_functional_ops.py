@@ -1072,6 +1072,34 @@ def test_every_array_argument_must_share_the_device(op: str, arg: str) -> None:
 _LOGITS = np.array([[1.0, 2.0, 0.5], [0.1, 0.2, 0.3]])
 
 
+_FLOAT_TARGETS = "(integer class indices need an integer dtype)"
+TARGET_ERRORS = [
+    (
+        (np.ones(2), (3,)),
+        "labels: expected floating targets as a 2-D array (N, K) of class probabilities "
+        f"{_FLOAT_TARGETS}, got 1-D of shape (2,)",
+    ),
+    (
+        (np.ones(2), (3, 2)),
+        "labels: expected floating targets as a 3-D array (N, *(3, 2)) "
+        f"{_FLOAT_TARGETS}, got 1-D of shape (2,)",
+    ),
+    (
+        (np.array([0, 1]), (3, 2)),
+        "labels: integer class indices need outputs (N, K), but the outputs are (N, 3, 2); "
+        "give floating targets of that shape",
+    ),
+]
+
+
+@pytest.mark.parametrize("args, message", TARGET_ERRORS)
+def test_target_shape_errors_are_stated_whole(args, message: str) -> None:
+    labels, out = args
+    with pytest.raises(ValueError) as info:
+        check_targets(np, labels, 2, out)
+    assert str(info.value) == message
+
+
 @pytest.mark.parametrize(
     "call, exc, message",
     [

@@ -658,6 +658,10 @@ def test_block_descriptions_and_summary_rows_name_the_inner_layers() -> None:
             "grad_out: expected a 3-D array (N, O, OL), got 2-D of shape (2, 4)",
         ),
         (
+            lambda: F.linear(np.ones((2, 3)), np.ones(3)),
+            "weight: expected a 2-D array (OUT, IN), got 1-D of shape (3,)",
+        ),
+        (
             lambda: F.max_pool2d(np.ones((2, 3, 5)), 2),
             "x: expected a 4-D array (N, C, H, W), got 3-D of shape (2, 3, 5)",
         ),
@@ -693,3 +697,26 @@ def test_unknown_layers_and_bad_shortcuts_are_refused_whole() -> None:
     with pytest.raises(TypeError) as info:
         L.Residual([L.ReLU()], shortcut=[1])
     assert str(info.value) == "Residual: shortcut expected a list of Layer or None, got [1]"
+
+
+def test_layer_build_errors_are_stated_whole() -> None:
+    for layers, shape, message in [
+        ([L.Conv2D(4, 3)], (3, 5), "conv2d_0: expected input (C, H, W), got (3, 5)"),
+        (
+            [L.Dense(4)],
+            (3, 5),
+            "dense_0: expected flat input (features,), got (3, 5); put a Flatten() layer before it",
+        ),
+    ]:
+        with pytest.raises(ValueError) as info:
+            xc.Sequential(layers, input_shape=shape)
+        assert str(info.value) == message
+    with pytest.raises(ValueError) as info:
+        L.Conv2D(4, 3, groups=0)
+    assert str(info.value) == "Conv2D: groups: expected a positive int, got 0"
+
+
+def test_conv1d_passes_init_and_channels_on() -> None:
+    config = L.Conv1D(4, 3, init="he_normal", in_channels=6).get_config()
+    assert (config["init"], config["in_channels"]) == ("he_normal", 6)
+    assert L.Parameter(np.ones(2), "w").name == "w"
