@@ -1163,3 +1163,53 @@ def test_cross_entropy_gradient_scales_by_a_0d_grad_of_another_dtype(labels) -> 
     for got in (direct, F.softmax_cross_entropy_backward_saved(saved, grad)):
         assert got.dtype == np.float64
         np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda: F.relu_backward(np.ones((3, 2)), np.ones((2, 3))),
+            "grad_out: expected the shape of x (2, 3), got (3, 2)",
+        ),
+        (
+            lambda: F.tanh_backward(np.ones((2, 3)), np.ones((2, 3)), out=np.ones((3, 2))),
+            "out: expected the shape of x (2, 3), got (3, 2)",
+        ),
+        (
+            lambda: F.batch_norm(np.ones((4, 3, 2, 2)), np.ones(3), np.ones(3), training=False),
+            "running_mean: inference (training=False) needs the running statistics",
+        ),
+        (
+            lambda: F.add(np.ones((2, 3)), np.ones((3, 2))),
+            "b: expected the shape of a, (2, 3), got (3, 2) (a residual branch and its shortcut "
+            "must have the same output shape)",
+        ),
+        (
+            lambda: F.conv2d(np.ones((2, 3, 5, 5)), np.ones((4, 3, 3, 3)), dilation=0),
+            "dilation: expected positive values, got 0",
+        ),
+        (
+            lambda: F.conv2d(np.ones((0, 3, 5, 5)), np.ones((4, 3, 3, 3))),
+            "x, weight: expected non-empty arrays, got x of shape (0, 3, 5, 5) and weight of "
+            "shape (4, 3, 3, 3)",
+        ),
+    ],
+)
+def test_shape_errors_are_stated_whole(call, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message
+
+
+def test_saved_backwards_check_the_device_of_grad() -> None:
+    strict = pytest.importorskip("array_api_strict")
+    other = strict.Device("device1")
+    x = strict.asarray(np.random.default_rng(0).normal(size=(4, 3, 2, 2)))
+    _, _, _, saved = F.batch_norm_forward(x, None, None)
+    with pytest.raises(BackendError, match=r"grad_out is .* but x_hat is "):
+        F.batch_norm_backward_saved(strict.asarray(np.ones((4, 3, 2, 2)), device=other), saved)
+    logits = strict.asarray(_LOGITS)
+    _, saved = F.softmax_cross_entropy_forward(logits, strict.asarray(np.array([0, 1])))
+    with pytest.raises(BackendError, match=r"logits is .* but grad is "):
+        F.softmax_cross_entropy_backward_saved(saved, strict.asarray(2.0, device=other))
