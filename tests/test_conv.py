@@ -449,6 +449,11 @@ def test_conv1d_layer_errors_name_the_layer() -> None:
         xpconv.Sequential([xpconv.layers.Conv1D(4, 3, dilation=0)], input_shape=(3, 8))
     with pytest.raises(TypeError, match=r"^dilation: expected an int, got 1.5$"):
         xpconv.layers.Conv1D(4, 3, dilation=1.5)
+    with pytest.raises(ValueError) as info:  # stated in the layer's 1-D stride
+        xpconv.Sequential(
+            [xpconv.layers.Conv1D(4, 3, stride=2, padding="same")], input_shape=(3, 8)
+        )
+    assert str(info.value) == "conv1d_0: padding: 'same' needs stride 1, got stride 2"
 
 
 def test_mixed_backends_name_both_arguments() -> None:
