@@ -555,3 +555,19 @@ def test_feature_rows_train_a_dense_model() -> None:
     model = xc.Sequential([L.Dense(3)], input_shape=(16,), seed=0)
     hist = xc.Trainer(model, SGD(0.1), progress=False).fit(x.reshape(20, 16), y, batch_size=10)
     assert len(hist.loss) == 1 and math.isfinite(hist.loss[0])
+
+
+def test_two_ranks_show_the_running_loss_every_log_interval(bars) -> None:
+    """Rank 0's bar shows the running loss after every ``log_every``-th step and the
+    last: steps 3 and 4 of 4 at ``log_every=3``."""
+    x, y = _data(40)
+    x = x.astype(np.float64)
+    kwargs = dict(x=x, y=y, epochs=1, batch_size=10, shuffle=False)
+    (single,) = _fit_threads(_ranks(1), [kwargs])
+    ranks = _ranks(2)
+    for trainer in ranks:
+        trainer.progress, trainer.log_every = True, 3
+    _fit_threads(ranks, [kwargs, kwargs])
+    (bar,) = bars
+    running = np.cumsum(single.history.step_losses[0]) / np.arange(1, 5)
+    assert [p["loss"] for p in bar.postfixes] == [f"{running[i]:.4f}" for i in (2, 3)]
