@@ -13,6 +13,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -274,8 +275,12 @@ def test_state_moved_with_the_model_is_announced_once_with_its_count() -> None:
     )
     with pytest.warns(UserWarning, match=message) as record:
         trainer.fit(x, y, epochs=2, batch_size=10)
-    assert len([w for w in record if "optimizer: moved" in str(w.message)]) == 1
+    moved = [w for w in record if "optimizer: moved" in str(w.message)]
+    assert len(moved) == 1 and moved[0].filename == __file__  # points at the fit call
     assert len(trainer.history.epoch) == 2
+    with warnings.catch_warnings():  # moved once: the next fit has nothing to move
+        warnings.filterwarnings("error", message="optimizer: moved")
+        trainer.fit(x, y, epochs=1, batch_size=10)
 
 
 # ------------------------------------------------------------------ data parallel
