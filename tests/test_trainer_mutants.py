@@ -578,3 +578,15 @@ def test_two_ranks_show_the_running_loss_every_log_interval(bars) -> None:
     (bar,) = bars
     running = np.cumsum(single.history.step_losses[0]) / np.arange(1, 5)
     assert [p["loss"] for p in bar.postfixes] == [f"{running[i]:.4f}" for i in (2, 3)]
+
+
+def test_a_rank_without_validation_rows_adds_nothing() -> None:
+    """One validation example for two ranks: rank 1 has none and still takes part."""
+    x, y = _data(20)
+    x = x.astype(np.float64)
+    xv, yv = _data(1, seed=4)
+    kwargs = dict(x=x, y=y, epochs=1, batch_size=10, validation_data=(xv.astype(np.float64), yv))
+    (single,) = _fit_threads(_ranks(1), [kwargs])
+    for trainer in _fit_threads(_ranks(2), [kwargs, kwargs]):
+        np.testing.assert_allclose(trainer.history.val_loss, single.history.val_loss, rtol=1e-10)
+        assert trainer.history.val_accuracy == single.history.val_accuracy
