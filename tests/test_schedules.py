@@ -10,7 +10,6 @@ from conftest import Case, torch_or_skip
 import xpconv as xc
 from xpconv.layers import Parameter
 from xpconv.optimizers import (
-    SGD,
     Adam,
     AdamW,
     Constant,
@@ -269,27 +268,8 @@ def test_adamw_decays_its_rate_like_adam() -> None:
 
 
 #: (class, required arguments, documented defaults): torch.optim's where it has the same
+#: (SGD's and Adam's: test_optimizer_decay.py::test_defaults_and_config_round_trip).
 DOCUMENTED_DEFAULTS = [
-    (
-        SGD,
-        (),
-        dict(
-            lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, final_lr=None, decay="linear"
-        ),
-    ),
-    (
-        Adam,
-        (),
-        dict(
-            lr=1e-3,
-            beta1=0.9,
-            beta2=0.999,
-            eps=1e-8,
-            weight_decay=0.0,
-            final_lr=None,
-            decay="linear",
-        ),
-    ),
     (
         AdamW,
         (),
