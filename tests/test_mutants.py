@@ -61,7 +61,7 @@ MUTANTS = [
     ),
     (
         "rate-check-accepts-zero",
-        "optimizers.py",
+        "functional/checks.py",
         "(number <= low if low_open else number < low)",
         "(number < low if low_open else number < low)",
         "test_optimizer_decay.py::test_exponential_decay_needs_positive_rates",
