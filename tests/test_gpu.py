@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,21 @@ def random_geometries(rng: np.random.Generator, count: int) -> list[ConvGeometry
     return out
 
 
+def pooled(geometries: list[ConvGeometry], rng: np.random.Generator) -> list[ConvGeometry]:
+    """The same convolutions with pool-ordered columns for a tiled KP x KQ max pool that
+    fits their output (sizes that leave a remainder included)."""
+    out = []
+    for geom in geometries:
+        kp, kq = (int(rng.integers(1, size + 1)) for size in geom.out)
+        if (kp, kq) != (1, 1):
+            out.append(replace(geom, pool=(kp, kq)))
+    return out
+
+
 GEOMETRIES = random_geometries(np.random.default_rng(20261125), 40)
+POOLED = pooled(GEOMETRIES, np.random.default_rng(20261202))
+#: Every column order: plain, then pool-ordered.
+ALL_GEOMETRIES = GEOMETRIES + POOLED
 LAYOUTS = ("nchw", "batch-innermost", "reversed", "sliced")
 
 
@@ -99,7 +114,7 @@ def portable(xp_name: str = "numpy") -> Any:
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_reference_im2col_matches_portable(layout: str, rng: np.random.Generator) -> None:
     xp = portable()
-    for geom in GEOMETRIES:
+    for geom in ALL_GEOMETRIES:
         x = laid_out(rng.standard_normal((geom.batch, geom.in_channels, *geom.in_size)), layout)
         expected = np.asarray(_im2col.im2col(xp, x, geom))
         got = ck.reference_im2col(x, geom)
@@ -109,9 +124,8 @@ def test_reference_im2col_matches_portable(layout: str, rng: np.random.Generator
 
 def test_reference_col2im_matches_portable(rng: np.random.Generator) -> None:
     xp = portable()
-    for geom in GEOMETRIES:
-        rows, ncol = geom.in_channels * geom.taps, geom.out[0] * geom.out[1] * geom.batch
-        cols = rng.standard_normal((rows, ncol))
+    for geom in ALL_GEOMETRIES:
+        cols = rng.standard_normal((geom.in_channels * geom.taps, geom.columns))
         expected = np.asarray(_im2col.col2im(xp, cols, geom))
         got = ck.reference_col2im(cols, geom)
         assert got.shape == expected.shape == (geom.batch, geom.in_channels, *geom.in_size)
@@ -121,19 +135,29 @@ def test_reference_col2im_matches_portable(rng: np.random.Generator) -> None:
 
 
 def test_kernel_formulas_follow_the_column_contract() -> None:
-    """Columns (oh, ow, n) as ``_im2col`` documents; rows (c, ki, kj)."""
+    """Columns (oh, ow, n), or (pi, pj, ph, pw, n) pool-ordered, as ``_im2col``
+    documents; rows (c, ki, kj)."""
     assert ck.COLUMN_ORDER == ("oh", "ow", "n")
     assert "OH * OW * N" in _im2col.__doc__
+    assert ck.POOLED_COLUMN_ORDER == ("pi", "pj", "ph", "pw", "n")
+    assert "(pi, pj, ph, pw, n)" in _im2col.__doc__
     assert ck.OUTPUT_ORDER == ("c", "h", "w", "n")
+    plain, pool = random_geometries(np.random.default_rng(3), 1)[0], POOLED[0]
+    assert ck.column_formulas(plain) is ck.PLAIN_COLUMNS
+    assert ck.column_formulas(pool) is ck.POOLED_COLUMNS
 
 
-def test_cuda_source_is_built_from_the_tested_formulas() -> None:
-    for name, expr in ck.IM2COL_STEPS:
-        assert f"const I {name} = {expr};" in ck.IM2COL_SOURCE
-    assert ck.IM2COL_VALID in ck.IM2COL_SOURCE
-    for name, expr in ck.COL2IM_PIXEL + ck.COL2IM_ROW_TAP + ck.COL2IM_COL_TAP:
-        assert f"const I {name} = {expr};" in ck.COL2IM_SOURCE
-    assert ck.COL2IM_HIT in ck.COL2IM_SOURCE and ck.COL2IM_SRC in ck.COL2IM_SOURCE
+@pytest.mark.parametrize("formulas", [ck.PLAIN_COLUMNS, ck.POOLED_COLUMNS], ids=lambda f: f.name)
+def test_cuda_source_is_built_from_the_tested_formulas(formulas: ck.ColumnFormulas) -> None:
+    for name, expr in formulas.im2col_steps:
+        assert f"const I {name} = {expr};" in formulas.im2col_source
+    assert formulas.im2col_valid in formulas.im2col_source
+    for name, expr in formulas.col2im_pixel + formulas.row_tap + formulas.col_tap:
+        assert f"const I {name} = {expr};" in formulas.col2im_source
+    assert formulas.hit in formulas.col2im_source and formulas.src in formulas.col2im_source
+    suffix = "" if formulas is ck.PLAIN_COLUMNS else "_pooled"
+    assert ck.KERNELS[f"im2col{suffix}"][3] == formulas.im2col_source
+    assert ck.KERNELS[f"col2im{suffix}"][3] == formulas.col2im_source
     for macro in ck.PY_HELPERS:
         assert f"#define {macro}(" in ck.PREAMBLE
 
@@ -347,22 +371,23 @@ def test_kernel_source_compiled_for_the_host_matches_portable(
     host_kernels: ctypes.CDLL, index: str, dtype: str, rng: np.random.Generator
 ) -> None:
     xp = portable()
-    for k, geom in enumerate(GEOMETRIES):
+    for k, geom in enumerate(ALL_GEOMETRIES):
+        suffix = "" if geom.pool == (1, 1) else "_pooled"
         x = rng.standard_normal((geom.batch, geom.in_channels, *geom.in_size)).astype(dtype)
         x = laid_out(x, LAYOUTS[k % len(LAYOUTS)])
         memory, strides = ck.dense_memory(x, np.ascontiguousarray)
         values = ck.im2col_arguments(geom, strides)
-        cols = np.empty((geom.in_channels * geom.taps, values["NCOL"]), dtype=dtype)
-        args = [values[p] for p in ck.IM2COL_PARAMS]
-        _call(host_kernels, f"im2col_{index}_{dtype}", [memory], [cols], args)
+        cols = np.empty((geom.in_channels * geom.taps, geom.columns), dtype=dtype)
+        args = [values[p] for p in ck.KERNELS[f"im2col{suffix}"][1]]
+        _call(host_kernels, f"im2col{suffix}_{index}_{dtype}", [memory], [cols], args)
         np.testing.assert_array_equal(cols, np.asarray(_im2col.im2col(xp, x, geom)), str(geom))
 
         grad = rng.standard_normal(cols.shape).astype(dtype)
         memory, strides = ck.dense_memory(grad, np.ascontiguousarray)
         values = ck.col2im_arguments(geom, strides)
         buf = np.empty(ck.output_shape(geom), dtype=dtype)
-        args = [values[p] for p in ck.COL2IM_PARAMS]
-        _call(host_kernels, f"col2im_{index}_{dtype}", [memory], [buf], args)
+        args = [values[p] for p in ck.KERNELS[f"col2im{suffix}"][1]]
+        _call(host_kernels, f"col2im{suffix}_{index}_{dtype}", [memory], [buf], args)
         got = buf.transpose(ck.output_permutation())
         expected = np.asarray(_im2col.col2im(xp, grad, geom))
         tol = 1e-12 if dtype == "float64" else 1e-5
@@ -505,7 +530,7 @@ def test_cupy_kernels_match_portable(
         monkeypatch.setattr(ck, "_INT32_LIMIT", 0)
     xp = cupy_backend.xp
     tol = 1e-12 if dtype == "float64" else 1e-5
-    for k, geom in enumerate(GEOMETRIES):
+    for k, geom in enumerate(ALL_GEOMETRIES):
         import cupy
 
         host = rng.standard_normal((geom.batch, geom.in_channels, *geom.in_size)).astype(dtype)
@@ -588,18 +613,21 @@ def test_cupy_fused_conv_pool_runs_the_pool_kernels(
     cupy_backend: xb.Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Conv2D + ReLU + MaxPool2D model's forward and backward on CuPy call the CUDA
-    pool kernels (no portable fallback) and give the portable path's results."""
+    kernels of pool-ordered im2col/col2im and of the pool (no portable fallback) and
+    give the portable path's results."""
     import cupy
 
     from xpconv.functional import _pool
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the fused step fell back to the portable pool")
+        raise AssertionError("the fused step fell back to a portable kernel")
 
     x = np.random.default_rng(7).standard_normal((5, 2, 8, 8))
     with monkeypatch.context() as patched:
-        patched.setattr(_pool, "max_pool_blocks", refuse)
-        patched.setattr(_pool, "max_pool_blocks_backward", refuse)
+        for module, name in [(_pool, "max_pool_blocks"), (_pool, "max_pool_blocks_backward")]:
+            patched.setattr(module, name, refuse)
+        for name in ("im2col", "col2im"):
+            patched.setattr(_im2col, name, refuse)
         fast = fused_conv_pool_pass("cupy", x)
     with use_portable():
         slow = fused_conv_pool_pass("cupy", x)

@@ -4,8 +4,9 @@ The portable path pads the input, takes KH x KW strided slices and stacks them (
 and accumulates KH x KW slices into a zeroed buffer (col2im): several full passes over
 memory and as many temporaries. Here each is a single ``cupy.ElementwiseKernel``:
 
-- **im2col**: one thread per element of the column matrix (C * KH * KW, OH * OW * N).
-  It works out its row (c, ki, kj) and column (oh, ow, n), the input pixel under that
+- **im2col**: one thread per element of the column matrix (C * KH * KW, OH * OW * N),
+  or of the pool-ordered one that a fused max pool reads (columns (pi, pj, ph, pw, n),
+  see ``_im2col``). It works out its row (c, ki, kj) and column, the input pixel under that
   kernel tap, and copies it, or writes 0 where the tap falls in the padding. Padding
   is never materialised, and the input is read through its strides, so a permuted
   view (the batch-innermost outputs of the previous layer) is not copied first.
@@ -13,7 +14,7 @@ memory and as many temporaries. Here each is a single ``cupy.ElementwiseKernel``
   have read that pixel and sums the matching column entries: a gather, so no atomics
   and no zero-filled accumulator, and the sum runs tap by tap in the same order as the
   portable path. The result keeps the batch innermost in memory, as the portable
-  path's does.
+  path's does. Pool-ordered, a tap hits only output rows and columns the pool keeps.
 
 Index arithmetic uses 32-bit integers when every index fits (64-bit division is slow on
 a GPU) and 64-bit otherwise. Each kernel allocates only its result (no padded copy, no
@@ -37,11 +38,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import _im2col, _pool
+from . import _pool
 from ._im2col import ConvGeometry
 from ._kernels import Kernels, register_fast_path
 
@@ -49,8 +51,11 @@ Array = Any
 
 __all__ = [
     "COLUMN_ORDER",
-    "COL2IM_SOURCE",
-    "IM2COL_SOURCE",
+    "PLAIN_COLUMNS",
+    "POOLED_COLUMNS",
+    "POOLED_COLUMN_ORDER",
+    "ColumnFormulas",
+    "column_formulas",
     "KERNELS",
     "POOL_BACKWARD_SOURCE",
     "POOL_SOURCE",
@@ -78,8 +83,11 @@ __all__ = [
 
 # ------------------------------------------------------------------ the formulas
 
-#: Order of the column matrix's columns, outermost first (the ``_im2col`` contract).
+#: Order of the column matrix's columns, outermost first (the ``_im2col`` contract):
+#: plain, and pool-ordered for a KP x KQ max pool that follows (``oh = ph * KP + pi``,
+#: ``ow = pw * KQ + pj``; rows and columns beyond ``KP * PH``, ``KQ * PW`` are dropped).
 COLUMN_ORDER = ("oh", "ow", "n")
+POOLED_COLUMN_ORDER = ("pi", "pj", "ph", "pw", "n")
 #: Memory order of col2im's result: channels outermost, then the column order with
 #: output positions replaced by input positions (so batch innermost, like the columns).
 OUTPUT_ORDER = ("c", *({"oh": "h", "ow": "w", "n": "n"}[a] for a in COLUMN_ORDER))
@@ -87,14 +95,17 @@ OUTPUT_ORDER = ("c", *({"oh": "h", "ow": "w", "n": "n"}[a] for a in COLUMN_ORDER
 _SIZE = {
     **{"n": "N", "c": "C", "h": "H", "w": "W", "oh": "OH", "ow": "OW", "ki": "KH", "kj": "KW"},
     **{"o": "O", "t": "TAPS", "ph": "PH", "pw": "PW"},  # the pool-ordered blocks
+    **{"pi": "KP", "pj": "KQ"},  # pooling taps of pool-ordered columns
 }
 
-#: Scalar arguments of both kernels (sizes of the geometry), in call order.
+#: Scalar arguments of the im2col/col2im kernels (sizes of the geometry), in call order;
+#: the pool-ordered kernels also take the pool and its output size.
 GEOMETRY_PARAMS = (
     "N", "C", "H", "W", "KH", "KW", "SH", "SW", "DH", "DW", "PT", "PL", "OH", "OW", "NCOL",
 )  # fmt: skip
-IM2COL_PARAMS = (*GEOMETRY_PARAMS, "XN", "XC", "XH", "XW")  # element strides of the input
-COL2IM_PARAMS = (*GEOMETRY_PARAMS, "GR", "GC")  # element strides of the columns
+POOLED_GEOMETRY_PARAMS = (*GEOMETRY_PARAMS, "KP", "KQ", "PH", "PW")
+X_STRIDES = ("XN", "XC", "XH", "XW")  # element strides of im2col's input
+COL_STRIDES = ("GR", "GC")  # element strides of col2im's columns
 #: Scalars of the pool-ordered max pool: sizes of the (O, TAPS, PH, PW, N) blocks, their
 #: element strides, the bias's stride, and whether to add the bias and apply the ReLU.
 POOL_SIZES = ("O", "TAPS", "PH", "PW", "N")
@@ -155,25 +166,101 @@ def _ravel(axes: Sequence[str]) -> str:
     return expr
 
 
-#: im2col, per element ``idx`` of the (C * KH * KW, NCOL) column matrix.
-IM2COL_STEPS = (
-    ("col", "XP_MOD(idx, NCOL)"),
-    ("row", "XP_DIV(idx, NCOL)"),
-    *_unravel("col", COLUMN_ORDER),
-    *_unravel("row", ("c", "ki", "kj")),
-    ("h", "oh * SH + ki * DH - PT"),
-    ("w", "ow * SW + kj * DW - PL"),
-    ("src", "n * XN + c * XC + h * XH + w * XW"),
-)
-IM2COL_VALID = "XP_INSIDE(h, H) && XP_INSIDE(w, W)"
+def _c_lines(steps: Sequence[tuple[str, str]], indent: str = "") -> str:
+    return "\n".join(f"{indent}const I {name} = {expr};" for name, expr in steps)
 
-#: col2im, per element ``idx`` of the result in memory order ``OUTPUT_ORDER``; then for
-#: every tap (ki, kj): the output position that read this pixel through it, if any.
-COL2IM_PIXEL = tuple(_unravel("idx", OUTPUT_ORDER))
-COL2IM_ROW_TAP = (("a", "h + PT - ki * DH"), ("oh", "XP_DIV(a, SH)"))
-COL2IM_COL_TAP = (("b", "w + PL - kj * DW"), ("ow", "XP_DIV(b, SW)"))
-COL2IM_HIT = "XP_TAP(a, SH, OH) && XP_TAP(b, SW, OW)"
-COL2IM_SRC = f"((c * KH + ki) * KW + kj) * GR + ({_ravel(COLUMN_ORDER)}) * GC"
+
+def _c_assign(steps: Sequence[tuple[str, str]], indent: str = "") -> str:
+    return "\n".join(f"{indent}{name} = {expr};" for name, expr in steps)
+
+
+@dataclass(frozen=True)
+class ColumnFormulas:
+    """The im2col and col2im formulas of one column order (plain or pool-ordered).
+
+    im2col runs ``im2col_steps`` per element ``idx`` of the (C * KH * KW, NCOL) column
+    matrix and copies ``x[src]`` where ``im2col_valid`` holds (0 in the padding).
+    col2im runs ``col2im_pixel`` per element ``idx`` of its result in memory order
+    ``OUTPUT_ORDER``; then, for every tap (ki, kj), ``row_tap`` and ``col_tap`` find the
+    output position that read this pixel through it, and where ``hit`` holds the
+    column entry ``cols[src]`` is added.
+    """
+
+    name: str
+    order: tuple[str, ...]
+    params: tuple[str, ...]
+    im2col_steps: tuple[tuple[str, str], ...]
+    row_tap: tuple[tuple[str, str], ...]
+    col_tap: tuple[tuple[str, str], ...]
+    hit: str
+    im2col_valid: str = "XP_INSIDE(h, H) && XP_INSIDE(w, W)"
+    col2im_pixel: tuple[tuple[str, str], ...] = tuple(_unravel("idx", OUTPUT_ORDER))
+
+    @property
+    def src(self) -> str:
+        return f"((c * KH + ki) * KW + kj) * GR + ({_ravel(self.order)}) * GC"
+
+    @property
+    def im2col_source(self) -> str:
+        return f"""
+const I idx = static_cast<I>(i);
+{_c_lines(self.im2col_steps)}
+out = ({self.im2col_valid}) ? x[src] : T(0);
+"""
+
+    @property
+    def col2im_source(self) -> str:
+        return f"""
+const I idx = static_cast<I>(i);
+{_c_lines(self.col2im_pixel)}
+T acc = T(0);
+for (I ki = 0; ki < KH; ++ki) {{
+{_c_lines(self.row_tap, "  ")}
+  for (I kj = 0; kj < KW; ++kj) {{
+{_c_lines(self.col_tap, "    ")}
+    if ({self.hit}) {{
+      acc += cols[{self.src}];
+    }}
+  }}
+}}
+out = acc;
+"""
+
+
+def _column_formulas(pooled: bool) -> ColumnFormulas:
+    order = POOLED_COLUMN_ORDER if pooled else COLUMN_ORDER
+    # Pool-ordered: the output position of a column, and the column of an output position.
+    positions = (("oh", "ph * KP + pi"), ("ow", "pw * KQ + pj")) if pooled else ()
+    row_split = (("pi", "XP_MOD(oh, KP)"), ("ph", "XP_DIV(oh, KP)")) if pooled else ()
+    col_split = (("pj", "XP_MOD(ow, KQ)"), ("pw", "XP_DIV(ow, KQ)")) if pooled else ()
+    rows, cols = ("KP * PH", "KQ * PW") if pooled else ("OH", "OW")
+    return ColumnFormulas(
+        name="pooled" if pooled else "plain",
+        order=order,
+        params=POOLED_GEOMETRY_PARAMS if pooled else GEOMETRY_PARAMS,
+        im2col_steps=(
+            ("col", "XP_MOD(idx, NCOL)"),
+            ("row", "XP_DIV(idx, NCOL)"),
+            *_unravel("col", order),
+            *positions,
+            *_unravel("row", ("c", "ki", "kj")),
+            ("h", "oh * SH + ki * DH - PT"),
+            ("w", "ow * SW + kj * DW - PL"),
+            ("src", "n * XN + c * XC + h * XH + w * XW"),
+        ),
+        row_tap=(("a", "h + PT - ki * DH"), ("oh", "XP_DIV(a, SH)"), *row_split),
+        col_tap=(("b", "w + PL - kj * DW"), ("ow", "XP_DIV(b, SW)"), *col_split),
+        hit=f"XP_TAP(a, SH, {rows}) && XP_TAP(b, SW, {cols})",
+    )
+
+
+#: The formulas of plain columns (``geom.pool == (1, 1)``) and of pool-ordered ones.
+PLAIN_COLUMNS, POOLED_COLUMNS = _column_formulas(False), _column_formulas(True)
+
+
+def column_formulas(geom: ConvGeometry) -> ColumnFormulas:
+    """The formulas for the column order of ``geom``."""
+    return PLAIN_COLUMNS if geom.pool == (1, 1) else POOLED_COLUMNS
 
 
 #: The pool-ordered max pool (contract of ``_pool.max_pool_blocks``), per element
@@ -203,36 +290,6 @@ POOL_GRAD_CELL = (
 )
 POOL_GRAD_VALUE = "grad[at_grad] * (argmax[at_code] == t)"
 
-
-def _c_lines(steps: Sequence[tuple[str, str]], indent: str = "") -> str:
-    return "\n".join(f"{indent}const I {name} = {expr};" for name, expr in steps)
-
-
-def _c_assign(steps: Sequence[tuple[str, str]], indent: str = "") -> str:
-    return "\n".join(f"{indent}{name} = {expr};" for name, expr in steps)
-
-
-IM2COL_SOURCE = f"""
-const I idx = static_cast<I>(i);
-{_c_lines(IM2COL_STEPS)}
-out = ({IM2COL_VALID}) ? x[src] : T(0);
-"""
-
-COL2IM_SOURCE = f"""
-const I idx = static_cast<I>(i);
-{_c_lines(COL2IM_PIXEL)}
-T acc = T(0);
-for (I ki = 0; ki < KH; ++ki) {{
-{_c_lines(COL2IM_ROW_TAP, "  ")}
-  for (I kj = 0; kj < KW; ++kj) {{
-{_c_lines(COL2IM_COL_TAP, "    ")}
-    if ({COL2IM_HIT}) {{
-      acc += cols[{COL2IM_SRC}];
-    }}
-  }}
-}}
-out = acc;
-"""
 
 (_, _best_start), (_, _arg_start) = POOL_FIRST
 POOL_SOURCE = f"""
@@ -296,18 +353,24 @@ def _geometry_values(geom: ConvGeometry) -> dict[str, int]:
         PL=pl,
         OH=oh,
         OW=ow,
-        NCOL=oh * ow * geom.batch,
+        NCOL=geom.columns,
+        KP=geom.pool[0],
+        KQ=geom.pool[1],
+        PH=geom.pooled[0],
+        PW=geom.pooled[1],
     )
 
 
 def im2col_arguments(geom: ConvGeometry, x_strides: Sequence[int]) -> dict[str, int]:
-    """The scalars of the im2col kernel (``IM2COL_PARAMS``) by name."""
-    return {**_geometry_values(geom), **dict(zip(("XN", "XC", "XH", "XW"), x_strides))}
+    """The scalars of the im2col kernels by name (``kernel_params`` lists them in call
+    order)."""
+    return {**_geometry_values(geom), **dict(zip(X_STRIDES, x_strides))}
 
 
 def col2im_arguments(geom: ConvGeometry, col_strides: Sequence[int]) -> dict[str, int]:
-    """The scalars of the col2im kernel (``COL2IM_PARAMS``) by name."""
-    return {**_geometry_values(geom), **dict(zip(("GR", "GC"), col_strides))}
+    """The scalars of the col2im kernels by name (``kernel_params`` lists them in call
+    order)."""
+    return {**_geometry_values(geom), **dict(zip(COL_STRIDES, col_strides))}
 
 
 def pool_arguments(
@@ -377,12 +440,13 @@ def _evaluate(steps: Sequence[tuple[str, str]], env: dict[str, Any]) -> None:
 def reference_im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """im2col computed by evaluating the kernel's own formulas with NumPy, one
     "thread" per column element (for tests; slow)."""
+    f = column_formulas(geom)
     memory, strides = dense_memory(np.asarray(x), np.ascontiguousarray)
     rows = geom.in_channels * geom.taps
     env: dict[str, Any] = {k: np.int64(v) for k, v in im2col_arguments(geom, strides).items()}
     env["idx"] = np.arange(rows * env["NCOL"], dtype=np.int64)
-    _evaluate(IM2COL_STEPS, env)
-    valid = _eval(IM2COL_VALID, env)
+    _evaluate(f.im2col_steps, env)
+    valid = _eval(f.im2col_valid, env)
     values = np.where(valid, memory[np.where(valid, env["src"], 0)], 0)
     return values.astype(x.dtype).reshape(rows, int(env["NCOL"]))
 
@@ -390,21 +454,22 @@ def reference_im2col(x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 def reference_col2im(cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     """col2im computed by evaluating the kernel's own formulas with NumPy, one
     "thread" per input element, the taps in the kernel's order (for tests; slow)."""
-    rows, ncol = geom.in_channels * geom.taps, _geometry_values(geom)["NCOL"]
+    f = column_formulas(geom)
+    rows, ncol = geom.in_channels * geom.taps, geom.columns
     memory, strides = dense_memory(np.asarray(cols).reshape(rows, ncol), np.ascontiguousarray)
     shape = output_shape(geom)
     env: dict[str, Any] = {k: np.int64(v) for k, v in col2im_arguments(geom, strides).items()}
     env["idx"] = np.arange(int(np.prod(shape)), dtype=np.int64)
-    _evaluate(COL2IM_PIXEL, env)
+    _evaluate(f.col2im_pixel, env)
     acc = np.zeros(env["idx"].shape, dtype=cols.dtype)
     for ki in range(geom.kernel[0]):
         env["ki"] = np.int64(ki)
-        _evaluate(COL2IM_ROW_TAP, env)
+        _evaluate(f.row_tap, env)
         for kj in range(geom.kernel[1]):
             env["kj"] = np.int64(kj)
-            _evaluate(COL2IM_COL_TAP, env)
-            hit = _eval(COL2IM_HIT, env)
-            src = _eval(COL2IM_SRC, env)
+            _evaluate(f.col_tap, env)
+            hit = _eval(f.hit, env)
+            src = _eval(f.src, env)
             acc = acc + np.where(hit, memory[np.where(hit, src, 0)], 0).astype(cols.dtype)
     return acc.reshape(shape).transpose(output_permutation())
 
@@ -467,8 +532,14 @@ def reference_max_pool_blocks_backward(
 
 #: Per kernel: its raw input arrays (type, name), scalar parameters, outputs and body.
 KERNELS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], str, str]] = {
-    "im2col": ((("T", "x"),), IM2COL_PARAMS, "T out", IM2COL_SOURCE),
-    "col2im": ((("T", "cols"),), COL2IM_PARAMS, "T out", COL2IM_SOURCE),
+    **{
+        f"im2col{suffix}": ((("T", "x"),), (*f.params, *X_STRIDES), "T out", f.im2col_source)
+        for suffix, f in (("", PLAIN_COLUMNS), ("_pooled", POOLED_COLUMNS))
+    },
+    **{
+        f"col2im{suffix}": ((("T", "cols"),), (*f.params, *COL_STRIDES), "T out", f.col2im_source)
+        for suffix, f in (("", PLAIN_COLUMNS), ("_pooled", POOLED_COLUMNS))
+    },
     "max_pool_blocks": (
         (("T", "blocks"), ("T", "bias")),
         POOL_PARAMS,
@@ -516,36 +587,34 @@ def _launch(which: str, inputs: Sequence[Array], values: dict[str, int], *outs: 
         _kernel(which, wide)(*inputs, *(values[p] for p in KERNELS[which][1]), *outs)
 
 
-def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
-    """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N), one CUDA kernel.
+def _column_kernel(which: str, geom: ConvGeometry) -> str:
+    return which if geom.pool == (1, 1) else f"{which}_pooled"
 
-    Pool-ordered columns (``geom.pool != (1, 1)``) take the portable path.
-    """
-    if geom.pool != (1, 1):
-        return _im2col.im2col(xp, x, geom)
+
+def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
+    """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N), plain or
+    pool-ordered (the ``_im2col`` contract), one CUDA kernel."""
     import cupy
 
     with x.device:
         memory, strides = dense_memory(x, cupy.ascontiguousarray)
         values = im2col_arguments(geom, strides)
-        out = cupy.empty((geom.in_channels * geom.taps, values["NCOL"]), dtype=x.dtype)
-        _launch("im2col", [memory], values, out)
+        out = cupy.empty((geom.in_channels * geom.taps, geom.columns), dtype=x.dtype)
+        _launch(_column_kernel("im2col", geom), [memory], values, out)
     return out
 
 
 def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
-    """The adjoint of :func:`im2col`: (C * KH * KW, OH * OW * N) -> (N, C, H, W), one
-    CUDA kernel; the result's memory keeps the batch innermost."""
-    if geom.pool != (1, 1):
-        return _im2col.col2im(xp, cols, geom)
+    """The adjoint of :func:`im2col`: (C * KH * KW, columns) -> (N, C, H, W), one CUDA
+    kernel; the result's memory keeps the batch innermost."""
     import cupy
 
-    rows, ncol = geom.in_channels * geom.taps, _geometry_values(geom)["NCOL"]
+    rows = geom.in_channels * geom.taps
     with cols.device:
-        memory, strides = dense_memory(cols.reshape(rows, ncol), cupy.ascontiguousarray)
+        memory, strides = dense_memory(cols.reshape(rows, geom.columns), cupy.ascontiguousarray)
         values = col2im_arguments(geom, strides)
         out = cupy.empty(output_shape(geom), dtype=cols.dtype)
-        _launch("col2im", [memory], values, out)
+        _launch(_column_kernel("col2im", geom), [memory], values, out)
     return out.transpose(output_permutation())
 
 
