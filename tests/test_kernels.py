@@ -21,7 +21,13 @@ import array_api_compat
 import numpy as np
 import pytest
 
-from xpconv.functional import _cupy_kernels, _numpy_kernels, _strided, _torch_kernels
+from xpconv.functional import (
+    _cupy_kernels,
+    _jax_kernels,
+    _numpy_kernels,
+    _strided,
+    _torch_kernels,
+)
 from xpconv.functional._conv import conv_geometry
 from xpconv.functional._kernels import INTERFACE, PORTABLE, Kernels, kernels_for
 
@@ -30,6 +36,7 @@ TABLES: dict[str, Callable[[], Kernels]] = {
     "numpy": _numpy_kernels._load,
     "torch": _torch_kernels.make_kernels,  # imports no torch
     "cupy": _cupy_kernels.make_kernels,  # imports no cupy
+    "jax": lambda: _jax_kernels.KERNELS,  # imports no jax
 }
 
 
@@ -76,8 +83,14 @@ SPECIALISED = {
         "max_pool_blocks_backward", "tanh_backward",
     },
     "cupy": {"im2col", "col2im", "batch_innermost", "max_pool_blocks", "max_pool_blocks_backward"},
+    "jax": {"batch_innermost"},
 }  # fmt: skip
-MODULES = {"numpy": _numpy_kernels, "torch": _torch_kernels, "cupy": _cupy_kernels}
+MODULES = {
+    "numpy": _numpy_kernels,
+    "torch": _torch_kernels,
+    "cupy": _cupy_kernels,
+    "jax": _jax_kernels,
+}
 
 
 @pytest.mark.parametrize("table", list(SPECIALISED))
@@ -162,8 +175,10 @@ def test_elementwise_entries_match_portable(case: Any, rng: np.random.Generator)
 
 
 def test_batch_innermost_entry(case: Any, rng: np.random.Generator) -> None:
-    """C-order arrays are not batch-innermost for any table; a fast path may recognise
-    the batch-innermost layout (the portable answer is always False: unknown)."""
+    """C-order arrays are not batch-innermost for a table that sees strides; a fast path
+    may recognise the batch-innermost layout (the portable answer is always False:
+    unknown). JAX has no strides to see: its table says False for concrete arrays and
+    True for every batched array it traces (the convolution's own arrangement)."""
     kernels, xp = kernels_for(case.xp), case.xp
     host = rng.standard_normal((4, 3, 5, 6))
     plain = case.asarray(host)
@@ -174,6 +189,12 @@ def test_batch_innermost_entry(case: Any, rng: np.random.Generator) -> None:
     assert not PORTABLE.batch_innermost(xp, inner)
     if kernels.name in ("numpy", "torch", "cupy"):
         assert kernels.batch_innermost(xp, inner)
+    if kernels.name == "jax":
+        import jax
+
+        seen = []
+        jax.jit(lambda a: seen.append(kernels.batch_innermost(xp, a)) or a)(plain)
+        assert seen == [True] and not kernels.batch_innermost(xp, inner)
 
 
 @pytest.mark.parametrize("bias, relu", [(False, False), (True, False), (False, True), (True, True)])
@@ -211,18 +232,26 @@ def test_strided_plan_regions_tile_the_padded_buffer() -> None:
         assert _strided.strided_plan(geom) is plan  # made once per geometry
 
 
-@pytest.mark.parametrize("table", ["numpy", "torch"])
+@pytest.mark.parametrize("table", ["numpy", "torch", "jax"])
 def test_batch_innermost_needs_a_batch_and_another_axis(table: str) -> None:
     """One example, or one axis only, is never reported batch-innermost, whatever the
-    strides; two examples of one feature in batch-fastest order are."""
+    strides; two examples of one feature in batch-fastest order are (JAX: traced)."""
     kernels = TABLES[table]()
-    lib = np if table == "numpy" else pytest.importorskip("torch")
+    lib = np if table == "numpy" else pytest.importorskip({"jax": "jax.numpy"}.get(table, table))
     xp = array_api_compat.array_namespace(lib.asarray(np.ones(1)))
-    assert not kernels.batch_innermost(xp, lib.asarray(np.arange(5.0)))
-    single = lib.asarray(np.ones((3, 1))).T  # (1, 3), equal strides
-    assert not kernels.batch_innermost(xp, single)
-    pair = lib.asarray(np.ones((1, 2))).T  # (2, 1), batch fastest
-    assert kernels.batch_innermost(xp, pair)
+    line, bases = np.arange(5.0), [np.ones((3, 1)), np.ones((1, 2))]  # .T: (1, 3), (2, 1)
+
+    def answers(v: Any, *matrices: Any) -> list[bool]:
+        return [kernels.batch_innermost(xp, a) for a in (v, *(m.T for m in matrices))]
+
+    if table == "jax":
+        import jax
+
+        seen: list[bool] = []
+        jax.jit(lambda *a: seen.extend(answers(*a)))(line, *bases)
+    else:
+        seen = answers(lib.asarray(line), *(lib.asarray(b) for b in bases))
+    assert seen == [False, False, True]
 
 
 def test_numpy_tanh_backward_of_two_dtypes_is_the_portable_one(rng: np.random.Generator) -> None:

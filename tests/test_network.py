@@ -18,6 +18,7 @@ from xpconv.optimizers import SGD, Adam, ExponentialDecay, LinearDecay
 
 LAYER_CASES = [
     ("conv2d", lambda: L.Conv2D(3, (3, 2), padding="same", activation="tanh"), (2, 5, 6)),
+    ("conv2d-softmax", lambda: L.Conv2D(3, 3, padding=1, activation="softmax"), (2, 4, 5)),
     ("conv2d-stride-groups", lambda: L.Conv2D(4, 3, stride=2, groups=2, padding=1), (4, 7, 7)),
     ("conv1d", lambda: L.Conv1D(3, 3, padding=1, activation="relu"), (2, 9)),
     ("maxpool", lambda: L.MaxPool2D(2), (2, 6, 6)),

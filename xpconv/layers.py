@@ -26,8 +26,6 @@ from .backend import Backend
 from .functional import (
     ConvGeometry,
     check_conv1d,
-    conv2d_backward_cols,
-    conv2d_forward,
     conv_geometry,
     conv_max_pool2d_backward_saved,
     conv_max_pool2d_forward_unchecked,
@@ -281,15 +279,20 @@ class Conv2D(_ActivationMixin, Layer):
         xp = array_namespace(weight)
         geom = replace(self._geom, batch=int(x.shape[0]))
         bias = self.params["bias"].value if self.use_bias else None
-        out, cols = conv2d_forward(xp, x, weight, bias, geom)
+        out, cols = F.conv2d_forward_matrix(xp, x, weight, bias, geom)  # (O, OH*OW*N)
         self._saved = (xp, cols, geom)
-        return self._activate(out)
+        if self.activation not in F.ALONG_AN_AXIS:  # elementwise: on the matrix
+            return F.matrix_to_output(xp, self._activate(out), geom)
+        return self._activate(F.matrix_to_output(xp, out, geom))
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         xp, cols, geom = self._saved
-        grad = self._deactivate(grad)
-        gx, gw, gb = conv2d_backward_cols(
-            xp, grad, cols, self._kernel(), geom, need_input_grad=self._wants_input_grad(input_grad)
+        if self.activation not in F.ALONG_AN_AXIS:
+            g2 = self._deactivate(F.output_to_matrix(xp, grad, geom))
+        else:
+            g2 = F.output_to_matrix(xp, self._deactivate(grad), geom)
+        gx, gw, gb = F.conv2d_backward_matrix(
+            xp, g2, cols, self._kernel(), geom, need_input_grad=self._wants_input_grad(input_grad)
         )
         self.set_gradients(xp, gw, gb)
         self._saved = None

@@ -13,12 +13,14 @@ themselves live in :mod:`xpconv.functional.checks`.
 
 from . import (
     _cupy_kernels,  # noqa: F401  (registers the CuPy fast path; imports CuPy lazily)
+    _jax_kernels,  # noqa: F401  (registers the JAX table; imports no JAX)
     _numpy_kernels,  # noqa: F401  (registers the NumPy fast path)
     _torch_kernels,  # noqa: F401  (registers the PyTorch fast path; imports no torch)
     checks,
 )
 from ._activation import (
     ACTIVATIONS,
+    ALONG_AN_AXIS,
     identity,
     identity_backward,
     leaky_relu,
@@ -41,11 +43,15 @@ from ._conv import (
     conv2d,
     conv2d_backward,
     conv2d_backward_cols,
+    conv2d_backward_matrix,
     conv2d_forward,
+    conv2d_forward_matrix,
     conv_geometry,
     conv_output_size,
     grouped_matmul,
     lift_1d_arg,
+    matrix_to_output,
+    output_to_matrix,
 )
 from ._conv_pool import (
     ConvPoolSaved,
@@ -93,6 +99,7 @@ from ._pool import (
 
 __all__ = [
     "ACTIVATIONS",
+    "ALONG_AN_AXIS",
     "BatchNormSaved",
     "ConvGeometry",
     "ConvPoolSaved",
@@ -115,7 +122,9 @@ __all__ = [
     "conv2d",
     "conv2d_backward",
     "conv2d_backward_cols",
+    "conv2d_backward_matrix",
     "conv2d_forward",
+    "conv2d_forward_matrix",
     "conv_geometry",
     "conv_max_pool2d",
     "conv_max_pool2d_backward_saved",
@@ -140,12 +149,14 @@ __all__ = [
     "linear_backward",
     "log_softmax",
     "log_softmax_backward",
+    "matrix_to_output",
     "max_pool2d",
     "max_pool2d_backward",
     "max_pool2d_backward_saved",
     "max_pool2d_forward",
     "mse",
     "mse_backward",
+    "output_to_matrix",
     "pool_geometry",
     "relu",
     "relu_backward",

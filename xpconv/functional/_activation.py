@@ -23,6 +23,7 @@ Array = Any
 
 __all__ = [
     "ACTIVATIONS",
+    "ALONG_AN_AXIS",
     "identity",
     "identity_backward",
     "leaky_relu",
@@ -208,3 +209,7 @@ ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
     "log_softmax": (log_softmax, log_softmax_backward),
 }
 """Each activation's name -> ``(forward, backward)``; the pair's defaults apply."""
+
+#: The activations that work along an axis (the others are elementwise, so they give
+#: the same values on any arrangement of the same elements).
+ALONG_AN_AXIS = frozenset({"softmax", "log_softmax"})

@@ -149,14 +149,24 @@ def conv2d_forward_matrix(
     return out, cols
 
 
+def matrix_to_output(xp: Any, out: Array, geom: ConvGeometry) -> Array:
+    """The (O, OH * OW * N) output matrix as the (N, O, OH, OW) output it stores (a
+    permuted view where the library has views; its memory keeps the batch innermost)."""
+    o, (oh, ow) = geom.out_channels, geom.out
+    return xp.permute_dims(xp.reshape(out, (o, oh, ow, geom.batch)), (3, 0, 1, 2))
+
+
+def output_to_matrix(xp: Any, grad_out: Array, geom: ConvGeometry) -> Array:
+    """The inverse of :func:`matrix_to_output`: (N, O, OH, OW) -> (O, OH * OW * N)."""
+    return xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (geom.out_channels, -1))
+
+
 def conv2d_forward(
     xp: Any, x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
 ) -> tuple[Array, Array]:
     """Unchecked forward: returns the output (N, O, OH, OW) and the columns for backward."""
     out, cols = conv2d_forward_matrix(xp, x, weight, bias, geom)
-    o, (oh, ow) = geom.out_channels, geom.out
-    out = xp.permute_dims(xp.reshape(out, (o, oh, ow, geom.batch)), (3, 0, 1, 2))
-    return out, cols
+    return matrix_to_output(xp, out, geom), cols
 
 
 def conv2d_backward_cols(
@@ -173,8 +183,7 @@ def conv2d_backward_cols(
     With ``need_input_grad=False`` (a network's first layer) grad_x is ``None`` and its
     matmul and col2im are skipped.
     """
-    o = geom.out_channels
-    g2 = xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (o, -1))  # (O, OH*OW*N)
+    g2 = output_to_matrix(xp, grad_out, geom)  # (O, OH*OW*N)
     return conv2d_backward_matrix(xp, g2, cols, weight, geom, need_input_grad=need_input_grad)
 
 

@@ -184,7 +184,9 @@ class Kernels:
     - ``im2col`` / ``col2im``: the data movement of convolution (contract in ``_im2col``).
     - ``weight_grad``: ``grad2 @ cols.T``, the weight gradient.
     - ``batch_innermost``: whether ``x`` is stored batch-innermost, so an op can
-      return its result in the same memory order (no layout change between layers).
+      return its result in the same memory order (no layout change between layers);
+      on JAX, whether to treat a traced array so (the layout is XLA's, see
+      ``_jax_kernels``).
     - ``max_pool_blocks`` and ``max_pool_blocks_backward``: the fused step's
       pool-ordered max pool with the convolution's bias and ReLU (contract in ``_pool``).
     - ``row_sums``: the bias gradient of a convolution.

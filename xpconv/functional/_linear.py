@@ -87,7 +87,12 @@ def flatten(x: Array) -> Array:
             f"x: expected an array of at least 2 dimensions (N, ...), got {x.ndim}-D "
             f"of shape {tuple(x.shape)}"
         )
-    return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+    n, features = x.shape[0], math.prod(x.shape[1:])
+    if kernels_for(xp).batch_innermost(xp, x):
+        # Stored as (D1, D2, ..., N): flatten that arrangement and hand back its transpose
+        # (a view where the library has views; no transpose to undo for a compiler).
+        return xp.reshape(xp.permute_dims(x, (*range(1, x.ndim), 0)), (features, n)).T
+    return xp.reshape(x, (n, features))
 
 
 def flatten_backward(grad_out: Array, x_shape: tuple[int, ...]) -> Array:
@@ -102,4 +107,7 @@ def flatten_backward(grad_out: Array, x_shape: tuple[int, ...]) -> Array:
             f"grad_out: expected shape {expected} (x_shape {x_shape} flattened), "
             f"got {tuple(grad_out.shape)}"
         )
+    if kernels_for(xp).batch_innermost(xp, grad_out):  # the arrangement flatten used
+        grad = xp.reshape(grad_out.T, (*x_shape[1:], x_shape[0]))
+        return xp.permute_dims(grad, (grad.ndim - 1, *range(grad.ndim - 1)))
     return xp.reshape(grad_out, x_shape)
