@@ -104,10 +104,14 @@ def cpu_features() -> dict[str, Any]:
 
 
 def results_name(machine: dict[str, Any]) -> str:
-    """The results file of a machine kind: ``cpu-<vendor>[-avx512]-<cores>core.json``."""
+    """The results file of a machine kind:
+    ``cpu-<vendor>[-family<F>][-avx512]-<cores>core.json``. The CPU family tells
+    processor generations of one vendor apart (AMD family 25 is Zen 3 and 4, 26 is
+    Zen 5), whose speed differs as much as the vendors' does."""
     vendor = machine.get("vendor") or "cpu"
+    family = f"-family{machine['family']}" if machine.get("family") is not None else ""
     wide = "-avx512" if "avx512f" in (machine.get("vector_extensions") or []) else ""
-    return f"cpu-{vendor}{wide}-{machine.get('cores_usable')}core.json"
+    return f"cpu-{vendor}{family}{wide}-{machine.get('cores_usable')}core.json"
 
 
 def machine_info() -> dict[str, Any]:

@@ -359,6 +359,8 @@ def test_results_file_named_by_machine_kind():
         )
         == "cpu-amd-avx512-2core.json"
     )
+    zen4 = {"vendor": "amd", "family": 25, "vector_extensions": ["avx512f"], "cores_usable": 2}
+    assert environment.results_name(zen4) == "cpu-amd-family25-avx512-2core.json"
     assert (
         environment.results_name({"vendor": "intel", "vector_extensions": [], "cores_usable": 4})
         == "cpu-intel-4core.json"
