@@ -362,13 +362,13 @@ def _geometry_values(geom: ConvGeometry) -> dict[str, int]:
 
 
 def im2col_arguments(geom: ConvGeometry, x_strides: Sequence[int]) -> dict[str, int]:
-    """The scalars of the im2col kernels by name (``kernel_params`` lists them in call
+    """The scalars of the im2col kernels by name (``KERNELS[which][1]`` lists them in call
     order)."""
     return {**_geometry_values(geom), **dict(zip(X_STRIDES, x_strides))}
 
 
 def col2im_arguments(geom: ConvGeometry, col_strides: Sequence[int]) -> dict[str, int]:
-    """The scalars of the col2im kernels by name (``kernel_params`` lists them in call
+    """The scalars of the col2im kernels by name (``KERNELS[which][1]`` lists them in call
     order)."""
     return {**_geometry_values(geom), **dict(zip(COL_STRIDES, col_strides))}
 
