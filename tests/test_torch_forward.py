@@ -101,7 +101,7 @@ def _torch_model(model: xc.Sequential, input_shape: tuple[int, ...]) -> Any:
         target = module[0] if isinstance(module, nn.Sequential) else module
         with torch.no_grad():
             for name, value in params.items():
-                getattr(target, name).copy_(torch.from_numpy(np.asarray(value, np.float64)))
+                getattr(target, name).copy_(torch.from_numpy(np.array(value, np.float64)))
         modules.append(module)
         shape = layer.output_shape
     return nn.Sequential(*modules).double().eval()
