@@ -155,9 +155,8 @@ def test_cuda_source_is_built_from_the_tested_formulas(formulas: ck.ColumnFormul
     for name, expr in formulas.col2im_pixel + formulas.row_tap + formulas.col_tap:
         assert f"const I {name} = {expr};" in formulas.col2im_source
     assert formulas.hit in formulas.col2im_source and formulas.src in formulas.col2im_source
-    suffix = "" if formulas is ck.PLAIN_COLUMNS else "_pooled"
-    assert ck.KERNELS[f"im2col{suffix}"][3] == formulas.im2col_source
-    assert ck.KERNELS[f"col2im{suffix}"][3] == formulas.col2im_source
+    assert ck.KERNELS[formulas.kernel("im2col")][3] == formulas.im2col_source
+    assert ck.KERNELS[formulas.kernel("col2im")][3] == formulas.col2im_source
     for macro in ck.PY_HELPERS:
         assert f"#define {macro}(" in ck.PREAMBLE
 
@@ -372,22 +371,22 @@ def test_kernel_source_compiled_for_the_host_matches_portable(
 ) -> None:
     xp = portable()
     for k, geom in enumerate(ALL_GEOMETRIES):
-        suffix = "" if geom.pool == (1, 1) else "_pooled"
+        forward, adjoint = (ck.column_formulas(geom).kernel(w) for w in ("im2col", "col2im"))
         x = rng.standard_normal((geom.batch, geom.in_channels, *geom.in_size)).astype(dtype)
         x = laid_out(x, LAYOUTS[k % len(LAYOUTS)])
         memory, strides = ck.dense_memory(x, np.ascontiguousarray)
         values = ck.im2col_arguments(geom, strides)
         cols = np.empty((geom.in_channels * geom.taps, geom.columns), dtype=dtype)
-        args = [values[p] for p in ck.KERNELS[f"im2col{suffix}"][1]]
-        _call(host_kernels, f"im2col{suffix}_{index}_{dtype}", [memory], [cols], args)
+        args = [values[p] for p in ck.KERNELS[forward][1]]
+        _call(host_kernels, f"{forward}_{index}_{dtype}", [memory], [cols], args)
         np.testing.assert_array_equal(cols, np.asarray(_im2col.im2col(xp, x, geom)), str(geom))
 
         grad = rng.standard_normal(cols.shape).astype(dtype)
         memory, strides = ck.dense_memory(grad, np.ascontiguousarray)
         values = ck.col2im_arguments(geom, strides)
         buf = np.empty(ck.output_shape(geom), dtype=dtype)
-        args = [values[p] for p in ck.KERNELS[f"col2im{suffix}"][1]]
-        _call(host_kernels, f"col2im{suffix}_{index}_{dtype}", [memory], [buf], args)
+        args = [values[p] for p in ck.KERNELS[adjoint][1]]
+        _call(host_kernels, f"{adjoint}_{index}_{dtype}", [memory], [buf], args)
         got = buf.transpose(ck.output_permutation())
         expected = np.asarray(_im2col.col2im(xp, grad, geom))
         tol = 1e-12 if dtype == "float64" else 1e-5
@@ -624,8 +623,8 @@ def test_cupy_fused_conv_pool_runs_the_pool_kernels(
 
     x = np.random.default_rng(7).standard_normal((5, 2, 8, 8))
     with monkeypatch.context() as patched:
-        for module, name in [(_pool, "max_pool_blocks"), (_pool, "max_pool_blocks_backward")]:
-            patched.setattr(module, name, refuse)
+        for name in ("max_pool_blocks", "max_pool_blocks_backward"):
+            patched.setattr(_pool, name, refuse)
         for name in ("im2col", "col2im"):
             patched.setattr(_im2col, name, refuse)
         fast = fused_conv_pool_pass("cupy", x)

@@ -196,6 +196,10 @@ class ColumnFormulas:
     im2col_valid: str = "XP_INSIDE(h, H) && XP_INSIDE(w, W)"
     col2im_pixel: tuple[tuple[str, str], ...] = tuple(_unravel("idx", OUTPUT_ORDER))
 
+    def kernel(self, which: str) -> str:
+        """The name in :data:`KERNELS` of this order's ``"im2col"`` or ``"col2im"``."""
+        return which if self.name == "plain" else f"{which}_{self.name}"
+
     @property
     def src(self) -> str:
         return f"((c * KH + ki) * KW + kj) * GR + ({_ravel(self.order)}) * GC"
@@ -533,12 +537,12 @@ def reference_max_pool_blocks_backward(
 #: Per kernel: its raw input arrays (type, name), scalar parameters, outputs and body.
 KERNELS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...], str, str]] = {
     **{
-        f"im2col{suffix}": ((("T", "x"),), (*f.params, *X_STRIDES), "T out", f.im2col_source)
-        for suffix, f in (("", PLAIN_COLUMNS), ("_pooled", POOLED_COLUMNS))
+        f.kernel("im2col"): ((("T", "x"),), (*f.params, *X_STRIDES), "T out", f.im2col_source)
+        for f in (PLAIN_COLUMNS, POOLED_COLUMNS)
     },
     **{
-        f"col2im{suffix}": ((("T", "cols"),), (*f.params, *COL_STRIDES), "T out", f.col2im_source)
-        for suffix, f in (("", PLAIN_COLUMNS), ("_pooled", POOLED_COLUMNS))
+        f.kernel("col2im"): ((("T", "cols"),), (*f.params, *COL_STRIDES), "T out", f.col2im_source)
+        for f in (PLAIN_COLUMNS, POOLED_COLUMNS)
     },
     "max_pool_blocks": (
         (("T", "blocks"), ("T", "bias")),
@@ -587,10 +591,6 @@ def _launch(which: str, inputs: Sequence[Array], values: dict[str, int], *outs: 
         _kernel(which, wide)(*inputs, *(values[p] for p in KERNELS[which][1]), *outs)
 
 
-def _column_kernel(which: str, geom: ConvGeometry) -> str:
-    return which if geom.pool == (1, 1) else f"{which}_pooled"
-
-
 def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
     """Columns of ``x``: (N, C, H, W) -> (C * KH * KW, OH * OW * N), plain or
     pool-ordered (the ``_im2col`` contract), one CUDA kernel."""
@@ -600,7 +600,7 @@ def im2col(xp: Any, x: Array, geom: ConvGeometry) -> Array:
         memory, strides = dense_memory(x, cupy.ascontiguousarray)
         values = im2col_arguments(geom, strides)
         out = cupy.empty((geom.in_channels * geom.taps, geom.columns), dtype=x.dtype)
-        _launch(_column_kernel("im2col", geom), [memory], values, out)
+        _launch(column_formulas(geom).kernel("im2col"), [memory], values, out)
     return out
 
 
@@ -614,7 +614,7 @@ def col2im(xp: Any, cols: Array, geom: ConvGeometry) -> Array:
         memory, strides = dense_memory(cols.reshape(rows, geom.columns), cupy.ascontiguousarray)
         values = col2im_arguments(geom, strides)
         out = cupy.empty(output_shape(geom), dtype=cols.dtype)
-        _launch(_column_kernel("col2im", geom), [memory], values, out)
+        _launch(column_formulas(geom).kernel("col2im"), [memory], values, out)
     return out.transpose(output_permutation())
 
 
