@@ -208,7 +208,7 @@ def conv2d_backward_matrix(
     if not need_input_grad:
         return None, xp.reshape(grad_w, weight.shape), grad_bias
     grad_cols = grouped_matmul(xp, w2, g2, groups, transpose_a=True)
-    grad_x = kernels.col2im(xp, grad_cols, geom) if need_input_grad else None
+    grad_x = kernels.col2im(xp, grad_cols, geom)
     return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
 
 
