@@ -79,8 +79,8 @@ SPECIALISED = {
         "batch_norm_backward", "row_sums",
     },
     "torch": {
-        "im2col", "col2im", "batch_innermost", "max_pool_blocks",
-        "max_pool_blocks_backward", "tanh_backward",
+        "im2col", "col2im", "matmul", "weight_grad", "batch_innermost", "max_pool_blocks",
+        "max_pool_blocks_backward", "tanh", "tanh_backward",
     },
     "cupy": {"im2col", "col2im", "batch_innermost", "max_pool_blocks", "max_pool_blocks_backward"},
     "jax": {"weight_grad", "batch_innermost"},
@@ -157,6 +157,24 @@ def test_matrix_entries_match_portable(case: Any, rng: np.random.Generator) -> N
         sums = case.to_numpy(PORTABLE.row_sums(xp, grad2))
         got = case.to_numpy(kernels.row_sums(xp, grad2))
         np.testing.assert_allclose(got, sums, rtol=0, atol=case.rtol * scale)
+    # matmul: small; large (oneDNN on PyTorch CPU float32); a long inner dimension;
+    # a transposed small ``a`` (a weight); a transposed large ``a``; ``b`` transposed
+    for (m, k, n), a_t, b_t in [
+        ((5, 7, 3), False, False),
+        ((64, 288, 8192), False, False),
+        ((4, 5000, 3), False, True),
+        ((288, 64, 8192), True, False),
+        ((4096, 64, 600), True, False),
+        ((64, 600, 4096), False, True),
+    ]:
+        a_host = rng.standard_normal((k, m) if a_t else (m, k))
+        b_host = rng.standard_normal((n, k) if b_t else (k, n))
+        a, b = case.asarray(a_host), case.asarray(b_host)
+        a, b = (a.T if a_t else a), (b.T if b_t else b)
+        expected = (a_host.T if a_t else a_host) @ (b_host.T if b_t else b_host)
+        got = case.to_numpy(kernels.matmul(xp, a, b))
+        assert got.shape == (m, n)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=case.rtol * np.sqrt(k) * 4)
 
 
 def test_elementwise_entries_match_portable(case: Any, rng: np.random.Generator) -> None:
@@ -263,6 +281,49 @@ def test_numpy_tanh_backward_of_two_dtypes_is_the_portable_one(rng: np.random.Ge
     want = PORTABLE.tanh_backward(np, grad, t)
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(got, want)
+
+
+def test_torch_cpu_products_choose_onednn_by_size() -> None:
+    """Large float32 products on the CPU (or with a long inner dimension) go to oneDNN,
+    where PyTorch has it; small ones, float64, transposed large ``a`` and tensors that
+    record gradients stay with ``torch.mm``. Either way the result is the product."""
+    torch = pytest.importorskip("torch")
+    if _torch_kernels._onednn_linear() is None:
+        pytest.skip("this PyTorch build has no oneDNN linear op")
+    f32 = torch.float32
+    big_a, big_b = torch.ones(64, 288, dtype=f32), torch.ones(288, 8192, dtype=f32)
+    pays = _torch_kernels._onednn_pays
+    assert pays(big_a, big_b)
+    assert pays(torch.ones(4, 5000, dtype=f32), torch.ones(5000, 3, dtype=f32))
+    assert pays(torch.ones(64, 288, dtype=f32).T, torch.ones(64, 8192, dtype=f32))
+    assert not pays(torch.ones(16, 25, dtype=f32), torch.ones(25, 1000, dtype=f32))
+    assert not pays(big_a.double(), big_b.double())
+    assert not pays(torch.ones(600, 4096, dtype=f32).T, torch.ones(600, 64, dtype=f32))
+    assert not pays(big_a.requires_grad_(), big_b)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((64, 288)), rng.standard_normal((8192, 288))
+    got = _torch_kernels.matmul(None, torch.asarray(a, dtype=f32), torch.asarray(b, dtype=f32).T)
+    assert got.dtype == f32 and got.is_contiguous()
+    np.testing.assert_allclose(got.numpy(), a @ b.T, rtol=0, atol=1e-4 * np.sqrt(288) * 4)
+
+
+def test_torch_cpu_tanh_runs_on_the_tensors_memory() -> None:
+    """On the CPU, the PyTorch table's tanh and its backward give PyTorch's values
+    (float32 and float64, strided layouts, the edge values), as CPU tensors of the
+    input's dtype; tensors that record gradients take PyTorch's own functions."""
+    torch = pytest.importorskip("torch")
+    edges = [0.0, -0.0, 1e-8, -1e-5, 20.0, -100.0, float("inf"), float("-inf"), float("nan")]
+    for dtype in (torch.float32, torch.float64):
+        x = torch.cat([torch.tensor(edges, dtype=dtype), torch.linspace(-6, 6, 1001, dtype=dtype)])
+        for v in (x, x.reshape(10, -1).T[1:]):
+            t = _torch_kernels.tanh(None, v)
+            assert isinstance(t, torch.Tensor) and t.dtype == dtype and t.shape == v.shape
+            torch.testing.assert_close(t, torch.tanh(v), equal_nan=True)
+            g = torch.ones_like(v) * 0.5
+            got = _torch_kernels.tanh_backward(None, g, t)
+            torch.testing.assert_close(got, torch.ops.aten.tanh_backward(g, t), equal_nan=True)
+    tracked = torch.linspace(-1, 1, 7, requires_grad=True)
+    assert _torch_kernels.tanh(None, tracked).requires_grad
 
 
 def test_an_explicit_choice_overrides_the_context() -> None:

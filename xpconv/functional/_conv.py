@@ -123,16 +123,17 @@ def grouped_matmul(
 
     ``a`` and ``b`` are each split by rows into ``groups`` equal blocks; block ``g``
     of the result is ``op(a_g) @ op(b_g)`` (``op`` transposes where asked), one 2-D
-    matmul per group, and the blocks are stacked by rows. ``groups == 1`` is one
-    plain matmul.
+    matmul per group (the backend's ``matmul`` kernel), and the blocks are stacked by
+    rows. ``groups == 1`` is one plain matmul.
     """
+    matmul = kernels_for(xp).matmul
     if groups == 1:
-        return (a.T if transpose_a else a) @ (b.T if transpose_b else b)
+        return matmul(xp, a.T if transpose_a else a, b.T if transpose_b else b)
     ra, rb = a.shape[0] // groups, b.shape[0] // groups
     parts = []
     for g in range(groups):
         ag, bg = a[g * ra : (g + 1) * ra, ...], b[g * rb : (g + 1) * rb, ...]
-        parts.append((ag.T if transpose_a else ag) @ (bg.T if transpose_b else bg))
+        parts.append(matmul(xp, ag.T if transpose_a else ag, bg.T if transpose_b else bg))
     return xp.concat(parts, axis=0)
 
 

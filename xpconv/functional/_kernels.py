@@ -12,6 +12,8 @@ a test checks every registered table against them. Shapes:
 
 - ``im2col(xp, x, geom)``: (N, C, H, W) -> (C * KH * KW, L)
 - ``col2im(xp, cols, geom)``: (C * KH * KW, L) -> (N, C, H, W)
+- ``matmul(xp, a, b)``: (M, K) and (K, N) -> (M, N), either operand possibly a
+  transposed view
 - ``weight_grad(xp, grad2, cols)``: (O, L) and (K, L) -> (O, K)
 - ``row_sums(xp, a)``: (O, L) -> (O,)
 - ``batch_innermost(xp, x)``: (N, ...) -> bool
@@ -60,6 +62,10 @@ class Col2im(Protocol):
     def __call__(self, xp: Any, cols: Array, geom: ConvGeometry) -> Array: ...
 
 
+class Matmul(Protocol):
+    def __call__(self, xp: Any, a: Array, b: Array) -> Array: ...
+
+
 class WeightGrad(Protocol):
     def __call__(self, xp: Any, grad2: Array, cols: Array) -> Array: ...
 
@@ -106,6 +112,11 @@ class BatchNormBackward(Protocol):
         weight: Array | None,
         training: bool,
     ) -> tuple[Array, Array, Array]: ...
+
+
+def _matmul(xp: Any, a: Any, b: Any) -> Any:
+    """``a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N)."""
+    return a @ b
 
 
 def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
@@ -182,6 +193,8 @@ class Kernels:
     """Kernels a backend may specialise (signatures and shapes: the module docstring).
 
     - ``im2col`` / ``col2im``: the data movement of convolution (contract in ``_im2col``).
+    - ``matmul``: the 2-D product every convolution and dense layer runs on (forward,
+      input gradient and, unless ``weight_grad`` is specialised, weight gradient).
     - ``weight_grad``: ``grad2 @ cols.T``, the weight gradient.
     - ``batch_innermost``: whether ``x`` is stored batch-innermost, so an op can
       return its result in the same memory order (no layout change between layers);
@@ -201,6 +214,7 @@ class Kernels:
     name: str
     im2col: Im2col
     col2im: Col2im
+    matmul: Matmul = _matmul
     weight_grad: WeightGrad = _weight_grad
     batch_innermost: BatchInnermost = _batch_innermost
     max_pool_blocks: MaxPoolBlocks = _pool.max_pool_blocks
@@ -216,6 +230,7 @@ class Kernels:
 INTERFACE: dict[str, type] = {
     "im2col": Im2col,
     "col2im": Col2im,
+    "matmul": Matmul,
     "weight_grad": WeightGrad,
     "batch_innermost": BatchInnermost,
     "max_pool_blocks": MaxPoolBlocks,

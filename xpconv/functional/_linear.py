@@ -48,7 +48,11 @@ def linear(x: Array, weight: Array, bias: Array | None = None) -> Array:
     xp = _check_linear(x, weight, bias)
     # x stored batch-innermost (a flattened convolution output): the products are faster
     # with its contiguous transpose as the operand.
-    out = (weight @ x.T).T if kernels_for(xp).batch_innermost(xp, x) else x @ weight.T
+    kernels = kernels_for(xp)
+    if kernels.batch_innermost(xp, x):
+        out = kernels.matmul(xp, weight, x.T).T
+    else:
+        out = kernels.matmul(xp, x, weight.T)
     if bias is not None:
         out = out + bias
     return out
@@ -71,11 +75,13 @@ def linear_backward(grad_out: Array, x: Array, weight: Array) -> tuple[Array, Ar
     expected = (x.shape[0], weight.shape[0])
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
-    if kernels_for(xp).batch_innermost(xp, x):
-        grad_x = (weight.T @ grad_out.T).T  # (IN, N) contiguous: x's own layout
-        grad_w = (x.T @ grad_out).T
+    kernels = kernels_for(xp)
+    matmul = kernels.matmul
+    if kernels.batch_innermost(xp, x):
+        grad_x = matmul(xp, weight.T, grad_out.T).T  # (IN, N) contiguous: x's own layout
+        grad_w = matmul(xp, x.T, grad_out).T
     else:
-        grad_x, grad_w = grad_out @ weight, grad_out.T @ x
+        grad_x, grad_w = matmul(xp, grad_out, weight), matmul(xp, grad_out.T, x)
     return grad_x, grad_w, xp.sum(grad_out, axis=0)
 
 
