@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._im2col import ConvGeometry
-from ._kernels import Kernels, register_fast_path
+from ._kernels import PORTABLE, Kernels, register_fast_path
 from ._strided import StridedPlan, strided_plan
 
 Array = Any
@@ -150,7 +150,7 @@ def tanh_backward(xp: Any, grad_out: Array, t: Array) -> Array:
     from . import _numpy_kernels
 
     if grad_out.dtype != t.dtype:
-        return grad_out * (1.0 - t * t)
+        return PORTABLE.tanh_backward(xp, grad_out, t)
     host_grad, host_t = _host_view(grad_out), _host_view(t)
     if host_grad is None or host_t is None:
         return torch.ops.aten.tanh_backward(grad_out, t)
