@@ -160,6 +160,9 @@ def context_line(report: dict[str, Any]) -> str:
     process = "own process per contender" if settings.get("own_process") else "one process"
     if report.get("blas_kernel"):
         blas += f", kernel {report['blas_kernel']}"
+    chosen = [f"{k}={v}" for k, v in (report.get("environment") or {}).items() if v is not None]
+    if chosen:  # set by the user or the machine, e.g. a BLAS kernel forced by OPENBLAS_CORETYPE
+        blas += f", environment {' '.join(chosen)}"
     vector = ", ".join(
         f for f in machine.get("vector_extensions") or [] if f in ("avx2", "avx512f")
     )

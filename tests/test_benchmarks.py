@@ -269,6 +269,19 @@ class _FakeCpu:
         return self.host.CpuSample(wall=float(k), machine_busy=self.total, own=0.0, cores=2)
 
 
+def test_context_line_names_the_variables_that_choose_kernels():
+    line = report.context_line(
+        {
+            "machine": {"processor": "AMD EPYC", "cores_usable": 2},
+            "blas_kernel": "openblas 0.3.31 Haswell, 2 threads",
+            "environment": {"OPENBLAS_CORETYPE": "Haswell", "OMP_NUM_THREADS": None},
+            "settings": {"rounds": 3},
+        }
+    )
+    assert "Haswell, 2 threads, environment OPENBLAS_CORETYPE=Haswell;" in line
+    assert "OMP_NUM_THREADS" not in line
+
+
 def test_busy_repeats_are_run_again_within_bounds():
     log = []
     runners = {"a": _FakeRunner("a", log)}
