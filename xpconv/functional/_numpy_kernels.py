@@ -292,7 +292,11 @@ def batch_norm_train(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Training-mode batch norm of ``x`` (N, C, ...) channel block by channel block, so
     each block is read once from memory and its statistics, normalization, scale and
-    shift run in cache (the portable path makes about ten passes over ``x``).
+    shift run in cache (the portable path makes about ten passes over ``x``). The sums
+    are NumPy's pairwise ones, as in the portable path: a matrix-vector product or
+    ``einsum`` summed up to twice as fast but, in float32, with up to 18 times the error in
+    the variance, enough for a ResNet's float32 training to leave its float64 run
+    within a few steps.
 
     Returns ``(y, x_hat, mean, var, invstd)`` (var biased; y and x_hat in x's memory
     order). Other memory orders take the portable code.
@@ -304,24 +308,23 @@ def batch_norm_train(
     c, m = rows.shape
     xh, y = np.empty_like(rows), np.empty_like(rows)
     mean, var, invstd = (np.empty(c, dtype=x.dtype) for _ in range(3))
-    ones = np.ones(m, dtype=x.dtype)
     step = max(1, _BN_BLOCK // m)
 
     def work(lo: int, hi: int) -> None:
         for a in range(lo, hi, step):
             b = min(a + step, hi)
-            block, h = rows[a:b], xh[a:b]
-            mean[a:b] = block @ ones / m
+            block, h, out = rows[a:b], xh[a:b], y[a:b]
+            mean[a:b] = block.sum(axis=1) / m
             np.subtract(block, mean[a:b, None], out=h)
-            var[a:b] = np.einsum("ij,ij->i", h, h) / m
+            var[a:b] = np.square(h, out=out).sum(axis=1) / m  # y's rows as scratch
             invstd[a:b] = 1.0 / np.sqrt(var[a:b] + eps)
             h *= invstd[a:b, None]
             if weight is None:
-                y[a:b] = h
+                out[...] = h
             else:
-                np.multiply(h, weight[a:b, None], out=y[a:b])
+                np.multiply(h, weight[a:b, None], out=out)
             if bias is not None:
-                y[a:b] += bias[a:b, None]
+                out += bias[a:b, None]
 
     _in_parts(work, c, rows.nbytes)
     shape = tuple(x.shape)
@@ -347,17 +350,16 @@ def batch_norm_backward(
     c, m = g.shape
     gx = np.empty_like(g)
     gw, gb = np.empty(c, dtype=g.dtype), np.empty(c, dtype=g.dtype)
-    ones = np.ones(m, dtype=g.dtype)
     scale = invstd if weight is None else weight * invstd
     step = max(1, _BN_BLOCK // m)
 
     def work(lo: int, hi: int) -> None:
         for a in range(lo, hi, step):
             b = min(a + step, hi)
-            gb[a:b] = g[a:b] @ ones
-            gw[a:b] = np.einsum("ij,ij->i", g[a:b], h[a:b])
-            # grad_x = scale * (g - mean(g) - x_hat * mean(g * x_hat))
             out = gx[a:b]
+            gb[a:b] = g[a:b].sum(axis=1)
+            gw[a:b] = np.multiply(g[a:b], h[a:b], out=out).sum(axis=1)  # gx's rows as scratch
+            # grad_x = scale * (g - mean(g) - x_hat * mean(g * x_hat))
             np.multiply(h[a:b], (gw[a:b] / m)[:, None], out=out)
             np.subtract(g[a:b], out, out=out)
             out -= (gb[a:b] / m)[:, None]
