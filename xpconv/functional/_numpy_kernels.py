@@ -293,9 +293,9 @@ def batch_norm_train(
     """Training-mode batch norm of ``x`` (N, C, ...) channel block by channel block, so
     each block is read once from memory and its statistics, normalization, scale and
     shift run in cache (the portable path makes about ten passes over ``x``). The sums
-    are NumPy's pairwise ones, as in the portable path: a matrix-vector product or
-    ``einsum`` summed up to twice as fast but, in float32, with up to 18 times the error in
-    the variance, enough for a ResNet's float32 training to leave its float64 run
+    are NumPy's pairwise ones, as in the portable path. A matrix-vector product or
+    ``einsum`` sums up to twice as fast, but in float32 with up to 18 times the error
+    in the variance: enough for a ResNet's float32 training to leave its float64 run
     within a few steps.
 
     Returns ``(y, x_hat, mean, var, invstd)`` (var biased; y and x_hat in x's memory
