@@ -69,7 +69,7 @@ def _load_xpconv(seconds: float) -> None:
     runner = make_runner("xpconv-numpy", "W2", "train", 128)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        host.balance_blas_threads()
+        host.balance_threads()
         runner.run(1)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from xpconv import zoo
-from xpconv.host import balance_blas_threads
+from xpconv.host import balance_threads
 from xpconv.optimizers import SGD
 
 __all__ = [
@@ -187,7 +187,7 @@ def copy_weights(model: Any, net: Any) -> None:
 class XpconvRunner:
     """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles,
     ``xpconv.TrainStep``), or ``model.forward`` in eval mode; before every step
-    ``xpconv.host.balance_blas_threads()``, as ``Trainer.fit`` does (it does nothing
+    ``xpconv.host.balance_threads()``, as ``Trainer.fit`` does (it does nothing
     unless ``xpconv.tune_host`` switched it on)."""
 
     def __init__(self, workload: str, backend: str, mode: str, batch: int, seed: int = 0):
@@ -208,7 +208,7 @@ class XpconvRunner:
         if self.mode == "train":
             loss = None
             for _ in range(steps):
-                balance_blas_threads()
+                balance_threads()
                 if self.train_step is not None:
                     loss = self.train_step(x, self.y, validate=False)
                     continue
@@ -217,7 +217,7 @@ class XpconvRunner:
             return float(loss)
         out = None
         for _ in range(steps):
-            balance_blas_threads()
+            balance_threads()
             out = model.forward(x, training=False)
         return float(out[0, 0])
 

@@ -74,7 +74,7 @@ def test_every_table_follows_the_interface(table: str, entry: str) -> None:
 #: the entries each fast table brings itself; every other entry is the portable one.
 SPECIALISED = {
     "numpy": {
-        "im2col", "col2im", "weight_grad", "batch_innermost", "max_pool_blocks",
+        "im2col", "col2im", "matmul", "weight_grad", "batch_innermost", "max_pool_blocks",
         "max_pool_blocks_backward", "tanh", "tanh_backward", "batch_norm_train",
         "batch_norm_backward", "row_sums",
     },
@@ -157,8 +157,10 @@ def test_matrix_entries_match_portable(case: Any, rng: np.random.Generator) -> N
         sums = case.to_numpy(PORTABLE.row_sums(xp, grad2))
         got = case.to_numpy(kernels.row_sums(xp, grad2))
         np.testing.assert_allclose(got, sums, rtol=0, atol=case.rtol * scale)
-    # matmul: small; large (oneDNN on PyTorch CPU float32); a long inner dimension;
-    # a transposed small ``a`` (a weight); a transposed large ``a``; ``b`` transposed
+    # matmul: small; large (oneDNN on PyTorch CPU float32; on NumPy split by columns);
+    # a long inner dimension; a transposed small ``a`` (a weight); a transposed large
+    # ``a`` (split by rows on NumPy); ``b`` transposed; few rows and columns (split by
+    # the inner dimension on NumPy); columns that split off a multiple of 64
     for (m, k, n), a_t, b_t in [
         ((5, 7, 3), False, False),
         ((64, 288, 8192), False, False),
@@ -166,6 +168,8 @@ def test_matrix_entries_match_portable(case: Any, rng: np.random.Generator) -> N
         ((288, 64, 8192), True, False),
         ((4096, 64, 600), True, False),
         ((64, 600, 4096), False, True),
+        ((10, 12544, 128), False, False),
+        ((300, 70, 1001), False, True),
     ]:
         a_host = rng.standard_normal((k, m) if a_t else (m, k))
         b_host = rng.standard_normal((n, k) if b_t else (k, n))

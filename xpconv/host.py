@@ -1,20 +1,22 @@
-"""Process-wide settings that keep NumPy training fast on a Linux host, applied only
-when asked for.
+"""Process-wide settings for NumPy training on a Linux host, applied only when asked for,
+and the BLAS thread controls xpconv's NumPy kernels use.
 
 Importing xpconv, selecting a backend or building a model changes nothing outside
 xpconv. :func:`tune_host` is the one entry point that does; the ``xpconv`` command,
-:class:`xpconv.Trainer` and the benchmarks call it, and a user may. It does three
+:class:`xpconv.Trainer` and the benchmarks call it, and a user may. It does two
 things, each described at its function:
 
 - :func:`keep_freed_memory`: glibc keeps the step's freed temporaries for reuse
   (``XPCONV_KEEP_FREED_MEMORY=0`` turns this one off).
-- :func:`quiet_blas_threads`: OpenBLAS's idle worker threads sleep instead of spinning
-  (an ``OPENBLAS_THREAD_TIMEOUT`` set by the user is respected instead).
-- :func:`balance_blas_threads` is switched on: called between training steps, it gives
-  OpenBLAS one thread while other processes keep the cores busy, and its thread count
-  back when they stop.
+- :func:`balance_threads` is switched on: called between training steps, it runs
+  xpconv's NumPy work on one thread while other processes keep the cores busy, and on
+  every core again when they stop.
 
-``XPCONV_HOST_TUNING=0`` in the environment turns all of it off.
+``XPCONV_HOST_TUNING=0`` in the environment turns both off.
+
+Beside them, :func:`single_blas_thread` holds OpenBLAS at one thread while one of
+xpconv's own matrix products runs (xpconv splits those over its threads itself, so
+that their results do not depend on the thread count) and gives the count back after.
 """
 
 from __future__ import annotations
@@ -22,27 +24,26 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import numpy as np
-
 __all__ = [
     "CpuSample",
-    "balance_blas_threads",
+    "balance_threads",
     "blas_threads",
     "cpu_sample",
     "keep_freed_memory",
     "openblas_paths",
-    "quiet_blas_threads",
+    "parallel_workers",
     "set_blas_threads",
+    "single_blas_thread",
     "tune_host",
 ]
-
-_TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
-_SHORTEST_TIMEOUT = "4"  # OpenBLAS's minimum: spin for 2**4 cycles, then sleep
 
 
 def keep_freed_memory() -> bool:
@@ -79,48 +80,6 @@ def openblas_paths() -> list[str]:
     except OSError:
         return []
     return [p for p in dict.fromkeys(found) if ".so" in os.path.basename(p)]
-
-
-@cache
-def quiet_blas_threads() -> bool:
-    """Make OpenBLAS's idle worker threads sleep at once instead of spinning.
-
-    After every call OpenBLAS keeps its workers busy-waiting for the next one, for
-    2**28 cycles (about 0.1 s) by default. A training step runs NumPy's elementwise
-    operations and xpconv's own copy threads between its matrix products; spinning
-    workers take the cores those need. On the 2-core reference machine, letting the
-    workers sleep took W1's training step from 12.9 to 7.2 ms and W2's from 48 to
-    36 ms; the products themselves do not get slower.
-
-    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` when it starts its thread pool, usually
-    before xpconv is imported. So this sets the variable, has OpenBLAS read it again,
-    shuts the pool down, lets one small product start it anew, and restores the
-    environment. It does nothing when the user has set the variable (to keep
-    OpenBLAS's default, set it to 28) or when no OpenBLAS with these two entry points
-    is loaded. It acts on every OpenBLAS loaded so far, once per process; call it
-    while no other thread is inside BLAS.
-    """
-    if _TIMEOUT_VARIABLE in os.environ:
-        return False
-    libraries = []
-    for path in openblas_paths():
-        try:
-            lib = ctypes.CDLL(path)
-            libraries.append((lib.openblas_read_env, lib.blas_thread_shutdown_))
-        except (OSError, AttributeError):
-            continue
-    if not libraries:
-        return False
-    os.environ[_TIMEOUT_VARIABLE] = _SHORTEST_TIMEOUT
-    try:
-        for read_env, shutdown in libraries:
-            read_env()  # newer OpenBLAS caches the variable here...
-            shutdown()
-        square = np.ones((256, 256), dtype=np.float32)
-        square @ square  # ...older ones read it when the pool restarts, as NumPy's does here
-    finally:
-        del os.environ[_TIMEOUT_VARIABLE]
-    return True
 
 
 # ------------------------------------------------------------------ BLAS thread count
@@ -210,10 +169,10 @@ def cpu_sample() -> CpuSample | None:
 
 
 class _Balancer:
-    """The state of :func:`balance_blas_threads`."""
+    """The state of :func:`balance_threads`."""
 
     window = 0.1  # seconds between two decisions
-    crowded = 0.3  # cores taken by other processes that make OpenBLAS go to one thread
+    crowded = 0.3  # cores taken by other processes that make xpconv go to one thread
     clear = 0.15  # ... and below which it gets its threads back
 
     def __init__(self) -> None:
@@ -224,9 +183,9 @@ class _Balancer:
 
     def enable(self) -> None:
         if not self.enabled:
-            self.full = blas_threads()
+            self.full = _usable_cores()
             self.current = self.full
-            self.enabled = self.full is not None and self.full > 1 and cpu_sample() is not None
+            self.enabled = self.full > 1 and cpu_sample() is not None
 
     def step(self) -> int | None:
         if not self.enabled:
@@ -238,58 +197,103 @@ class _Balancer:
             return self.current
         if self.last is None:  # first call: one thread until the machine is seen idle
             self.last = now
-            self._set(1)
+            self.current = 1
             return self.current
         others = now.others_since(self.last)
         self.last = now
         if others >= self.crowded:
-            self._set(1)
+            self.current = 1
         elif others < self.clear:
-            self._set(self.full)
+            self.current = self.full
         return self.current
 
-    def _set(self, count: int | None) -> None:
-        if count is not None and count != self.current:
-            set_blas_threads(count)
-            self.current = count
+
+def _usable_cores() -> int:
+    found = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return len(found) if found else (os.cpu_count() or 1)
 
 
 _BALANCER = _Balancer()
 
 
-def balance_blas_threads() -> int | None:
-    """Between training steps: give OpenBLAS one thread while other processes keep the
-    cores busy, and its thread count back when they stop. Returns the thread count now
-    (``None`` when :func:`tune_host` has not switched balancing on, or there is no
-    multi-threaded OpenBLAS).
+def balance_threads() -> int | None:
+    """Between training steps: run xpconv's NumPy work on one thread while other
+    processes keep the cores busy, and on all of them again when they stop. Returns the
+    thread count now (``None`` when :func:`tune_host` has not switched balancing on, or
+    there is one core).
 
-    Why: OpenBLAS splits every product over its threads and the calling thread waits
-    for the slowest. Beside another process's spinning thread pool (a PyTorch training,
-    say) one of them is descheduled, and the product waits for its time slice: on 2
-    cores beside a 2-thread PyTorch loop, a LeNet epoch of 600 images took 3 to 30 s
-    with 2 OpenBLAS threads and 0.7 to 1.5 s with one. It reads ``/proc/stat`` at most
-    every 0.1 s and decides on the CPU time other processes took since the last
-    decision (0.3 cores or more: one thread; under 0.15: the count it had when
-    balancing was switched on). The first call after switching on starts with one
-    thread. Call it while no other thread is inside BLAS.
+    Why: work split over threads waits for the slowest part. Beside another process's
+    spinning thread pool (a PyTorch training, say) one thread is always descheduled,
+    and the step waits for its time slice: on 2 cores beside a 2-thread PyTorch loop, a
+    LeNet epoch of 600 images took 3 to 30 s with 2 threads and 0.7 to 1.5 s with one.
+    It reads ``/proc/stat`` at most every 0.1 s and decides on the CPU time other
+    processes took since the last decision (0.3 cores or more: one thread; under 0.15:
+    every usable core). The first call after switching on starts with one thread.
+
+    Only the number of threads that run the parts changes, never how the work is cut
+    into parts (see :func:`parallel_workers`), so a seeded training computes the same
+    numbers, bit for bit, however busy the machine is.
     """
     return _BALANCER.step()
+
+
+def parallel_workers() -> int | None:
+    """How many threads xpconv's NumPy kernels may run their parts on now: the
+    balancer's choice, or ``None`` (no limit: every core) while balancing is off."""
+    return _BALANCER.current if _BALANCER.enabled else None
+
+
+class _BlasHold:
+    """Reference-counted hold of OpenBLAS at one thread (see :func:`single_blas_thread`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.depth = 0
+        self.outside: int | None = None
+
+
+_HOLD = _BlasHold()
+
+
+@contextmanager
+def single_blas_thread() -> Iterator[int | None]:
+    """Hold every loaded OpenBLAS at one thread inside the ``with`` block; yields the
+    thread count it has outside (``None``: no OpenBLAS whose count can be set is
+    loaded, and nothing is held).
+
+    xpconv's NumPy kernels split their large matrix products over their own threads in
+    a fixed way, each part a one-thread BLAS call, so that a product's rounding does
+    not depend on how many threads run it (OpenBLAS's AVX2 kernels round differently
+    with one thread and with two). Nested and concurrent holds share one: the first
+    sets the count, the last gives the outside count back.
+    """
+    with _HOLD.lock:
+        if _HOLD.depth == 0:
+            _HOLD.outside = blas_threads()
+            if _HOLD.outside is not None and _HOLD.outside != 1:
+                set_blas_threads(1)
+        _HOLD.depth += 1
+        outside = _HOLD.outside
+    try:
+        yield outside
+    finally:
+        with _HOLD.lock:
+            _HOLD.depth -= 1
+            if _HOLD.depth == 0 and _HOLD.outside is not None and _HOLD.outside != 1:
+                set_blas_threads(_HOLD.outside)
 
 
 def tune_host() -> dict[str, bool]:
     """Apply xpconv's process-wide host tuning; returns what was done.
 
-    Changes three things in the whole process (Linux): glibc's ``mallopt`` thresholds
-    (freed memory is kept for reuse, :func:`keep_freed_memory`), the idle timeout of
-    every loaded OpenBLAS's threads (:func:`quiet_blas_threads`), and, between
-    training steps, OpenBLAS's thread count while the machine is busy
-    (:func:`balance_blas_threads`). ``XPCONV_HOST_TUNING=0`` turns it into a no-op.
-    Safe to call more than once; call it while no other thread is inside BLAS.
+    Changes two things in the whole process (Linux): glibc's ``mallopt`` thresholds
+    (freed memory is kept for reuse, :func:`keep_freed_memory`), and, between training
+    steps, how many threads xpconv's NumPy kernels use while the machine is busy
+    (:func:`balance_threads`; this changes no result). ``XPCONV_HOST_TUNING=0`` turns
+    it into a no-op. Safe to call more than once.
     """
     if os.environ.get("XPCONV_HOST_TUNING", "1").strip() == "0":
-        return {"keep_freed_memory": False, "quiet_blas_threads": False, "balance_blas": False}
+        return {"keep_freed_memory": False, "balance_threads": False}
     kept = keep_freed_memory()
-    quiet = quiet_blas_threads()
     _BALANCER.enable()
-    balance = _BALANCER.enabled
-    return {"keep_freed_memory": kept, "quiet_blas_threads": quiet, "balance_blas": balance}
+    return {"keep_freed_memory": kept, "balance_threads": _BALANCER.enabled}

@@ -383,7 +383,7 @@ class Trainer:
         seen, step_losses = 0, []
         for step, first in enumerate(range(0, n, batch_size)):
             idx = order[first : min(first + batch_size, n)]
-            host.balance_blas_threads()  # one BLAS thread while the machine is busy
+            host.balance_threads()  # one thread while the machine is busy
             if x_host is None:
                 xb = xp.take(x, idx, axis=0)
             else:  # augmented on the host from the seeded generator, then moved

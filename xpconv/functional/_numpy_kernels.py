@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from .. import host
 from ._im2col import ConvGeometry
 from ._kernels import PORTABLE, Kernels, register_fast_path
 from ._strided import StridedPlan, strided_plan
@@ -33,6 +34,7 @@ Array = Any
 
 
 _PARALLEL_BYTES = 1 << 22  # below 4 MB a copy is not worth splitting
+_PARALLEL_COMPUTE_BYTES = 1 << 18  # an op of several ns per value (tanh): from 256 KB
 
 
 @cache
@@ -51,23 +53,37 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's t
     os.register_at_fork(after_in_child=_executor.cache_clear)
 
 
-def _in_parts(work: Any, count: int, nbytes: int) -> None:
-    """Run ``work(lo, hi)`` over ranges that split ``range(count)`` (channels, kernel
-    taps, chunks or elements), one per core when ``nbytes`` make it worth it.
+def _workers(limit: int | None = None) -> int:
+    """Threads the parts may run on now: every core, fewer while the host balancing
+    (``xpconv.host.balance_threads``) sees the machine busy, at most ``limit``."""
+    allowed = host.parallel_workers() or _cores()
+    return max(1, min(allowed, _cores(), limit or allowed))
+
+
+def _run_parts(work: Any, bounds: list[int], workers: int) -> None:
+    """Run ``work(lo, hi)`` for every range of ``bounds``, on up to ``workers`` threads.
 
     The calling thread runs the first range itself instead of waiting for a helper to
-    wake: 0.5 ms less per W2 step than handing every range to the pool.
+    wake: 0.5 ms less per W2 step than handing every range to the pool. With one worker
+    it runs them all, one after another: the parts, and so the results, are the same.
     """
-    pool = _executor() if nbytes >= _PARALLEL_BYTES else None
-    if pool is None or count < 2:
-        work(0, count)
+    ranges = list(zip(bounds[:-1], bounds[1:]))
+    pool = _executor() if workers > 1 else None
+    if pool is None:
+        for lo, hi in ranges:
+            work(lo, hi)
         return
-    parts = min(_cores(), count)
-    bounds = [count * k // parts for k in range(parts + 1)]
-    futures = [pool.submit(work, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    work(bounds[0], bounds[1])
+    futures = [pool.submit(work, lo, hi) for lo, hi in ranges[1:]]
+    work(*ranges[0])
     for future in futures:
         future.result()
+
+
+def _in_parts(work: Any, count: int, nbytes: int, threshold: int = _PARALLEL_BYTES) -> None:
+    """Run ``work(lo, hi)`` over ranges that split ``range(count)`` (channels, kernel
+    taps, chunks or elements), one per core when ``nbytes`` reach ``threshold``."""
+    parts = min(_cores(), count) if nbytes >= threshold else 1
+    _run_parts(work, [count * k // parts for k in range(parts + 1)], _workers())
 
 
 def _padded_chwn(x: np.ndarray, plan: StridedPlan) -> np.ndarray:
@@ -129,6 +145,63 @@ def col2im(xp: Any, cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 
 
 _SINGLE_THREAD_GEMM = 1 << 18  # OpenBLAS keeps products below M * N * K = 2**18 on one thread
+_SPLIT_GEMM = 1 << 21  # from here a product is split over the cores
+_SPLIT_ALIGN = 64  # part boundaries: whole cache lines and whole BLAS kernel tiles
+
+
+def _bounds(size: int, parts: int) -> list[int]:
+    """``parts`` + 1 boundaries that split ``range(size)`` at multiples of 64."""
+    inner = [size * k // parts // _SPLIT_ALIGN * _SPLIT_ALIGN for k in range(1, parts)]
+    return [0, *inner, size]
+
+
+def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for (M, K) and (K, N), split over the cores by xpconv itself.
+
+    OpenBLAS's AVX2 kernels round a product differently with one thread and with two,
+    so a count that follows the machine's load (``xpconv.host.balance_threads``) would
+    make a seeded training unrepeatable. Here every product large enough for OpenBLAS
+    to thread runs with OpenBLAS held at one thread (``xpconv.host.single_blas_thread``);
+    from 2**21 multiply-adds it is cut into one part per core, always the same way: by
+    rows or columns, whichever are more, at multiples of 64, or by the inner dimension
+    when both are few (the partial products then added in a fixed order). The parts run
+    on up to as many threads as OpenBLAS had outside the hold and the host balancing
+    allows, and give the same bits on any number of them. Timed on 2 cores against
+    OpenBLAS's own two threads: LeNet's second convolution 8.0 against 8.2 ms (forward),
+    its weight gradient 6.3 against 8.0 ms, the lecture network's dense forward 0.46
+    against 0.53 ms. Without an OpenBLAS whose count can be set, this is ``a @ b``.
+    """
+    a, b = np.asarray(a), np.asarray(b)
+    (m, k), n = a.shape, b.shape[1]
+    if m * n * k < _SINGLE_THREAD_GEMM:
+        return a @ b
+    with host.single_blas_thread() as outside:
+        parts = _cores() if m * n * k >= _SPLIT_GEMM and outside is not None else 1
+        if parts == 1:
+            return a @ b
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+        workers = _workers(outside)
+        if max(m, n) >= 2 * _SPLIT_ALIGN * parts:
+            if n >= m:
+
+                def columns(lo: int, hi: int) -> None:
+                    np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+
+                _run_parts(columns, _bounds(n, parts), workers)
+            else:
+
+                def rows(lo: int, hi: int) -> None:
+                    np.matmul(a[lo:hi], b, out=out[lo:hi])
+
+                _run_parts(rows, _bounds(m, parts), workers)
+            return out
+        partial: dict[int, np.ndarray] = {}
+
+        def inner(lo: int, hi: int) -> None:
+            partial[lo] = a[:, lo:hi] @ b[lo:hi]
+
+        _run_parts(inner, _bounds(k, parts), workers)
+        return sum(partial[lo] for lo in sorted(partial))  # the same order every time
 
 
 def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -151,7 +224,7 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
         None,
     )
     if o * k > 4096 or chunks is None or length < 64 * chunks:
-        return (cols @ grad2.T).T  # this orientation: 6.0 against 6.4 ms for LeNet's conv2
+        return matmul(xp, cols, grad2.T).T  # this orientation: 6.0 against 6.4 ms (conv2)
     m = length // chunks
     g3 = grad2.reshape(o, chunks, m).transpose(1, 0, 2)  # (B, O, M) views, no copies
     c3 = cols.reshape(k, chunks, m).transpose(1, 2, 0)  # (B, M, K)
@@ -222,7 +295,9 @@ def _dense(a: np.ndarray) -> bool:
     return True
 
 
-def _elementwise(fn: Any, *arrays: np.ndarray) -> np.ndarray | None:
+def _elementwise(
+    fn: Any, *arrays: np.ndarray, threshold: int = _PARALLEL_BYTES
+) -> np.ndarray | None:
     """``fn(out, *arrays)`` on pieces of flat memory split over the cores, into a new
     array laid out like ``arrays[0]``; None when the arrays do not share one dense
     layout (the caller then takes the portable expression)."""
@@ -237,14 +312,14 @@ def _elementwise(fn: Any, *arrays: np.ndarray) -> np.ndarray | None:
     def run(lo: int, hi: int) -> None:
         fn(*(f[lo:hi] for f in flat))
 
-    _in_parts(run, first.size, out.nbytes)
+    _in_parts(run, first.size, out.nbytes, threshold)
     return out
 
 
 def tanh(xp: Any, x: np.ndarray) -> np.ndarray:
     """``tanh(x)``, split over the cores."""
     x = np.asarray(x)
-    out = _elementwise(lambda o, a: np.tanh(a, out=o), x)
+    out = _elementwise(lambda o, a: np.tanh(a, out=o), x, threshold=_PARALLEL_COMPUTE_BYTES)
     return PORTABLE.tanh(xp, x) if out is None else out
 
 
@@ -263,9 +338,11 @@ def tanh_backward(xp: Any, grad_out: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def row_sums(xp: Any, a: np.ndarray) -> np.ndarray:
     """Row sums as a matrix-vector product: four times faster than ``sum(axis=1)``
-    on a first convolution's (32, 100352) gradient (0.13 against 0.56 ms)."""
+    on a first convolution's (32, 100352) gradient (0.13 against 0.56 ms). On one BLAS
+    thread, as the products are (see :func:`matmul`)."""
     a = np.asarray(a)
-    return a @ np.ones(a.shape[1], dtype=a.dtype)
+    with host.single_blas_thread():
+        return a @ np.ones(a.shape[1], dtype=a.dtype)
 
 
 def _channel_rows(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
@@ -380,6 +457,7 @@ def _load() -> Kernels:
         "numpy",
         im2col,
         col2im,
+        matmul=matmul,
         weight_grad=weight_grad,
         batch_innermost=batch_innermost,
         max_pool_blocks=max_pool_blocks,
