@@ -29,7 +29,7 @@ from xpconv.functional import (
     _torch_kernels,
 )
 from xpconv.functional._conv import conv_geometry
-from xpconv.functional._kernels import INTERFACE, PORTABLE, Kernels, kernels_for
+from xpconv.functional._kernels import INTERFACE, PORTABLE, Kernels, kernels_for, use_portable
 
 TABLES: dict[str, Callable[[], Kernels]] = {
     "portable": lambda: PORTABLE,
@@ -74,9 +74,9 @@ def test_every_table_follows_the_interface(table: str, entry: str) -> None:
 #: the entries each fast table brings itself; every other entry is the portable one.
 SPECIALISED = {
     "numpy": {
-        "im2col", "col2im", "matmul", "weight_grad", "batch_innermost", "max_pool_blocks",
-        "max_pool_blocks_backward", "tanh", "tanh_backward", "batch_norm_train",
-        "batch_norm_backward", "row_sums",
+        "im2col", "col2im", "matmul", "conv_matmul", "weight_grad", "batch_innermost",
+        "max_pool_blocks", "max_pool_blocks_backward", "tanh", "tanh_backward",
+        "batch_norm_train", "batch_norm_backward", "row_sums",
     },
     "torch": {
         "im2col", "col2im", "matmul", "weight_grad", "batch_innermost", "max_pool_blocks",
@@ -142,6 +142,30 @@ def test_im2col_col2im_entries_match_portable(case: Any, rng: np.random.Generato
         case.assert_close(
             kernels.col2im(xp, y, geom), case.to_numpy(PORTABLE.col2im(xp, y, geom)), str(geom)
         )
+
+
+def test_conv_matmul_entry_matches_portable(case: Any, rng: np.random.Generator) -> None:
+    """The table's whole-convolution product against im2col and matmul one after the
+    other on the portable path, with and without bias, columns kept or not; one case
+    with enough output rows for the NumPy kernel to build them in several blocks."""
+    kernels, xp = kernels_for(case.xp), case.xp
+    geometries = _geometries(case)
+    big = ((8, 3, 30, 30), (5, 3, 5, 5), dict(padding="same"), (1, 1))
+    geometries.append((conv_geometry(big[0], big[1], **big[2]), big[0]))
+    for geom, x_shape in geometries:
+        x = case.asarray(rng.standard_normal(x_shape))
+        w2 = case.asarray(rng.standard_normal((geom.out_channels, geom.in_channels * geom.taps)))
+        bias = case.asarray(rng.standard_normal(geom.out_channels))
+        with use_portable():
+            cols_ref = PORTABLE.im2col(xp, x, geom)
+            ref = case.to_numpy(PORTABLE.matmul(xp, w2, cols_ref))
+        scale = np.sqrt(geom.in_channels * geom.taps)
+        for b, keep in [(bias, True), (None, False)]:
+            out, cols = kernels.conv_matmul(xp, x, w2, b, geom, keep)
+            want = ref + (case.to_numpy(bias)[:, None] if b is not None else 0)
+            np.testing.assert_allclose(case.to_numpy(out), want, atol=case.rtol * scale * 4)
+            if keep or cols is not None:
+                np.testing.assert_array_equal(case.to_numpy(cols), case.to_numpy(cols_ref))
 
 
 def test_matrix_entries_match_portable(case: Any, rng: np.random.Generator) -> None:

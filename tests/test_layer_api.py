@@ -339,6 +339,7 @@ OP_DEFAULTS = {
     "conv2d_backward": _CONV,
     "conv2d_backward_cols": dict(need_input_grad=True),
     "conv2d_backward_matrix": dict(need_input_grad=True),
+    "conv2d_forward_matrix": dict(keep_cols=True),
     "conv_max_pool2d": _FUSED,
     "conv_max_pool2d_forward": _FUSED,
     "conv_max_pool2d_forward_unchecked": dict(relu=False),
@@ -448,6 +449,7 @@ def _calls() -> dict[str, list]:
         "conv2d_backward": [call(a(2, 4, 4, 4), x4, w4)],
         "conv2d_backward_cols": [call(np, a(2, 4, 4, 4), cols, w4, geom)],
         "conv2d_backward_matrix": [call(np, a(4, 32), cols, w4, geom)],
+        "conv2d_forward_matrix": [call(np, x4, w4, None, geom)],
         "conv_max_pool2d": [call(x4, w4)],
         "conv_max_pool2d_forward": [call(x4, w4)],
         "conv_max_pool2d_forward_unchecked": [call(np, x4, w4, None, pooled)],
@@ -722,3 +724,19 @@ def test_conv1d_passes_init_and_channels_on() -> None:
     config = L.Conv1D(4, 3, init="he_normal", in_channels=6).get_config()
     assert (config["init"], config["in_channels"]) == ("he_normal", 6)
     assert L.Parameter(np.ones(2), "w").name == "w"
+
+
+def test_conv_backward_after_an_inference_pass_rebuilds_its_columns() -> None:
+    """An inference pass stores no columns; a backward after it (a gradient check in
+    eval mode, say) builds them again and gives the training pass's gradients."""
+    rng = np.random.default_rng(3)
+    x, g = rng.normal(size=(2, 3, 7, 7)), rng.normal(size=(2, 4, 7, 7))
+    grads = []
+    for training in (True, False):
+        layer = xc.Conv2D(4, 3, padding="same", activation="tanh")
+        xc.Sequential([layer], input_shape=(3, 7, 7), dtype="float64", seed=0)
+        layer.forward(x, training)
+        gx = layer.backward(g, input_grad=True)
+        grads.append((gx, layer.params["weight"].grad, layer.params["bias"].grad))
+    for trained, inferred in zip(*grads):
+        np.testing.assert_allclose(inferred, trained, rtol=1e-12, atol=1e-12)

@@ -279,14 +279,17 @@ class Conv2D(_ActivationMixin, Layer):
         xp = array_namespace(weight)
         geom = replace(self._geom, batch=int(x.shape[0]))
         bias = self.params["bias"].value if self.use_bias else None
-        out, cols = F.conv2d_forward_matrix(xp, x, weight, bias, geom)  # (O, OH*OW*N)
-        self._saved = (xp, cols, geom)
+        # (O, OH*OW*N); an inference pass stores no columns
+        out, cols = F.conv2d_forward_matrix(xp, x, weight, bias, geom, keep_cols=training)
+        self._saved = (xp, cols, geom, x)
         if self.activation not in F.ALONG_AN_AXIS:  # elementwise: on the matrix
             return F.matrix_to_output(xp, self._activate(out), geom)
         return self._activate(F.matrix_to_output(xp, out, geom))
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
-        xp, cols, geom = self._saved
+        xp, cols, geom, x = self._saved
+        if cols is None:  # after an inference pass (a gradient check in eval mode, say)
+            cols = F.conv2d_forward_matrix(xp, x, self._kernel(), None, geom)[1]
         if self.activation not in F.ALONG_AN_AXIS:
             g2 = self._deactivate(F.output_to_matrix(xp, grad, geom))
         else:

@@ -138,13 +138,24 @@ def grouped_matmul(
 
 
 def conv2d_forward_matrix(
-    xp: Any, x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
-) -> tuple[Array, Array]:
+    xp: Any,
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    geom: ConvGeometry,
+    *,
+    keep_cols: bool = True,
+) -> tuple[Array, Array | None]:
     """Unchecked forward: the output as a (O, columns) matrix in the column order of
-    ``geom`` (see ``_im2col``), and the columns for backward."""
-    cols = kernels_for(xp).im2col(xp, x, geom)  # (C*KH*KW, columns)
+    ``geom`` (see ``_im2col``), and the columns for backward (possibly ``None`` with
+    ``keep_cols=False``, for a forward pass that no backward follows)."""
     o = geom.out_channels
-    out = grouped_matmul(xp, xp.reshape(weight, (o, -1)), cols, geom.groups)  # fresh
+    kernels = kernels_for(xp)
+    w2 = xp.reshape(weight, (o, -1))
+    if geom.groups == 1:
+        return kernels.conv_matmul(xp, x, w2, bias, geom, keep_cols)
+    cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, columns)
+    out = grouped_matmul(xp, w2, cols, geom.groups)  # fresh
     if bias is not None:
         out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
     return out, cols

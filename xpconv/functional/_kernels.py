@@ -14,6 +14,10 @@ a test checks every registered table against them. Shapes:
 - ``col2im(xp, cols, geom)``: (C * KH * KW, L) -> (N, C, H, W)
 - ``matmul(xp, a, b)``: (M, K) and (K, N) -> (M, N), either operand possibly a
   transposed view
+- ``conv_matmul(xp, x, weight2d, bias, geom, keep_cols=True)``: (N, C, H, W),
+  (O, C * KH * KW) and (O,) or None -> the (O, L) output matrix ``weight2d @ cols +
+  bias`` and the (C * KH * KW, L) columns (``None`` allowed when ``keep_cols`` is
+  False); one group
 - ``weight_grad(xp, grad2, cols)``: (O, L) and (K, L) -> (O, K)
 - ``row_sums(xp, a)``: (O, L) -> (O,)
 - ``batch_innermost(xp, x)``: (N, ...) -> bool
@@ -64,6 +68,18 @@ class Col2im(Protocol):
 
 class Matmul(Protocol):
     def __call__(self, xp: Any, a: Array, b: Array) -> Array: ...
+
+
+class ConvMatmul(Protocol):
+    def __call__(
+        self,
+        xp: Any,
+        x: Array,
+        weight2d: Array,
+        bias: Array | None,
+        geom: ConvGeometry,
+        keep_cols: bool = True,
+    ) -> tuple[Array, Array | None]: ...
 
 
 class WeightGrad(Protocol):
@@ -117,6 +133,20 @@ class BatchNormBackward(Protocol):
 def _matmul(xp: Any, a: Any, b: Any) -> Any:
     """``a @ b`` for 2-D ``a`` (M, K) and ``b`` (K, N)."""
     return a @ b
+
+
+def _conv_matmul(
+    xp: Any, x: Any, weight2d: Any, bias: Any, geom: ConvGeometry, keep_cols: bool = True
+) -> tuple[Any, Any]:
+    """``weight2d @ im2col(x) + bias`` through the ``im2col`` and ``matmul`` entries of
+    the table selected for ``xp``: the (O, L) output matrix and the columns (kept even
+    when ``keep_cols`` is False)."""
+    table = kernels_for(xp)
+    cols = table.im2col(xp, x, geom)
+    out = table.matmul(xp, weight2d, cols)  # fresh
+    if bias is not None:
+        out += xp.reshape(bias, (-1, 1))  # in place: nobody else holds ``out`` yet
+    return out, cols
 
 
 def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
@@ -195,6 +225,9 @@ class Kernels:
     - ``im2col`` / ``col2im``: the data movement of convolution (contract in ``_im2col``).
     - ``matmul``: the 2-D product every convolution and dense layer runs on (forward,
       input gradient and, unless ``weight_grad`` is specialised, weight gradient).
+    - ``conv_matmul``: a one-group convolution's forward as a matrix, ``weight2d @
+      cols + bias``; a fast path may build the columns block by block and multiply
+      each while it is in cache (and keep none when ``keep_cols`` is False).
     - ``weight_grad``: ``grad2 @ cols.T``, the weight gradient.
     - ``batch_innermost``: whether ``x`` is stored batch-innermost, so an op can
       return its result in the same memory order (no layout change between layers);
@@ -215,6 +248,7 @@ class Kernels:
     im2col: Im2col
     col2im: Col2im
     matmul: Matmul = _matmul
+    conv_matmul: ConvMatmul = _conv_matmul
     weight_grad: WeightGrad = _weight_grad
     batch_innermost: BatchInnermost = _batch_innermost
     max_pool_blocks: MaxPoolBlocks = _pool.max_pool_blocks
@@ -231,6 +265,7 @@ INTERFACE: dict[str, type] = {
     "im2col": Im2col,
     "col2im": Col2im,
     "matmul": Matmul,
+    "conv_matmul": ConvMatmul,
     "weight_grad": WeightGrad,
     "batch_innermost": BatchInnermost,
     "max_pool_blocks": MaxPoolBlocks,

@@ -204,6 +204,62 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return sum(partial[lo] for lo in sorted(partial))  # the same order every time
 
 
+_CONV_BLOCK = 1 << 19  # bytes of columns built and multiplied at a time: they stay in cache
+
+
+def conv_matmul(
+    xp: Any,
+    x: np.ndarray,
+    weight2d: np.ndarray,
+    bias: np.ndarray | None,
+    geom: ConvGeometry,
+    keep_cols: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``weight2d @ im2col(x) + bias``: (N, C, H, W) -> (O, OH * OW * N), built a few
+    output rows at a time.
+
+    Each block of columns is copied from the windows view and multiplied, and the bias
+    added to its outputs, while it is still in cache; only the output (and the columns,
+    when ``keep_cols``) go to memory. Without ``keep_cols`` (a forward pass no backward
+    follows) the columns are never stored at all. The output rows are split over the
+    cores, each block a one-thread BLAS call, the same blocks every time (see
+    :func:`matmul`). The lecture network's forward pass, batch 128: 1.4 against 2.2 ms
+    for im2col, product and bias one after another. Pool-ordered columns (the fused
+    conv + pool step) take the one-pass path.
+    """
+    if geom.pool != (1, 1):
+        return PORTABLE.conv_matmul(xp, x, weight2d, bias, geom, keep_cols)
+    plan = strided_plan(geom)
+    src = _padded_chwn(np.asarray(x), plan)
+    w2 = np.asarray(weight2d)
+    windows = as_strided(
+        src, shape=plan.windows, strides=plan.window_strides(*src.strides), writeable=False
+    )
+    rows, (oh, ow) = w2.shape[1], geom.out
+    per_row = ow * geom.batch  # columns of one output row
+    out = np.empty((w2.shape[0], oh * per_row), dtype=np.result_type(w2, src))
+    cols = np.empty(windows.shape, dtype=src.dtype) if keep_cols else None
+    step = max(1, _CONV_BLOCK // (rows * per_row * src.itemsize))  # output rows per block
+    shift = None if bias is None else np.asarray(bias, dtype=out.dtype).reshape(-1, 1)
+
+    def work(lo: int, hi: int) -> None:
+        if cols is None:  # one block's columns, reused
+            scratch = np.empty((*windows.shape[:5], step, *windows.shape[6:]), dtype=src.dtype)
+        for a in range(lo, hi, step):
+            b = min(a + step, hi)
+            block = scratch[..., : b - a, :, :] if cols is None else cols[..., a:b, :, :]
+            np.copyto(block, windows[..., a:b, :, :])
+            product = out[:, a * per_row : b * per_row]
+            np.matmul(w2, block.reshape(rows, -1), out=product)
+            if shift is not None:
+                product += shift
+
+    with host.single_blas_thread() as outside:
+        parts = min(_cores(), oh) if out.nbytes >= _PARALLEL_BYTES else 1
+        _run_parts(work, [oh * k // parts for k in range(parts + 1)], _workers(outside))
+    return out, None if cols is None else cols.reshape(rows, -1)
+
+
 def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """``grad2 @ cols.T`` for (O, L) and (K, L).
 
@@ -458,6 +514,7 @@ def _load() -> Kernels:
         im2col,
         col2im,
         matmul=matmul,
+        conv_matmul=conv_matmul,
         weight_grad=weight_grad,
         batch_innermost=batch_innermost,
         max_pool_blocks=max_pool_blocks,
