@@ -279,12 +279,13 @@ def xpconv_kernels() -> dict[str, str]:
 
 
 def host_settings() -> dict[str, bool]:
-    """Apply ``xpconv.tune_host`` (as the ``xpconv`` command does) and say what it did.
-    In the in-process mode it holds for the whole process, so PyTorch's rounds run under
-    it too."""
+    """Apply ``xpconv.tune_host`` (as the ``xpconv`` command does) and say what it did;
+    ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep. In the
+    in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
     from xpconv import host
 
-    return host.tune_host()
+    done = host.tune_host()
+    return {"openblas_idle_threads_sleep": done["quiet_blas_threads"], **done}
 
 
 def set_threads(threads: int, limit_blas: bool) -> dict[str, Any]:

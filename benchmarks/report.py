@@ -154,6 +154,8 @@ def context_line(report: dict[str, Any]) -> str:
             blas = f", NumPy BLAS {pool.get('internal_api')} {pool.get('version') or ''}".rstrip()
             blas += f" ({pool.get('num_threads')} threads)"
             break
+    if blas and report.get("xpconv_host", {}).get("openblas_idle_threads_sleep"):
+        blas += ", idle BLAS threads sleep"
     settings = report.get("settings", {})
     process = "own process per contender" if settings.get("own_process") else "one process"
     if report.get("blas_kernel"):

@@ -59,12 +59,16 @@ def test_import_and_numpy_model_leave_the_process_untouched() -> None:
 
 
 @pytest.mark.slow
-def test_tune_host_changes_the_allocator_only() -> None:
+def test_tune_host_changes_allocator_and_blas_idle_threads_not_their_count() -> None:
     _needs_linux_openblas()
     tuned = _probe("tune")
-    assert tuned["done"] == {"keep_freed_memory": True, "balance_threads": True}
+    assert tuned["done"] == {
+        "keep_freed_memory": True,
+        "quiet_blas_threads": True,
+        "balance_threads": True,
+    }
     assert tuned["in_heap"] is True
-    assert tuned["timeout"] == 0  # OpenBLAS's idle threads are left as they were
+    assert tuned["timeout"] == 4  # idle OpenBLAS threads sleep at once
     assert tuned["threads"] == min(os.cpu_count() or 1, 64)  # given back after each hold
 
 
@@ -72,8 +76,13 @@ def test_tune_host_changes_the_allocator_only() -> None:
 def test_host_tuning_off_from_the_environment() -> None:
     _needs_linux_openblas()
     off = _probe("tune", XPCONV_HOST_TUNING="0")
-    assert off["done"] == {"keep_freed_memory": False, "balance_threads": False}
+    assert off["done"] == {
+        "keep_freed_memory": False,
+        "quiet_blas_threads": False,
+        "balance_threads": False,
+    }
     assert off["in_heap"] is False
+    assert off["timeout"] == 0
 
 
 def test_keep_freed_memory_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -184,7 +184,7 @@ def test_matrix_entries_match_portable(case: Any, rng: np.random.Generator) -> N
     # matmul: small; large (oneDNN on PyTorch CPU float32; on NumPy split by columns);
     # a long inner dimension; a transposed small ``a`` (a weight); a transposed large
     # ``a`` (split by rows on NumPy); ``b`` transposed; few rows and columns (split by
-    # the inner dimension on NumPy); columns that split off a multiple of 64
+    # the inner dimension on NumPy); columns that split off a multiple of 16
     for (m, k, n), a_t, b_t in [
         ((5, 7, 3), False, False),
         ((64, 288, 8192), False, False),

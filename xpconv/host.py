@@ -3,16 +3,18 @@ and the BLAS thread controls xpconv's NumPy kernels use.
 
 Importing xpconv, selecting a backend or building a model changes nothing outside
 xpconv. :func:`tune_host` is the one entry point that does; the ``xpconv`` command,
-:class:`xpconv.Trainer` and the benchmarks call it, and a user may. It does two
+:class:`xpconv.Trainer` and the benchmarks call it, and a user may. It does three
 things, each described at its function:
 
 - :func:`keep_freed_memory`: glibc keeps the step's freed temporaries for reuse
   (``XPCONV_KEEP_FREED_MEMORY=0`` turns this one off).
+- :func:`quiet_blas_threads`: OpenBLAS's idle worker threads sleep instead of spinning
+  (an ``OPENBLAS_THREAD_TIMEOUT`` set by the user is respected instead).
 - :func:`balance_threads` is switched on: called between training steps, it runs
   xpconv's NumPy work on one thread while other processes keep the cores busy, and on
   every core again when they stop.
 
-``XPCONV_HOST_TUNING=0`` in the environment turns both off.
+``XPCONV_HOST_TUNING=0`` in the environment turns all of it off.
 
 Beside them, :func:`single_blas_thread` holds OpenBLAS at one thread while one of
 xpconv's own matrix products runs (xpconv splits those over its threads itself, so
@@ -32,6 +34,8 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "CpuSample",
     "balance_threads",
@@ -40,10 +44,14 @@ __all__ = [
     "keep_freed_memory",
     "openblas_paths",
     "parallel_workers",
+    "quiet_blas_threads",
     "set_blas_threads",
     "single_blas_thread",
     "tune_host",
 ]
+
+_TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
+_SHORTEST_TIMEOUT = "4"  # OpenBLAS's minimum: spin for 2**4 cycles, then sleep
 
 
 def keep_freed_memory() -> bool:
@@ -80,6 +88,48 @@ def openblas_paths() -> list[str]:
     except OSError:
         return []
     return [p for p in dict.fromkeys(found) if ".so" in os.path.basename(p)]
+
+
+@cache
+def quiet_blas_threads() -> bool:
+    """Make OpenBLAS's idle worker threads sleep at once instead of spinning.
+
+    After every call that used its threads, OpenBLAS keeps its workers busy-waiting
+    for the next one, for 2**28 cycles (about 0.1 s) by default. xpconv's own products
+    use none of them (see :func:`single_blas_thread`), but any other product in the
+    process (an evaluation, a user's own NumPy code) does, and the spinning workers
+    then take the cores xpconv's threads need: on 2 cores, LeNet's second convolution
+    ran at half speed right after such a product (12.0 against 6.1 ms).
+
+    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` when it starts its thread pool, usually
+    before xpconv is imported. So this sets the variable, has OpenBLAS read it again,
+    shuts the pool down, lets one small product start it anew, and restores the
+    environment. It does nothing when the user has set the variable (to keep
+    OpenBLAS's default, set it to 28) or when no OpenBLAS with these two entry points
+    is loaded. It acts on every OpenBLAS loaded so far, once per process; call it
+    while no other thread is inside BLAS.
+    """
+    if _TIMEOUT_VARIABLE in os.environ:
+        return False
+    libraries = []
+    for path in openblas_paths():
+        try:
+            lib = ctypes.CDLL(path)
+            libraries.append((lib.openblas_read_env, lib.blas_thread_shutdown_))
+        except (OSError, AttributeError):
+            continue
+    if not libraries:
+        return False
+    os.environ[_TIMEOUT_VARIABLE] = _SHORTEST_TIMEOUT
+    try:
+        for read_env, shutdown in libraries:
+            read_env()  # newer OpenBLAS caches the variable here...
+            shutdown()
+        square = np.ones((256, 256), dtype=np.float32)
+        square @ square  # ...older ones read it when the pool restarts, as NumPy's does here
+    finally:
+        del os.environ[_TIMEOUT_VARIABLE]
+    return True
 
 
 # ------------------------------------------------------------------ BLAS thread count
@@ -286,14 +336,21 @@ def single_blas_thread() -> Iterator[int | None]:
 def tune_host() -> dict[str, bool]:
     """Apply xpconv's process-wide host tuning; returns what was done.
 
-    Changes two things in the whole process (Linux): glibc's ``mallopt`` thresholds
-    (freed memory is kept for reuse, :func:`keep_freed_memory`), and, between training
+    Changes three things in the whole process (Linux): glibc's ``mallopt`` thresholds
+    (freed memory is kept for reuse, :func:`keep_freed_memory`), the idle timeout of
+    every loaded OpenBLAS's threads (:func:`quiet_blas_threads`), and, between training
     steps, how many threads xpconv's NumPy kernels use while the machine is busy
     (:func:`balance_threads`; this changes no result). ``XPCONV_HOST_TUNING=0`` turns
-    it into a no-op. Safe to call more than once.
+    it into a no-op. Safe to call more than once; call it while no other thread is
+    inside BLAS.
     """
     if os.environ.get("XPCONV_HOST_TUNING", "1").strip() == "0":
-        return {"keep_freed_memory": False, "balance_threads": False}
+        return {"keep_freed_memory": False, "quiet_blas_threads": False, "balance_threads": False}
     kept = keep_freed_memory()
+    quiet = quiet_blas_threads()
     _BALANCER.enable()
-    return {"keep_freed_memory": kept, "balance_threads": _BALANCER.enabled}
+    return {
+        "keep_freed_memory": kept,
+        "quiet_blas_threads": quiet,
+        "balance_threads": _BALANCER.enabled,
+    }

@@ -146,11 +146,12 @@ def col2im(xp: Any, cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 
 _SINGLE_THREAD_GEMM = 1 << 18  # OpenBLAS keeps products below M * N * K = 2**18 on one thread
 _SPLIT_GEMM = 1 << 21  # from here a product is split over the cores
-_SPLIT_ALIGN = 64  # part boundaries: whole cache lines and whole BLAS kernel tiles
+_SPLIT_ALIGN = 16  # part boundaries: whole cache lines of float32, whole BLAS row tiles
+_SPLIT_MIN = 128  # rows or columns per part below which the inner dimension is split
 
 
 def _bounds(size: int, parts: int) -> list[int]:
-    """``parts`` + 1 boundaries that split ``range(size)`` at multiples of 64."""
+    """``parts`` + 1 boundaries that split ``range(size)`` at multiples of 16."""
     inner = [size * k // parts // _SPLIT_ALIGN * _SPLIT_ALIGN for k in range(1, parts)]
     return [0, *inner, size]
 
@@ -163,7 +164,7 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     make a seeded training unrepeatable. Here every product large enough for OpenBLAS
     to thread runs with OpenBLAS held at one thread (``xpconv.host.single_blas_thread``);
     from 2**21 multiply-adds it is cut into one part per core, always the same way: by
-    rows or columns, whichever are more, at multiples of 64, or by the inner dimension
+    rows or columns, whichever are more, at multiples of 16, or by the inner dimension
     when both are few (the partial products then added in a fixed order). The parts run
     on up to as many threads as OpenBLAS had outside the hold and the host balancing
     allows, and give the same bits on any number of them. Timed on 2 cores against
@@ -181,7 +182,7 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             return a @ b
         out = np.empty((m, n), dtype=np.result_type(a, b))
         workers = _workers(outside)
-        if max(m, n) >= 2 * _SPLIT_ALIGN * parts:
+        if max(m, n) >= _SPLIT_MIN * parts:
             if n >= m:
 
                 def columns(lo: int, hi: int) -> None:
