@@ -39,6 +39,7 @@ QUICK = dict(
 SMOKE = dict(
     batches=(4,),
     warmup=1,
+    warmup_s=0.0,
     rounds=1,
     target_s=0.0,
     max_steps=1,

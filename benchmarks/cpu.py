@@ -48,6 +48,7 @@ class Settings:
     batches: tuple[int, ...] = (32, 128, 512)
     contenders: tuple[str, ...] = CONTENDERS
     warmup: int = 3
+    warmup_s: float = 0.3
     rounds: int = 7
     target_s: float = 0.3
     max_steps: int = 50
@@ -75,6 +76,7 @@ def _policy(contender: str, settings: Settings) -> Policy:
         )
     return Policy(
         warmup=settings.warmup,
+        warmup_s=settings.warmup_s,
         rounds=settings.rounds,
         target_s=settings.target_s,
         max_steps=settings.max_steps,

@@ -108,6 +108,7 @@ def time_own_process(
                 "threads": threads,
                 "policy": {
                     "warmup": policy.warmup,
+                    "warmup_s": policy.warmup_s,
                     "target_s": policy.target_s,
                     "max_steps": policy.max_steps,
                     "fixed_steps": policy.fixed_steps,

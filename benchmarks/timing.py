@@ -1,7 +1,8 @@
 """Interleaved timing: every contender runs once per round, the order rotating.
 
-For one workload, mode and batch size, each contender first runs its warm-up steps,
-then one calibration step that picks how many steps a timed repeat holds (enough to
+For one workload, mode and batch size, each contender first runs its warm-up steps
+(and more, one at a time, until ``Policy.warmup_s`` seconds have passed), then one
+calibration step that picks how many steps a timed repeat holds (enough to
 last about ``target_s``). Then come ``rounds`` rounds; in each, every contender runs
 one timed repeat, the order rotating from round to round so that no contender always
 follows the same one. A repeat's time divided by its steps is one sample; the result
@@ -40,6 +41,10 @@ class Policy:
 
     Attributes:
         warmup: untimed steps before calibration.
+        warmup_s: the warm-up goes on, a step at a time, until it has lasted this long.
+            xpconv's host balancing (``xpconv.host.balance_threads``) starts a fresh
+            process on one thread and decides every 0.1 s; a user's epoch runs for
+            seconds, so the timed repeats measure what comes after that.
         rounds: timed repeats (a contender with fewer rounds than the others takes
             part in the first ones only).
         target_s: a repeat lasts about this long; the step count follows from it.
@@ -47,6 +52,7 @@ class Policy:
     """
 
     warmup: int = 2
+    warmup_s: float = 0.0
     rounds: int = 5
     target_s: float = 0.25
     max_steps: int = 50
@@ -109,8 +115,11 @@ def run_interleaved(
     for name in names:
         policy = policies[name]
         runner = runners[name]
+        started = clock()
         if policy.warmup:
             runner.run(policy.warmup)
+        while clock() - started < policy.warmup_s:
+            runner.run(1)
         gc.collect()
         start = clock()
         runner.run(1)

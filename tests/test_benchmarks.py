@@ -99,6 +99,23 @@ def test_interleaved_rounds_rotate_and_respect_policies():
     assert all(s >= 0 for s in result["a"].samples)
 
 
+def test_warm_up_lasts_at_least_warmup_s():
+    """Warm-up steps go on one at a time until ``warmup_s`` has passed (a fresh
+    process's balancer decides after 0.1 s), then calibration and the rounds."""
+    log, now = [], [0.0]
+
+    class _Slow(_FakeRunner):
+        def run(self, steps):
+            now[0] += 0.1 * steps
+            return super().run(steps)
+
+    policies = {"a": timing.Policy(warmup=1, warmup_s=0.45, rounds=1, fixed_steps=1)}
+    timing.run_interleaved(
+        {"a": _Slow("a", log)}, policies, pause_s=0, clock=lambda: now[0], cpu=lambda: None
+    )
+    assert [steps for _, steps in log] == [1, 1, 1, 1, 1, 1, 1]  # 5 warm-up, calibration, 1
+
+
 def test_steps_for_targets_a_duration():
     policy = timing.Policy(target_s=0.1, max_steps=50)
     assert timing.steps_for(0.01, policy) == 10
