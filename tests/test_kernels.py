@@ -146,7 +146,7 @@ def test_im2col_col2im_entries_match_portable(case: Any, rng: np.random.Generato
 
 def test_conv_matmul_entry_matches_portable(case: Any, rng: np.random.Generator) -> None:
     """The table's whole-convolution product against im2col and matmul one after the
-    other on the portable path, with and without bias, columns kept or not; one case
+    other on the portable path, with and without bias and tanh, columns kept or not; one case
     with enough output rows for the NumPy kernel to build them in several blocks."""
     kernels, xp = kernels_for(case.xp), case.xp
     geometries = _geometries(case)
@@ -160,9 +160,10 @@ def test_conv_matmul_entry_matches_portable(case: Any, rng: np.random.Generator)
             cols_ref = PORTABLE.im2col(xp, x, geom)
             ref = case.to_numpy(PORTABLE.matmul(xp, w2, cols_ref))
         scale = np.sqrt(geom.in_channels * geom.taps)
-        for b, keep in [(bias, True), (None, False)]:
-            out, cols = kernels.conv_matmul(xp, x, w2, b, geom, keep)
+        for b, keep, tanh in [(bias, True, False), (None, False, False), (bias, False, True)]:
+            out, cols = kernels.conv_matmul(xp, x, w2, b, geom, keep, tanh)
             want = ref + (case.to_numpy(bias)[:, None] if b is not None else 0)
+            want = np.tanh(want) if tanh else want
             np.testing.assert_allclose(case.to_numpy(out), want, atol=case.rtol * scale * 4)
             if keep or cols is not None:
                 np.testing.assert_array_equal(case.to_numpy(cols), case.to_numpy(cols_ref))

@@ -339,7 +339,7 @@ OP_DEFAULTS = {
     "conv2d_backward": _CONV,
     "conv2d_backward_cols": dict(need_input_grad=True),
     "conv2d_backward_matrix": dict(need_input_grad=True),
-    "conv2d_forward_matrix": dict(keep_cols=True),
+    "conv2d_forward_matrix": dict(keep_cols=True, tanh=False),
     "conv_max_pool2d": _FUSED,
     "conv_max_pool2d_forward": _FUSED,
     "conv_max_pool2d_forward_unchecked": dict(relu=False),

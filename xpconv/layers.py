@@ -279,9 +279,15 @@ class Conv2D(_ActivationMixin, Layer):
         xp = array_namespace(weight)
         geom = replace(self._geom, batch=int(x.shape[0]))
         bias = self.params["bias"].value if self.use_bias else None
-        # (O, OH*OW*N); an inference pass stores no columns
-        out, cols = F.conv2d_forward_matrix(xp, x, weight, bias, geom, keep_cols=training)
+        # (O, OH*OW*N); an inference pass stores no columns; tanh taken block by block
+        tanh = self.activation == "tanh"
+        out, cols = F.conv2d_forward_matrix(
+            xp, x, weight, bias, geom, keep_cols=training, tanh=tanh
+        )
         self._saved = (xp, cols, geom, x)
+        if tanh:
+            self._act_saved = (out, out)  # tanh's backward reads only its output
+            return F.matrix_to_output(xp, out, geom)
         if self.activation not in F.ALONG_AN_AXIS:  # elementwise: on the matrix
             return F.matrix_to_output(xp, self._activate(out), geom)
         return self._activate(F.matrix_to_output(xp, out, geom))

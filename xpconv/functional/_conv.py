@@ -145,20 +145,22 @@ def conv2d_forward_matrix(
     geom: ConvGeometry,
     *,
     keep_cols: bool = True,
+    tanh: bool = False,
 ) -> tuple[Array, Array | None]:
     """Unchecked forward: the output as a (O, columns) matrix in the column order of
-    ``geom`` (see ``_im2col``), and the columns for backward (possibly ``None`` with
-    ``keep_cols=False``, for a forward pass that no backward follows)."""
+    ``geom`` (see ``_im2col``), its tanh with ``tanh=True``, and the columns for
+    backward (possibly ``None`` with ``keep_cols=False``, for a forward pass that no
+    backward follows)."""
     o = geom.out_channels
     kernels = kernels_for(xp)
     w2 = xp.reshape(weight, (o, -1))
     if geom.groups == 1:
-        return kernels.conv_matmul(xp, x, w2, bias, geom, keep_cols)
+        return kernels.conv_matmul(xp, x, w2, bias, geom, keep_cols, tanh)
     cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, columns)
     out = grouped_matmul(xp, w2, cols, geom.groups)  # fresh
     if bias is not None:
         out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
-    return out, cols
+    return (kernels.tanh(xp, out) if tanh else out), cols
 
 
 def matrix_to_output(xp: Any, out: Array, geom: ConvGeometry) -> Array:

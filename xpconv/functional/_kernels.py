@@ -14,10 +14,10 @@ a test checks every registered table against them. Shapes:
 - ``col2im(xp, cols, geom)``: (C * KH * KW, L) -> (N, C, H, W)
 - ``matmul(xp, a, b)``: (M, K) and (K, N) -> (M, N), either operand possibly a
   transposed view
-- ``conv_matmul(xp, x, weight2d, bias, geom, keep_cols=True)``: (N, C, H, W),
-  (O, C * KH * KW) and (O,) or None -> the (O, L) output matrix ``weight2d @ cols +
-  bias`` and the (C * KH * KW, L) columns (``None`` allowed when ``keep_cols`` is
-  False); one group
+- ``conv_matmul(xp, x, weight2d, bias, geom, keep_cols=True, tanh=False)``:
+  (N, C, H, W), (O, C * KH * KW) and (O,) or None -> the (O, L) output matrix
+  ``weight2d @ cols + bias`` (its tanh with ``tanh``) and the (C * KH * KW, L)
+  columns (``None`` allowed when ``keep_cols`` is False); one group
 - ``weight_grad(xp, grad2, cols)``: (O, L) and (K, L) -> (O, K)
 - ``row_sums(xp, a)``: (O, L) -> (O,)
 - ``batch_innermost(xp, x)``: (N, ...) -> bool
@@ -79,6 +79,7 @@ class ConvMatmul(Protocol):
         bias: Array | None,
         geom: ConvGeometry,
         keep_cols: bool = True,
+        tanh: bool = False,
     ) -> tuple[Array, Array | None]: ...
 
 
@@ -136,17 +137,23 @@ def _matmul(xp: Any, a: Any, b: Any) -> Any:
 
 
 def _conv_matmul(
-    xp: Any, x: Any, weight2d: Any, bias: Any, geom: ConvGeometry, keep_cols: bool = True
+    xp: Any,
+    x: Any,
+    weight2d: Any,
+    bias: Any,
+    geom: ConvGeometry,
+    keep_cols: bool = True,
+    tanh: bool = False,
 ) -> tuple[Any, Any]:
-    """``weight2d @ im2col(x) + bias`` through the ``im2col`` and ``matmul`` entries of
-    the table selected for ``xp``: the (O, L) output matrix and the columns (kept even
-    when ``keep_cols`` is False)."""
+    """``weight2d @ im2col(x) + bias`` (its tanh with ``tanh``) through the ``im2col``,
+    ``matmul`` and ``tanh`` entries of the table selected for ``xp``: the (O, L) output
+    matrix and the columns (kept even when ``keep_cols`` is False)."""
     table = kernels_for(xp)
     cols = table.im2col(xp, x, geom)
     out = table.matmul(xp, weight2d, cols)  # fresh
     if bias is not None:
         out += xp.reshape(bias, (-1, 1))  # in place: nobody else holds ``out`` yet
-    return out, cols
+    return (table.tanh(xp, out) if tanh else out), cols
 
 
 def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
@@ -226,8 +233,9 @@ class Kernels:
     - ``matmul``: the 2-D product every convolution and dense layer runs on (forward,
       input gradient and, unless ``weight_grad`` is specialised, weight gradient).
     - ``conv_matmul``: a one-group convolution's forward as a matrix, ``weight2d @
-      cols + bias``; a fast path may build the columns block by block and multiply
-      each while it is in cache (and keep none when ``keep_cols`` is False).
+      cols + bias``, and its tanh when asked; a fast path may build the columns block
+      by block and multiply each (and take its tanh) while it is in cache, and keep
+      none when ``keep_cols`` is False.
     - ``weight_grad``: ``grad2 @ cols.T``, the weight gradient.
     - ``batch_innermost``: whether ``x`` is stored batch-innermost, so an op can
       return its result in the same memory order (no layout change between layers);

@@ -215,21 +215,22 @@ def conv_matmul(
     bias: np.ndarray | None,
     geom: ConvGeometry,
     keep_cols: bool = True,
+    tanh: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``weight2d @ im2col(x) + bias``: (N, C, H, W) -> (O, OH * OW * N), built a few
-    output rows at a time.
+    """``weight2d @ im2col(x) + bias`` (its tanh with ``tanh``): (N, C, H, W) ->
+    (O, OH * OW * N), built a few output rows at a time.
 
     Each block of columns is copied from the windows view and multiplied, and the bias
-    added to its outputs, while it is still in cache; only the output (and the columns,
-    when ``keep_cols``) go to memory. Without ``keep_cols`` (a forward pass no backward
-    follows) the columns are never stored at all. The output rows are split over the
-    cores, each block a one-thread BLAS call, the same blocks every time (see
-    :func:`matmul`). The lecture network's forward pass, batch 128: 1.4 against 2.2 ms
-    for im2col, product and bias one after another. Pool-ordered columns (the fused
-    conv + pool step) take the one-pass path.
+    added to its outputs and their tanh taken, while it is still in cache; only the
+    output (and the columns, when ``keep_cols``) go to memory. Without ``keep_cols`` (a
+    forward pass no backward follows) the columns are never stored at all. The output
+    rows are split over the cores, each block a one-thread BLAS call, the same blocks
+    every time (see :func:`matmul`). The lecture network's forward pass, batch 128: 1.4
+    against 2.2 ms for im2col, product and bias one after another. Pool-ordered columns
+    (the fused conv + pool step) take the one-pass path.
     """
     if geom.pool != (1, 1):
-        return PORTABLE.conv_matmul(xp, x, weight2d, bias, geom, keep_cols)
+        return PORTABLE.conv_matmul(xp, x, weight2d, bias, geom, keep_cols, tanh)
     plan = strided_plan(geom)
     src = _padded_chwn(np.asarray(x), plan)
     w2 = np.asarray(weight2d)
@@ -254,9 +255,11 @@ def conv_matmul(
             np.matmul(w2, block.reshape(rows, -1), out=product)
             if shift is not None:
                 product += shift
+            if tanh:
+                np.tanh(product, out=product)
 
     with host.single_blas_thread() as outside:
-        parts = min(_cores(), oh) if out.nbytes >= _PARALLEL_BYTES else 1
+        parts = min(_cores(), oh) if out.nbytes >= _PARALLEL_COMPUTE_BYTES else 1
         _run_parts(work, [oh * k // parts for k in range(parts + 1)], _workers(outside))
     return out, None if cols is None else cols.reshape(rows, -1)
 
