@@ -4,6 +4,8 @@ the lecture's MNIST result."""
 from __future__ import annotations
 
 import math
+import statistics
+from typing import Any
 
 import numpy as np
 import pytest
@@ -447,20 +449,19 @@ def test_trainer_progress_bar_runs(capsys) -> None:
 # ------------------------------------------------------------- the lecture's result
 
 
-# One epoch, seed 0, measured: the linear baseline (Flatten -> Dense(10), same optimizer)
-# reaches 91.76% (seed 1: 91.89%), above the lecture's 91.5%; the conv model 95.84%. The
-# conv model must beat the baseline it is measured against by 2.5 points, well above
-# the baseline's spread over seeds and well below the measured 4.1-point gap.
+# One epoch, measured: the linear baseline (Flatten -> Dense(10), same optimizer) reaches
+# 91.76% (seed 1: 91.89%), above the lecture's 91.5%. The conv model's one epoch at
+# learning rate 0.1 with momentum is chaotic: its accuracy moves by points with the
+# float32 rounding of its products (seeds 0, 1, 2: 93.11%, 97.14%, 96.33% with
+# OpenBLAS's AVX2 kernels; seed 0 gave 95.84% with its AVX-512 ones). So every seed must
+# pass the lecture's 91.5%, and their median must beat the baseline by 2.5 points, well
+# above the baseline's spread over seeds.
 LECTURE_MARGIN = 0.025
+LECTURE_SEEDS = (0, 1, 2)
 
 
-@pytest.mark.slow
-def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
-    """The lecture's model in 8 lines, one epoch of full MNIST: >= 91.5% test accuracy and
-    2.5 points above a linear model trained the same way (which alone passes 91.5%)."""
-    from xpconv.datasets import mnist
-
-    data = mnist(mnist_dir, progress=False)
+def _lecture_accuracy(data: Any, seed: int) -> float:
+    """The lecture's model in 8 lines, one epoch of full MNIST: its test accuracy."""
     # --- the user code: 8 lines ---
     model = xc.Sequential(
         [
@@ -469,22 +470,33 @@ def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
             xc.Dense(10),
         ],
         input_shape=(1, 28, 28),
-        seed=0,
+        seed=seed,
     )
     optimizer = xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential")
     xc.Trainer(model, optimizer, progress=False).fit(
         data.x_train, data.y_train, epochs=1, batch_size=60
     )
-    accuracy = model.evaluate(data.x_test, data.y_test)["accuracy"]
     # ------------------------------
+    return model.evaluate(data.x_test, data.y_test)["accuracy"]
+
+
+@pytest.mark.slow
+def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
+    """The lecture's model, one epoch of full MNIST, seeds 0, 1 and 2: each >= 91.5% test
+    accuracy, and their median 2.5 points above a linear model trained the same way
+    (which alone passes 91.5%)."""
+    from xpconv.datasets import mnist
+
+    data = mnist(mnist_dir, progress=False)
+    accuracies = [_lecture_accuracy(data, seed) for seed in LECTURE_SEEDS]
     linear = xc.Sequential([xc.Flatten(), xc.Dense(10)], input_shape=(1, 28, 28), seed=0)
     xc.Trainer(
         linear, xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential"), progress=False
     ).fit(data.x_train, data.y_train, epochs=1, batch_size=60)
     baseline = linear.evaluate(data.x_test, data.y_test)["accuracy"]
     assert 0.85 < baseline < 0.94, baseline  # the baseline itself trained as expected
-    assert accuracy >= 0.915, accuracy
-    assert accuracy >= baseline + LECTURE_MARGIN, (accuracy, baseline)
+    assert min(accuracies) >= 0.915, accuracies
+    assert statistics.median(accuracies) >= baseline + LECTURE_MARGIN, (accuracies, baseline)
 
 
 @pytest.mark.parametrize(
