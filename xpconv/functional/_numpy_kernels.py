@@ -148,7 +148,7 @@ def col2im(xp: Any, cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
 
 
 _SINGLE_THREAD_GEMM = 1 << 18  # OpenBLAS keeps products below M * N * K = 2**18 on one thread
-_SPLIT_GEMM = 1 << 21  # from here a product is split over the cores
+_SPLIT_GEMM = 1 << 23  # from here a product is split over the cores (below: no gain)
 _SPLIT_ALIGN = 16  # part boundaries: whole cache lines of float32, whole BLAS row tiles
 _SPLIT_MIN = 128  # rows or columns per part below which the inner dimension is split
 
@@ -166,14 +166,16 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     so a count that follows the machine's load (``xpconv.host.balance_threads``) would
     make a seeded training unrepeatable. Here every product large enough for OpenBLAS
     to thread runs with OpenBLAS held at one thread (``xpconv.host.single_blas_thread``);
-    from 2**21 multiply-adds it is cut into one part per core, always the same way: by
+    from 2**23 multiply-adds it is cut into one part per core, always the same way: by
     rows or columns, whichever are more, at multiples of 16, or by the inner dimension
     when both are few (the partial products then added in a fixed order). The parts run
     on up to as many threads as OpenBLAS had outside the hold and the host balancing
     allows, and give the same bits on any number of them. Timed on 2 cores against
     OpenBLAS's own two threads: LeNet's second convolution 8.0 against 8.2 ms (forward),
     its weight gradient 6.3 against 8.0 ms, the lecture network's dense forward 0.46
-    against 0.53 ms. Without an OpenBLAS whose count can be set, this is ``a @ b``.
+    against 0.53 ms. Below 2**23 the parts gained nothing over one thread (up to 13
+    million multiply-adds) or lost (4 million: 0.41 against 0.21 ms), so those run
+    whole. Without an OpenBLAS whose count can be set, this is ``a @ b``.
     """
     a, b = np.asarray(a), np.asarray(b)
     (m, k), n = a.shape, b.shape[1]
