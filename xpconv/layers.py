@@ -179,10 +179,14 @@ class _ActivationMixin:
         self._act_forward, self._act_backward = F.ACTIVATIONS[name]
         self._fused = name != "identity"
 
-    def _activate(self, z: Array) -> Array:
+    def _activate(self, z: Array, *, applied: bool = False) -> Array:
+        """The activation of ``z``, remembered for the backward pass. ``applied``: the
+        layer's op already took it (a convolution takes tanh in its blocks, in cache),
+        and ``z`` is the output; only for activations whose backward reads the output
+        alone (tanh)."""
         if not self._fused:
             return z
-        out = self._act_forward(z)
+        out = z if applied else self._act_forward(z)
         self._act_saved = (z, out)
         return out
 
@@ -285,11 +289,8 @@ class Conv2D(_ActivationMixin, Layer):
             xp, x, weight, bias, geom, keep_cols=training, tanh=tanh
         )
         self._saved = (xp, cols, geom, x)
-        if tanh:
-            self._act_saved = (out, out)  # tanh's backward reads only its output
-            return F.matrix_to_output(xp, out, geom)
         if self.activation not in F.ALONG_AN_AXIS:  # elementwise: on the matrix
-            return F.matrix_to_output(xp, self._activate(out), geom)
+            return F.matrix_to_output(xp, self._activate(out, applied=tanh), geom)
         return self._activate(F.matrix_to_output(xp, out, geom))
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:

@@ -48,7 +48,6 @@ from ._conv import (
     conv2d_forward_matrix,
     conv_geometry,
     conv_output_size,
-    grouped_matmul,
     lift_1d_arg,
     matrix_to_output,
     output_to_matrix,
@@ -63,7 +62,7 @@ from ._conv_pool import (
 )
 from ._dropout import dropout, dropout_backward
 from ._im2col import ConvGeometry
-from ._kernels import Kernels, kernels_for, use_portable
+from ._kernels import Kernels, grouped_matmul, kernels_for, use_portable
 from ._linear import flatten, flatten_backward, linear, linear_backward
 from ._loss import (
     CrossEntropySaved,

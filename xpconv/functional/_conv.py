@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._im2col import ConvGeometry
-from ._kernels import kernels_for
+from ._kernels import grouped_matmul, kernels_for
 from .checks import check_float, check_rank, int_pair, namespace, positive_int
 
 Array = Any
@@ -110,33 +110,6 @@ def _check_bias(bias: Array | None, out_channels: int) -> None:
         raise ValueError(f"bias: expected shape ({out_channels},), got {tuple(bias.shape)}")
 
 
-def grouped_matmul(
-    xp: Any,
-    a: Array,
-    b: Array,
-    groups: int,
-    *,
-    transpose_a: bool = False,
-    transpose_b: bool = False,
-) -> Array:
-    """The block-diagonal product of a grouped convolution, the one place it is sliced.
-
-    ``a`` and ``b`` are each split by rows into ``groups`` equal blocks; block ``g``
-    of the result is ``op(a_g) @ op(b_g)`` (``op`` transposes where asked), one 2-D
-    matmul per group (the backend's ``matmul`` kernel), and the blocks are stacked by
-    rows. ``groups == 1`` is one plain matmul.
-    """
-    matmul = kernels_for(xp).matmul
-    if groups == 1:
-        return matmul(xp, a.T if transpose_a else a, b.T if transpose_b else b)
-    ra, rb = a.shape[0] // groups, b.shape[0] // groups
-    parts = []
-    for g in range(groups):
-        ag, bg = a[g * ra : (g + 1) * ra, ...], b[g * rb : (g + 1) * rb, ...]
-        parts.append(matmul(xp, ag.T if transpose_a else ag, bg.T if transpose_b else bg))
-    return xp.concat(parts, axis=0)
-
-
 def conv2d_forward_matrix(
     xp: Any,
     x: Array,
@@ -151,16 +124,8 @@ def conv2d_forward_matrix(
     ``geom`` (see ``_im2col``), its tanh with ``tanh=True``, and the columns for
     backward (possibly ``None`` with ``keep_cols=False``, for a forward pass that no
     backward follows)."""
-    o = geom.out_channels
-    kernels = kernels_for(xp)
-    w2 = xp.reshape(weight, (o, -1))
-    if geom.groups == 1:
-        return kernels.conv_matmul(xp, x, w2, bias, geom, keep_cols, tanh)
-    cols = kernels.im2col(xp, x, geom)  # (C*KH*KW, columns)
-    out = grouped_matmul(xp, w2, cols, geom.groups)  # fresh
-    if bias is not None:
-        out += xp.reshape(bias, (o, 1))  # in place: nobody else holds ``out`` yet
-    return (kernels.tanh(xp, out) if tanh else out), cols
+    w2 = xp.reshape(weight, (geom.out_channels, -1))
+    return kernels_for(xp).conv_matmul(xp, x, w2, bias, geom, keep_cols, tanh)
 
 
 def matrix_to_output(xp: Any, out: Array, geom: ConvGeometry) -> Array:

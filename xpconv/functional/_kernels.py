@@ -15,9 +15,9 @@ a test checks every registered table against them. Shapes:
 - ``matmul(xp, a, b)``: (M, K) and (K, N) -> (M, N), either operand possibly a
   transposed view
 - ``conv_matmul(xp, x, weight2d, bias, geom, keep_cols=True, tanh=False)``:
-  (N, C, H, W), (O, C * KH * KW) and (O,) or None -> the (O, L) output matrix
-  ``weight2d @ cols + bias`` (its tanh with ``tanh``) and the (C * KH * KW, L)
-  columns (``None`` allowed when ``keep_cols`` is False); one group
+  (N, C, H, W), (O, C // groups * KH * KW) and (O,) or None -> the (O, L) output
+  matrix, ``weight2d @ cols + bias`` per group (its tanh with ``tanh``), and the
+  (C * KH * KW, L) columns (``None`` allowed when ``keep_cols`` is False)
 - ``weight_grad(xp, grad2, cols)``: (O, L) and (K, L) -> (O, K)
 - ``row_sums(xp, a)``: (O, L) -> (O,)
 - ``batch_innermost(xp, x)``: (N, ...) -> bool
@@ -136,6 +136,33 @@ def _matmul(xp: Any, a: Any, b: Any) -> Any:
     return a @ b
 
 
+def grouped_matmul(
+    xp: Any,
+    a: Array,
+    b: Array,
+    groups: int,
+    *,
+    transpose_a: bool = False,
+    transpose_b: bool = False,
+) -> Array:
+    """The block-diagonal product of a grouped convolution, the one place it is sliced.
+
+    ``a`` and ``b`` are each split by rows into ``groups`` equal blocks; block ``g``
+    of the result is ``op(a_g) @ op(b_g)`` (``op`` transposes where asked), one 2-D
+    matmul per group (the backend's ``matmul`` kernel), and the blocks are stacked by
+    rows. ``groups == 1`` is one plain matmul.
+    """
+    matmul = kernels_for(xp).matmul
+    if groups == 1:
+        return matmul(xp, a.T if transpose_a else a, b.T if transpose_b else b)
+    ra, rb = a.shape[0] // groups, b.shape[0] // groups
+    parts = []
+    for g in range(groups):
+        ag, bg = a[g * ra : (g + 1) * ra, ...], b[g * rb : (g + 1) * rb, ...]
+        parts.append(matmul(xp, ag.T if transpose_a else ag, bg.T if transpose_b else bg))
+    return xp.concat(parts, axis=0)
+
+
 def _conv_matmul(
     xp: Any,
     x: Any,
@@ -146,11 +173,12 @@ def _conv_matmul(
     tanh: bool = False,
 ) -> tuple[Any, Any]:
     """``weight2d @ im2col(x) + bias`` (its tanh with ``tanh``) through the ``im2col``,
-    ``matmul`` and ``tanh`` entries of the table selected for ``xp``: the (O, L) output
-    matrix and the columns (kept even when ``keep_cols`` is False)."""
+    ``matmul`` and ``tanh`` entries of the table selected for ``xp``, one product per
+    group: the (O, L) output matrix and the columns (kept even when ``keep_cols`` is
+    False)."""
     table = kernels_for(xp)
     cols = table.im2col(xp, x, geom)
-    out = table.matmul(xp, weight2d, cols)  # fresh
+    out = grouped_matmul(xp, weight2d, cols, geom.groups)  # fresh
     if bias is not None:
         out += xp.reshape(bias, (-1, 1))  # in place: nobody else holds ``out`` yet
     return (table.tanh(xp, out) if tanh else out), cols
@@ -232,8 +260,8 @@ class Kernels:
     - ``im2col`` / ``col2im``: the data movement of convolution (contract in ``_im2col``).
     - ``matmul``: the 2-D product every convolution and dense layer runs on (forward,
       input gradient and, unless ``weight_grad`` is specialised, weight gradient).
-    - ``conv_matmul``: a one-group convolution's forward as a matrix, ``weight2d @
-      cols + bias``, and its tanh when asked; a fast path may build the columns block
+    - ``conv_matmul``: a convolution's forward as a matrix, ``weight2d @ cols + bias``
+      per group, and its tanh when asked; a fast path may build the columns block
       by block and multiply each (and take its tanh) while it is in cache, and keep
       none when ``keep_cols`` is False.
     - ``weight_grad``: ``grad2 @ cols.T``, the weight gradient.
