@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         "in this process); the report says which",
     )
     p.add_argument(
+        "--peer-host-tuning",
+        action="store_true",
+        help="with --own-process: apply xpconv.tune_host in the peers' processes too "
+        "(default: only in xpconv's, as their users run them)",
+    )
+    p.add_argument(
         "--busy-check",
         action="store_true",
         help="also time a LeNet epoch beside a 2-thread PyTorch training and beside a "
@@ -242,6 +248,7 @@ def settings_from(args: argparse.Namespace) -> cpu.Settings:
             base[name] = value
     base["seed"] = args.seed
     base["own_process"] = bool(getattr(args, "own_process", False))
+    base["peer_host_tuning"] = bool(getattr(args, "peer_host_tuning", False))
     return cpu.Settings(**base)
 
 
@@ -281,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if value is not None and value < least:
             build_parser().error(f"{flag}: expected a number >= {least}, got {value}")
+    if getattr(args, "peer_host_tuning", False) and not getattr(args, "own_process", False):
+        build_parser().error("--peer-host-tuning: applies only with --own-process")
     settings = settings_from(args)
     started = time.perf_counter()
 

@@ -31,6 +31,7 @@ from .workloads import (
     REFERENCE_ONLY,
     build_xpconv,
     copy_weights,
+    is_xpconv,
     make_data,
     make_runner,
     torch_net,
@@ -61,6 +62,7 @@ class Settings:
     memory_steps: int = 3
     seed: int = 0
     own_process: bool = False
+    peer_host_tuning: bool = False
     retries: int = 2
     threads: int = 1
 
@@ -111,6 +113,7 @@ def throughput(
                         policies,
                         seed=settings.seed,
                         threads=settings.threads,
+                        peer_host_tuning=settings.peer_host_tuning,
                     )
                 else:
                     runners = {
@@ -130,6 +133,10 @@ def throughput(
                         dtype=DTYPE,
                         device="cpu",
                         process="own" if settings.own_process else "shared",
+                        # in one process, xpconv's host tuning holds for every contender
+                        host_tuning=not settings.own_process
+                        or is_xpconv(name)
+                        or settings.peer_host_tuning,
                     )
                     records.append(record)
     return records

@@ -3,11 +3,16 @@
 A user runs one library per process. Timed side by side in one process, contenders
 share an allocator, loaded libraries and their thread pools, and colour each other's
 figures. In this mode every round starts one fresh process per contender (the order
-rotating from round to round); the process builds the runner, applies
-``xpconv.tune_host`` as the ``xpconv`` command does, warms up, calibrates its steps per
-repeat, times one repeat (run again while other processes kept the cores busy, as in
-:mod:`benchmarks.timing`) and prints one JSON line. One sample per round and contender;
-the record is the median, exactly as in the in-process mode.
+rotating from round to round); the process builds the runner, warms up, calibrates its
+steps per repeat, times one repeat (run again while other processes kept the cores busy,
+as in :mod:`benchmarks.timing`) and prints one JSON line. One sample per round and
+contender; the record is the median, exactly as in the in-process mode.
+
+xpconv's processes apply ``xpconv.tune_host``, as the ``xpconv`` command and the Trainer
+do; a peer's (PyTorch's, JAX's) run as their users run them, without it, unless
+``peer_host_tuning`` asks for it. It matters: on the 2-core Zen 3 machine, glibc's
+default of fresh ``mmap`` pages for every large temporary made PyTorch's W1 inference
+step at batch 128 take 8.1 ms, against 4.3 ms under xpconv's allocator setting.
 
 Run a single child by hand::
 
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .timing import Policy, Timing, run_interleaved
+from .workloads import is_xpconv
 
 __all__ = ["child", "time_own_process"]
 
@@ -39,7 +45,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from .environment import set_threads
     from .workloads import make_runner
 
-    tuned = host.tune_host()
+    tuned = host.tune_host() if spec.get("host_tuning", is_xpconv(spec["contender"])) else None
     set_threads(spec["threads"], limit_blas=False)
     runner = make_runner(
         spec["contender"], spec["workload"], spec["mode"], spec["batch"], spec["seed"]
@@ -86,11 +92,13 @@ def time_own_process(
     *,
     seed: int = 0,
     threads: int = 1,
+    peer_host_tuning: bool = False,
     timeout_s: float = 600.0,
     launch: Callable[[dict[str, Any], float], dict[str, Any]] = _run_child,
 ) -> dict[str, Timing]:
     """One fresh process per contender and round, the order rotating; a ``Timing`` per
-    contender as :func:`benchmarks.timing.run_interleaved` gives."""
+    contender as :func:`benchmarks.timing.run_interleaved` gives. xpconv's processes
+    apply ``xpconv.tune_host``; the peers' only with ``peer_host_tuning``."""
     timings: dict[str, Timing] = {}
     rounds = max(policies[name].rounds for name in names)
     for r in range(rounds):
@@ -106,6 +114,7 @@ def time_own_process(
                 "batch": batch,
                 "seed": seed,
                 "threads": threads,
+                "host_tuning": is_xpconv(name) or peer_host_tuning,
                 "policy": {
                     "warmup": policy.warmup,
                     "warmup_s": policy.warmup_s,

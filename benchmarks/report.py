@@ -157,7 +157,10 @@ def context_line(report: dict[str, Any]) -> str:
     if blas and report.get("xpconv_host", {}).get("openblas_idle_threads_sleep"):
         blas += ", idle BLAS threads sleep"
     settings = report.get("settings", {})
-    process = "own process per contender" if settings.get("own_process") else "one process"
+    process = "one process"
+    if settings.get("own_process"):
+        peers = "with" if settings.get("peer_host_tuning") else "without"
+        process = f"own process per contender (peers {peers} xpconv's host tuning)"
     if report.get("blas_kernel"):
         blas += f", kernel {report['blas_kernel']}"
     chosen = [f"{k}={v}" for k, v in (report.get("environment") or {}).items() if v is not None]

@@ -48,6 +48,7 @@ __all__ = [
     "available_contenders",
     "build_xpconv",
     "copy_weights",
+    "is_xpconv",
     "make_data",
     "make_runner",
     "torch_net",
@@ -68,6 +69,11 @@ XPCONV_BACKENDS = {
 }
 CONTENDERS = (*XPCONV_BACKENDS, "torch", "jax")
 REFERENCE_ONLY = frozenset({"xpconv-array_api_strict"})
+
+
+def is_xpconv(contender: str) -> bool:
+    """Whether ``contender`` is xpconv on some backend (else a peer library)."""
+    return contender in XPCONV_BACKENDS
 
 
 @dataclass(frozen=True)

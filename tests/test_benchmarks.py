@@ -319,16 +319,41 @@ def test_own_process_rounds_rotate_and_collect(monkeypatch):
     launched = []
 
     def launch(spec, timeout_s):
-        launched.append(spec["contender"])
+        launched.append((spec["contender"], spec["host_tuning"]))
         return {"seconds": 0.01, "steps": 3, "busy": 0.1, "retried": 1, "last_value": 2.0}
 
     policies = {n: timing.Policy(rounds=2) for n in ("xpconv-numpy", "torch")}
     got = isolated.time_own_process(
         ["xpconv-numpy", "torch"], "W2", "train", 8, policies, launch=launch
     )
-    assert launched == ["xpconv-numpy", "torch", "torch", "xpconv-numpy"]
+    # the peer runs as its users run it, without xpconv's host tuning
+    assert launched == [
+        ("xpconv-numpy", True),
+        ("torch", False),
+        ("torch", False),
+        ("xpconv-numpy", True),
+    ]
     assert got["torch"].samples == [0.01, 0.01] and got["torch"].retried == 2
     assert got["torch"].busy == [0.1, 0.1] and got["torch"].steps == 3
+
+    launched.clear()
+    isolated.time_own_process(
+        ["xpconv-numpy", "torch"], "W2", "train", 8, policies, launch=launch, peer_host_tuning=True
+    )
+    assert all(tuned for _, tuned in launched)
+
+
+def test_peer_host_tuning_needs_own_process(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--smoke", "--peer-host-tuning"])
+    assert "--peer-host-tuning: applies only with --own-process" in capsys.readouterr().err
+
+
+def test_context_line_says_whether_peers_ran_with_host_tuning():
+    base = {"settings": {"rounds": 7, "own_process": True}, "machine": {}, "versions": {}}
+    assert "peers without xpconv's host tuning" in report.context_line(base)
+    base["settings"]["peer_host_tuning"] = True
+    assert "peers with xpconv's host tuning" in report.context_line(base)
 
 
 @pytest.mark.slow
