@@ -131,9 +131,35 @@ def test_balancer_gives_one_thread_while_others_are_busy(
     assert at(0.0, 0.0, 0.0) == 1  # the first step is cautious
     assert at(0.05, 0.5, 0.0) == 1  # within the window: no decision
     assert at(0.2, 0.21, 0.2) == 2  # others took 0.05 cores: idle, back to 2
-    assert at(0.4, 0.61, 0.4) == 1  # others took 1 core: one thread
-    assert at(0.6, 0.86, 0.6) == 1  # 0.25 cores: between the marks, keep
-    assert at(0.8, 1.06, 0.8) == 2
+    assert at(0.4, 0.61, 0.4) == 1  # since 0.0: others took 0.52 cores, one thread
+    assert at(0.6, 0.81, 0.6) == 1  # since 0.2: 0.25 cores, between the marks, keep
+    assert at(0.8, 0.85, 0.8) == 2  # since 0.4: 0.1 cores
+
+
+def test_balancer_is_not_fooled_by_one_window_of_tick_noise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """/proc/stat counts 10 ms ticks: on an idle machine, one 0.1 s window may read 0.3
+    cores of others' work that another window gives back; over 0.3 s it stays small."""
+    samples: list[host.CpuSample] = []
+    monkeypatch.setattr(host, "cpu_sample", lambda: samples[-1])
+    monkeypatch.setattr(host, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(host.time, "monotonic", lambda: samples[-1].wall)
+    balancer = host._Balancer()
+    busy = own = 0.0
+    samples.append(host.CpuSample(0.0, busy, own, 2))
+    balancer.enable()
+    counts = []
+    for k, noise in enumerate([0, 0, 0, 0.03, -0.03, 0, 0.03, 0, -0.03, 0]):
+        busy, own = busy + 0.16 + noise, own + 0.16  # this process: 1.6 cores
+        samples.append(host.CpuSample(0.1 * k, busy, own, 2))
+        counts.append(balancer.step())
+    assert counts[2:] == [2] * 8
+    for k in range(10, 13):  # a second process takes a whole core
+        busy, own = busy + 0.2, own + 0.1
+        samples.append(host.CpuSample(0.1 * k, busy, own, 2))
+        counts.append(balancer.step())
+    assert counts[-1] == 1
 
 
 def test_parallel_workers_follow_the_balancer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -214,14 +215,15 @@ def cpu_sample() -> CpuSample | None:
         busy, cores = _busy_seconds(lines[0]), len(per_cpu) or (os.cpu_count() or 1)
     else:
         return None
-    times = os.times()
-    return CpuSample(time.monotonic(), busy, times.user + times.system, cores)
+    # this process's time to the nanosecond (os.times counts 10 ms ticks)
+    return CpuSample(time.monotonic(), busy, time.process_time(), cores)
 
 
 class _Balancer:
     """The state of :func:`balance_threads`."""
 
     window = 0.1  # seconds between two decisions
+    horizon = 0.3  # ... each on the CPU time of (at least, once running) this long
     crowded = 0.3  # cores taken by other processes that make xpconv go to one thread
     clear = 0.15  # ... and below which it gets its threads back
 
@@ -229,7 +231,7 @@ class _Balancer:
         self.enabled = False
         self.full: int | None = None
         self.current: int | None = None
-        self.last: CpuSample | None = None
+        self.history: deque[CpuSample] = deque()
 
     def enable(self) -> None:
         if not self.enabled:
@@ -240,17 +242,20 @@ class _Balancer:
     def step(self) -> int | None:
         if not self.enabled:
             return None
-        if self.last is not None and time.monotonic() - self.last.wall < self.window:
+        history = self.history
+        if history and time.monotonic() - history[-1].wall < self.window:
             return self.current
         now = cpu_sample()
         if now is None:
             return self.current
-        if self.last is None:  # first call: one thread until the machine is seen idle
-            self.last = now
+        if not history:  # first call: one thread until the machine is seen idle
+            history.append(now)
             self.current = 1
             return self.current
-        others = now.others_since(self.last)
-        self.last = now
+        while len(history) > 1 and now.wall - history[1].wall >= self.horizon:
+            history.popleft()
+        others = now.others_since(history[0])
+        history.append(now)
         if others >= self.crowded:
             self.current = 1
         elif others < self.clear:
@@ -277,8 +282,12 @@ def balance_threads() -> int | None:
     and the step waits for its time slice: on 2 cores beside a 2-thread PyTorch loop, a
     LeNet epoch of 600 images took 3 to 30 s with 2 threads and 0.7 to 1.5 s with one.
     It reads ``/proc/stat`` at most every 0.1 s and decides on the CPU time other
-    processes took since the last decision (0.3 cores or more: one thread; under 0.15:
+    processes took over the last 0.3 s (0.3 cores or more: one thread; under 0.15:
     every usable core). The first call after switching on starts with one thread.
+    ``/proc/stat`` counts in ticks of 10 ms per CPU, so over a single 0.1 s the count
+    of an idle 2-core machine, busy with this process alone, read up to 0.3 cores of
+    others' work, enough to halve xpconv's speed for the next 0.1 s; over 0.3 s that
+    error is a third as large.
 
     Only the number of threads that run the parts changes, never how the work is cut
     into parts (see :func:`parallel_workers`), so a seeded training computes the same
