@@ -118,7 +118,7 @@ def test_balancer_gives_one_thread_while_others_are_busy(
 ) -> None:
     samples: list[host.CpuSample] = []
     monkeypatch.setattr(host, "cpu_sample", lambda: samples[-1])
-    monkeypatch.setattr(host, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(host, "usable_cores", lambda: 2)
     monkeypatch.setattr(host.time, "monotonic", lambda: samples[-1].wall)
     balancer = host._Balancer()
 
@@ -143,7 +143,7 @@ def test_balancer_is_not_fooled_by_one_window_of_tick_noise(
     cores of others' work that another window gives back; over 0.3 s it stays small."""
     samples: list[host.CpuSample] = []
     monkeypatch.setattr(host, "cpu_sample", lambda: samples[-1])
-    monkeypatch.setattr(host, "_usable_cores", lambda: 2)
+    monkeypatch.setattr(host, "usable_cores", lambda: 2)
     monkeypatch.setattr(host.time, "monotonic", lambda: samples[-1].wall)
     balancer = host._Balancer()
     busy = own = 0.0

@@ -42,6 +42,7 @@ from array_api_compat import array_namespace
 from array_api_compat import device as array_device
 
 from .backend import Backend, backend_of
+from .host import usable_cores
 
 Array = Any
 
@@ -495,8 +496,7 @@ def share_cores(communicator: Communicator, backend: Backend | None = None) -> i
         local = mpi.comm.Split_type(mpi.MPI.COMM_TYPE_SHARED).Get_size()
     if local <= 1:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // local)
+    threads = max(1, usable_cores() // local)
     done = None
     try:
         from threadpoolctl import threadpool_limits

@@ -49,6 +49,7 @@ __all__ = [
     "set_blas_threads",
     "single_blas_thread",
     "tune_host",
+    "usable_cores",
 ]
 
 _TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
@@ -235,7 +236,7 @@ class _Balancer:
 
     def enable(self) -> None:
         if not self.enabled:
-            self.full = _usable_cores()
+            self.full = usable_cores()
             self.current = self.full
             self.enabled = self.full > 1 and cpu_sample() is not None
 
@@ -263,7 +264,8 @@ class _Balancer:
         return self.current
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
     found = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return len(found) if found else (os.cpu_count() or 1)
 

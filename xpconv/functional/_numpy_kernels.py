@@ -39,8 +39,7 @@ _PARALLEL_COMPUTE_BYTES = 1 << 18  # an op of several ns per value (tanh): from 
 
 @cache
 def _cores() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(cores or 1, 8)
+    return min(host.usable_cores(), 8)
 
 
 @cache
