@@ -338,7 +338,7 @@ OP_DEFAULTS = {
     "conv1d_backward": _CONV,
     "conv2d_backward": _CONV,
     "conv2d_backward_cols": dict(need_input_grad=True),
-    "conv2d_backward_matrix": dict(need_input_grad=True),
+    "conv2d_backward_matrix": dict(need_input_grad=True, x=None),
     "conv2d_forward_matrix": dict(keep_cols=True, tanh=False),
     "conv_max_pool2d": _FUSED,
     "conv_max_pool2d_forward": _FUSED,
@@ -740,3 +740,16 @@ def test_conv_backward_after_an_inference_pass_rebuilds_its_columns() -> None:
         grads.append((gx, layer.params["weight"].grad, layer.params["bias"].grad))
     for trained, inferred in zip(*grads):
         np.testing.assert_allclose(inferred, trained, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_backward_matrix_without_columns_needs_the_input() -> None:
+    x, w = np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))
+    geom = F.conv_geometry(x.shape, w.shape)
+    out, cols = F.conv2d_forward_matrix(np, x, w, None, geom, keep_cols=False)
+    g2 = np.ones_like(out)
+    with pytest.raises(ValueError, match="x: the forward's input is needed"):
+        F.conv2d_backward_matrix(np, g2, None, w, geom)
+    got = F.conv2d_backward_matrix(np, g2, None, w, geom, x=x)
+    want = F.conv2d_backward_matrix(np, g2, F.kernels_for(np).im2col(np, x, geom), w, geom)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

@@ -288,21 +288,25 @@ class Conv2D(_ActivationMixin, Layer):
         out, cols = F.conv2d_forward_matrix(
             xp, x, weight, bias, geom, keep_cols=training, tanh=tanh
         )
-        self._saved = (xp, cols, geom, x)
+        self._saved = (xp, cols, geom, x if cols is None else None)
         if self.activation not in F.ALONG_AN_AXIS:  # elementwise: on the matrix
             return F.matrix_to_output(xp, self._activate(out, applied=tanh), geom)
         return self._activate(F.matrix_to_output(xp, out, geom))
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
-        xp, cols, geom, x = self._saved
-        if cols is None:  # after an inference pass (a gradient check in eval mode, say)
-            cols = F.conv2d_forward_matrix(xp, x, self._kernel(), None, geom)[1]
+        xp, cols, geom, x = self._saved  # x only after an inference pass (no columns)
         if self.activation not in F.ALONG_AN_AXIS:
             g2 = self._deactivate(F.output_to_matrix(xp, grad, geom))
         else:
             g2 = F.output_to_matrix(xp, self._deactivate(grad), geom)
         gx, gw, gb = F.conv2d_backward_matrix(
-            xp, g2, cols, self._kernel(), geom, need_input_grad=self._wants_input_grad(input_grad)
+            xp,
+            g2,
+            cols,
+            self._kernel(),
+            geom,
+            need_input_grad=self._wants_input_grad(input_grad),
+            x=x,
         )
         self.set_gradients(xp, gw, gb)
         self._saved = None

@@ -169,16 +169,23 @@ def conv2d_backward_cols(
 def conv2d_backward_matrix(
     xp: Any,
     g2: Array,
-    cols: Array,
+    cols: Array | None,
     weight: Array,
     geom: ConvGeometry,
     *,
     need_input_grad: bool = True,
+    x: Array | None = None,
 ) -> tuple[Array | None, Array, Array]:
-    """:func:`conv2d_backward_cols` from the output gradient as a (O, columns) matrix."""
+    """:func:`conv2d_backward_cols` from the output gradient as a (O, columns) matrix.
+    ``cols`` may be None after a forward that kept none (``keep_cols=False``); they are
+    then built again from that forward's input ``x``."""
     o, groups = geom.out_channels, geom.groups
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
     kernels = kernels_for(xp)
+    if cols is None:
+        if x is None:
+            raise ValueError("x: the forward's input is needed when cols is None, got None")
+        cols = kernels.im2col(xp, x, geom)
     grad_bias = kernels.row_sums(xp, g2)
     if groups == 1:  # the backend's own weight-gradient kernel
         grad_w = kernels.weight_grad(xp, g2, cols)
