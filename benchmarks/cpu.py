@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import report
-from .isolated import time_own_process
+from .isolated import host_tuned, time_own_process
 from .timing import Policy, run_interleaved
 from .workloads import (
     CONTENDERS,
@@ -31,7 +31,6 @@ from .workloads import (
     REFERENCE_ONLY,
     build_xpconv,
     copy_weights,
-    is_xpconv,
     make_data,
     make_runner,
     torch_net,
@@ -135,8 +134,7 @@ def throughput(
                         process="own" if settings.own_process else "shared",
                         # in one process, xpconv's host tuning holds for every contender
                         host_tuning=not settings.own_process
-                        or is_xpconv(name)
-                        or settings.peer_host_tuning,
+                        or host_tuned(name, settings.peer_host_tuning),
                     )
                     records.append(record)
     return records

@@ -32,9 +32,15 @@ from typing import Any
 from .timing import Policy, Timing, run_interleaved
 from .workloads import is_xpconv
 
-__all__ = ["child", "time_own_process"]
+__all__ = ["child", "host_tuned", "time_own_process"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def host_tuned(contender: str, peer_host_tuning: bool = False) -> bool:
+    """Whether ``contender``'s own process applies ``xpconv.tune_host``: xpconv's always,
+    a peer's only with ``peer_host_tuning``."""
+    return is_xpconv(contender) or peer_host_tuning
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +51,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from .environment import set_threads
     from .workloads import make_runner
 
-    tuned = host.tune_host() if spec.get("host_tuning", is_xpconv(spec["contender"])) else None
+    tuned = host.tune_host() if spec.get("host_tuning", host_tuned(spec["contender"])) else None
     set_threads(spec["threads"], limit_blas=False)
     runner = make_runner(
         spec["contender"], spec["workload"], spec["mode"], spec["batch"], spec["seed"]
@@ -114,7 +120,7 @@ def time_own_process(
                 "batch": batch,
                 "seed": seed,
                 "threads": threads,
-                "host_tuning": is_xpconv(name) or peer_host_tuning,
+                "host_tuning": host_tuned(name, peer_host_tuning),
                 "policy": {
                     "warmup": policy.warmup,
                     "warmup_s": policy.warmup_s,
