@@ -74,8 +74,8 @@ def test_every_table_follows_the_interface(table: str, entry: str) -> None:
 #: the entries each fast table brings itself; every other entry is the portable one.
 SPECIALISED = {
     "numpy": {
-        "im2col", "col2im", "matmul", "conv_matmul", "weight_grad", "batch_innermost",
-        "max_pool_blocks", "max_pool_blocks_backward", "tanh", "tanh_backward",
+        "im2col", "col2im", "matmul", "conv_matmul", "conv_linear", "weight_grad",
+        "batch_innermost", "max_pool_blocks", "max_pool_blocks_backward", "tanh", "tanh_backward",
         "batch_norm_train", "batch_norm_backward", "row_sums",
     },
     "torch": {
@@ -167,6 +167,42 @@ def test_conv_matmul_entry_matches_portable(case: Any, rng: np.random.Generator)
             np.testing.assert_allclose(case.to_numpy(out), want, atol=case.rtol * scale * 4)
             if keep or cols is not None:
                 np.testing.assert_array_equal(case.to_numpy(cols), case.to_numpy(cols_ref))
+
+
+def test_conv_linear_entry_matches_portable(case: Any, rng: np.random.Generator) -> None:
+    """The table's convolution with a dense layer's product against the portable
+    convolution and ``head @ flatten(output)``: the output matrix, the columns and
+    the (U, N) product; one case large enough for the NumPy kernel to split the output
+    rows over the cores and add the parts' products."""
+    kernels, xp = kernels_for(case.xp), case.xp
+    geometries = [(geom, shape) for geom, shape in _geometries(case) if geom.pool == (1, 1)]
+    big = ((32, 1, 28, 28), (16, 1, 5, 5), dict(padding="same"), (1, 1))  # the lecture's
+    geometries.append((conv_geometry(big[0], big[1], **big[2]), big[0]))
+    for geom, x_shape in geometries:
+        x = case.asarray(rng.standard_normal(x_shape))
+        w2 = case.asarray(rng.standard_normal((geom.out_channels, geom.in_channels * geom.taps)))
+        bias = case.asarray(rng.standard_normal(geom.out_channels))
+        features = geom.out_channels * geom.out[0] * geom.out[1]
+        head = case.asarray(rng.standard_normal((7, features)))
+        scale = np.sqrt(geom.in_channels * geom.taps * features)
+        for b, keep, tanh in [(bias, True, False), (None, False, True)]:
+            with use_portable():
+                out_ref, cols_ref = PORTABLE.conv_matmul(xp, x, w2, b, geom, True, tanh)
+                flat = case.to_numpy(out_ref).reshape(features, geom.batch)
+            out, cols, product = kernels.conv_linear(xp, x, w2, b, geom, head, keep, tanh)
+            assert tuple(product.shape) == (7, geom.batch)
+            np.testing.assert_allclose(
+                case.to_numpy(out), case.to_numpy(out_ref), atol=case.rtol * scale
+            )
+            np.testing.assert_allclose(
+                case.to_numpy(product), case.to_numpy(head) @ flat, atol=case.rtol * scale * 4
+            )
+            if keep or cols is not None:
+                np.testing.assert_array_equal(case.to_numpy(cols), case.to_numpy(cols_ref))
+    pooled, x_shape = next((g, s) for g, s in _geometries(case) if g.pool != (1, 1))
+    w2 = case.asarray(rng.standard_normal((pooled.out_channels, pooled.in_channels * pooled.taps)))
+    with pytest.raises(ValueError, match=r"^geom: expected no pooling taps"):
+        kernels.conv_linear(xp, case.asarray(rng.standard_normal(x_shape)), w2, None, pooled, w2)
 
 
 def test_matrix_entries_match_portable(case: Any, rng: np.random.Generator) -> None:

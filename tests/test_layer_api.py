@@ -340,6 +340,7 @@ OP_DEFAULTS = {
     "conv2d_backward_cols": dict(need_input_grad=True),
     "conv2d_backward_matrix": dict(need_input_grad=True, x=None),
     "conv2d_forward_matrix": dict(keep_cols=True, tanh=False),
+    "conv2d_linear_forward_matrix": dict(keep_cols=True, tanh=False),
     "conv_max_pool2d": _FUSED,
     "conv_max_pool2d_forward": _FUSED,
     "conv_max_pool2d_forward_unchecked": dict(relu=False),
@@ -450,6 +451,7 @@ def _calls() -> dict[str, list]:
         "conv2d_backward_cols": [call(np, a(2, 4, 4, 4), cols, w4, geom)],
         "conv2d_backward_matrix": [call(np, a(4, 32), cols, w4, geom)],
         "conv2d_forward_matrix": [call(np, x4, w4, None, geom)],
+        "conv2d_linear_forward_matrix": [call(np, x4, w4, None, geom, a(5, 64))],
         "conv_max_pool2d": [call(x4, w4)],
         "conv_max_pool2d_forward": [call(x4, w4)],
         "conv_max_pool2d_forward_unchecked": [call(np, x4, w4, None, pooled)],
@@ -591,11 +593,17 @@ def test_layer_descriptions_name_the_activation() -> None:
         ],
         input_shape=(1, 5, 5),
     )
-    assert [step.describe() for step in model.steps] == [
+    assert [layer.describe() for layer in model.layers] == [
         "Conv2D(4, 3x3, padding=0, relu)",
         "Conv2D(2, 1x1, padding=0)",
         "Flatten",
         "Dense(3, tanh)",
+        "Dense(2)",
+    ]
+    # the second convolution, the Flatten and the first Dense run as one step
+    assert [step.describe() for step in model.steps] == [
+        "Conv2D(4, 3x3, padding=0, relu)",
+        "Conv2D(2, 1x1, padding=0) + Flatten + Dense(3, tanh)",
         "Dense(2)",
     ]
 

@@ -37,7 +37,10 @@ LAYER_CASES = [
     ("log_softmax", lambda: L.LogSoftmax(), (6,)),
     ("identity", lambda: L.Identity(), (6,)),
     ("dropout-eval", lambda: L.Dropout(0.3), (6,)),
-]
+    # one fused step (ConvDense), its input gradient asked for
+    ("conv2d-flatten-dense", lambda: [L.Conv2D(3, 3, padding=1, activation="tanh"), L.Flatten(),
+                                      L.Dense(4)], (2, 5, 6)),
+]  # fmt: skip
 
 
 def reference_case(case: Case) -> Case:
@@ -49,8 +52,9 @@ def reference_case(case: Case) -> Case:
 
 
 def _model(make, shape, case: Case, seed: int = 3) -> xc.Sequential:
+    made = make()
     return xc.Sequential(
-        [make()],
+        made if isinstance(made, list) else [made],
         backend=case.backend,
         dtype=case.dtype,
         seed=seed,
@@ -498,6 +502,95 @@ def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
     assert 0.85 < baseline < 0.94, baseline  # the baseline itself trained as expected
     assert min(accuracies) >= 0.915, accuracies
     assert statistics.median(accuracies) >= baseline + LECTURE_MARGIN, (accuracies, baseline)
+
+
+def _conv_dense(case: Case, fuse: bool, conv: dict, lead: bool) -> xc.Sequential:
+    layers = [L.Conv2D(2, 1)] * lead + [L.Conv2D(3, 3, **conv), L.Flatten(), L.Dense(4)]
+    model = xc.Sequential(
+        layers, backend=case.backend, dtype=case.dtype, seed=2, input_shape=(2, 7, 6), fuse=fuse
+    )
+    for layer in model.layers:  # non-zero biases, so moving them matters
+        for name, p in layer.params.items():
+            if name == "bias":
+                p.value = case.asarray(np.linspace(-0.3, 0.3, p.shape[0]))
+    return model
+
+
+@pytest.mark.parametrize(
+    "conv, lead",
+    [
+        (dict(padding="same", activation="tanh"), False),
+        (dict(padding=1), True),
+        (dict(stride=2, use_bias=False, activation="tanh"), False),
+    ],
+)
+def test_conv_dense_fusion_changes_nothing(case: Case, rng, conv: dict, lead: bool) -> None:
+    """Conv2D + Flatten + Dense run as one step: the outputs, losses and gradients of
+    the three layers one after another, in training and after an inference pass
+    (``lead``: a 1x1 convolution first, so the step's input gradient is checked too)."""
+    fused, plain = (_conv_dense(case, fuse, conv, lead) for fuse in (True, False))
+    assert isinstance(fused.steps[lead], L.ConvDense)
+    assert [type(step) for step in plain.steps] == [type(layer) for layer in plain.layers]
+    x, y = case.asarray(_distinct(rng, (5, 2, 7, 6))), np.array([0, 1, 2, 3, 0])
+    case.assert_close(fused.forward(x), case.to_numpy(plain.forward(x)), "forward")
+    case.assert_close(fused.train_batch(x, y), case.to_numpy(plain.train_batch(x, y)), "loss")
+    for (name, p), q in zip(fused.parameters().items(), plain.parameters().values()):
+        case.assert_close(p.grad, case.to_numpy(q.grad), name)
+    grad = case.asarray(rng.normal(size=(5, 4)))
+    for model in (fused, plain):  # no columns kept: the backward rebuilds them
+        model.forward(x, training=False)
+        model.backward(grad)
+    for (name, p), q in zip(fused.parameters().items(), plain.parameters().values()):
+        case.assert_close(p.grad, case.to_numpy(q.grad), f"{name} after inference")
+
+
+def test_conv_dense_step_matches_torch_autograd(case: Case, rng) -> None:
+    """The fused step's output and gradients against PyTorch's autograd of the same
+    convolution, tanh, flatten and linear layer (float64)."""
+    torch = torch_or_skip()
+    model = _conv_dense(case, True, dict(padding=1, activation="tanh"), lead=False)
+    assert isinstance(model.steps[0], L.ConvDense)
+    x, proj = _distinct(rng, (3, 2, 7, 6)), rng.normal(size=(3, 4))
+    out = model.forward(case.asarray(x), training=True)
+    gx = model.backward(case.asarray(proj), input_grad=True)
+    params = {n: torch.tensor(case.to_numpy(p.value), dtype=torch.float64, requires_grad=True)
+              for n, p in model.parameters().items()}  # fmt: skip
+    tx = torch.tensor(x, requires_grad=True)
+    h = torch.tanh(torch.nn.functional.conv2d(tx, params["conv2d_0.weight"],
+                                              params["conv2d_0.bias"], padding=1))  # fmt: skip
+    want = torch.nn.functional.linear(
+        h.flatten(1), params["dense_0.weight"], params["dense_0.bias"]
+    )
+    (want * torch.from_numpy(proj)).sum().backward()
+    case.assert_close(out, want.detach().numpy(), "forward")
+    case.assert_close(gx, tx.grad.numpy(), "grad_x")
+    for name, p in model.parameters().items():
+        case.assert_close(p.grad, params[name].grad.numpy(), name)
+
+
+def test_conv_dense_fuses_only_what_it_can_run() -> None:
+    """A ReLU convolution (it fuses with a pool instead), a layer in between and
+    ``fuse=False`` leave the layers as they are; the step refuses unbuilt layers."""
+    runs = {
+        "relu": lambda: [L.Conv2D(2, 3, activation="relu"), L.Flatten(), L.Dense(3)],
+        "between": lambda: [L.Conv2D(2, 3), L.Flatten(), L.Dropout(0.5), L.Dense(3)],
+        "tanh": lambda: [
+            L.Conv2D(2, 3, activation="tanh"),
+            L.Flatten(),
+            L.Dense(3, activation="tanh"),
+        ],
+    }
+    built = {k: xc.Sequential(make(), input_shape=(1, 5, 5)) for k, make in runs.items()}
+    assert [type(s) for s in built["relu"].steps] == [L.Conv2D, L.Flatten, L.Dense]
+    assert [type(s) for s in built["between"].steps] == [L.Conv2D, L.Flatten, L.Dropout, L.Dense]
+    assert [type(s) for s in built["tanh"].steps] == [L.ConvDense]
+    step = built["tanh"].steps[0]
+    assert step.name == "conv2d_0 + flatten_0 + dense_0"
+    assert set(step.params) == {"conv.weight", "conv.bias", "dense.weight", "dense.bias"}
+    plain = xc.Sequential(runs["tanh"](), input_shape=(1, 5, 5), fuse=False)
+    assert len(plain.steps) == 3
+    with pytest.raises(ValueError, match=r"^ConvDense: expected a built Conv2D"):
+        L.ConvDense(L.Conv2D(2, 3), L.Flatten(), L.Dense(3))
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ __all__ = [
     "BuildContext",
     "Conv1D",
     "Conv2D",
+    "ConvDense",
     "ConvMaxPool",
     "Dense",
     "Dropout",
@@ -756,6 +757,88 @@ class ConvMaxPool(Layer):
 
     def describe(self) -> str:
         return f"{self.conv.describe()} + {self.pool.describe()}"
+
+
+class ConvDense(Layer):
+    """A Conv2D, the Flatten after it and a Dense as one step of a model:
+    (N, C, H, W) -> (N, units).
+
+    The lecture network's shape: the dense layer reads the convolution's whole output.
+    The step runs :func:`xpconv.functional.conv2d_linear_forward_matrix`, whose fast
+    path may multiply each part of the output by the dense weight while the part is in
+    cache, and leaves each of the three layers the state its own backward pass reads;
+    the backward pass is theirs, in turn. Same results as the three layers one after
+    another, up to the rounding of the dense product's sums.
+
+    A :class:`~xpconv.model.Sequential` with ``fuse=True`` runs each such run of its
+    built layers as a ``ConvDense`` step (:meth:`fits`); the layers keep their names,
+    parameters and configs, and a checkpoint holds the three layers.
+    """
+
+    skips_input_grad = True
+
+    def __init__(self, conv: Conv2D, flatten: Flatten, dense: Dense) -> None:
+        super().__init__()
+        if not self.fits(conv, flatten, dense):
+            raise ValueError(
+                f"{self.name}: expected a built Conv2D with a tanh or no activation, a "
+                f"Flatten and a Dense, each reading the one before, got {conv!r}, "
+                f"{flatten!r} and {dense!r}"
+            )
+        self.conv, self.flatten, self.dense = conv, flatten, dense
+        self.name = f"{conv.name} + {flatten.name} + {dense.name}"
+        self.needs_input_grad = conv.needs_input_grad
+        self.input_shape, self.output_shape = conv.input_shape, dense.output_shape
+        self.params = {
+            f"{key}.{name}": p
+            for key, layer in (("conv", conv), ("dense", dense))
+            for name, p in layer.params.items()
+        }
+
+    def children(self) -> list[tuple[str, Layer]]:
+        """The three layers with their names inside the step."""
+        return [("conv", self.conv), ("flatten", self.flatten), ("dense", self.dense)]
+
+    @staticmethod
+    def fits(conv: Layer, flatten: Layer, dense: Layer) -> bool:
+        """Whether ``conv``, ``flatten`` and ``dense`` (built) can run as one step."""
+        return (
+            type(conv) is Conv2D
+            and type(flatten) is Flatten
+            and type(dense) is Dense
+            and conv.activation in (None, "identity", "tanh")
+            and conv.built
+            and flatten.built
+            and dense.built
+            and conv.output_shape == flatten.input_shape
+            and flatten.output_shape == dense.input_shape
+        )
+
+    def forward(self, x: Array, training: bool) -> Array:
+        conv, flatten, dense = self.conv, self.flatten, self.dense
+        weight = conv._kernel()
+        xp = array_namespace(weight)
+        geom = replace(conv.geometry, batch=int(x.shape[0]))
+        bias = conv.params["bias"].value if conv.use_bias else None
+        tanh = conv.activation == "tanh"
+        out, cols, product = F.conv2d_linear_forward_matrix(
+            xp, x, weight, bias, geom, dense.params["weight"].value, keep_cols=training, tanh=tanh
+        )
+        # the state each layer's own forward would leave for its backward pass
+        conv._saved = (xp, cols, geom, x if cols is None else None)
+        features = F.matrix_to_output(xp, conv._activate(out, applied=tanh), geom)
+        flatten._shape = tuple(features.shape)
+        dense._x = F.flatten(features)
+        if dense.use_bias:
+            product = product + dense.params["bias"].value
+        return dense._activate(product)
+
+    def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
+        grad = self.flatten.backward(self.dense.backward(grad))
+        return self.conv.backward(grad, input_grad=self._wants_input_grad(input_grad))
+
+    def describe(self) -> str:
+        return " + ".join(layer.describe() for _, layer in self.children())
 
 
 def backward_step(step: Layer, grad: Array, *, input_grad: bool) -> Array | None:

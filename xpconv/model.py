@@ -22,6 +22,7 @@ from .backend import Backend, get_backend
 from .inputs import InputChecker, as_batch, batch_count, check_input_shape
 from .layers import (
     BuildContext,
+    ConvDense,
     ConvMaxPool,
     Layer,
     Parameter,
@@ -50,8 +51,9 @@ class Sequential:
         input_shape: per-example input shape, e.g. (1, 28, 28); without it the model
             is built on its first input.
         fuse: run a Conv2D (ReLU or no activation) and a tiled MaxPool2D after it as one
-            step (:class:`~xpconv.layers.ConvMaxPool`): same results, less memory
-            traffic.
+            step (:class:`~xpconv.layers.ConvMaxPool`), and a Conv2D (tanh or no
+            activation), a Flatten and a Dense as one (:class:`~xpconv.layers.ConvDense`):
+            same results, less memory traffic.
     """
 
     def __init__(
@@ -122,8 +124,9 @@ class Sequential:
 
     @property
     def steps(self) -> list[Any]:
-        """The layers as a pass runs them: fused pairs (:class:`~xpconv.layers.ConvMaxPool`)
-        count as one step. Each step has ``forward(x, training)`` and ``backward(grad)``."""
+        """The layers as a pass runs them: fused runs (:class:`~xpconv.layers.ConvMaxPool`,
+        :class:`~xpconv.layers.ConvDense`) count as one step. Each step has
+        ``forward(x, training)`` and ``backward(grad)``."""
         self._require_built()
         return list(self._steps)
 
@@ -388,13 +391,17 @@ def _claim_layers(model: Sequential, layers: Sequence[Layer]) -> None:
 
 def _plan(layers: list[Layer], fuse: bool) -> list[Any]:
     """The steps a forward pass runs: the layers, with fusable Conv2D + MaxPool2D
-    pairs replaced by one :class:`~xpconv.layers.ConvMaxPool` step."""
+    pairs replaced by one :class:`~xpconv.layers.ConvMaxPool` step and Conv2D +
+    Flatten + Dense runs by one :class:`~xpconv.layers.ConvDense` step."""
     steps: list[Any] = []
     i = 0
     while i < len(layers):
         if fuse and i + 1 < len(layers) and ConvMaxPool.fits(layers[i], layers[i + 1]):
             steps.append(ConvMaxPool(layers[i], layers[i + 1]))
             i += 2
+        elif fuse and i + 2 < len(layers) and ConvDense.fits(*layers[i : i + 3]):
+            steps.append(ConvDense(*layers[i : i + 3]))
+            i += 3
         else:
             steps.append(layers[i])
             i += 1

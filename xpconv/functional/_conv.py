@@ -128,6 +128,26 @@ def conv2d_forward_matrix(
     return kernels_for(xp).conv_matmul(xp, x, w2, bias, geom, keep_cols, tanh)
 
 
+def conv2d_linear_forward_matrix(
+    xp: Any,
+    x: Array,
+    weight: Array,
+    bias: Array | None,
+    geom: ConvGeometry,
+    head: Array,
+    *,
+    keep_cols: bool = True,
+    tanh: bool = False,
+) -> tuple[Array, Array | None, Array]:
+    """Unchecked forward of a convolution and the dense layer that reads its flattened
+    output: :func:`conv2d_forward_matrix`'s output matrix and columns, and
+    ``flatten(output) @ head.T`` (N, U) for a dense weight ``head`` (U, O * OH * OW),
+    without the dense layer's bias."""
+    w2 = xp.reshape(weight, (geom.out_channels, -1))
+    out, cols, product = kernels_for(xp).conv_linear(xp, x, w2, bias, geom, head, keep_cols, tanh)
+    return out, cols, product.T
+
+
 def matrix_to_output(xp: Any, out: Array, geom: ConvGeometry) -> Array:
     """The (O, OH * OW * N) output matrix as the (N, O, OH, OW) output it stores (a
     permuted view where the library has views; its memory keeps the batch innermost)."""

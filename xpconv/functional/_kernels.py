@@ -18,6 +18,10 @@ a test checks every registered table against them. Shapes:
   (N, C, H, W), (O, C // groups * KH * KW) and (O,) or None -> the (O, L) output
   matrix, ``weight2d @ cols + bias`` per group (its tanh with ``tanh``), and the
   (C * KH * KW, L) columns (``None`` allowed when ``keep_cols`` is False)
+- ``conv_linear(xp, x, weight2d, bias, geom, head, keep_cols=True, tanh=False)``: as
+  ``conv_matmul`` for a geometry without pooling taps, and with a (U, O * OH * OW)
+  ``head`` (a dense layer's weight) the product ``head @ flatten(output)`` as a (U, N)
+  matrix: the output matrix, the columns and that product
 - ``weight_grad(xp, grad2, cols)``: (O, L) and (K, L) -> (O, K)
 - ``row_sums(xp, a)``: (O, L) -> (O,)
 - ``batch_innermost(xp, x)``: (N, ...) -> bool
@@ -81,6 +85,20 @@ class ConvMatmul(Protocol):
         keep_cols: bool = True,
         tanh: bool = False,
     ) -> tuple[Array, Array | None]: ...
+
+
+class ConvLinear(Protocol):
+    def __call__(
+        self,
+        xp: Any,
+        x: Array,
+        weight2d: Array,
+        bias: Array | None,
+        geom: ConvGeometry,
+        head: Array,
+        keep_cols: bool = True,
+        tanh: bool = False,
+    ) -> tuple[Array, Array | None, Array]: ...
 
 
 class WeightGrad(Protocol):
@@ -184,6 +202,26 @@ def _conv_matmul(
     return (table.tanh(xp, out) if tanh else out), cols
 
 
+def _conv_linear(
+    xp: Any,
+    x: Any,
+    weight2d: Any,
+    bias: Any,
+    geom: ConvGeometry,
+    head: Any,
+    keep_cols: bool = True,
+    tanh: bool = False,
+) -> tuple[Any, Any, Any]:
+    """The table's ``conv_matmul``, then ``head @ out`` with the (O, OH * OW * N)
+    output read as the (O * OH * OW, N) flattened features it is (the batch is
+    innermost): the product a dense layer after the convolution runs."""
+    if geom.pool != (1, 1):
+        raise ValueError(f"geom: expected no pooling taps (pool (1, 1)), got pool {geom.pool}")
+    table = kernels_for(xp)
+    out, cols = table.conv_matmul(xp, x, weight2d, bias, geom, keep_cols, tanh)
+    return out, cols, table.matmul(xp, head, xp.reshape(out, (-1, geom.batch)))
+
+
 def _weight_grad(xp: Any, grad2: Any, cols: Any) -> Any:
     """``grad2 @ cols.T``: (O, L) x (K, L) -> (O, K)."""
     return grad2 @ cols.T
@@ -264,6 +302,9 @@ class Kernels:
       per group, and its tanh when asked; a fast path may build the columns block
       by block and multiply each (and take its tanh) while it is in cache, and keep
       none when ``keep_cols`` is False.
+    - ``conv_linear``: ``conv_matmul`` and the product of a dense layer that reads the
+      flattened output (``Conv2D``, ``Flatten``, ``Dense`` run as one step); a fast
+      path may take each part of that product while the part's outputs are in cache.
     - ``weight_grad``: ``grad2 @ cols.T``, the weight gradient.
     - ``batch_innermost``: whether ``x`` is stored batch-innermost, so an op can
       return its result in the same memory order (no layout change between layers);
@@ -285,6 +326,7 @@ class Kernels:
     col2im: Col2im
     matmul: Matmul = _matmul
     conv_matmul: ConvMatmul = _conv_matmul
+    conv_linear: ConvLinear = _conv_linear
     weight_grad: WeightGrad = _weight_grad
     batch_innermost: BatchInnermost = _batch_innermost
     max_pool_blocks: MaxPoolBlocks = _pool.max_pool_blocks
@@ -302,6 +344,7 @@ INTERFACE: dict[str, type] = {
     "col2im": Col2im,
     "matmul": Matmul,
     "conv_matmul": ConvMatmul,
+    "conv_linear": ConvLinear,
     "weight_grad": WeightGrad,
     "batch_innermost": BatchInnermost,
     "max_pool_blocks": MaxPoolBlocks,

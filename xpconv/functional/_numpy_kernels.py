@@ -236,18 +236,59 @@ def conv_matmul(
     """
     if geom.pool != (1, 1) or geom.groups != 1:
         return PORTABLE.conv_matmul(xp, x, weight2d, bias, geom, keep_cols, tanh)
+    out, cols, _ = _conv_blocks(x, weight2d, bias, geom, keep_cols, tanh, None)
+    return out, cols
+
+
+def conv_linear(
+    xp: Any,
+    x: np.ndarray,
+    weight2d: np.ndarray,
+    bias: np.ndarray | None,
+    geom: ConvGeometry,
+    head: np.ndarray,
+    keep_cols: bool = True,
+    tanh: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """:func:`conv_matmul`, and ``head @ flatten(output)``: (U, O * OH * OW) -> (U, N).
+
+    Each thread multiplies the output rows it made by their columns of ``head`` as
+    soon as its part is done, while they are in cache, instead of one product over
+    the whole output after every part: on 2 cores the lecture network's inference
+    at batch 32 ran about 10% faster. The parts' products are added in a fixed
+    order, so the result does not depend on how many threads ran them.
+    """
+    if geom.pool != (1, 1) or geom.groups != 1:
+        return PORTABLE.conv_linear(xp, x, weight2d, bias, geom, head, keep_cols, tanh)
+    return _conv_blocks(x, weight2d, bias, geom, keep_cols, tanh, np.asarray(head))
+
+
+def _conv_blocks(
+    x: np.ndarray,
+    weight2d: np.ndarray,
+    bias: np.ndarray | None,
+    geom: ConvGeometry,
+    keep_cols: bool,
+    tanh: bool,
+    head: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The output matrix, the columns (or None) and the (U, N) ``head`` product (or
+    None) of :func:`conv_matmul` and :func:`conv_linear`."""
     plan = strided_plan(geom)
     src = _padded_chwn(np.asarray(x), plan)
     w2 = np.asarray(weight2d)
     windows = as_strided(
         src, shape=plan.windows, strides=plan.window_strides(*src.strides), writeable=False
     )
-    rows, (oh, ow) = w2.shape[1], geom.out
-    per_row = ow * geom.batch  # columns of one output row
+    rows, (oh, ow), n = w2.shape[1], geom.out, geom.batch
+    per_row = ow * n  # columns of one output row
     out = np.empty((w2.shape[0], oh * per_row), dtype=np.result_type(w2, src))
     cols = np.empty(windows.shape, dtype=src.dtype) if keep_cols else None
     step = max(1, _CONV_BLOCK // (rows * per_row * src.itemsize))  # output rows per block
     shift = None if bias is None else np.asarray(bias, dtype=out.dtype).reshape(-1, 1)
+    # (O, U, OH * OW): per output channel, the head's columns that read it
+    head_by_channel = None if head is None else head.reshape(len(head), len(w2), -1).swapaxes(0, 1)
+    partial: dict[int, np.ndarray] = {}
 
     def work(lo: int, hi: int) -> None:
         if cols is None:  # one block's columns, reused
@@ -262,10 +303,14 @@ def conv_matmul(
                 product += shift
             if tanh:
                 np.tanh(product, out=product)
+        if head_by_channel is not None:  # (O, U, R) @ (O, R, N), summed over O
+            done = out[:, lo * per_row : hi * per_row].reshape(len(w2), -1, n)
+            partial[lo] = np.matmul(head_by_channel[:, :, lo * ow : hi * ow], done).sum(axis=0)
 
     with host.single_blas_thread() as outside:  # None: a BLAS that threads on its own
         _in_parts(work, oh, out.nbytes if outside else 0, _PARALLEL_COMPUTE_BYTES, outside or 1)
-    return out, None if cols is None else cols.reshape(rows, -1)
+    head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
+    return out, None if cols is None else cols.reshape(rows, -1), head_out
 
 
 def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -523,6 +568,7 @@ def _load() -> Kernels:
         col2im,
         matmul=matmul,
         conv_matmul=conv_matmul,
+        conv_linear=conv_linear,
         weight_grad=weight_grad,
         batch_innermost=batch_innermost,
         max_pool_blocks=max_pool_blocks,
