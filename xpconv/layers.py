@@ -280,19 +280,33 @@ class Conv2D(_ActivationMixin, Layer):
         return self.params["weight"].value
 
     def forward(self, x: Array, training: bool) -> Array:
+        return self._forward(x, training)[0]
+
+    def _forward(
+        self, x: Array, training: bool, head: Array | None = None
+    ) -> tuple[Array, Array | None]:
+        """The output (N, O, OH, OW), saving what the backward pass reads, and with a
+        dense weight ``head`` (U, O * OH * OW) the product ``flatten(output) @ head.T``
+        (N, U), for :class:`ConvDense` (a tanh or no activation only)."""
         weight = self._kernel()
         xp = array_namespace(weight)
         geom = replace(self._geom, batch=int(x.shape[0]))
         bias = self.params["bias"].value if self.use_bias else None
         # (O, OH*OW*N); an inference pass stores no columns; tanh taken block by block
         tanh = self.activation == "tanh"
-        out, cols = F.conv2d_forward_matrix(
-            xp, x, weight, bias, geom, keep_cols=training, tanh=tanh
-        )
+        product = None
+        if head is None:
+            out, cols = F.conv2d_forward_matrix(
+                xp, x, weight, bias, geom, keep_cols=training, tanh=tanh
+            )
+        else:
+            out, cols, product = F.conv2d_linear_forward_matrix(
+                xp, x, weight, bias, geom, head, keep_cols=training, tanh=tanh
+            )
         self._saved = (xp, cols, geom, x if cols is None else None)
         if self.activation not in F.ALONG_AN_AXIS:  # elementwise: on the matrix
-            return F.matrix_to_output(xp, self._activate(out, applied=tanh), geom)
-        return self._activate(F.matrix_to_output(xp, out, geom))
+            return F.matrix_to_output(xp, self._activate(out, applied=tanh), geom), product
+        return self._activate(F.matrix_to_output(xp, out, geom)), product
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         xp, cols, geom, x = self._saved  # x only after an inference pass (no columns)
@@ -537,9 +551,16 @@ class Dense(_ActivationMixin, Layer):
         return (self.units,)
 
     def forward(self, x: Array, training: bool) -> Array:
+        return self._output(x, F.linear(x, self.params["weight"].value))
+
+    def _output(self, x: Array, product: Array) -> Array:
+        """The output (N, units) for inputs ``x`` (N, IN) from ``product``, their
+        ``x @ weight.T`` (made here or by :class:`ConvDense`): bias and activation,
+        with ``x`` kept for the backward pass."""
         self._x = x
-        bias = self.params["bias"].value if self.use_bias else None
-        return self._activate(F.linear(x, self.params["weight"].value, bias))
+        if self.use_bias:
+            product = product + self.params["bias"].value
+        return self._activate(product)
 
     def backward(self, grad: Array) -> Array:
         grad = self._deactivate(grad)
@@ -815,23 +836,9 @@ class ConvDense(Layer):
         )
 
     def forward(self, x: Array, training: bool) -> Array:
-        conv, flatten, dense = self.conv, self.flatten, self.dense
-        weight = conv._kernel()
-        xp = array_namespace(weight)
-        geom = replace(conv.geometry, batch=int(x.shape[0]))
-        bias = conv.params["bias"].value if conv.use_bias else None
-        tanh = conv.activation == "tanh"
-        out, cols, product = F.conv2d_linear_forward_matrix(
-            xp, x, weight, bias, geom, dense.params["weight"].value, keep_cols=training, tanh=tanh
-        )
-        # the state each layer's own forward would leave for its backward pass
-        conv._saved = (xp, cols, geom, x if cols is None else None)
-        features = F.matrix_to_output(xp, conv._activate(out, applied=tanh), geom)
-        flatten._shape = tuple(features.shape)
-        dense._x = F.flatten(features)
-        if dense.use_bias:
-            product = product + dense.params["bias"].value
-        return dense._activate(product)
+        # each layer keeps what its own backward pass reads
+        features, product = self.conv._forward(x, training, self.dense.params["weight"].value)
+        return self.dense._output(self.flatten.forward(features, training), product)
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         grad = self.flatten.backward(self.dense.backward(grad))
