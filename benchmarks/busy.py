@@ -36,9 +36,9 @@ def epoch_seconds(seed: int = 0) -> float:
     """One epoch of LeNet on 600 random images, batch 60, through the Trainer."""
     import numpy as np
 
-    from xpconv import zoo
-    from xpconv.optimizers import SGD
-    from xpconv.trainer import Trainer
+    from xpconv.models import zoo
+    from xpconv.optim.optimizers import SGD
+    from xpconv.train.trainer import Trainer
 
     rng = np.random.default_rng(seed)
     x = rng.random((EXAMPLES, 1, 28, 28), dtype=np.float32)
@@ -61,7 +61,7 @@ def _load_torch(seconds: float) -> None:
 
 
 def _load_xpconv(seconds: float) -> None:
-    from xpconv import host
+    from xpconv.backends.numpy import host
 
     from .workloads import make_runner
 

@@ -155,7 +155,7 @@ def per_layer(
     ``step.backward(g)`` in reverse order, then the SGD update: exactly what
     ``train_batch`` + ``step`` do, with a clock read between the calls.
     """
-    from xpconv.optimizers import SGD
+    from xpconv.optim.optimizers import SGD
 
     model = build_xpconv(workload, backend, seed)
     optimizer = SGD(LR, momentum=MOMENTUM)
@@ -252,7 +252,7 @@ def peer_check(workload: str, batch: int = 8, steps: int = 2, seed: int = 0) -> 
     """
     import torch
 
-    from xpconv.optimizers import SGD
+    from xpconv.optim.optimizers import SGD
 
     model = build_xpconv(workload, "numpy", seed)
     net = torch_net(workload)

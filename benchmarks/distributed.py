@@ -43,14 +43,14 @@ LAYOUTS = (
 def worker(workload: str, batch: int, steps: int, warmup: int) -> dict[str, Any] | None:
     """Run inside every rank: time ``steps`` training steps; rank 0 returns the figures."""
     from benchmarks.workloads import LR, MOMENTUM, WORKLOADS
-    from xpconv import zoo
-    from xpconv.distributed import (
+    from xpconv.models import zoo
+    from xpconv.optim.optimizers import SGD
+    from xpconv.parallel.distributed import (
         GradientAverager,
         MPICommunicator,
         SingleProcessCommunicator,
         shard_range,
     )
-    from xpconv.optimizers import SGD
 
     comm = MPICommunicator(timeout=600) if "PMI_RANK" in os.environ else None
     comm = comm if comm is not None and comm.size > 1 else SingleProcessCommunicator()

@@ -263,11 +263,11 @@ def tf32_settings() -> dict[str, Any]:
 
 def xpconv_kernels() -> dict[str, str]:
     """Which convolution kernels xpconv picks per backend (portable or a fast path)."""
-    from xpconv import backend as xb
+    from xpconv.backends import registry as xb
 
     found: dict[str, str] = {}
     try:
-        from xpconv.functional._kernels import kernels_for
+        from xpconv.backends.kernels import kernels_for
     except ImportError:
         return found
     for name in ("numpy", "torch", "array_api_strict"):
@@ -282,7 +282,7 @@ def host_settings() -> dict[str, bool]:
     """Apply ``xpconv.tune_host`` (as the ``xpconv`` command does) and say what it did;
     ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep. In the
     in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
-    from xpconv import host
+    from xpconv.backends.numpy import host
 
     done = host.tune_host()
     return {"openblas_idle_threads_sleep": done["quiet_blas_threads"], **done}

@@ -470,8 +470,8 @@ class TorchW2Runner(TorchRunner):
 
 def block_model(backend: str, shape: BlockShape, seed: int) -> Any:
     """xpconv's block: one Conv2D(channels -> channels, 3x3, same) with a fused relu."""
-    from xpconv.layers import Conv2D
-    from xpconv.model import Sequential
+    from xpconv.nn.layers import Conv2D
+    from xpconv.nn.sequential import Sequential
 
     return Sequential(
         [Conv2D(shape.channels, 3, padding="same", activation="relu", init="he_normal")],
@@ -941,8 +941,8 @@ def _gpu_kernels(found: dict[str, Any]) -> dict[str, str]:
     if not _cupy_ok(found):
         return kernels
     try:
-        from xpconv import backend as xb
-        from xpconv.functional._kernels import kernels_for
+        from xpconv.backends import registry as xb
+        from xpconv.backends.kernels import kernels_for
 
         kernels["cupy"] = kernels_for(xb.get_backend("cupy").xp).name
     except Exception as exc:  # report, do not stop the run

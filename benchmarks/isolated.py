@@ -46,7 +46,7 @@ def host_tuned(contender: str, peer_host_tuning: bool = False) -> bool:
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     """Inside the fresh process: time one contender once (warm-up, calibration, one
     kept repeat) and return its per-step seconds and busy-ness."""
-    from xpconv import host
+    from xpconv.backends.numpy import host
 
     from .environment import set_threads
     from .workloads import make_runner

@@ -3,7 +3,7 @@
 ``conv2d_loops`` is written the way the lecture writes it: zero-pad the input, then
 loop over the batch, the output channels, the input channels, the output rows and
 columns and the kernel rows and columns, accumulating one product at a time.
-:func:`run` checks it against :func:`xpconv.functional.conv2d` (im2col and one matrix
+:func:`run` checks it against :func:`xpconv.ops.conv2d` (im2col and one matrix
 product) on the same float64 data and times both.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-import xpconv.functional as F
+import xpconv.ops as F
 
 __all__ = ["DEFAULT_CASE", "conv2d_loops", "run"]
 

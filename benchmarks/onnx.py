@@ -100,7 +100,7 @@ def _torch_threads() -> int | None:
 
 
 def _export(path: str) -> None:
-    from xpconv.interop import to_onnx
+    from xpconv.io import to_onnx
 
     to_onnx(build_xpconv("W2", "numpy"), path)
 

@@ -14,7 +14,7 @@ Before every repeat the garbage collector runs and the process sleeps ``pause_s`
 the next one's cores.
 
 Busy-ness: around every repeat, ``/proc/stat`` says how many cores other processes
-kept busy during it (:func:`xpconv.host.cpu_sample`). A repeat during which they took
+kept busy during it (:func:`xpconv.backends.numpy.host.cpu_sample`). A repeat during which they took
 more than ``Policy.busy_limit`` cores is not clean; it is run again, at most
 ``Policy.retries`` times (the benchmarks' settings ask for 2), and the sample kept
 records the busy-ness it had.
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from xpconv import host
+from xpconv.backends.numpy import host
 
 __all__ = ["Policy", "Timing", "run_interleaved", "steps_for"]
 
@@ -42,7 +42,7 @@ class Policy:
     Attributes:
         warmup: untimed steps before calibration.
         warmup_s: the warm-up goes on, a step at a time, until it has lasted this long.
-            xpconv's host balancing (``xpconv.host.balance_threads``) starts a fresh
+            xpconv's host balancing (``xpconv.backends.numpy.host.balance_threads``) starts a fresh
             process on one thread and decides every 0.1 s; a user's epoch runs for
             seconds, so the timed repeats measure what comes after that.
         rounds: timed repeats (a contender with fewer rounds than the others takes

@@ -1,6 +1,6 @@
 """The reference workloads, their PyTorch twins, the data, and one runner per contender.
 
-W1 is the lecture's network, W2 a small LeNet (see ``xpconv.zoo``). Both take float32
+W1 is the lecture's network, W2 a small LeNet (see ``xpconv.models.zoo``). Both take float32
 images of shape 1x28x28 and 10 classes. The data are uniform random images and random
 labels from a fixed seed; every contender gets the same batch, moved to its backend once
 before timing, so transfers are never timed.
@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from xpconv import zoo
-from xpconv.host import balance_threads
-from xpconv.optimizers import SGD
+from xpconv.backends.numpy.host import balance_threads
+from xpconv.models import zoo
+from xpconv.optim.optimizers import SGD
 
 __all__ = [
     "CLASSES",
@@ -193,7 +193,7 @@ def copy_weights(model: Any, net: Any) -> None:
 class XpconvRunner:
     """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles,
     ``xpconv.TrainStep``), or ``model.forward`` in eval mode; before every step
-    ``xpconv.host.balance_threads()``, as ``Trainer.fit`` does (it does nothing
+    ``xpconv.backends.numpy.host.balance_threads()``, as ``Trainer.fit`` does (it does nothing
     unless ``xpconv.tune_host`` switched it on)."""
 
     def __init__(self, workload: str, backend: str, mode: str, batch: int, seed: int = 0):

@@ -181,8 +181,8 @@ for name in ("numpy", "cupy", "torch", "array_api_compat", "array_api_extra",
         versions.append(f"{name} missing ({type(exc).__name__})")
 print("gpu-test: " + ", ".join(versions))
 
-from xpconv import backend
-from xpconv.functional._kernels import kernels_for
+from xpconv.backends import registry as backend
+from xpconv.backends.kernels import kernels_for
 
 for name, device in (("cupy", None), ("torch", "cuda")):
     try:

@@ -31,7 +31,7 @@ MUTANTS = Path("mutants")
 KILLED = {1, 3}
 SURVIVED = {0}
 # Generating the mutants needs one ``mutmut run``; this is the smallest module.
-SEED_MODULE = "xpconv.functional._kernels*"
+SEED_MODULE = "xpconv.backends.kernels*"
 
 
 def read_meta() -> dict[str, int | None]:
@@ -43,7 +43,7 @@ def read_meta() -> dict[str, int | None]:
 
 
 def module_of(name: str) -> str:
-    """``xpconv.trainer.xǁTrainerǁfit__mutmut_3`` -> ``xpconv/trainer.py``."""
+    """``xpconv.train.trainer.xǁTrainerǁfit__mutmut_3`` -> ``xpconv/trainer.py``."""
     parts = name.split(".")
     for i, part in enumerate(parts):
         if part.startswith("x") and ("__mutmut_" in part or "ǁ" in part):

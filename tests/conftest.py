@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from xpconv import backend as xb
+from xpconv.backends import registry as xb
 
 try:
     import jax

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import xpconv as xc
-from xpconv.distributed import GradientAverager, MPICommunicator, share_cores
+from xpconv.parallel.distributed import GradientAverager, MPICommunicator, share_cores
 
 
 def small_model(dtype: str, backend: str = "numpy", seed: int = 3) -> xc.Sequential:
@@ -99,12 +99,12 @@ def accuracy(comm: MPICommunicator, out: str, mnist_dir: str) -> None:
 
     (At the lecture's batch 60 the run is chaotic enough that float32 rounding alone,
     from the different matrix shapes of the shares, moved the result by 0.38 points.)"""
-    from xpconv.datasets import mnist
+    from xpconv.data.datasets import mnist
 
     data = mnist(mnist_dir, progress=False)
 
     def run(communicator):
-        model = xc.zoo.lecture(seed=0)
+        model = xc.models.zoo.lecture(seed=0)
         opt = xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential")
         tr = xc.Trainer(model, opt, progress=False, communicator=communicator)
         start = time.perf_counter()

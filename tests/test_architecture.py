@@ -1,159 +1,195 @@
-"""The floors of the house: no module reaches into another module's private parts.
+"""The house rules, checked on the source: the import graph has no cycle and no import up
+a floor, no module reaches into another package's private modules, and every public
+subpackage is an attribute of ``xpconv`` after a bare import.
 
-The rule, checked on the source of every module of ``xpconv`` with ``ast``:
-
-- A private module (a name starting with one underscore, such as
-  ``xpconv.functional._conv``) belongs to its package: only the modules of that
-  package (its ``__init__`` and its sibling modules) may import it or anything in it.
-  So the modules of ``xpconv/functional/`` import each other, the package's
-  ``__init__`` re-exports them, and the top ``xpconv`` modules may import
-  ``xpconv._io``; ``xpconv.layers`` may not import ``xpconv.functional._conv``.
-- A private name (``_targets``, ``_geom``) may be imported only from a private module
-  of the importer's own package; never from a public module, whoever imports it.
-- Reaching a private module or name through an imported module's attributes
-  (``from . import functional as F`` then ``F._loss``) counts as importing it.
-
-Dunder names (``__version__``, ``__future__``) are not private.
+The graph counts every import: at the top of a module and inside functions alike (a
+function-local import only delays a cycle, it does not remove it). Imports under
+``if TYPE_CHECKING:`` are left out: they never run.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "xpconv"
 
+#: Floors, bottom first: a module may import its own floor and the floors below it.
+FLOORS: dict[str, int] = {
+    "backends": 0,
+    "ops": 1,
+    "nn": 2,
+    "optim": 2,
+    "io": 3,
+    "data": 3,
+    "models": 3,
+    "tools": 3,
+    "parallel": 3,
+    "train": 4,
+    "cli": 5,
+}
 
-def _private(part: str) -> bool:
-    return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
 
-
-def _modules() -> dict[str, tuple[Path, bool]]:
-    """Every module of xpconv: dotted name -> (file, whether it is a package)."""
+def _modules() -> dict[str, Path]:
+    """Every module of xpconv: dotted name -> file (a package by its ``__init__``)."""
     found = {}
-    for path in sorted(ROOT.rglob("*.py")):
-        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
-        package = parts[-1] == "__init__"
-        if package:
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
             parts = parts[:-1]
-        found[".".join(parts)] = (path, package)
+        found[".".join(parts)] = path
     return found
 
 
 MODULES = _modules()
 
 
-def _package_of(module: str, is_package: bool) -> str:
-    """The package whose modules ``module`` is one of (a package's own ``__init__``
-    belongs to the package itself)."""
-    return module if is_package else module.rpartition(".")[0]
+def _type_checking_lines(tree: ast.Module) -> set[int]:
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+    return lines
 
 
-def _resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
-    if not node.level:
-        return node.module or ""
-    base = _package_of(importer, is_package).split(".")
-    base = base[: len(base) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
+def _target(base: str, name: str | None) -> str | None:
+    """The most specific xpconv module that ``from base import name`` loads."""
+    if name and f"{base}.{name}" in MODULES:
+        return f"{base}.{name}"
+    return base if base in MODULES else None
 
 
-def _is_module(name: str) -> bool:
-    return name in MODULES
-
-
-def _check_target(
-    importer: str, is_package: bool, target: str, line: int, module: bool = False
-) -> list[str]:
-    """Problems with ``importer`` using the module or module attribute ``target``
-    (``module``: ``target`` is known to be a module, as in ``import target``)."""
-    own = _package_of(importer, is_package)
-    parts = target.split(".")
-    problems = []
-    for i, part in enumerate(parts):
-        if not _private(part):
-            continue
-        owner = ".".join(parts[:i])  # the package or module that holds the private part
-        holder_is_module = _is_module(".".join(parts[: i + 1])) or (module and i == len(parts) - 1)
-        holder_is_module = holder_is_module or (i < len(parts) - 1)  # has parts beneath it
-        if holder_is_module:  # a private module: private to its package
-            if owner != own:
-                problems.append(f"{importer}:{line} imports private module {target}")
-        elif not (_private(parts[i - 1]) and ".".join(parts[: i - 1]) == own):
-            # a private name: only from a private module of the importer's package
-            problems.append(f"{importer}:{line} imports private name {target}")
-        break
-    return problems
-
-
-def violations(importer: str, source: str, is_package: bool = False) -> list[str]:
-    """Every import (or module attribute) of ``source`` that breaks the rule."""
+def imports_of(module: str, source: str) -> set[str]:
+    """The xpconv modules that ``source`` (the text of ``module``) imports."""
     tree = ast.parse(source)
-    problems: list[str] = []
-    aliases: dict[str, str] = {}  # local name -> module it is bound to
+    skip = _type_checking_lines(tree)
+    is_package = MODULES.get(module, Path()).name == "__init__.py"
+    package = module if is_package else module.rsplit(".", 1)[0]
+    found: set[str] = set()
     for node in ast.walk(tree):
+        if getattr(node, "lineno", 0) in skip:
+            continue
         if isinstance(node, ast.Import):
-            for alias in node.names:
-                problems += _check_target(importer, is_package, alias.name, node.lineno, True)
-                if alias.asname:
-                    aliases[alias.asname] = alias.name
+            targets = [_target(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = _resolve(importer, is_package, node)
-            if node.module == "__future__":
-                continue
-            found = _check_target(importer, is_package, base, node.lineno, True)
-            problems += found
-            for alias in [] if found else node.names:
-                full = f"{base}.{alias.name}"
-                problems += _check_target(importer, is_package, full, node.lineno)
-                if _is_module(full):
-                    aliases[alias.asname or alias.name] = full
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id in aliases
-            and _private(node.attr)
-        ):
-            target = f"{aliases[node.value.id]}.{node.attr}"
-            problems += _check_target(importer, is_package, target, node.lineno)
-    return sorted(set(problems))
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            targets = [_target(base, alias.name) for alias in node.names]
+        else:
+            continue
+        found.update(t for t in targets if t and t.startswith("xpconv") and t != module)
+    return found
 
 
-def test_the_rule_catches_what_it_should() -> None:
-    """The checker itself: each forbidden form is reported, each allowed one is not."""
-    bad = {
-        "from .functional._conv import conv_geometry": "private module",
-        "from .functional import _loss": "private module",
-        "import xpconv.functional._kernels": "private module",
-        "from .functional._checks import positive_int": "private module",
-        "from .layers import _as_pair": "private name",
-        "from . import functional as F\nF._loss": "private module",
-        "from . import layers\nlayers._as_pair": "private name",
-        "from ..functional._conv import conv_geometry": "private module",
-    }
-    for source, kind in bad.items():
-        importer = "xpconv.interop.x" if ".." in source else "xpconv.model"
-        found = violations(importer, source)
-        assert found and kind in found[0], (source, found)
-    assert violations("xpconv.interop.x", "from .._io import atomic_write")
-    allowed = [
-        ("xpconv.functional._loss", "from ._activation import _log_softmax", False),
-        ("xpconv.functional", "from ._conv import conv2d", True),
-        ("xpconv.functional._pool", "from .checks import int_pair", False),
-        ("xpconv.trainer", "from ._io import atomic_write", False),
-        ("xpconv.cli", "from . import __version__", False),
-        ("xpconv.model", "from .functional.checks import positive_int", False),
-        ("xpconv.layers", "from . import functional as F\nF.conv2d", False),
-    ]
-    for importer, source, package in allowed:
-        assert violations(importer, source, package) == [], (importer, source)
-    # a private name of a public module is refused even inside its package
-    assert violations("xpconv.functional._loss", "from .targets import _check_rows")
+GRAPH = {name: imports_of(name, path.read_text()) for name, path in MODULES.items()}
 
 
-@pytest.mark.parametrize("module", sorted(MODULES))
-def test_no_module_imports_another_modules_private_parts(module: str) -> None:
-    path, package = MODULES[module]
-    assert violations(module, path.read_text(encoding="utf-8"), package) == []
+def _floor(module: str) -> int | None:
+    parts = module.split(".")
+    return FLOORS.get(parts[1]) if len(parts) > 1 else None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for importer, targets in graph.items():
+        low = _floor(importer)
+        for target in targets:
+            high = _floor(target)
+            if target == "xpconv" and importer != "xpconv.__main__":
+                bad.append(f"{importer} imports the top-level package")
+            elif low is not None and high is not None and high > low:
+                bad.append(f"{importer} (floor {low}) imports {target} (floor {high})")
+    return sorted(bad)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every cycle found by a depth-first search (one per back edge)."""
+    found, state = [], dict.fromkeys(graph, 0)
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                found.append([*stack[stack.index(nxt) :], nxt])
+            elif state.get(nxt) == 0:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if state[node] == 0:
+            visit(node)
+    return found
+
+
+def private_reaches(graph: dict[str, set[str]]) -> list[str]:
+    """Imports of a private module (``_name``) from outside its package."""
+    bad = []
+    for importer, targets in graph.items():
+        for target in targets:
+            parent, _, leaf = target.rpartition(".")
+            if (
+                leaf.startswith("_")
+                and not importer.startswith(parent + ".")
+                and importer != parent
+            ):
+                bad.append(f"{importer} imports private {target}")
+    return sorted(bad)
+
+
+def test_the_checks_catch_what_they_should() -> None:
+    graph = {"xpconv.ops.a": {"xpconv.nn.b"}, "xpconv.nn.b": {"xpconv.ops.a"}}
+    assert upward_imports(graph) == ["xpconv.ops.a (floor 1) imports xpconv.nn.b (floor 2)"]
+    assert cycles(graph) == [["xpconv.nn.b", "xpconv.ops.a", "xpconv.nn.b"]]
+    assert private_reaches({"xpconv.io.x": {"xpconv.nn.layers._fused"}})
+    assert not private_reaches({"xpconv.nn.layers": {"xpconv.nn.layers._fused"}})
+    local = "def f():\n    from xpconv.train import trainer\n"
+    assert imports_of("xpconv.io.saving", local) == {"xpconv.train.trainer"}
+    hidden = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from xpconv import train\n"
+    assert imports_of("xpconv.io.saving", hidden) == set()
+
+
+def test_every_subpackage_has_a_floor() -> None:
+    packages = {name.split(".")[1] for name in MODULES if name.count(".") >= 1}
+    assert packages - {"__main__", "_version"} == set(FLOORS)
+
+
+def test_no_import_goes_up_a_floor() -> None:
+    assert upward_imports(GRAPH) == []
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    assert cycles(GRAPH) == []
+
+
+def test_no_module_reaches_into_another_packages_private_modules() -> None:
+    assert private_reaches(GRAPH) == []
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_subpackages_are_attributes_after_a_bare_import(name: str) -> None:
+    code = f"import xpconv as xc; m = xc.{name}; print(m.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"xpconv.{name}"
+
+
+def test_a_bare_import_loads_no_optional_library() -> None:
+    code = (
+        "import sys, xpconv; "
+        "print(sorted(m for m in ('torch', 'jax', 'cupy', 'onnx', 'matplotlib', 'mpi4py') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import Case
 
-from xpconv import backend as xb
+from xpconv.backends import registry as xb
 
 
 def test_select_by_name_and_alias() -> None:
@@ -58,7 +58,7 @@ def test_set_default_backend() -> None:
 
 def test_importing_xpconv_loads_no_array_library() -> None:
     code = (
-        "import sys, xpconv, xpconv.functional; "
+        "import sys, xpconv, xpconv.ops; "
         "print(sorted(m for m in ('torch', 'cupy', 'array_api_strict') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

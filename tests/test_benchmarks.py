@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the benchmarks package is not installed with xpconv
     sys.path.insert(0, str(REPO_ROOT))
 
-import xpconv.functional as F  # noqa: E402
+import xpconv.ops as F  # noqa: E402
 from benchmarks import __main__ as cli  # noqa: E402
 from benchmarks import cpu, environment, lecture_loops, memory, report, timing  # noqa: E402
 from benchmarks.workloads import CONTENDERS, make_data  # noqa: E402
@@ -275,7 +275,7 @@ class _FakeCpu:
     take ``load[k]`` cores during repeat k (one second each)."""
 
     def __init__(self, load):
-        from xpconv import host
+        from xpconv.backends.numpy import host
 
         self.load, self.calls, self.total, self.host = list(load), 0, 0.0, host
 

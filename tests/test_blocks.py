@@ -9,7 +9,7 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv as xc
-from xpconv.layers import ConvMaxPool
+from xpconv.nn.layers import ConvMaxPool
 
 
 @pytest.fixture(autouse=True)
@@ -212,26 +212,26 @@ def test_every_block_layer_passes_gradcheck(case64: Case, training: bool) -> Non
     model = block_model(case64, "float64", seed=1, widths=(2, 3), size=6)
     x = case64.asarray(np.random.default_rng(4).normal(size=(2, 2, 6, 6)))
     before = model.state_dict()
-    report = xc.gradcheck(model, x, training=training, max_elements=16)
+    report = xc.tools.gradcheck(model, x, training=training, max_elements=16)
     assert len(report.checks) == 1 + len(model.parameters())
     # the check leaves weights and running statistics as they were
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
     # layer by layer too (the residual block with its shortcut, and BN1D on (N, C, L))
     h = model.forward(x, training=training)
-    xc.gradcheck(
+    xc.tools.gradcheck(
         model.layers[4], case64.asarray(np.random.default_rng(5).normal(size=(3, 2, 3, 3)))
     )
     bn1 = xc.BatchNorm1D()
     bn1.build((3, 5), _ctx(case64))
-    xc.gradcheck(
+    xc.tools.gradcheck(
         bn1, case64.asarray(np.random.default_rng(6).normal(size=(4, 3, 5))), training=training
     )
     assert h.shape == (2, 3)
 
 
 def _ctx(case: Case):
-    from xpconv.layers import BuildContext
+    from xpconv.nn.layers import BuildContext
 
     return BuildContext(
         case.backend,
@@ -245,7 +245,7 @@ def test_gradcheck_of_a_float32_layer_restores_its_dtype(case: Case) -> None:
     layer = xc.BatchNorm2D()
     layer.build((2, 3, 3), _ctx(case))
     x = case.asarray(np.random.default_rng(0).normal(size=(3, 2, 3, 3)))
-    xc.gradcheck(layer, x)
+    xc.tools.gradcheck(layer, x)
     assert layer.params["weight"].value.dtype == case.backend.dtype(case.dtype)
     assert layer.buffers["running_mean"].dtype == case.backend.dtype(case.dtype)
 
@@ -339,23 +339,23 @@ def test_block_errors() -> None:
     ],
 )
 def test_residual_shape_mismatch_names_both_shapes(shortcut, where: str) -> None:
-    branch = [xc.layers.Conv2D(8, 3, padding=1)]
-    short = None if shortcut is None else [xc.layers.Conv2D(4, 1)]
+    branch = [xc.nn.layers.Conv2D(8, 3, padding=1)]
+    short = None if shortcut is None else [xc.nn.layers.Conv2D(4, 1)]
     message = (
         f"residual_0: the branch gives output shape (8, 6, 6) but {where}; "
         "add a shortcut such as Conv2D(..., kernel_size=1, stride=...)"
     )
     with pytest.raises(ValueError) as info:
-        xc.Sequential([xc.layers.Residual(branch, shortcut=short)], input_shape=(3, 6, 6))
+        xc.Sequential([xc.nn.layers.Residual(branch, shortcut=short)], input_shape=(3, 6, 6))
     assert str(info.value) == message
 
 
 def test_a_leading_residual_block_gives_the_input_gradient_on_request() -> None:
     """First in the model, a block computes its input gradient only when asked, and
     then exactly (central differences in float64)."""
-    block = xc.layers.Residual([xc.layers.Conv2D(2, 3, padding=1), xc.layers.Tanh()])
+    block = xc.nn.layers.Residual([xc.nn.layers.Conv2D(2, 3, padding=1), xc.nn.layers.Tanh()])
     model = xc.Sequential(
-        [block, xc.layers.Flatten()], input_shape=(2, 4, 4), seed=1, dtype="float64"
+        [block, xc.nn.layers.Flatten()], input_shape=(2, 4, 4), seed=1, dtype="float64"
     )
     r = np.random.default_rng(0)
     x, g = r.normal(size=(2, 2, 4, 4)), r.normal(size=(2, 32))

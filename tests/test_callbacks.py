@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import xpconv as xc
-from xpconv import callbacks as cb
-from xpconv import layers as L
-from xpconv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from xpconv.optimizers import SGD
+from xpconv.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xpconv.nn import layers as L
+from xpconv.optim.optimizers import SGD
+from xpconv.train import callbacks as cb
 
 
 def _data(n: int = 40, seed: int = 3):

@@ -22,8 +22,8 @@ import numpy as np
 import numpy.lib.format as npy_format
 import pytest
 
-from xpconv import checkpoint
-from xpconv.checkpoint import (
+from xpconv.io import checkpoint
+from xpconv.io.checkpoint import (
     FORMAT_NAME,
     FORMAT_VERSION,
     METADATA_KEY,
@@ -325,7 +325,7 @@ def test_failure_at_rename_leaves_old_file(old_checkpoint, monkeypatch) -> None:
 _CHILD = r"""
 import sys
 import numpy as np
-from xpconv.checkpoint import save_checkpoint
+from xpconv.io.checkpoint import save_checkpoint
 
 path, size = sys.argv[1], int(sys.argv[2])
 weights = np.empty(size, dtype=np.float64)

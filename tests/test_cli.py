@@ -18,7 +18,7 @@ import pytest
 from conftest import DATA_DIR, require_or_skip
 
 import xpconv
-import xpconv.datasets as ds
+import xpconv.data.datasets as ds
 from xpconv.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

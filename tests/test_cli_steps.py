@@ -11,8 +11,8 @@ import pytest
 
 import xpconv as xc
 from xpconv import cli
-from xpconv.checkpoint import load_checkpoint
 from xpconv.cli import main
+from xpconv.io.checkpoint import load_checkpoint
 
 
 def test_dataset_errors_speak_in_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -28,7 +28,7 @@ def test_dataset_errors_speak_in_flags(tmp_path: Path, capsys: pytest.CaptureFix
 def test_help_is_written_from_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    recipes = xc.zoo.RECIPES
+    recipes = xc.models.zoo.RECIPES
     assert f"(default: {cli.TRAIN_DEFAULTS['model']})" in text
     assert f"total epochs of the run (default: {cli.TRAIN_DEFAULTS['epochs']})" in text
     assert (

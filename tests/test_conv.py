@@ -8,11 +8,11 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv
-import xpconv.functional as F
-from xpconv.backend import BackendError, get_backend
-from xpconv.functional import _im2col
-from xpconv.functional._conv import conv_geometry
-from xpconv.functional._kernels import PORTABLE, kernels_for
+import xpconv.ops as F
+from xpconv.backends import portable as _im2col
+from xpconv.backends.kernels import PORTABLE, kernels_for
+from xpconv.backends.registry import BackendError, get_backend
+from xpconv.ops.conv import conv_geometry
 
 
 def random_config(seed: int) -> dict:
@@ -446,12 +446,12 @@ def test_conv1d_errors_speak_1d(kwargs: dict, exc: type, message: str) -> None:
 
 def test_conv1d_layer_errors_name_the_layer() -> None:
     with pytest.raises(ValueError, match=r"^conv1d_0: dilation: expected a positive int, got 0$"):
-        xpconv.Sequential([xpconv.layers.Conv1D(4, 3, dilation=0)], input_shape=(3, 8))
+        xpconv.Sequential([xpconv.nn.layers.Conv1D(4, 3, dilation=0)], input_shape=(3, 8))
     with pytest.raises(TypeError, match=r"^dilation: expected an int, got 1.5$"):
-        xpconv.layers.Conv1D(4, 3, dilation=1.5)
+        xpconv.nn.layers.Conv1D(4, 3, dilation=1.5)
     with pytest.raises(ValueError) as info:  # stated in the layer's 1-D stride
         xpconv.Sequential(
-            [xpconv.layers.Conv1D(4, 3, stride=2, padding="same")], input_shape=(3, 8)
+            [xpconv.nn.layers.Conv1D(4, 3, stride=2, padding="same")], input_shape=(3, 8)
         )
     assert str(info.value) == "conv1d_0: padding: 'same' needs stride 1, got stride 2"
 
@@ -538,7 +538,7 @@ def test_pool_ordered_columns(case: Case, cfg: dict, pool: tuple[int, int]) -> N
 _FORK_CHILD = """
 import multiprocessing
 import numpy as np
-import xpconv.functional as F
+import xpconv.ops as F
 
 x = np.random.default_rng(0).normal(size=(64, 32, 16, 16)).astype(np.float32)  # > 4 MB
 w = np.ones((8, 32, 3, 3), dtype=np.float32)
@@ -579,7 +579,7 @@ def test_portable_choice_is_per_thread() -> None:
     """``use_portable`` in one thread leaves another thread's fast path alone."""
     import threading
 
-    from xpconv.functional._kernels import use_portable
+    from xpconv.backends.kernels import use_portable
 
     xp = get_backend("numpy").xp
     inside, barrier, seen = threading.Event(), threading.Barrier(2), {}

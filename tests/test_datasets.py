@@ -1,4 +1,4 @@
-"""Tests for xpconv.datasets: IDX parsing, explicit directories, cache, downloads, fallback.
+"""Tests for xpconv.data.datasets: IDX parsing, explicit directories, cache, downloads, fallback.
 
 Downloads are exercised for real against small HTTP servers bound to 127.0.0.1. The default
 mirror list is pointed at a closed loopback port for every test, so nothing here reaches the
@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from conftest import require_or_skip
 
-import xpconv.datasets as ds
+import xpconv.data.datasets as ds
 
 DATA = Path(
     os.environ.get("XPCONV_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -21,7 +21,7 @@ import pytest
 from conftest import Case
 
 import xpconv as xc
-from xpconv.distributed import (
+from xpconv.parallel.distributed import (
     Communicator,
     DistributedError,
     GradientAverager,
@@ -95,7 +95,7 @@ class _TwoRanks(Communicator):
         self.peer = peer
 
     def _allreduce(self, buffer):
-        from xpconv.backend import backend_of
+        from xpconv.backends.registry import backend_of
 
         be = backend_of(buffer)
         return buffer + be.asarray(self.peer(be.to_numpy(buffer).size), dtype=buffer.dtype)
@@ -204,7 +204,7 @@ def test_trainer_with_one_process_communicator_is_unchanged(rng) -> None:
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     with pytest.raises(TypeError, match="communicator: expected a Communicator or None, got str"):
-        xc.Trainer(xc.zoo.lecture(), xc.SGD(0.1), communicator="mpi")
+        xc.Trainer(xc.models.zoo.lecture(), xc.SGD(0.1), communicator="mpi")
 
 
 # --------------------------------------------------------------------------- under mpiexec
@@ -434,8 +434,8 @@ def test_nccl_collectives_on_gpus(tmp_path: Path) -> None:
         pytest.skip("NCCL needs a CUDA GPU and CuPy; none here")
     n = min(gpus, 2)
     code = (
-        "import json, sys, cupy, numpy as np; from xpconv.backend import get_backend; "
-        "from xpconv.distributed import MPICommunicator, NCCLCommunicator; "
+        "import json, sys, cupy, numpy as np; from xpconv.backends.registry import get_backend; "
+        "from xpconv.parallel.distributed import MPICommunicator, NCCLCommunicator; "
         "m = MPICommunicator(timeout=60); be = get_backend('cupy', m.rank); "
         "c = NCCLCommunicator(be, m); x = cupy.arange(5, dtype=cupy.float32) + c.rank; "
         "s = cupy.asnumpy(c.allreduce(x)); b = cupy.asnumpy(c.broadcast(x)); "

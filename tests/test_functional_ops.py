@@ -11,11 +11,12 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv
-import xpconv.functional as F
-from xpconv.backend import BackendError, get_backend
-from xpconv.functional import _numpy_kernels, _pool
-from xpconv.functional._kernels import PORTABLE, kernels_for
-from xpconv.functional.targets import check_targets
+import xpconv.ops as F
+from xpconv.backends.kernels import PORTABLE, kernels_for
+from xpconv.backends.numpy import kernels as _numpy_kernels
+from xpconv.backends.registry import BackendError, get_backend
+from xpconv.ops import pool as _pool
+from xpconv.ops.targets import check_targets
 
 # ---------------------------------------------------------------------- utilities
 
@@ -313,7 +314,7 @@ def test_linear_matches_torch(case: Case, shape: tuple[int, int, int]) -> None:
 
 def test_linear_backward_finite_differences(case64: Case, rng: np.random.Generator) -> None:
     x, w, b = (case64.asarray(rng.normal(size=s)) for s in ((3, 4), (2, 4), (2,)))
-    report = xpconv.gradcheck(
+    report = xpconv.tools.gradcheck(
         F.linear, x, w, b, backward=lambda g, x, w, b: F.linear_backward(g, x, w)
     )
     assert len(report.checks) == 3

@@ -36,11 +36,11 @@ from benchmarks import __main__ as bench_cli  # noqa: E402
 from benchmarks import gpu  # noqa: E402
 from benchmarks.report import RECORD_KEYS  # noqa: E402
 from benchmarks.timing import Timing  # noqa: E402
-from xpconv import backend as xb  # noqa: E402
-from xpconv.functional import _cupy_kernels as ck  # noqa: E402
-from xpconv.functional import _im2col  # noqa: E402
-from xpconv.functional._im2col import ConvGeometry  # noqa: E402
-from xpconv.functional._kernels import kernels_for, use_portable  # noqa: E402
+from xpconv.backends import portable as _im2col  # noqa: E402
+from xpconv.backends import registry as xb  # noqa: E402
+from xpconv.backends.cupy import kernels as ck  # noqa: E402
+from xpconv.backends.kernels import kernels_for, use_portable  # noqa: E402
+from xpconv.backends.portable import ConvGeometry  # noqa: E402
 
 NO_GPU_ENV = {"CUDA_VISIBLE_DEVICES": ""}  # hides any GPU from CuPy and PyTorch
 
@@ -214,14 +214,14 @@ def block_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -
 def portable_pool(
     blocks: np.ndarray, bias: np.ndarray | None, relu: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    from xpconv.functional import _pool
+    from xpconv.ops import pool as _pool
 
     with np.errstate(invalid="ignore"):
         return _pool.max_pool_blocks(portable(), blocks, bias, relu)
 
 
 def portable_pool_backward(grad: np.ndarray, code: np.ndarray, taps: int) -> np.ndarray:
-    from xpconv.functional import _pool
+    from xpconv.ops import pool as _pool
 
     with np.errstate(invalid="ignore"):  # 0 * inf: NaN, as the kernels give
         return np.asarray(_pool.max_pool_blocks_backward(portable(), grad, code, taps))
@@ -467,7 +467,7 @@ def test_kernel_spec_follows_cupys_parameter_rules(which: str, wide: bool) -> No
 
 def test_importing_the_kernels_does_not_import_cupy() -> None:
     code = (
-        "import sys; import xpconv.functional._cupy_kernels as k; "
+        "import sys; import xpconv.backends.cupy.kernels as k; "
         "assert 'cupy' not in sys.modules, 'cupy was imported'; print(k.make_kernels().name)"
     )
     path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
@@ -556,7 +556,7 @@ def fused_conv_pool_pass(backend: str, x: np.ndarray) -> dict[str, Any]:
     model = xpconv.Sequential(
         layers, backend=backend, dtype="float64", seed=3, input_shape=x.shape[1:]
     )
-    assert isinstance(model.steps[0], xpconv.layers.ConvMaxPool)
+    assert isinstance(model.steps[0], xpconv.nn.layers.ConvMaxPool)
     out = model.forward(x, training=True)
     seen = {"out": out, "grad_x": model.backward(out, input_grad=True)}
     return {**seen, **{name: p.grad for name, p in model.parameters().items()}}
@@ -587,7 +587,7 @@ def test_cupy_pool_kernels_match_portable(
     ops on the same device, bit for bit (ties, NaN, infinities, layouts)."""
     import cupy
 
-    from xpconv.functional import _pool
+    from xpconv.ops import pool as _pool
 
     if wide:
         monkeypatch.setattr(ck, "_INT32_LIMIT", 0)
@@ -616,7 +616,7 @@ def test_cupy_fused_conv_pool_runs_the_pool_kernels(
     give the portable path's results."""
     import cupy
 
-    from xpconv.functional import _pool
+    from xpconv.ops import pool as _pool
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the fused step fell back to a portable kernel")
@@ -640,7 +640,7 @@ def test_cupy_fused_conv_pool_runs_the_pool_kernels(
 def test_cupy_conv2d_fast_path_matches_portable(
     cupy_backend: xb.Backend, rng: np.random.Generator
 ) -> None:
-    import xpconv.functional as F
+    import xpconv.ops as F
 
     xp = cupy_backend.xp
     x = cupy_backend.asarray(rng.standard_normal((4, 3, 11, 9)), dtype="float64")

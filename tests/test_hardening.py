@@ -19,12 +19,12 @@ import pytest
 from conftest import DATA_DIR
 
 import xpconv as xc
-import xpconv.functional as F
-from xpconv import layers as L
-from xpconv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+import xpconv.ops as F
+from xpconv import load_model, load_training, save_model, save_training
 from xpconv.cli import main
-from xpconv.datasets import DatasetError
-from xpconv.saving import load_model, load_training, save_model, save_training
+from xpconv.data.datasets import DatasetError
+from xpconv.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xpconv.nn import layers as L
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST = DATA_DIR / "mnist"
@@ -262,9 +262,9 @@ def _device_cases() -> list[Any]:
     cases = []
     for name in ("torch", "array_api_strict"):
         try:
-            xc.backend.get_backend(name)
+            xc.backends.registry.get_backend(name)
             marks = []
-        except xc.backend.BackendError as exc:
+        except xc.backends.registry.BackendError as exc:
             marks = [pytest.mark.skip(reason=str(exc))]
         cases.append(pytest.param(name, marks=marks, id=name))
     return cases
@@ -462,7 +462,7 @@ def _idx(array: np.ndarray, dims: tuple[int, ...] | None = None) -> bytes:
 
 
 def test_idx_header_that_overflows_int64_names_the_file(tmp_path: Path) -> None:
-    from xpconv.datasets import mnist
+    from xpconv.data.datasets import mnist
 
     images, labels = np.zeros((2, 3, 3), np.uint8), np.zeros(2, np.uint8)
     for stem, data in (

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from xpconv import host
+from xpconv.backends.numpy import host
 
 # In a fresh interpreter: whether a 64 MB block comes from the heap (glibc's mallopt
 # thresholds), OpenBLAS's idle timeout as it has read it (0: never set, its default),
@@ -29,8 +29,8 @@ block = libc.malloc(64 << 20)
 with open("/proc/self/maps") as maps:
     heap = [line.split()[0].split("-") for line in maps if line.rstrip().endswith("[heap]")]
 in_heap = any(int(lo, 16) <= block < int(hi, 16) for lo, hi in heap)
-timeout = ctypes.CDLL(xpconv.host.openblas_paths()[0]).openblas_thread_timeout()
-threads = xpconv.host.blas_threads()
+timeout = ctypes.CDLL(xpconv.backends.numpy.host.openblas_paths()[0]).openblas_thread_timeout()
+threads = xpconv.backends.numpy.host.blas_threads()
 print(json.dumps({"in_heap": in_heap, "timeout": timeout, "threads": threads, "done": done}))
 """
 
@@ -203,7 +203,7 @@ def test_seeded_training_repeats_bit_for_bit_on_any_thread_count(
     import numpy as np
 
     import xpconv
-    from xpconv import zoo
+    from xpconv.models import zoo
 
     rng = np.random.default_rng(0)
     x = rng.random((32, 1, 28, 28), dtype=np.float32)

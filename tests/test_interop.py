@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import xpconv as xc
-from xpconv import interop
-from xpconv.checkpoint import CheckpointError
-from xpconv.layers import Layer
+from xpconv import io as interop
+from xpconv.io.checkpoint import CheckpointError
+from xpconv.nn.layers import Layer
 
 onnx = pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
 ort = pytest.importorskip("onnxruntime", reason="the export is checked in onnxruntime")
@@ -152,7 +152,7 @@ def test_every_layer_config_exports_and_matches_onnxruntime(name: str, tmp_path)
 
 
 def test_exported_graph_names_and_dynamic_batch(tmp_path) -> None:
-    model = xc.zoo.lenet(backend="numpy", seed=2)
+    model = xc.models.zoo.lenet(backend="numpy", seed=2)
     path = tmp_path / "lenet.onnx"
     interop.to_onnx(model, path, opset=13)
     proto = onnx.load(path)
@@ -222,8 +222,8 @@ def test_export_refuses_unsupported_layers_and_bad_arguments(tmp_path) -> None:
 
 def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
     """The Sequential runs Conv2D + MaxPool2D as one fused step; the graph has both."""
-    plain = xc.zoo.lenet(batch_norm=False, backend="numpy")
-    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in plain.steps)
+    plain = xc.models.zoo.lenet(batch_norm=False, backend="numpy")
+    assert any(isinstance(step, xc.nn.layers.ConvMaxPool) for step in plain.steps)
     ops = [n.op_type for n in interop.to_onnx(plain).graph.node]
     assert ops == [
         "Conv",
@@ -237,8 +237,8 @@ def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
         "Relu",
         "Gemm",
     ]
-    model = xc.zoo.lenet(backend="numpy")  # conv (no bias) + pool fused, then batch norm
-    assert any(isinstance(step, xc.layers.ConvMaxPool) for step in model.steps)
+    model = xc.models.zoo.lenet(backend="numpy")  # conv (no bias) + pool fused, then batch norm
+    assert any(isinstance(step, xc.nn.layers.ConvMaxPool) for step in model.steps)
     block = ["Conv", "MaxPool", "BatchNormalization", "Relu"]
     ops = [n.op_type for n in interop.to_onnx(model).graph.node]
     assert ops == [*block, *block, "Flatten", "Gemm", "BatchNormalization", "Relu", "Gemm"]
@@ -258,7 +258,7 @@ def _backend_or_skip(name: str, device: str | None) -> xc.Backend:
 
 @pytest.fixture(scope="module")
 def mnist_data(mnist_dir):
-    from xpconv.datasets import mnist
+    from xpconv.data.datasets import mnist
 
     return mnist(mnist_dir, progress=False)
 
@@ -272,7 +272,7 @@ def test_onnxruntime_logits_equal_xpconv_on_mnist_test_set(
     """A few training steps on each backend, then the whole MNIST test set: the exported
     graph in onnxruntime gives xpconv's logits (float32, rtol 1e-5)."""
     backend = _backend_or_skip(backend_name, device)
-    model = xc.zoo.build_model(model_name, backend=backend, seed=0)
+    model = xc.models.zoo.build_model(model_name, backend=backend, seed=0)
     optimizer = xc.SGD(0.05, momentum=0.9)
     for step in range(6):
         batch = slice(64 * step, 64 * (step + 1))
@@ -291,7 +291,7 @@ def test_onnxruntime_logits_equal_xpconv_on_mnist_test_set(
 def test_cli_export_writes_a_checked_onnx_file(tmp_path, capsys) -> None:
     from xpconv.cli import main
 
-    model = xc.zoo.lecture(backend="numpy", seed=5)
+    model = xc.models.zoo.lecture(backend="numpy", seed=5)
     for suffix in (".npz", ".safetensors"):
         checkpoint = tmp_path / f"model{suffix}"
         xc.save_model(model, checkpoint, extra={"dataset": "digits"})
@@ -462,12 +462,12 @@ def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
 
 
 def test_state_dict_round_trip_through_torch() -> None:
-    model = xc.zoo.lenet(backend="numpy", seed=11)
+    model = xc.models.zoo.lenet(backend="numpy", seed=11)
     net = interop.to_torch(model)
     buffer = io.BytesIO()
     torch.save(net.state_dict(), buffer)
     buffer.seek(0)
-    fresh = interop.to_torch(xc.zoo.lenet(backend="numpy", seed=99))
+    fresh = interop.to_torch(xc.models.zoo.lenet(backend="numpy", seed=99))
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     back = interop.from_torch(fresh, input_shape=(1, 28, 28))
     assert [_kind(la) for la in back.layers] == [_kind(la) for la in model.layers]
@@ -627,7 +627,7 @@ def test_norm_pool_and_residual_layers_exchange_with_torch(name: str) -> None:
 def test_zoo_batch_norm_models_export_and_exchange(model_name: str, tmp_path) -> None:
     """Zoo LeNet (batch norm) and ResNet after two SGD steps: ONNX in onnxruntime, the
     PyTorch module in eval mode and the model rebuilt from it give the same logits."""
-    model = xc.zoo.build_model(model_name, backend="numpy", seed=1)
+    model = xc.models.zoo.build_model(model_name, backend="numpy", seed=1)
     rng = np.random.default_rng(3)
     optimizer = xc.SGD(0.05, momentum=0.9)
     for _ in range(2):
@@ -718,7 +718,7 @@ def test_norm_pool_and_block_refusals_name_the_module_and_layer(tmp_path) -> Non
 
 
 def _saved(tmp_path, name: str = "m.safetensors") -> tuple[xc.Sequential, os.PathLike]:
-    model = xc.zoo.lenet(backend="numpy", seed=4)
+    model = xc.models.zoo.lenet(backend="numpy", seed=4)
     path = tmp_path / name
     xc.save_model(model, path, extra={"note": "hello"})
     return model, path
@@ -755,7 +755,7 @@ def test_safetensors_write_is_atomic(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setattr(os, "fsync", broken)
     with pytest.raises(OSError, match="disk full"):
-        xc.save_model(xc.zoo.lenet(backend="numpy", seed=5), path)
+        xc.save_model(xc.models.zoo.lenet(backend="numpy", seed=5), path)
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left

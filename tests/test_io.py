@@ -1,5 +1,5 @@
 """The file helpers every writer shares: atomic writes, JSON, directory fsync, progress
-bars and file identities (xpconv._io)."""
+bars and file identities (xpconv.io.files)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xpconv import _io, checkpoint
+from xpconv.io import checkpoint
+from xpconv.io import files as _io
 
 
 def _names(directory: Path) -> list[str]:

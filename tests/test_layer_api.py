@@ -14,10 +14,10 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv as xc
-import xpconv.functional as F
-from xpconv import layers as L
-from xpconv.initializers import he_normal
-from xpconv.layers import LAYERS, layer_from_config
+import xpconv.ops as F
+from xpconv.nn import layers as L
+from xpconv.nn.initializers import he_normal
+from xpconv.nn.layers import LAYERS, layer_from_config
 
 # ----------------------------------------------------------------- the fused op
 

@@ -25,7 +25,7 @@ TESTS = ROOT / "tests"
 MUTANTS = [
     (
         "momentum-torch-form",  # v = m v + g; w -= lr v instead of the lecture form
-        "optimizers.py",
+        "optim/optimizers.py",
         "velocity = -lr * grad if velocity is None else self.momentum * velocity - lr * grad",
         "velocity = -grad if velocity is None else self.momentum * velocity - grad\n"
         "        velocity = lr * velocity",
@@ -33,42 +33,42 @@ MUTANTS = [
     ),
     (
         "schedule-set-up-for-one-epoch",
-        "trainer.py",
+        "train/trainer.py",
         "self.optimizer.setup(epochs * steps)",
         "self.optimizer.setup(steps)",
         "test_optimizer_decay.py::test_multi_epoch_fit_follows_the_schedule_to_its_last_step",
     ),
     (
         "nesterov-without-lookahead",
-        "optimizers.py",
+        "optim/optimizers.py",
         "return value + (self.momentum * velocity - lr * grad)",
         "return value + velocity",
         "test_optimizer_decay.py::test_lecture_momentum_under_decay_matches_torch",
     ),
     (
         "adam-bias-correction-off-by-one",
-        "optimizers.py",
+        "optim/optimizers.py",
         "t = self.step_count + 1",
         "t = self.step_count + 2",
         "test_optimizer_decay.py::test_adam_under_decay_matches_torch_lambdalr",
     ),
     (
         "linear-decay-misses-its-end",
-        "optimizers.py",
+        "optim/optimizers.py",
         "frac = min(step / max(total - 1, 1), 1.0)\n        return self.initial + ",
         "frac = min(step / max(total, 1), 1.0)\n        return self.initial + ",
         "test_optimizer_decay.py::test_multi_epoch_fit_follows_the_schedule_to_its_last_step",
     ),
     (
         "rate-check-accepts-zero",
-        "functional/checks.py",
+        "ops/checks.py",
         "(number <= low if low_open else number < low)",
         "(number < low if low_open else number < low)",
         "test_optimizer_decay.py::test_exponential_decay_needs_positive_rates",
     ),
     (
         "weight-decay-dropped",
-        "optimizers.py",
+        "optim/optimizers.py",
         "grad = grad + self.weight_decay * p.value",
         "grad = grad + 0.0 * p.value",
         "test_optimizer_decay.py::test_lecture_momentum_under_decay_matches_torch",

@@ -12,9 +12,9 @@ import pytest
 from conftest import CASES, Case, torch_or_skip
 
 import xpconv as xc
-from xpconv import layers as L
-from xpconv.backend import BackendError
-from xpconv.optimizers import SGD, Adam, ExponentialDecay, LinearDecay
+from xpconv.backends.registry import BackendError
+from xpconv.nn import layers as L
+from xpconv.optim.optimizers import SGD, Adam, ExponentialDecay, LinearDecay
 
 # --------------------------------------------------------------------- layers
 
@@ -183,8 +183,8 @@ def test_initialisers_have_the_stated_scale(init: str) -> None:
 
 
 def test_same_seed_same_initial_weights_on_every_backend(case: Case) -> None:
-    a = xc.zoo.lenet(backend=case.backend, dtype="float32", seed=5)
-    b = xc.zoo.lenet(backend="numpy", dtype="float32", seed=5)
+    a = xc.models.zoo.lenet(backend=case.backend, dtype="float32", seed=5)
+    b = xc.models.zoo.lenet(backend="numpy", dtype="float32", seed=5)
     for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         np.testing.assert_array_equal(va, vb, err_msg=name)
 
@@ -338,7 +338,7 @@ def test_model_moved_between_backends_predicts_the_same(case: Case, rng) -> None
 
 
 def test_summary_lists_shapes_and_parameter_counts(capsys) -> None:
-    model = xc.zoo.lecture()
+    model = xc.models.zoo.lecture()
     text = model.summary()
     assert "(None, 16, 28, 28)" in text and "(None, 12544)" in text and "(None, 10)" in text
     assert f"{16 * 25 + 16:,}" in text and f"{12544 * 10 + 10:,}" in text
@@ -491,7 +491,7 @@ def test_lecture_network_reaches_915_percent_on_mnist(mnist_dir) -> None:
     """The lecture's model, one epoch of full MNIST, seeds 0, 1 and 2: each >= 91.5% test
     accuracy, and their median 2.5 points above a linear model trained the same way
     (which alone passes 91.5%)."""
-    from xpconv.datasets import mnist
+    from xpconv.data.datasets import mnist
 
     data = mnist(mnist_dir, progress=False)
     accuracies = [_lecture_accuracy(data, seed) for seed in LECTURE_SEEDS]

@@ -1,6 +1,6 @@
 """Batch normalization, global average pooling, the residual sum and conv2d without a
 bias: PyTorch oracle over random shapes in training and inference, finite differences
-through xpconv.gradcheck, and bad input."""
+through xpconv.tools.gradcheck, and bad input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv as xc
-import xpconv.functional as F
-from xpconv import gradcheck
+import xpconv.ops as F
+from xpconv.tools import gradcheck
 
 
 @pytest.fixture(autouse=True)
@@ -310,8 +310,8 @@ def test_numpy_batch_norm_kernels_match_portable(dtype, affine, shape, layout) -
     """The NumPy kernels (channel block by channel block) give the portable results in
     every memory order, keep the input's memory order, and hand back layouts they do
     not cover (the portable code runs then)."""
-    from xpconv.functional import _numpy_kernels
-    from xpconv.functional._kernels import PORTABLE, kernels_for, use_portable
+    from xpconv.backends.kernels import PORTABLE, kernels_for, use_portable
+    from xpconv.backends.numpy import kernels as _numpy_kernels
 
     rng = np.random.default_rng(3)
     arrange = {
@@ -363,7 +363,7 @@ def test_numpy_batch_norm_kernels_are_as_accurate_as_portable_in_float32() -> No
     """Against float64, the NumPy kernels' float32 statistics, output and gradients are
     as accurate as the portable path's: a ResNet's float32 training follows its float64
     run as closely on NumPy as on the other backends only if they are."""
-    from xpconv.functional._kernels import PORTABLE, kernels_for
+    from xpconv.backends.kernels import PORTABLE, kernels_for
 
     rng = np.random.default_rng(5)
     shape = (32, 16, 28, 28)  # a ResNet stem's activations at batch 32
@@ -415,7 +415,7 @@ def test_batch_norm_errors_are_stated_whole(kwargs: dict, exc: type, message: st
 
 
 def test_batch_norm_layer_hyperparameters() -> None:
-    assert xc.layers.BatchNorm2D(momentum=1.0, eps=1e-3).get_config()["momentum"] == 1.0
+    assert xc.nn.layers.BatchNorm2D(momentum=1.0, eps=1e-3).get_config()["momentum"] == 1.0
     for kwargs, exc, message in [
         (dict(momentum=True), TypeError, "BatchNorm2D: momentum: expected a real number, got True"),
         (dict(eps=True), TypeError, "BatchNorm2D: eps: expected a real number, got True"),
@@ -427,5 +427,5 @@ def test_batch_norm_layer_hyperparameters() -> None:
         ),
     ]:
         with pytest.raises(exc) as info:
-            xc.layers.BatchNorm2D(**kwargs)
+            xc.nn.layers.BatchNorm2D(**kwargs)
         assert str(info.value) == message

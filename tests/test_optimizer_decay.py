@@ -17,8 +17,8 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv as xc
-from xpconv import layers as L
-from xpconv.optimizers import SGD, Adam, ExponentialDecay, LinearDecay, optimizer_from_config
+from xpconv.nn import layers as L
+from xpconv.optim.optimizers import SGD, Adam, ExponentialDecay, LinearDecay, optimizer_from_config
 
 STEPS = 40
 LR0, LR1 = 0.2, 0.02

@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import xpconv as xc  # noqa: E402
-import xpconv.functional as F  # noqa: E402
-from xpconv import layers as L  # noqa: E402
-from xpconv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from xpconv.saving import load_model, load_training, save_training  # noqa: E402
+import xpconv.ops as F  # noqa: E402
+from xpconv import load_model, load_training, save_training  # noqa: E402
+from xpconv.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from xpconv.nn import layers as L  # noqa: E402
 
 #: A crafted file under this size ...
 FILE_LIMIT = 100_000

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 import xpconv as xc
-import xpconv.functional as F
-from xpconv import layers as L
-from xpconv.backend import BackendError
-from xpconv.checkpoint import CheckpointError
-from xpconv.datasets import load_dataset
+import xpconv.ops as F
+from xpconv.backends.registry import BackendError
+from xpconv.data.datasets import load_dataset
+from xpconv.io.checkpoint import CheckpointError
+from xpconv.nn import layers as L
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -328,7 +328,7 @@ def test_determinism_same_seed_same_losses() -> None:
 
 CHILD = """
 import sys, numpy as np, xpconv as xc
-from xpconv import layers as L
+from xpconv.nn import layers as L
 model = xc.Sequential([L.Flatten(), L.Dense(4000)], input_shape=(4000,), seed=0)
 trainer = xc.Trainer(model, xc.SGD(0.1, momentum=0.9), progress=False)
 trainer.optimizer.step_count = 0
@@ -429,10 +429,10 @@ def test_random_and_foreign_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not an xpconv checkpoint"):
         xc.load_model(plain)
     other = tmp_path / "other.npz"
-    xc.save_model(xc.zoo.lecture(), other)
+    xc.save_model(xc.models.zoo.lecture(), other)
     arch = xc.load_model(other).get_config()
     arch["layers"][0]["config"]["filters"] = 8
-    from xpconv.checkpoint import load_checkpoint, save_checkpoint
+    from xpconv.io.checkpoint import load_checkpoint, save_checkpoint
 
     arrays, meta = load_checkpoint(other)
     meta["architecture"] = arch
@@ -449,7 +449,7 @@ def test_soak_2000_steps_memory_stays_flat() -> None:
     """2,000 steps of the small LeNet on NumPy: resident memory grows < 5% after warm-up."""
     psutil = pytest.importorskip("psutil")
     proc = psutil.Process()
-    model = xc.zoo.lenet(seed=0)
+    model = xc.models.zoo.lenet(seed=0)
     opt = xc.SGD(0.01, momentum=0.9)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(8, 8, 1, 28, 28)).astype(np.float32)

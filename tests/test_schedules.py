@@ -8,8 +8,8 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv as xc
-from xpconv.layers import Parameter
-from xpconv.optimizers import (
+from xpconv.nn.layers import Parameter
+from xpconv.optim.optimizers import (
     Adam,
     AdamW,
     Constant,

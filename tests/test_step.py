@@ -19,8 +19,8 @@ import pytest
 from conftest import CASES, DATA_DIR, Case
 
 import xpconv as xc
-from xpconv import backend as xb
-from xpconv.step import TrainState, TrainStep, train_step
+from xpconv.backends import registry as xb
+from xpconv.train.step import TrainState, TrainStep, train_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -271,7 +271,7 @@ def test_jax_default_mode_float32_trains_and_float64_error_says_how() -> None:
         import warnings
         warnings.simplefilter("error")
         import numpy as np, xpconv as xc
-        from xpconv import backend as xb
+        from xpconv.backends import registry as xb
         try:
             xc.Sequential([xc.Flatten(), xc.Dense(2)], backend="jax", dtype="float64")
         except xb.BackendError as exc:
@@ -315,7 +315,7 @@ def lenet_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     y = rng.integers(0, 10, 160)
     runs = {}
     for name in ("numpy", "jax"):
-        model = xc.zoo.lenet(backend=name, seed=5, input_shape=(1, 28, 28))
+        model = xc.models.zoo.lenet(backend=name, seed=5, input_shape=(1, 28, 28))
         trainer = xc.Trainer(model, xc.SGD(0.05, momentum=0.9), seed=2, progress=False)
         history = trainer.fit(x, y, epochs=1, batch_size=8)
         path = tmp_path_factory.mktemp(name) / "training.npz"

@@ -17,7 +17,7 @@ import pytest
 from conftest import Case, torch_or_skip
 
 import xpconv as xc
-from xpconv import layers as L
+from xpconv.nn import layers as L
 
 
 def _torch_layer(nn: Any, layer: Any, in_shape: tuple[int, ...]) -> Any:

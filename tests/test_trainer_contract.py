@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import xpconv as xc
-from xpconv import layers as L
-from xpconv.optimizers import SGD
+from xpconv.nn import layers as L
+from xpconv.optim.optimizers import SGD
 
 
 def _data(n: int = 40):

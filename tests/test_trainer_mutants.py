@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 import xpconv as xc
-from xpconv import layers as L
-from xpconv.optimizers import SGD, Adam
-from xpconv.step import TrainStep
-from xpconv.trainer import History
+from xpconv.nn import layers as L
+from xpconv.optim.optimizers import SGD, Adam
+from xpconv.train.step import TrainStep
+from xpconv.train.trainer import History
 
 
 def _data(n: int = 40, seed: int = 3):
@@ -298,7 +298,7 @@ class _ThreadGroup:
         self.wait = self.barrier.wait
 
 
-class _ThreadRank(xc.distributed.Communicator):
+class _ThreadRank(xc.parallel.distributed.Communicator):
     engine = "test"
 
     def __init__(self, group: _ThreadGroup, rank: int) -> None:
@@ -306,7 +306,7 @@ class _ThreadRank(xc.distributed.Communicator):
         self.group = group
 
     def _exchange(self, buffer) -> list[np.ndarray]:
-        from xpconv.backend import backend_of
+        from xpconv.backends.registry import backend_of
 
         self.group.slots[self.rank] = np.array(backend_of(buffer).to_numpy(buffer))
         self.group.wait()
@@ -315,7 +315,7 @@ class _ThreadRank(xc.distributed.Communicator):
         return values
 
     def _allreduce(self, buffer):
-        from xpconv.backend import backend_of
+        from xpconv.backends.registry import backend_of
 
         values = self._exchange(buffer)
         total = values[0]
@@ -324,7 +324,7 @@ class _ThreadRank(xc.distributed.Communicator):
         return backend_of(buffer).asarray(total, dtype=buffer.dtype)
 
     def _broadcast(self, buffer, root):
-        from xpconv.backend import backend_of
+        from xpconv.backends.registry import backend_of
 
         return backend_of(buffer).asarray(self._exchange(buffer)[root], dtype=buffer.dtype)
 
@@ -444,7 +444,7 @@ def test_ranks_that_disagree_are_told_what_differs(what: str) -> None:
     else:
         other["validation_data"] = (xv, (yv + 1) % 3)
     message = rf"^ranks disagree on {what}( \(|\b).*\(1 rank\(s\) differ from rank 0\); every"
-    with pytest.raises(xc.distributed.DistributedError, match=message) as info:
+    with pytest.raises(xc.parallel.distributed.DistributedError, match=message) as info:
         _fit_threads(trainers, [base, other])
     assert str(info.value).count("rank(s) differ") == 1, str(info.value)  # that one only
 
@@ -509,7 +509,9 @@ def test_a_replaced_model_keeps_the_gradient_hook() -> None:
 
 def test_batch_logs_count_seconds_since_the_epoch_started() -> None:
     seconds: list[float] = []
-    hook = xc.callbacks.LambdaCallback(on_batch_end=lambda _, logs: seconds.append(logs.seconds))
+    hook = xc.train.callbacks.LambdaCallback(
+        on_batch_end=lambda _, logs: seconds.append(logs.seconds)
+    )
     trainer = xc.Trainer(_model(), SGD(0.1), progress=False, callbacks=[hook])
     started = time.perf_counter()
     trainer.fit(*_data(40), batch_size=10)
@@ -521,7 +523,7 @@ def test_batch_logs_count_seconds_since_the_epoch_started() -> None:
 def test_arrays_of_another_backend_are_refused_by_name() -> None:
     torch = pytest.importorskip("torch")
     x, y = _data(20)
-    with pytest.raises(xc.backend.BackendError) as info:
+    with pytest.raises(xc.backends.registry.BackendError) as info:
         xc.Trainer(_model(), SGD(0.1), progress=False).fit(torch.tensor(x), y, batch_size=10)
     assert str(info.value) == (
         "x: expected an array of backend 'numpy', got an array of backend 'torch' on device "
@@ -542,7 +544,7 @@ def test_outputs_that_are_not_class_scores_have_no_accuracy() -> None:
 def test_a_training_file_with_another_optimizer_state_is_refused(tmp_path, optimizer) -> None:
     """Each optimizer names its state slots; a file holding another slot (the state of
     another optimizer) is refused by name, before anything is loaded."""
-    from xpconv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from xpconv.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
     trainer = xc.Trainer(_model(), optimizer, progress=False)
     trainer.fit(*_data(20), batch_size=10)

@@ -12,9 +12,9 @@ import pytest
 from conftest import Case
 
 import xpconv as xc
-from xpconv.augment import Augment, augment_for_dataset, augment_from_config
 from xpconv.cli import main
-from xpconv.zoo import RECIPES, build_optimizer
+from xpconv.data.augment import Augment, augment_for_dataset, augment_from_config
+from xpconv.models.zoo import RECIPES, build_optimizer
 
 # ------------------------------------------------------------------ augmentation
 
@@ -126,29 +126,29 @@ def test_trainer_rejects_a_bad_augment() -> None:
 
 
 def test_lenet_has_batch_norm_and_keeps_the_fused_conv_pool() -> None:
-    model = xc.zoo.lenet()
+    model = xc.models.zoo.lenet()
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("BatchNorm2D") == 2 and kinds.count("BatchNorm1D") == 1
     assert [type(s).__name__ for s in model.steps[:2]] == ["ConvMaxPool", "BatchNorm2D"]
-    plain = xc.zoo.lenet(batch_norm=False)
+    plain = xc.models.zoo.lenet(batch_norm=False)
     assert not plain.buffers() and plain.num_parameters() == 421_642
 
 
 def test_resnet_shape_stages_and_parameters() -> None:
-    model = xc.zoo.resnet()
+    model = xc.models.zoo.resnet()
     assert model.output_shape == (10,)
     blocks = [layer for layer in model.layers if isinstance(layer, xc.Residual)]
     assert len(blocks) == 6
     assert [b.output_shape for b in blocks[::2]] == [(16, 28, 28), (32, 14, 14), (64, 7, 7)]
     assert [bool(b.shortcut) for b in blocks] == [False, False, True, False, True, False]
     assert isinstance(model.layers[-2], xc.GlobalAvgPool2D)
-    small = xc.zoo.resnet(blocks=1)
+    small = xc.models.zoo.resnet(blocks=1)
     assert len([la for la in small.layers if isinstance(la, xc.Residual)]) == 3
     x = np.random.default_rng(0).random((2, 1, 28, 28)).astype(np.float32)
     small.train_batch(x, np.array([1, 2]))
     assert all(p.grad is not None for p in small.parameters().values())
     with pytest.raises(ValueError, match="blocks"):
-        xc.zoo.resnet(blocks=0)
+        xc.models.zoo.resnet(blocks=0)
 
 
 def test_recipes_build_the_optimizers_they_name() -> None:
@@ -254,13 +254,13 @@ def test_lenet_recipe_reaches_98_percent_on_mnist_in_one_epoch() -> None:
     three-epoch figure)."""
     from conftest import DATA_DIR
 
-    from xpconv.datasets import mnist
+    from xpconv.data.datasets import mnist
 
     path = DATA_DIR / "mnist"
     if not (path / "train-images-idx3-ubyte.gz").exists():
         pytest.skip(f"MNIST not found in {path} (set XPCONV_TEST_DATA to its parent)")
     data = mnist(path, download=False, progress=False)
-    model = xc.zoo.lenet(seed=0)
+    model = xc.models.zoo.lenet(seed=0)
     batch = RECIPES["lenet"]["batch_size"]
     args = _recipe_args("lenet")
     optimizer = build_optimizer(**args, total_steps=math.ceil(len(data.y_train) / batch))

@@ -1,0 +1,1 @@
+"""CuPy: the CUDA kernel table (CuPy is imported on first use)."""

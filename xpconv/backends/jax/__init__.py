@@ -1,0 +1,1 @@
+"""JAX: the kernel table (JAX is imported on first use)."""

@@ -1,0 +1,1 @@
+"""NumPy: its kernel table and the opt-in host tuning (malloc, OpenBLAS threads)."""

@@ -1,0 +1,1 @@
+"""PyTorch tensors: the kernel table (torch is imported on first use)."""
