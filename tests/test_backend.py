@@ -39,7 +39,7 @@ def test_torch_cuda_without_device_is_clear() -> None:
 
 
 def test_default_from_environment() -> None:
-    code = "from xpconv import backend; print(backend.default_backend().name)"
+    code = "from xpconv.backends import registry; print(registry.default_backend().name)"
     env = {"XPCONV_BACKEND": "array_api_strict", "PATH": ""}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "array_api_strict", out.stderr

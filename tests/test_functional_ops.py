@@ -12,6 +12,7 @@ from conftest import Case, torch_or_skip
 
 import xpconv
 import xpconv.ops as F
+from xpconv.backends import portable as portable_ops
 from xpconv.backends.kernels import PORTABLE, kernels_for
 from xpconv.backends.numpy import kernels as _numpy_kernels
 from xpconv.backends.registry import BackendError, get_backend
@@ -191,7 +192,7 @@ def test_pool_blocks_fast_path_matches_portable(case: Case, shape, bias: bool, r
     host_bias = r.integers(-1, 2, size=shape[0]).astype(np.float64) if bias else None
     blocks = case.asarray(host)
     b = None if host_bias is None else case.asarray(host_bias)
-    ref_out, ref_code = _pool.max_pool_blocks(case.xp, blocks, b, relu)
+    ref_out, ref_code = portable_ops.max_pool_blocks(case.xp, blocks, b, relu)
     out, code = kernels_for(case.xp).max_pool_blocks(case.xp, blocks, b, relu)
     np.testing.assert_array_equal(case.to_numpy(out), case.to_numpy(ref_out))
     np.testing.assert_array_equal(case.to_numpy(code), case.to_numpy(ref_code))
@@ -211,7 +212,7 @@ def test_pool_blocks_backward_fast_path_matches_portable(case: Case) -> None:
     grad = case.asarray(r.normal(size=(6, 3, 5, 4)))  # (O, PH, PW, N)
     argmax = r.integers(-1, 4, size=(6, 3, 5, 4)).astype(np.int8)
     code = case.asarray(argmax)  # int8 stays int8
-    ref = case.to_numpy(_pool.max_pool_blocks_backward(case.xp, grad, code, 4))
+    ref = case.to_numpy(portable_ops.max_pool_blocks_backward(case.xp, grad, code, 4))
     got = kernels_for(case.xp).max_pool_blocks_backward(case.xp, grad, code, 4)
     np.testing.assert_array_equal(case.to_numpy(got), ref)
     taps = np.arange(4).reshape(1, 4, 1, 1, 1)

@@ -214,17 +214,17 @@ def block_values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -
 def portable_pool(
     blocks: np.ndarray, bias: np.ndarray | None, relu: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    from xpconv.ops import pool as _pool
+    from xpconv.backends import portable as portable_ops
 
     with np.errstate(invalid="ignore"):
-        return _pool.max_pool_blocks(portable(), blocks, bias, relu)
+        return portable_ops.max_pool_blocks(portable(), blocks, bias, relu)
 
 
 def portable_pool_backward(grad: np.ndarray, code: np.ndarray, taps: int) -> np.ndarray:
-    from xpconv.ops import pool as _pool
+    from xpconv.backends import portable as portable_ops
 
     with np.errstate(invalid="ignore"):  # 0 * inf: NaN, as the kernels give
-        return np.asarray(_pool.max_pool_blocks_backward(portable(), grad, code, taps))
+        return np.asarray(portable_ops.max_pool_blocks_backward(portable(), grad, code, taps))
 
 
 def pool_layout(a: np.ndarray, k: int, lib: Any = np) -> Any:
@@ -587,7 +587,7 @@ def test_cupy_pool_kernels_match_portable(
     ops on the same device, bit for bit (ties, NaN, infinities, layouts)."""
     import cupy
 
-    from xpconv.ops import pool as _pool
+    from xpconv.backends import portable as portable_ops
 
     if wide:
         monkeypatch.setattr(ck, "_INT32_LIMIT", 0)
@@ -597,13 +597,13 @@ def test_cupy_pool_kernels_match_portable(
         blocks = pool_layout(cupy.asarray(block_values(rng, shape, dtype)), k, cupy)
         b = cupy.asarray(rng.standard_normal(shape[0]).astype(dtype)) if bias else None
         out, code = ck.max_pool_blocks(xp, blocks, b, relu)
-        ref_out, ref_code = _pool.max_pool_blocks(xp, blocks, b, relu)
+        ref_out, ref_code = portable_ops.max_pool_blocks(xp, blocks, b, relu)
         assert out.dtype == ref_out.dtype and code.dtype == ref_code.dtype == np.int8
         np.testing.assert_array_equal(cupy.asnumpy(out), cupy.asnumpy(ref_out), str(shape))
         np.testing.assert_array_equal(cupy.asnumpy(code), cupy.asnumpy(ref_code), str(shape))
         grad = pool_layout(cupy.asarray(block_values(rng, out.shape, dtype)), k + 1, cupy)
         got = ck.max_pool_blocks_backward(xp, grad, code, shape[1])
-        ref = _pool.max_pool_blocks_backward(xp, grad, code, shape[1])
+        ref = portable_ops.max_pool_blocks_backward(xp, grad, code, shape[1])
         np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(ref), str(shape))
 
 
@@ -616,7 +616,7 @@ def test_cupy_fused_conv_pool_runs_the_pool_kernels(
     give the portable path's results."""
     import cupy
 
-    from xpconv.ops import pool as _pool
+    from xpconv.backends import portable
 
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the fused step fell back to a portable kernel")
@@ -624,9 +624,9 @@ def test_cupy_fused_conv_pool_runs_the_pool_kernels(
     x = np.random.default_rng(7).standard_normal((5, 2, 8, 8))
     with monkeypatch.context() as patched:
         for name in ("max_pool_blocks", "max_pool_blocks_backward"):
-            patched.setattr(_pool, name, refuse)
+            patched.setattr(portable, name, refuse)
         for name in ("im2col", "col2im"):
-            patched.setattr(_im2col, name, refuse)
+            patched.setattr(portable, name, refuse)
         fast = fused_conv_pool_pass("cupy", x)
     with use_portable():
         slow = fused_conv_pool_pass("cupy", x)
