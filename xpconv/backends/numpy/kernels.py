@@ -206,7 +206,7 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             partial[lo] = a[:, lo:hi] @ b[lo:hi]
 
         _run_parts(inner, _bounds(k, parts), workers)
-        return sum(partial[lo] for lo in sorted(partial))  # the same order every time
+        return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]  # same order every time
 
 
 _CONV_BLOCK = 1 << 19  # bytes of columns built and multiplied at a time: they stay in cache
@@ -316,7 +316,7 @@ def _conv_blocks(
     with host.single_blas_thread() as outside:  # None: a BLAS that threads on its own
         _in_parts(work, oh, out.nbytes if outside else 0, _PARALLEL_COMPUTE_BYTES, outside or 1)
     head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
-    return out, None if cols is None else cols.reshape(rows, -1), head_out
+    return out, None if cols is None else cols.reshape(rows, -1), head_out  # type: ignore[return-value]
 
 
 def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -349,7 +349,7 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
         partial[lo] = np.matmul(g3[lo:hi], c3[lo:hi]).sum(axis=0)
 
     _in_parts(accumulate, chunks, grad2.nbytes + cols.nbytes)
-    return sum(partial[lo] for lo in sorted(partial))  # the same order every time
+    return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]  # same order every time
 
 
 def max_pool_blocks(
