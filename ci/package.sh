@@ -2,7 +2,7 @@
 # The package as a user gets it: type-check xpconv, build the documentation with
 # warnings as errors (executing the tutorial notebook), build the wheel and the sdist,
 # then install the wheel (not editable) with its `cli` extra into a fresh virtual
-# environment and train a model from it with the `xpconv` command.
+# environment, run the README's examples there and train a model with the `xpconv` command.
 # Usage: bash ci/package.sh   (after ci/test.sh, in the same virtual environment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +52,16 @@ assert "site-packages" in where.parts, f"xpconv imported from {where}, not the w
 assert (where.parent / "py.typed").is_file()
 assert importlib.metadata.version("xpconv") == xpconv.__version__
 print(f"xpconv {xpconv.__version__} from {where.parent}")
+PY
+# the README's examples, verbatim, after the install the README names (`.[cli]`)
+"$WORK/venv/bin/python" - "$ROOT/README.md" <<'PY'
+import re, sys
+text = open(sys.argv[1], encoding="utf-8").read()
+blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+assert blocks, "no python examples in README.md"
+for i, code in enumerate(blocks):
+    exec(compile(code, f"README.md, example {i}", "exec"), {"__name__": "__readme__"})
+print(f"README: {len(blocks)} examples ran")
 PY
 "$WORK/venv/bin/xpconv" --version
 "$WORK/venv/bin/xpconv" train --limit 2000 --epochs 1 --no-progress --no-plots --out "$WORK/run"
