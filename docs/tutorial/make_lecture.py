@@ -8,9 +8,7 @@ a cell here, and commit both files.
 from __future__ import annotations
 
 from pathlib import Path
-
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from typing import Any
 
 CELLS: list[tuple[str, str]] = [
     (
@@ -254,8 +252,13 @@ plt.show()""",
 ]
 
 
-def build() -> nbformat.NotebookNode:
+def build() -> Any:
+    """The notebook (an ``nbformat`` node) of :data:`CELLS`, without outputs."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
     cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in CELLS]
+    for i, cell in enumerate(cells):
+        cell.id = f"cell-{i:02d}"  # stable ids: regenerating changes nothing
     nb = new_notebook(cells=cells)
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -267,6 +270,8 @@ def build() -> nbformat.NotebookNode:
 
 
 if __name__ == "__main__":
+    import nbformat
+
     path = Path(__file__).with_name("lecture.ipynb")
     nbformat.write(build(), path)
     print(f"wrote {path}")
