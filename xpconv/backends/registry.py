@@ -303,7 +303,7 @@ def _load_jax(device: Any) -> Backend:
     xp = array_api_compat.array_namespace(jax.numpy.empty(0))
 
     def dtype_problem(name: str) -> str | None:
-        if name == "float64" and not jax.config.jax_enable_x64:
+        if name == "float64" and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
             return (
                 "backend 'jax' computes in float64 only in JAX's 64-bit mode, which is off; "
                 "enable it before creating arrays with "

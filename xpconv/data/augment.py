@@ -64,8 +64,8 @@ class Augment:
             padded[:, :, p : p + h, p : p + w] = x
             oy = rng.integers(0, 2 * p + 1, size=n)
             ox = rng.integers(0, 2 * p + 1, size=n)
-            rows = (oy[:, None] + np.arange(h))[:, None, :, None]
-            cols = (ox[:, None] + np.arange(w))[:, None, None, :]
+            rows = (oy[:, None] + np.arange(h))[:, None, :, None]  # type: ignore[index]
+            cols = (ox[:, None] + np.arange(w))[:, None, None, :]  # type: ignore[index]
             out = padded[
                 np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None], rows, cols
             ]

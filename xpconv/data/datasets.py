@@ -40,6 +40,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -341,7 +342,9 @@ def load_dataset(
     if key == "digits":
         return digits(normalize=normalize)
     explicit = _explicit_dir(data_dir)
-    kwargs = dict(normalize=normalize, download=download, progress=progress, mirrors=mirrors)
+    kwargs: dict[str, Any] = dict(
+        normalize=normalize, download=download, progress=progress, mirrors=mirrors
+    )
     if explicit is not None or not allow_fallback:
         return _load_idx_dataset(key, data_dir, **kwargs)
     try:

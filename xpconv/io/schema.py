@@ -259,7 +259,7 @@ def _is_block(value: Any) -> bool:
 def _arguments(cls: type, config: Mapping[str, Any]) -> set[str]:
     """Keyword arguments ``cls`` takes; for ``**kwargs`` activations, those of the
     activation function itself."""
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     names = {n for n, p in params.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         act = config.get("activation") if "activation" in names else _ACT_OF.get(cls.__name__)
@@ -285,6 +285,9 @@ _ACT_OF = {
 
 def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
     """Output shape and parameter shapes of ``layer`` on inputs of ``shape``, from ints."""
+    params: dict[str, Shape]
+    geom: Any
+    lifted: Shape
     if isinstance(layer, Conv2D):
         one_d = isinstance(layer, Conv1D)
         if len(shape) != (2 if one_d else 3):
@@ -320,7 +323,7 @@ def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
     if kind in ("MaxPool2D", "AvgPool2D"):
         if len(shape) != 3:
             raise ValueError(f"expected input (C, H, W), got {shape}")
-        geom = F.pool_geometry((1, *shape), layer.kernel_size, layer.stride, layer.padding)
+        geom = F.pool_geometry((1, *shape), layer.kernel_size, layer.stride, layer.padding)  # type: ignore[attr-defined]
         return (shape[0], *geom.out), {}
     if kind == "Flatten":
         return (math.prod(shape),), {}
@@ -332,7 +335,7 @@ def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
             raise ValueError(f"expected input of {' or '.join(map(str, ranks))} axes, got {shape}")
         channel = (shape[0],)
         params = {"running_mean": channel, "running_var": channel}
-        if layer.affine:
+        if layer.affine:  # type: ignore[attr-defined]
             params.update(weight=channel, bias=channel)
         return shape, params
     if kind == "GlobalAvgPool2D":

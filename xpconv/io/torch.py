@@ -211,7 +211,7 @@ def torch_residual_class() -> type:
     if not _RESIDUAL_CLASS:
         nn = _torch().nn
 
-        class TorchResidual(nn.Module):
+        class TorchResidual(nn.Module):  # type: ignore[name-defined]
             """``layers(x) + shortcut(x)``; an empty shortcut is the identity."""
 
             def __init__(self, layers: Any, shortcut: Any) -> None:
@@ -539,7 +539,7 @@ def _fold(converted: list[Converted]) -> list[Converted]:
         act = _foldable(layer)
         if out and act is not None:
             prev, prev_weights, _ = out[-1]
-            if type(prev) in (Conv2D, Conv1D, Dense) and prev.activation in (None, "identity"):
+            if type(prev) in (Conv2D, Conv1D, Dense) and prev.activation in (None, "identity"):  # type: ignore[attr-defined]
                 config = {**prev.get_config(), "activation": act}
                 out[-1] = (layer_from_config(type(prev).__name__, config), prev_weights, None)
                 continue

@@ -16,6 +16,7 @@ class Loss:
     """``forward(pred, target)`` -> 0-d loss; ``backward()`` -> d loss / d pred."""
 
     name = "loss"
+    _saved: Any = None
 
     def forward(self, pred: Array, target: Array) -> Array:
         self._saved = (pred, target)

@@ -386,7 +386,7 @@ def _claim_layers(model: Sequential, layers: Sequence[Layer]) -> None:
                 "create new layers (or copy them with layer_from_config)"
             )
     for layer in layers:
-        layer._xpconv_owner = weakref.ref(model)
+        layer._xpconv_owner = weakref.ref(model)  # type: ignore[attr-defined]
 
 
 def _plan(layers: list[Layer], fuse: bool) -> list[Any]:
@@ -397,10 +397,10 @@ def _plan(layers: list[Layer], fuse: bool) -> list[Any]:
     i = 0
     while i < len(layers):
         if fuse and i + 1 < len(layers) and ConvMaxPool.fits(layers[i], layers[i + 1]):
-            steps.append(ConvMaxPool(layers[i], layers[i + 1]))
+            steps.append(ConvMaxPool(layers[i], layers[i + 1]))  # type: ignore[arg-type]
             i += 2
         elif fuse and i + 2 < len(layers) and ConvDense.fits(*layers[i : i + 3]):
-            steps.append(ConvDense(*layers[i : i + 3]))
+            steps.append(ConvDense(*layers[i : i + 3]))  # type: ignore[arg-type]
             i += 3
         else:
             steps.append(layers[i])

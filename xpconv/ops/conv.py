@@ -92,10 +92,11 @@ def conv_geometry(
             f"weight of shape {tuple(weight_shape)}"
         )
     pad = _resolve_padding(padding, (kh, kw), stride, dilation)
-    out = tuple(
+    oh, ow = (
         conv_output_size(size, k, s, sum(p), d)
         for size, k, s, p, d in zip((h, w), (kh, kw), stride, pad, dilation)
     )
+    out = (oh, ow)
     if min(out) < 1:
         raise ValueError(
             f"x: input of spatial size {(h, w)} with padding {pad} is too small for kernel "

@@ -138,7 +138,7 @@ def conv_max_pool2d(
     groups: int = 1,
 ) -> Array:
     """The output of :func:`conv_max_pool2d_forward` alone: (N, O, OH // KP, OW // KQ)."""
-    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    conv: dict[str, Any] = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     return conv_max_pool2d_forward(x, weight, bias, pool_size=pool_size, relu=relu, **conv)[0]
 
 

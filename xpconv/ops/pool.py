@@ -15,8 +15,9 @@ Shapes use the PyTorch layout: x (N, C, H, W) -> (N, C, OH, OW) with
 Both ops take window maxima/sums separably: first over the KH rows of each window,
 then over the KW columns, so a window costs ``KH + KW - 2`` elementwise operations on
 strided slices, not ``KH * KW``. (Reductions such as ``max(axis=(3, 5))`` over a
-reshaped (N, C, OH, KH, OW, KW) view were measured 4 to 30 times slower than these slices on
-NumPy and PyTorch CPU, because they reduce over tiny, non-contiguous axes.)
+reshaped (N, C, OH, KH, OW, KW) view were measured several times slower than these
+slices on NumPy and PyTorch CPU, because they reduce over tiny, non-contiguous axes:
+docs/performance.md, "Kernel choices".)
 
 When ``stride == kernel_size`` the windows tile the input and the backward pass has a
 fast path: the gradient of every tap is computed on a (N, C, OH, KH, OW, KW) view and

@@ -243,7 +243,11 @@ def _schedule(lr: float | Schedule, final_lr: float | None, decay: str) -> Sched
 class Optimizer:
     """Base: holds the schedule, the step counter and per-parameter state."""
 
-    def __init__(self, lr: float, final_lr: float | None, decay: str, weight_decay: float) -> None:
+    _config: dict[str, Any]
+
+    def __init__(
+        self, lr: float | Schedule, final_lr: float | None, decay: str, weight_decay: float
+    ) -> None:
         self.schedule = _schedule(lr, final_lr, decay)
         self.weight_decay = check_number(weight_decay, "weight_decay", low=0.0)
         self.step_count = 0
@@ -339,7 +343,7 @@ class Optimizer:
             for k, v in self._config.items()
         }  # NumPy scalars as Python floats, for JSON
         if isinstance(plain.get("lr"), Schedule):
-            plain["lr"] = plain["lr"].get_config()
+            plain["lr"] = plain["lr"].get_config()  # type: ignore[union-attr]
         return {"type": type(self).__name__, **plain}
 
     def state_arrays(self) -> dict[str, Array]:

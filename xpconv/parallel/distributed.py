@@ -273,7 +273,7 @@ class MPICommunicator(Communicator):
     def _start_watchdog(self) -> None:
         if getattr(self, "_watchdog", None) is not None:
             return
-        self._deadline: tuple[float, str] | None = None
+        self._deadline: tuple[float, str] | None = None  # type: ignore[no-redef]
         period = min(1.0, self.timeout / 4)
 
         def watch() -> None:
@@ -652,7 +652,7 @@ def _digest(value: Any) -> bytes:
     if isinstance(value, np.ndarray):
         a = np.ascontiguousarray(value)
         h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(memoryview(a).cast("B"))  # type: ignore[arg-type]
     elif isinstance(value, bytes):
         h.update(value)
     else:

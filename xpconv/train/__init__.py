@@ -19,6 +19,7 @@ from xpconv.train.checkpoints import (
     save_training,
     validate_training,
 )
+from xpconv.train.history import History
 from xpconv.train.resume import (
     load_training,
 )

@@ -349,6 +349,7 @@ class Trainer:
             self.train_step = step_fn
         start = time.perf_counter()
         loss_sum, correct, pending = 0.0, 0, []
+        step_losses: list[Any]
         seen, step_losses = 0, []
         for step, first in enumerate(range(0, n, batch_size)):
             idx = order[first : min(first + batch_size, n)]
@@ -438,13 +439,13 @@ class Trainer:
         )
         if comm.rank > 0:  # dropout masks: a stream of its own per rank, far from rank 0's
             bits = model.dropout_rng.bit_generator
-            bits.state = bits.jumped(comm.rank).state
+            bits.state = bits.jumped(comm.rank).state  # type: ignore[attr-defined]
         self.gradient_hook = GradientAverager(comm)
 
     def _apply_gradient_hook(self, params: dict[str, Any], examples: int) -> None:
         """The gradient hook point: after backward, before the optimizer update, the
         gradients (averaged over ``examples`` on this rank) are replaced by the hook's."""
-        self.gradient_hook.examples = examples
+        self.gradient_hook.examples = examples  # type: ignore[union-attr]
         grads = self.gradient_hook({name: p.grad for name, p in params.items()})
         for name, p in params.items():
             p.grad = grads[name]
@@ -464,6 +465,7 @@ class Trainer:
         model.train()
         params = model.parameters()
         start = time.perf_counter()
+        step_losses: list[Any]
         loss_sum, correct, seen, step_losses = 0.0, 0, 0, []
         pending, counts, hits_sum = [], [], xp.zeros((), dtype=model.dtype, device=be.device)
         for step, (lo, hi, count) in enumerate(sampler.ranges()):

@@ -101,7 +101,7 @@ def quiet_blas_threads() -> bool:
     use none of them (see :func:`single_blas_thread`), but any other product in the
     process (an evaluation, a user's own NumPy code) does, and the spinning workers
     then take the cores xpconv's threads need: on 2 cores, LeNet's second convolution
-    ran at half speed right after such a product (12.0 against 6.1 ms).
+    ran at half speed right after such a product (docs/performance.md, "Kernel choices").
 
     OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` when it starts its thread pool, usually
     before xpconv is imported. So this sets the variable, has OpenBLAS read it again,

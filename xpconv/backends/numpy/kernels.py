@@ -11,8 +11,7 @@ the PyTorch kernels; here the copies are split over the cores.
 The pool, weight-gradient and tanh kernels write into buffers they own with ``out=``
 instead of chaining temporaries. Work on large arrays is split over the machine's
 cores (NumPy releases the GIL inside its loops, and one core does not saturate memory
-bandwidth): measured on 2 cores, col2im of the reference LeNet's second convolution
-went from 4.0 to 2.0 ms.
+bandwidth). The measurements behind these choices: docs/performance.md, "Kernel choices".
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ def _run_parts(work: Any, bounds: list[int], workers: int) -> None:
     """Run ``work(lo, hi)`` for every range of ``bounds``, on up to ``workers`` threads.
 
     The calling thread runs the first range itself instead of waiting for a helper to
-    wake: 0.5 ms less per W2 step than handing every range to the pool. With one worker
+    wake, which is faster than handing every range to the pool. With one worker
     it runs them all, one after another: the parts, and so the results, are the same.
     """
     ranges = list(zip(bounds[:-1], bounds[1:]))
@@ -169,12 +168,10 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     rows or columns, whichever are more, at multiples of 16, or by the inner dimension
     when both are few (the partial products then added in a fixed order). The parts run
     on up to as many threads as OpenBLAS had outside the hold and the host balancing
-    allows, and give the same bits on any number of them. Timed on 2 cores against
-    OpenBLAS's own two threads: LeNet's second convolution 8.0 against 8.2 ms (forward),
-    its weight gradient 6.3 against 8.0 ms, the lecture network's dense forward 0.46
-    against 0.53 ms. Below 2**23 the parts gained nothing over one thread (up to 13
-    million multiply-adds) or lost (4 million: 0.41 against 0.21 ms), so those run
-    whole. Without an OpenBLAS whose count can be set, this is ``a @ b``.
+    allows, and give the same bits on any number of them. They are as fast as
+    OpenBLAS's own threads or faster; below 2**23 the parts gained nothing over one
+    thread or lost, so those products run whole (docs/performance.md, "Kernel choices"). Without an
+    OpenBLAS whose count can be set, this is ``a @ b``.
     """
     a, b = np.asarray(a), np.asarray(b)
     (m, k), n = a.shape, b.shape[1]
@@ -206,7 +203,7 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             partial[lo] = a[:, lo:hi] @ b[lo:hi]
 
         _run_parts(inner, _bounds(k, parts), workers)
-        return sum(partial[lo] for lo in sorted(partial))  # the same order every time
+        return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]  # same order every time
 
 
 _CONV_BLOCK = 1 << 19  # bytes of columns built and multiplied at a time: they stay in cache
@@ -229,10 +226,9 @@ def conv_matmul(
     output (and the columns, when ``keep_cols``) go to memory. Without ``keep_cols`` (a
     forward pass no backward follows) the columns are never stored at all. The output
     rows are split over the cores, each block a one-thread BLAS call, the same blocks
-    every time (see :func:`matmul`). The lecture network's convolution, batch 128, on
-    the Zen 3 machine: about 1.6 against 2.6 ms for im2col, product and bias one after
-    another. Pool-ordered columns (the fused conv + pool step) and grouped
-    convolutions take the one-pass path.
+    every time (see :func:`matmul`); faster than im2col, product and bias one after
+    another (docs/performance.md, "Kernel choices"). Pool-ordered columns (the fused
+    conv + pool step) and grouped convolutions take the one-pass path.
     """
     if not _blockwise(geom):
         return PORTABLE.conv_matmul(xp, x, weight2d, bias, geom, keep_cols, tanh)
@@ -254,8 +250,7 @@ def conv_linear(
 
     Each thread multiplies the output rows it made by their columns of ``head`` as
     soon as its part is done, while they are in cache, instead of one product over
-    the whole output after every part: on the 2-core Zen 3 machine the lecture
-    network's inference at batch 32 went from about 1.37 to 1.25 ms per step. The
+    the whole output after every part (docs/performance.md, "Kernel choices"). The
     parts' products are added in a fixed order, so the result does not depend on how
     many threads ran them.
     """
@@ -316,7 +311,7 @@ def _conv_blocks(
     with host.single_blas_thread() as outside:  # None: a BLAS that threads on its own
         _in_parts(work, oh, out.nbytes if outside else 0, _PARALLEL_COMPUTE_BYTES, outside or 1)
     head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
-    return out, None if cols is None else cols.reshape(rows, -1), head_out
+    return out, None if cols is None else cols.reshape(rows, -1), head_out  # type: ignore[return-value]
 
 
 def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -325,9 +320,8 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     A small output with a huge inner dimension (a first layer: O * K of a few hundred,
     L of a hundred thousand) is slow as one GEMM. It runs as batched matmuls over
     chunks of L, each small enough for OpenBLAS to keep on one thread, with the chunks
-    split over the cores and the partial sums added in a fixed order. Paired runs of
-    whole training steps: -0.60 ms of 7.4 (W1) and -0.48 ms of 32.9 (W2) against 128
-    chunks in one batched call.
+    split over the cores and the partial sums added in a fixed order, which was faster
+    than all the chunks in one batched call (docs/performance.md, "Kernel choices").
     """
     (o, length), k = grad2.shape, cols.shape[0]
     chunks = next(
@@ -349,7 +343,7 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
         partial[lo] = np.matmul(g3[lo:hi], c3[lo:hi]).sum(axis=0)
 
     _in_parts(accumulate, chunks, grad2.nbytes + cols.nbytes)
-    return sum(partial[lo] for lo in sorted(partial))  # the same order every time
+    return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]  # same order every time
 
 
 def max_pool_blocks(
@@ -452,9 +446,9 @@ def tanh_backward(xp: Any, grad_out: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def row_sums(xp: Any, a: np.ndarray) -> np.ndarray:
-    """Row sums as a matrix-vector product: four times faster than ``sum(axis=1)``
-    on a first convolution's (32, 100352) gradient (0.13 against 0.56 ms). On one BLAS
-    thread, as the products are (see :func:`matmul`)."""
+    """Row sums as a matrix-vector product, faster than ``sum(axis=1)`` on a first
+    convolution's long gradient rows (docs/performance.md, "Kernel choices"). On one
+    BLAS thread, as the products are (see :func:`matmul`)."""
     a = np.asarray(a)
     with host.single_blas_thread():
         return a @ np.ones(a.shape[1], dtype=a.dtype)

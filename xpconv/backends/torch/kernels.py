@@ -69,10 +69,10 @@ def max_pool_blocks(
     """Pool-ordered max pool, bias and ReLU (contract in ``_pool``).
 
     On the CPU, tap by tap into buffers it owns: per tap one comparison, one maximum
-    and three int8 operations on the code (``(k - code) * later`` added), then bias
-    and ReLU in place. ``torch.max(blocks, dim=1)`` with its indices was 3 to 4 times
-    slower there (W2's first layer at batch 128: 9.8 against 2.3 ms); on a GPU it is
-    one launch for what the loop takes fifteen, so a GPU keeps it.
+    and three int8 operations on the code (``(k - code) * later`` added), then bias and
+    ReLU in place. ``torch.max(blocks, dim=1)`` with its indices was several times
+    slower there (docs/performance.md, "Kernel choices"); on a GPU it is one launch for
+    what the loop takes fifteen, so a GPU keeps it.
     """
     import torch
 
@@ -103,7 +103,7 @@ def max_pool_blocks_backward(xp: Any, grad_out: Array, argmax: Array, taps: int)
     """Pool-ordered max-pool backward (contract in ``_pool``): each tap's block is
     ``argmax == k`` compared in the gradient's dtype straight into the output, then
     multiplied by the gradient in place. Comparing the int8 codes themselves, or a
-    scatter, was 4 to 5 times slower on the CPU (W2's first layer: 5.2 against 1.0 ms).
+    scatter, was several times slower on the CPU (docs/performance.md, "Kernel choices").
     Windows marked -1 pass nothing."""
     import torch
 
@@ -128,9 +128,8 @@ def _host_view(t: Array) -> Any:
 
 def tanh(xp: Any, x: Array) -> Array:
     """``tanh(x)``. On the CPU it runs NumPy's loop (split over the cores by the NumPy
-    kernels) on the tensor's own memory, into a new tensor: ``torch.tanh`` took 3.1 to
-    3.8 ms for the lecture network's (16, 100352) activations on a 2-core AMD EPYC
-    (Zen 4), NumPy 0.5 ms, with the same float32 accuracy."""
+    kernels) on the tensor's own memory, into a new tensor: faster than ``torch.tanh``
+    on the CPU with the same float32 accuracy (docs/performance.md, "Kernel choices")."""
     import torch
 
     from xpconv.backends.numpy import kernels as _numpy_kernels
@@ -201,17 +200,15 @@ def _onednn_pays(a: Array, b: Array) -> bool:
 def matmul(xp: Any, a: Array, b: Array) -> Array:
     """``a @ b`` for (M, K) and (K, N); large CPU float32 products through oneDNN.
 
-    ``torch.mm`` on the CPU calls the BLAS PyTorch was built with (MKL). On a 2-core
-    AMD EPYC (Zen 4) MKL ran the reference LeNet's second convolution at about half
-    the speed of oneDNN's product of the same operands, and barely used the second
-    core: forward (64, 288) x (288, 25088) 11.2 against 6.3 ms, weight gradient
-    (64, 25088) x (25088, 288) 7.8 against 7.0 ms, input gradient (288, 64) x
-    (64, 25088) 14.4 against 11.4 ms. Small products, and products with a short inner
-    dimension over a huge output (a first convolution's forward, K = 9 or 25), were
-    faster in MKL: oneDNN copies ``b`` into its own layout first. Hence the thresholds
-    (``_ONEDNN_MIN_MACS``, ``_ONEDNN_MIN_INNER``: the long inner dimension of a weight
-    gradient). ``a`` must be row-major (oneDNN's product from a transposed ``a`` was
-    slower than MKL's); a transposed small ``a`` (a weight) is copied first.
+    ``torch.mm`` on the CPU calls the BLAS PyTorch was built with (MKL). MKL ran the
+    reference LeNet's second convolution at about half the speed of oneDNN's product of
+    the same operands, and barely used the second core (docs/performance.md, "Kernel
+    choices"). Small products, and products with a short inner dimension over a huge
+    output (a first convolution's forward, K = 9 or 25), were faster in MKL: oneDNN
+    copies ``b`` into its own layout first. Hence the thresholds (``_ONEDNN_MIN_MACS``,
+    ``_ONEDNN_MIN_INNER``: the long inner dimension of a weight gradient). ``a`` must be
+    row-major (oneDNN's product from a transposed ``a`` was slower than MKL's); a
+    transposed small ``a`` (a weight) is copied first.
     """
     if _onednn_pays(a, b):
         return _onednn_linear()(a.contiguous(), b.T, None, "none", [], "")

@@ -114,7 +114,7 @@ class ConvMaxPool(Layer):
     def from_config(cls, config: dict[str, Any]) -> ConvMaxPool:
         """A layer from :meth:`get_config` output (unbuilt)."""
         parts = [config[key] for key in ("conv", "pool")]
-        return cls(*(layer_from_config(part["type"], part["config"]) for part in parts))
+        return cls(*(layer_from_config(part["type"], part["config"]) for part in parts))  # type: ignore[arg-type]
 
     def describe(self) -> str:
         return f"{self.conv.describe()} + {self.pool.describe()}"

@@ -35,7 +35,7 @@ class Activation(_ActivationMixin, Layer):
         return f"Activation({self.activation})"
 
 
-def _named_activation(act: str, doc: str) -> type[Activation]:
+def _named_activation(act: str, doc: str) -> Any:
     def __init__(self, **kwargs: Any) -> None:
         Activation.__init__(self, act, **kwargs)
         self.name = type(self).__name__

@@ -161,7 +161,7 @@ def backward_step(step: Layer, grad: Array, *, input_grad: bool) -> Array | None
     whether the gradient of the input is wanted: a layer that can skip it
     (``skips_input_grad``) is told; otherwise it is computed and dropped."""
     if step.skips_input_grad:
-        return step.backward(grad, input_grad=input_grad)
+        return step.backward(grad, input_grad=input_grad)  # type: ignore[call-arg]
     gx = step.backward(grad)
     return gx if input_grad else None
 

@@ -19,6 +19,8 @@ class Dropout(Layer):
     Masks come from the model's seeded generator, so they are the same on every backend.
     """
 
+    p: float
+
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:

@@ -79,7 +79,7 @@ class Residual(Layer):
         self.layers: list[Layer] = list(layers)
         self.shortcut: list[Layer] = list(shortcut or [])
 
-    @property
+    @property  # type: ignore[override]
     def buffers(self) -> MutableMapping[str, Array]:  # type: ignore[override]
         return _NestedBuffers(self)
 
