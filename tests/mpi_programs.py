@@ -104,8 +104,8 @@ def accuracy(comm: MPICommunicator, out: str, mnist_dir: str) -> None:
     data = mnist(mnist_dir, progress=False)
 
     def run(communicator):
-        model = xc.models.zoo.lecture(seed=0)
-        opt = xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential")
+        model = xc.models.zoo.lecture(seed=0)  # its recipe's optimizer
+        opt = xc.SGD(0.01, momentum=0.9, final_lr=0.005, decay="exponential")
         tr = xc.Trainer(model, opt, progress=False, communicator=communicator)
         start = time.perf_counter()
         tr.fit(data.x_train, data.y_train, epochs=1, batch_size=128)
