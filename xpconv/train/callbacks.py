@@ -213,7 +213,7 @@ class EarlyStopping(Callback):
 
     Its state (the best loss, the count of evaluations since, and the best weights) is
     saved in training checkpoints, so a resumed run stops where an uninterrupted one
-    would.
+    would; a run that had stopped, resumed (or fitted again), trains no more epochs.
 
     Args:
         patience: evaluations without improvement before stopping (positive).
@@ -228,6 +228,10 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.waited = 0
         self.best_weights: dict[str, np.ndarray] | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.waited >= self.patience:  # the run had stopped (a checkpoint of its end)
+            trainer.stop_training = True
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         h = trainer.history
