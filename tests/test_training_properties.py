@@ -371,6 +371,33 @@ def test_resume_at_any_epoch_equals_the_uninterrupted_run(recipe: Recipe, data, 
     _assert_same_weights(resumed.model, whole.model)
 
 
+def test_a_run_killed_after_early_stopping_decided_stays_stopped(tmp_path) -> None:
+    """The case the resume property found: the kill comes after the checkpoint of the
+    epoch at which early stopping decided to stop; the resumed run trains no more."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 1, 4, 5)), rng.integers(0, CLASSES, 12)
+
+    def trainer(*callbacks: Callback) -> xc.Trainer:
+        model = xc.Sequential(
+            [xc.Flatten(), xc.Dense(CLASSES)], input_shape=(1, 4, 5), dtype="float64", seed=0
+        )
+        return xc.Trainer(model, xc.SGD(3.0), progress=False, callbacks=list(callbacks))
+
+    args = dict(epochs=8, batch_size=5, early_stopping=1, validation_data=(x[:4], y[:4]))
+    whole = trainer()
+    whole.fit(x, y, **args)
+    assert whole.epochs_done == 3  # the validation loss rose at epoch 3 (lr 3 overshoots)
+    path = tmp_path / "training.npz"
+    killed = trainer(Checkpoint(path), _CrashAfter(whole.epochs_done))
+    with pytest.raises(_Crash):
+        killed.fit(x, y, **args)
+    resumed = xc.load_training(path, progress=False)
+    resumed.fit(x, y, **args)
+    assert resumed.epochs_done == whole.epochs_done
+    assert resumed.history.val_loss == whole.history.val_loss
+    _assert_same_weights(resumed.model, whole.model)
+
+
 # -------------------------------------------------------------- uneven shards
 
 
