@@ -137,7 +137,9 @@ def make_data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def build_xpconv(workload: str, backend: str, seed: int = 0) -> Any:
     """The xpconv model of ``workload`` on ``backend`` (float32, built)."""
     builder = getattr(zoo, WORKLOADS[workload].zoo_name)
-    extra = {"batch_norm": False} if workload == "W2" else {}  # W2 is the plain LeNet
+    # W1 is the lecture's network without the zoo model's input standardisation (its
+    # PyTorch twin has none); W2 is the plain LeNet
+    extra: dict[str, Any] = {"W1": {"standardize": None}, "W2": {"batch_norm": False}}[workload]
     return builder(backend=backend, dtype=DTYPE, seed=seed, **extra)
 
 

@@ -97,15 +97,16 @@ def accuracy(comm: MPICommunicator, out: str, mnist_dir: str) -> None:
     """One float32 epoch of the lecture model on full MNIST, global batch 128; rank 0
     then trains the same epoch as one process and reports both test accuracies.
 
-    (At the lecture's batch 60 the run is chaotic enough that float32 rounding alone,
-    from the different matrix shapes of the shares, moved the result by 0.38 points.)"""
+    (At batch 60 and the earlier lr 0.1 the run was chaotic enough that float32 rounding
+    alone, from the different matrix shapes of the shares, moved the result by 0.38
+    points; with the recipe's lr 0.01 both gave 95.54%.)"""
     from xpconv.data.datasets import mnist
 
     data = mnist(mnist_dir, progress=False)
 
     def run(communicator):
-        model = xc.models.zoo.lecture(seed=0)
-        opt = xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential")
+        model = xc.models.zoo.lecture(seed=0)  # its recipe's optimizer
+        opt = xc.SGD(0.01, momentum=0.9, final_lr=0.005, decay="exponential")
         tr = xc.Trainer(model, opt, progress=False, communicator=communicator)
         start = time.perf_counter()
         tr.fit(data.x_train, data.y_train, epochs=1, batch_size=128)

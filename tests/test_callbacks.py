@@ -134,8 +134,9 @@ def test_checkpoint_and_epoch_logger(tmp_path, capsys) -> None:
     assert written == [1, 2]
     assert load_checkpoint(path)[1]["run"] == {"note": 1}
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2
-    assert lines[1] == (
+    assert len(lines) == 3  # the first epoch's line, what the figures mean, the second's
+    assert "means over this epoch's training batches" in lines[1] and "test loss" in lines[1]
+    assert lines[2] == (
         f"epoch 2/2: loss {hist.loss[1]:.4f} acc {hist.accuracy[1]:.2%}, test loss "
         f"{hist.val_loss[1]:.4f} acc {hist.val_accuracy[1]:.2%} ({hist.seconds[1]:.1f} s, "
         f"{hist.images_per_second[1]:.0f} img/s)"

@@ -228,6 +228,7 @@ EXAMPLES = {
     "BatchNorm2D": (lambda: L.BatchNorm2D(momentum=0.2, eps=1e-3, affine=False), (2, 3, 3)),
     "BatchNorm1D": (lambda: L.BatchNorm1D(momentum=0.3, eps=1e-4), (3, 4)),
     "GlobalAvgPool2D": (lambda: L.GlobalAvgPool2D(), (2, 3, 3)),
+    "Standardize": (lambda: L.Standardize([0.1, -0.2], [0.5, 2.0]), (2, 3, 4)),
     "Residual": (
         lambda: L.Residual(
             [L.Conv2D(3, 3, padding="same", init="he_uniform"), L.BatchNorm2D(momentum=0.5)],

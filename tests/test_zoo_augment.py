@@ -155,7 +155,7 @@ def test_recipes_build_the_optimizers_they_name() -> None:
     lecture = build_optimizer(**_recipe_args("lecture"), total_steps=100)
     assert (
         lecture.get_config()
-        == xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential").get_config()
+        == xc.SGD(0.01, momentum=0.9, final_lr=0.005, decay="exponential").get_config()
     )
     lenet = build_optimizer(**_recipe_args("lenet"), total_steps=100)
     assert isinstance(lenet, xc.AdamW) and lenet.exclude == "bias_and_norm"

@@ -47,6 +47,7 @@ from xpconv.nn.layers import (
     Residual,
     Sigmoid,
     Softmax,
+    Standardize,
     Tanh,
 )
 from xpconv.nn.sequential import Sequential
@@ -125,6 +126,7 @@ __all__ = [
     "Sequential",
     "Sigmoid",
     "Softmax",
+    "Standardize",
     "StepDecay",
     "Tanh",
     "TrainState",

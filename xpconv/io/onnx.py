@@ -43,6 +43,7 @@ from xpconv.nn.layers import (
     Residual,
     Sigmoid,
     Softmax,
+    Standardize,
     Tanh,
 )
 from xpconv.nn.sequential import Sequential
@@ -285,6 +286,12 @@ def _export_residual(layer: Residual, graph: OnnxGraph, x: str) -> str:
     return graph.node("Add", [branch, short], layer.name)
 
 
+def _export_standardize(layer: Standardize, graph: OnnxGraph, x: str) -> str:
+    mean, scale = layer.host_constants()  # the same float arithmetic: (x - mean) * scale
+    centred = graph.node("Sub", [x, graph.weight(f"{layer.name}_mean", mean)], layer.name)
+    return graph.node("Mul", [centred, graph.weight(f"{layer.name}_scale", scale)], layer.name)
+
+
 #: Layer class -> ``fn(layer, graph, x) -> y`` adding the layer's nodes to ``graph``.
 ONNX_EXPORTERS: dict[type, Callable[[Any, OnnxGraph, str], str]] = {
     Conv2D: _export_conv2d,
@@ -298,6 +305,7 @@ ONNX_EXPORTERS: dict[type, Callable[[Any, OnnxGraph, str], str]] = {
     BatchNorm1D: _export_batch_norm,
     GlobalAvgPool2D: _export_global_avg_pool,
     Residual: _export_residual,
+    Standardize: _export_standardize,
     **{
         cls: _export_activation
         for cls in (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax)

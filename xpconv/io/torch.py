@@ -35,6 +35,7 @@ from xpconv.nn.layers import (
     Residual,
     Sigmoid,
     Softmax,
+    Standardize,
     Tanh,
     layer_from_config,
 )
@@ -42,6 +43,7 @@ from xpconv.nn.sequential import Sequential
 from xpconv.ops import conv_geometry
 
 __all__ = ["FROM_TORCH", "TO_TORCH", "from_torch", "to_torch", "torch_residual_class"]
+__all__ += ["torch_standardize_class"]
 
 
 def _torch() -> Any:
@@ -235,6 +237,38 @@ def _to_residual(layer: Residual, tensor: Callable[[Any], Any]) -> list[Any]:
     return [torch_residual_class()(chain(layer.layers), chain(layer.shortcut))]
 
 
+_STANDARDIZE_CLASS: list[type] = []
+
+
+def torch_standardize_class() -> type:
+    """The ``torch.nn.Module`` class :func:`to_torch` makes of a :class:`Standardize`:
+    ``Standardize(mean, scale)`` computing ``(x - mean) * scale`` (``scale = 1 / std``),
+    both saved as buffers in its state dict. :func:`from_torch` does not convert it."""
+    if not _STANDARDIZE_CLASS:
+        nn = _torch().nn
+
+        class TorchStandardize(nn.Module):
+            """``(x - mean) * scale`` with fixed buffers."""
+
+            def __init__(self, mean: Any, scale: Any) -> None:
+                super().__init__()
+                self.register_buffer("mean", mean)
+                self.register_buffer("scale", scale)
+
+            def forward(self, x: Any) -> Any:
+                return (x - self.mean) * self.scale
+
+        TorchStandardize.__name__ = TorchStandardize.__qualname__ = "Standardize"
+        _STANDARDIZE_CLASS.append(TorchStandardize)
+    return _STANDARDIZE_CLASS[0]
+
+
+def _to_standardize(layer: Standardize, tensor: Callable[[Any], Any]) -> list[Any]:
+    torch = _torch()
+    mean, scale = (torch.from_numpy(np.array(h)) for h in layer.host_constants())
+    return [torch_standardize_class()(mean, scale)]  # to_torch casts to the model's dtype
+
+
 #: xpconv layer class -> ``fn(layer, tensor) -> [torch.nn.Module, ...]``; ``tensor``
 #: turns one of the layer's arrays into a host torch tensor of the model's dtype.
 TO_TORCH: dict[type, Callable[[Any, Callable[[Any], Any]], list[Any]]] = {
@@ -249,6 +283,7 @@ TO_TORCH: dict[type, Callable[[Any, Callable[[Any], Any]], list[Any]]] = {
     BatchNorm1D: _to_batch_norm,
     GlobalAvgPool2D: _to_global_avg_pool,
     Residual: _to_residual,
+    Standardize: _to_standardize,
     **{
         cls: _to_activation
         for cls in (Activation, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, LogSoftmax)

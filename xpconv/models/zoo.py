@@ -17,6 +17,7 @@ from xpconv.nn.layers import (
     MaxPool2D,
     ReLU,
     Residual,
+    Standardize,
 )
 from xpconv.nn.sequential import Sequential
 from xpconv.optim.optimizers import (
@@ -34,6 +35,8 @@ from xpconv.optim.optimizers import (
 )
 
 __all__ = [
+    "MNIST_MEAN",
+    "MNIST_STD",
     "MODELS",
     "OPTIMIZERS",
     "RECIPES",
@@ -46,13 +49,24 @@ __all__ = [
 ]
 
 
-def lecture(**model_args: Any) -> Sequential:
-    """The lecture's network: Conv2D(16, 5x5, same, tanh, Glorot) -> flatten -> Dense(10).
+#: MNIST's pixel statistics over its 60,000 training images, pixels scaled to [0, 1].
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
-    Input (N, 1, 28, 28) -> logits (N, 10); softmax cross-entropy loss.
+
+def lecture(
+    *, standardize: tuple[float, float] | None = (MNIST_MEAN, MNIST_STD), **model_args: Any
+) -> Sequential:
+    """The lecture's network: Standardize -> Conv2D(16, 5x5, same, tanh, Glorot) ->
+    flatten -> Dense(10).
+
+    Input (N, 1, 28, 28), pixels in [0, 1] -> logits (N, 10); softmax cross-entropy loss.
+    The first layer standardises the pixels as the lecture did, ``(x - mean) / std`` with
+    ``standardize = (mean, std)`` (MNIST's by default), inside the model, so evaluation,
+    prediction and every export see it; ``standardize=None`` leaves it out.
     """
     model_args.setdefault("input_shape", (1, 28, 28))
-    layers = [
+    layers: list[Layer] = [] if standardize is None else [Standardize(*standardize)]
+    layers += [
         Conv2D(16, 5, padding="same", activation="tanh", init="glorot_normal"),
         Flatten(),
         Dense(10, init="glorot_normal"),
@@ -160,11 +174,13 @@ _MODERN_RECIPE: dict[str, Any] = dict(
     batch_size=128,
 )
 RECIPES: dict[str, dict[str, Any]] = {
+    # Standardised inputs (see lecture()) at lr 0.1 drive the logits into the hundreds:
+    # 95% accuracy but a test loss near 3. A tenth of that rate keeps the loss low.
     "lecture": dict(
         optimizer="sgd",
-        lr=0.1,
+        lr=0.01,
         schedule="exponential",
-        final_lr=0.05,
+        final_lr=0.005,
         warmup=0.0,
         weight_decay=0.0,
         momentum=0.9,

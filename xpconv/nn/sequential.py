@@ -117,7 +117,10 @@ class Sequential:
             names[type(layer).__name__] = index + 1
             layer.name = f"{type(layer).__name__.lower()}_{index}"
             shape = layer.build(shape, ctx)
-            layer.needs_input_grad = layer is not self.layers[0]
+        self._lead = _leading_preprocessing(self.layers)
+        for i, layer in enumerate(self.layers):
+            # No gradient wanted before the first layer that is not a fixed transform.
+            layer.needs_input_grad = i > self._lead
         self._steps = _plan(self.layers, self.fuse)
         self.input_shape = check_input_shape(input_shape)
         return self
@@ -183,10 +186,15 @@ class Sequential:
         Returns the gradient with respect to the input (N, *input_shape) when
         ``input_grad`` is true; otherwise the first layer may skip computing it.
         """
-        steps = self._steps
-        for step in reversed(steps[1:]):
+        steps, lead = self._steps, self._lead  # leading preprocessing steps: 1 step each
+        for step in reversed(steps[lead + 1 :]):
             grad = step.backward(grad)
-        return backward_step(steps[0], grad, input_grad=input_grad)
+        out = backward_step(steps[lead], grad, input_grad=input_grad)
+        if out is None:
+            return None
+        for step in reversed(steps[:lead]):  # only when the input's gradient is wanted
+            out = step.backward(out)
+        return out
 
     def train_batch(
         self, x: Any, y: Any, *, validate: bool = True, return_outputs: bool = False
@@ -387,6 +395,15 @@ def _claim_layers(model: Sequential, layers: Sequence[Layer]) -> None:
             )
     for layer in layers:
         layer._xpconv_owner = weakref.ref(model)  # type: ignore[attr-defined]
+
+
+def _leading_preprocessing(layers: list[Layer]) -> int:
+    """How many layers at the start are fixed transforms of the input (``preprocessing``
+    layers such as :class:`~xpconv.nn.layers.Standardize`), the last layer excepted."""
+    lead = 0
+    while lead + 1 < len(layers) and getattr(layers[lead], "preprocessing", False):
+        lead += 1
+    return lead
 
 
 def _plan(layers: list[Layer], fuse: bool) -> list[Any]:

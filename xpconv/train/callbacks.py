@@ -213,7 +213,7 @@ class EarlyStopping(Callback):
 
     Its state (the best loss, the count of evaluations since, and the best weights) is
     saved in training checkpoints, so a resumed run stops where an uninterrupted one
-    would.
+    would; a run that had stopped, resumed (or fitted again), trains no more epochs.
 
     Args:
         patience: evaluations without improvement before stopping (positive).
@@ -228,6 +228,10 @@ class EarlyStopping(Callback):
         self.best: float | None = None
         self.waited = 0
         self.best_weights: dict[str, np.ndarray] | None = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.waited >= self.patience:  # the run had stopped (a checkpoint of its end)
+            trainer.stop_training = True
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         h = trainer.history
@@ -325,14 +329,36 @@ class EpochLogger(Callback):
     """Prints one line per epoch on the root rank, e.g.
     ``epoch 2/5: loss 0.1234 acc 96.10%, test loss 0.0987 acc 96.80% (3.2 s, 18750 img/s)``.
 
+    After the first line of a run, a second line says what the figures are (with
+    ``legend=True``, the default): the training loss and accuracy are means over the
+    epoch's batches, taken while the weights changed, so early batches weigh in; the
+    validation ones are the weights at the epoch's end.
+
     Args:
         validation_name: what the validation set is called in the line.
         file: where to print (default: standard output at the time of printing).
+        legend: print that explanation once per run.
     """
 
-    def __init__(self, *, validation_name: str = "test", file: Any = None) -> None:
+    def __init__(
+        self, *, validation_name: str = "test", file: Any = None, legend: bool = True
+    ) -> None:
         self.validation_name = validation_name
         self.file = file
+        self.legend = legend
+        self._explained = False
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self._explained = not self.legend
+
+    def _explain(self, validated: bool) -> str:
+        text = (
+            "  (loss, acc: means over this epoch's training batches, taken while the "
+            "weights changed"
+        )
+        if validated:
+            text += f"; {self.validation_name} loss, acc: the weights at the epoch's end"
+        return text + ")"
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         if not _is_root(trainer):
@@ -348,3 +374,10 @@ class EpochLogger(Callback):
             file=self.file if self.file is not None else sys.stdout,
             flush=True,
         )
+        if not self._explained:
+            self._explained = True
+            print(
+                self._explain(h.val_loss[-1] is not None),
+                file=self.file if self.file is not None else sys.stdout,
+                flush=True,
+            )

@@ -234,6 +234,8 @@ class Trainer:
         try:
             self._each_callback("on_fit_start")
             for epoch in range(self.epochs_done, epochs):
+                if self.stop_training:  # set by on_fit_start: a stopped run, resumed
+                    break
                 self._each_callback("on_epoch_start", epoch + 1)
                 loss, acc, seconds = run_epoch(x_dev, y_dev, epoch, epochs, batch_size, shuffle)
                 evaluate = val is not None and (

@@ -26,6 +26,7 @@ from xpconv.nn.layers.convolution import Conv1D, Conv2D
 from xpconv.nn.layers.core import Dense, Flatten
 from xpconv.nn.layers.normalization import BatchNorm1D, BatchNorm2D
 from xpconv.nn.layers.pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from xpconv.nn.layers.preprocessing import Standardize
 from xpconv.nn.layers.regularization import Dropout
 from xpconv.nn.layers.residual import Residual
 
@@ -54,6 +55,7 @@ __all__ = [
     "Residual",
     "Sigmoid",
     "Softmax",
+    "Standardize",
     "Tanh",
     "backward_step",
     "layer_from_config",
