@@ -205,7 +205,7 @@ print(f"{name}: training on {len(y_train)} images, testing on {len(data.y_test)}
         "code",
         """model = xc.models.zoo.lecture(seed=0)
 model.summary()
-optimizer = xc.SGD(0.1, momentum=0.9, final_lr=0.05, decay="exponential")
+optimizer = xc.SGD(0.01, momentum=0.9, final_lr=0.005, decay="exponential")  # the recipe
 trainer = xc.Trainer(model, optimizer, progress=False)
 start = time.perf_counter()
 history = trainer.fit(
@@ -224,7 +224,8 @@ of several orientations.""",
     ),
     (
         "code",
-        """kernels = model.backend.to_numpy(model.layers[0].params["weight"].value)  # (16, 1, 5, 5)
+        """_, conv = xc.tools.plots.first_conv_layer(model)  # after the Standardize layer
+kernels = model.backend.to_numpy(conv.params["weight"].value)  # (16, 1, 5, 5)
 fig, axes = plt.subplots(2, 8, figsize=(10, 2.8))
 for k, ax in enumerate(axes.flat):
     ax.imshow(kernels[k, 0], cmap="RdBu_r")
@@ -233,7 +234,8 @@ for k, ax in enumerate(axes.flat):
 plt.show()
 
 test_image = data.x_test[:1]
-maps = np.tanh(F.conv2d(test_image, kernels, padding="same"))[0]  # before the bias
+standardized = (test_image - 0.1307) / 0.3081  # what the model's first layer does
+maps = np.tanh(F.conv2d(standardized, kernels, padding="same"))[0]  # before the bias
 fig, axes = plt.subplots(2, 9, figsize=(11, 2.8))
 axes.flat[0].imshow(test_image[0, 0], cmap="gray")
 axes.flat[0].set_title("input", fontsize=8)
