@@ -6,6 +6,7 @@
     mpiexec -n 2 python tests/mpi_programs.py raise OUT.json
     mpiexec -n 2 python tests/mpi_programs.py kill CHECKPOINT.npz
     mpiexec -n 2 python tests/mpi_programs.py hang OUT.json
+    mpiexec -n 2 python tests/mpi_programs.py model OUT.json MODEL [backend [dtype [options]]]
 
 Rank 0 writes its findings as JSON to OUT; the test asserts on them.
 """
@@ -20,6 +21,7 @@ import numpy as np
 
 import xpconv as xc
 from xpconv.parallel.distributed import GradientAverager, MPICommunicator, share_cores
+from xpconv.train.callbacks import Callback
 
 
 def small_model(dtype: str, backend: str = "numpy", seed: int = 3) -> xc.Sequential:
@@ -179,22 +181,18 @@ def kill_rank1(comm: MPICommunicator, out: str) -> None:
     x, y = small_data(400)  # 40 steps per epoch
     model = small_model("float64")
     opt = xc.SGD(0.1, momentum=0.9)
-    if comm.rank == 1:
-        step = opt.step
 
-        def dying_step(params):
-            if opt.step_count == 40 + 15:
+    class Dying(Callback):
+        def on_batch_end(self, trainer, logs):
+            if comm.rank == 1 and opt.step_count == 40 + 15:
                 os.kill(os.getpid(), signal.SIGKILL)
-            step(params)
-
-        opt.step = dying_step
 
     def on_epoch_end(tr):
         if comm.is_root:
             xc.save_training(tr, out)
             print(f"checkpoint after epoch {tr.epochs_done}", flush=True)
 
-    tr = xc.Trainer(model, opt, progress=False, communicator=comm)
+    tr = xc.Trainer(model, opt, progress=False, communicator=comm, callbacks=[Dying()])
     with comm.abort_on_error():
         tr.fit(x, y, epochs=5, batch_size=10, on_epoch_end=on_epoch_end)
 
@@ -211,7 +209,103 @@ def hang_rank1(comm: MPICommunicator, out: str) -> None:
         json.dump({"waited": time.monotonic() - start}, f)
 
 
+def zoo_model(name: str, dtype: str, backend: str) -> tuple[xc.Sequential, tuple[int, ...]]:
+    """A model by name: the zoo's ``lecture``, ``lenet`` and ``resnet`` (one block per
+    stage, narrow) on (1, 28, 28), or ``dropout``: the small model with Dropout and
+    BatchNorm1D on (1, 8, 8)."""
+    args = {"dtype": dtype, "backend": backend, "seed": 3}
+    if name == "dropout":
+        layers = [
+            xc.Conv2D(4, 3, padding="same", activation="relu"),
+            xc.MaxPool2D(2),
+            xc.Flatten(),
+            xc.Dropout(0.3),
+            xc.Dense(12, use_bias=False),
+            xc.BatchNorm1D(),
+            xc.ReLU(),
+            xc.Dropout(0.2),
+            xc.Dense(5),
+        ]
+        return xc.Sequential(layers, input_shape=(1, 8, 8), **args), (1, 8, 8)
+    if name == "resnet":
+        return xc.models.zoo.resnet(blocks=1, widths=(4, 8, 8), **args), (1, 28, 28)
+    return xc.models.zoo.build_model(name, **args), (1, 28, 28)
+
+
+def model_parity(
+    comm: MPICommunicator,
+    out: str,
+    name: str,
+    backend: str = "numpy",
+    dtype: str = "float64",
+    options: str = "",
+) -> None:
+    """20 steps (N=197, global batch 10: shares 4/3/3 on 3 ranks, last batch 7) of
+    ``name`` against one process on the same global batches; per tensor, the largest
+    difference over the tensor's largest value, for the weights and the buffers.
+    ``options`` (comma-separated): ``augment`` (crop and flip), ``persample`` (per-rank
+    batch statistics), ``tiny`` (N=12, batch 3: a share of one example)."""
+    opts = set(filter(None, options.split(",")))
+    n, batch = (12, 3) if "tiny" in opts else (197, 10)
+    shape = zoo_model(name, dtype, backend)[1]
+    rng = np.random.default_rng(11)
+    x = rng.uniform(size=(n, *shape))
+    y = rng.integers(0, 5, size=n)
+    xv, yv = x[:23], y[:23]
+    augment = xc.Augment(crop_padding=2, flip=True) if "augment" in opts else None
+
+    def run(communicator):
+        model = zoo_model(name, dtype, backend)[0]
+        opt = xc.SGD(0.05, momentum=0.9)
+        tr = xc.Trainer(
+            model,
+            opt,
+            seed=5,
+            progress=False,
+            communicator=communicator,
+            augment=augment,
+            sync_batch_norm="persample" not in opts,
+        )
+        tr.fit(
+            x, y, epochs=1 if "tiny" not in opts else 5, batch_size=batch, validation_data=(xv, yv)
+        )
+        return model, tr.history, tr
+
+    model, history, tr = run(comm)
+    evaluated = model.evaluate(xv, yv)
+    if not comm.is_root:
+        return
+    ref, ref_history, _ = run(None)
+
+    def rel(a, b):
+        return {
+            k: float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(b[k])), 1e-300)) for k in b
+        }
+
+    state, ref_state = model.state_dict(), ref.state_dict()
+    buffers = set(ref.buffers())
+    diffs = rel(state, ref_state)
+    step = np.concatenate([np.asarray(v) for v in history.step_losses])
+    ref_step = np.concatenate([np.asarray(v) for v in ref_history.step_losses])
+    result = {
+        "size": comm.size,
+        "steps": len(step),
+        "weights": max([v for k, v in diffs.items() if k not in buffers] or [0.0]),
+        "buffers": max([v for k, v in diffs.items() if k in buffers] or [0.0]),
+        "worst": max(diffs, key=diffs.get),
+        "step_loss": float(np.max(np.abs(step - ref_step))),
+        "history": history.as_dict(),
+        "ref_history": ref_history.as_dict(),
+        "evaluated": evaluated,
+        "allreduce_calls": comm.allreduce_calls,
+        "sync_calls": tr.strategy.reducer.calls,
+    }
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
 PROGRAMS = {
+    "model": model_parity,
     "hang": hang_rank1,
     "kill": kill_rank1,
     "parity": parity,
