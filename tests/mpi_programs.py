@@ -244,9 +244,14 @@ def model_parity(
     ``name`` against one process on the same global batches; per tensor, the largest
     difference over the tensor's largest value, for the weights and the buffers.
     ``options`` (comma-separated): ``augment`` (crop and flip), ``persample`` (per-rank
-    batch statistics), ``tiny`` (N=12, batch 3: a share of one example)."""
+    batch statistics), ``tiny`` (N=12, batch 3, 5 epochs: a share of one example),
+    ``even`` (N=200: equal shares), ``one`` (N=191: a last batch of one example)."""
     opts = set(filter(None, options.split(",")))
     n, batch = (12, 3) if "tiny" in opts else (197, 10)
+    if "even" in opts:  # every share of every batch the same: one compiled shape
+        n = 200
+    if "one" in opts:  # the last global batch has one example: empty shares
+        n = 191
     shape = zoo_model(name, dtype, backend)[1]
     rng = np.random.default_rng(11)
     x = rng.uniform(size=(n, *shape))
@@ -299,12 +304,77 @@ def model_parity(
         "evaluated": evaluated,
         "allreduce_calls": comm.allreduce_calls,
         "sync_calls": tr.strategy.reducer.calls,
+        "compiled": {k: f._cache_size() for k, f in tr.train_step._compiled.items()},
     }
     with open(out, "w") as f:
         json.dump(result, f)
 
 
+def regression(comm: MPICommunicator, out: str) -> None:
+    """A non-classifier (conv output, MSE) with validation data on the ranks and in
+    one process: the histories (accuracy NaN in both)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 1, 6, 6))
+    y = rng.normal(size=(30, 2, 6, 6))
+
+    def run(communicator):
+        model = xc.Sequential(
+            [xc.Conv2D(3, 3, padding="same", activation="relu"), xc.Conv2D(2, 3, padding="same")],
+            input_shape=(1, 6, 6),
+            loss="mse",
+            dtype="float64",
+            seed=1,
+        )
+        tr = xc.Trainer(model, xc.SGD(0.01), progress=False, communicator=communicator)
+        tr.fit(x, y, epochs=2, batch_size=7, validation_data=(x[:9], y[:9]))
+        return tr.history.as_dict()
+
+    history = run(comm)
+    if comm.is_root:
+        with open(out, "w") as f:
+            json.dump({"history": history, "ref_history": run(None)}, f)
+
+
+def resume_start(comm: MPICommunicator, out: str) -> None:
+    """One epoch of the Dropout + BatchNorm model on the ranks; rank 0 saves it."""
+    model, _ = zoo_model("dropout", "float64", "numpy")
+    x, y = _resume_data()
+    tr = xc.Trainer(model, xc.SGD(0.05, momentum=0.9), seed=5, progress=False, communicator=comm)
+    tr.fit(x, y, epochs=1, batch_size=10)
+    if comm.is_root:
+        xc.save_training(tr, out)
+
+
+def _resume_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return rng.uniform(size=(97, 1, 8, 8)), rng.integers(0, 5, size=97)
+
+
+def resume_finish(comm: MPICommunicator, out: str, checkpoint: str) -> None:
+    """Resume ``checkpoint`` on these ranks for a second epoch; rank 0 compares with
+    two epochs of one process, straight through."""
+    x, y = _resume_data()
+    tr = xc.load_training(checkpoint, progress=False)
+    tr.communicator = comm
+    tr.fit(x, y, epochs=2, batch_size=10)
+    if not comm.is_root:
+        return
+    model, _ = zoo_model("dropout", "float64", "numpy")
+    ref = xc.Trainer(model, xc.SGD(0.05, momentum=0.9), seed=5, progress=False)
+    ref.fit(x, y, epochs=2, batch_size=10)
+    state, ref_state = tr.model.state_dict(), model.state_dict()
+    diff = max(
+        float(np.max(np.abs(state[k] - ref_state[k])) / np.max(np.abs(ref_state[k])))
+        for k in ref_state
+    )
+    with open(out, "w") as f:
+        json.dump({"diff": diff, "loss": tr.history.loss, "ref_loss": ref.history.loss}, f)
+
+
 PROGRAMS = {
+    "regression": regression,
+    "resume_start": resume_start,
+    "resume_finish": resume_finish,
     "model": model_parity,
     "hang": hang_rank1,
     "kill": kill_rank1,

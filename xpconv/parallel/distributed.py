@@ -130,6 +130,8 @@ class Communicator:
                 raise
             code = 130 if isinstance(exc, KeyboardInterrupt) else 1
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            if isinstance(exc, KeyboardInterrupt):
+                text = "interrupted"
             if isinstance(exc, SystemExit):
                 code = exc.code if isinstance(exc.code, int) else 1
                 text = f"exited with status {code}"

@@ -566,6 +566,7 @@ class Trainer:
             "history": self.history.as_dict(),
             "seed": self.seed,
             "augment": None if self.augment is None else self.augment.get_config(),
+            "sync_batch_norm": self.sync_batch_norm,
         }
         callbacks: dict[str, dict[str, Any]] = {}
         for key, state in {**self._callback_state, **self._callback_states()}.items():
@@ -594,6 +595,7 @@ class Trainer:
         self.rng.bit_generator.state = meta["shuffle_rng"]
         self.model.dropout_rng.bit_generator.state = meta["dropout_rng"]
         self.epochs_done = int(meta["epochs_done"])
+        self.sync_batch_norm = bool(meta.get("sync_batch_norm", True))
         self.history = History(**meta["history"])
         # Callback states: given to the callbacks with these keys when fit starts.
         states = {key: dict(value) for key, value in meta.get("callbacks", {}).items()}
