@@ -588,3 +588,84 @@ def test_scaling_harness_measures_the_three_layouts(tmp_path: Path) -> None:
     two = layouts[-1]
     assert 0 < two["allreduce_share"] < 1 and two["pure_allreduce_ms"] > 0
     assert two["bucket_bytes"] == 4 * (125_866 + 1)  # W1's gradients and the count
+
+
+def _ranks_of(marker: str) -> dict[int, int]:
+    """The process ids of the ranks (by ``PMI_RANK``) whose command line holds ``marker``."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() not in cmdline or b"mpiexec" in cmdline:
+            continue
+        for entry in env:
+            if entry.startswith(b"PMI_RANK="):
+                found[int(entry[len("PMI_RANK=") :])] = int(pid)
+    return found
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_cli_sigint_to_one_rank_ends_the_job_at_once(tmp_path: Path, mnist_dir) -> None:
+    """SIGINT to rank 1 alone: every rank ends within 10 s (not after the collective
+    timeout), with status 130 and the message printed once."""
+    import signal
+
+    out = tmp_path / "run"
+    args = _cli("--data-dir", str(mnist_dir), "--limit", "3000", "--epochs", "30")
+    cmd = [_mpiexec(), "-n", "2", sys.executable, *args, "--distributed", "mpi", "--out", str(out)]
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, env=_env())
+    try:
+        for line in proc.stdout:
+            if line.startswith("distributed:"):
+                break
+        time.sleep(2)  # into the first epoch
+        ranks = _ranks_of(str(out))
+        assert set(ranks) == {0, 1}, ranks
+        start = time.monotonic()
+        os.kill(ranks[1], signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.monotonic() - start < 10
+    assert proc.returncode == 130, err
+    assert err.count("interrupted") == 1, err
+    assert "rank 1/2: interrupted; stopping every rank" in err
+
+
+def test_cli_a_last_batch_of_one_example_is_refused_before_training(
+    tmp_path: Path, mnist_dir
+) -> None:
+    """``--model lenet --limit 129`` (batch 128): refused before the first step, with
+    the way out named; ``--drop-last`` trains the one full batch."""
+    base = _cli("--data-dir", str(mnist_dir), "--model", "lenet", "--limit", "129")
+    cmd = [sys.executable, *base, "--out", str(tmp_path / "a")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 1
+    assert "the last batch has 1 example(s)" in proc.stderr and "--drop-last" in proc.stderr
+    assert not (tmp_path / "a" / "training.npz").exists()
+    cmd = [sys.executable, *base, "--drop-last", "--out", str(tmp_path / "b")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert _run_record(tmp_path / "b")["drop_last"] is True
+
+
+@pytest.mark.mpi
+def test_cli_lenet_with_a_one_example_share_trains_on_two_ranks(tmp_path: Path, mnist_dir) -> None:
+    """``--model lenet --limit 12 --batch-size 3`` trains in one process and, with the
+    global batch's statistics, on 2 ranks (rank 1's share is one example)."""
+    args = _cli("--data-dir", str(mnist_dir), "--model", "lenet", "--limit", "12")
+    args += ["--batch-size", "3", "--dtype", "float64", "--distributed", "mpi"]
+    proc = _mpirun(2, *args, "--out", str(tmp_path / "run"), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _run_record(tmp_path / "run")["batch_norm_stats"] == "global"
+
+
+def _run_record(out: Path) -> dict:
+    from xpconv.io.checkpoint import load_checkpoint
+
+    return load_checkpoint(out / "training.npz")[1]["run"]
