@@ -7,6 +7,7 @@
     mpiexec -n 2 python tests/mpi_programs.py kill CHECKPOINT.npz
     mpiexec -n 2 python tests/mpi_programs.py hang OUT.json
     mpiexec -n 2 python tests/mpi_programs.py model OUT.json MODEL [backend [dtype [options]]]
+    mpiexec -n 2 python tests/mpi_programs.py bench OUT.json MODEL [global|per-rank]
 
 Rank 0 writes its findings as JSON to OUT; the test asserts on them.
 """
@@ -229,7 +230,14 @@ def zoo_model(name: str, dtype: str, backend: str) -> tuple[xc.Sequential, tuple
         return xc.Sequential(layers, input_shape=(1, 8, 8), **args), (1, 8, 8)
     if name == "resnet":
         return xc.models.zoo.resnet(blocks=1, widths=(4, 8, 8), **args), (1, 28, 28)
+    if name == "resnet-zoo":
+        return xc.models.zoo.resnet(**args), (1, 28, 28)
     return xc.models.zoo.build_model(name, **args), (1, 28, 28)
+
+
+def _relative(a: dict, b: dict) -> dict[str, float]:
+    """Per tensor: the largest difference over the reference tensor's largest value."""
+    return {k: float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(b[k])), 1e-300)) for k in b}
 
 
 def model_parity(
@@ -282,14 +290,8 @@ def model_parity(
         return
     ref, ref_history, _ = run(None)
 
-    def rel(a, b):
-        return {
-            k: float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(b[k])), 1e-300)) for k in b
-        }
-
-    state, ref_state = model.state_dict(), ref.state_dict()
     buffers = set(ref.buffers())
-    diffs = rel(state, ref_state)
+    diffs = _relative(model.state_dict(), ref.state_dict())
     step = np.concatenate([np.asarray(v) for v in history.step_losses])
     ref_step = np.concatenate([np.asarray(v) for v in ref_history.step_losses])
     result = {
@@ -371,7 +373,62 @@ def resume_finish(comm: MPICommunicator, out: str, checkpoint: str) -> None:
         json.dump({"diff": diff, "loss": tr.history.loss, "ref_loss": ref.history.loss}, f)
 
 
+def bench(comm: MPICommunicator, out: str, name: str, stats: str = "global") -> None:
+    """Step time of ``name`` (float32, numpy, global batch 128, 20 steps after 2 of
+    warm-up) and the seconds spent in the all-reduces: the batch-norm statistics'
+    (forward and backward) and all of them (gradients and metrics too), which include
+    the wait for the slower rank; and the time of one small all-reduce alone."""
+    model = zoo_model(name, "float32", "numpy")[0]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(128 * 12, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, size=len(x)) % 5
+    single = comm.size == 1
+    tr = xc.Trainer(
+        model,
+        xc.SGD(0.01, momentum=0.9),
+        progress=False,
+        communicator=None if single else comm,
+        sync_batch_norm=stats == "global",
+    )
+    seconds = {"allreduce": 0.0}
+    if not single:
+        inner = comm._allreduce
+
+        def timed(buffer):
+            start = time.perf_counter()
+            try:
+                return inner(buffer)
+            finally:
+                seconds["allreduce"] += time.perf_counter() - start
+
+        comm._allreduce = timed
+    small = np.ones(2 * 64 + 1, dtype=np.float32)  # a batch-norm layer's statistics
+    comm.barrier()
+    start = time.perf_counter()
+    for _ in range(2000):
+        comm.allreduce(small)
+    latency = (time.perf_counter() - start) / 2000
+    tr.fit(x[:256], y[:256], batch_size=128)  # warm-up
+    seconds["allreduce"] = 0.0
+    sync = 0.0 if single else tr.strategy.reducer.seconds
+    tr.fit(x[256:], y[256:], epochs=2, batch_size=128)
+    steps = len(tr.history.step_losses[-1])
+    result = {
+        "ranks": comm.size,
+        "stats": stats,
+        "step_ms": 1000 * tr.history.seconds[-1] / steps,
+        "allreduce_ms": 1000 * seconds["allreduce"] / steps,
+        "bn_allreduce_ms": 0.0 if single else 1000 * (tr.strategy.reducer.seconds - sync) / steps,
+        "bn_allreduces_per_step": 0 if single else tr.strategy.reducer.calls / (steps + 2),
+        "small_allreduce_us": 1e6 * latency,
+    }
+    if comm.is_root:
+        with open(out, "w") as f:
+            json.dump(result, f)
+
+
 PROGRAMS = {
+    "bench": bench,
     "regression": regression,
     "resume_start": resume_start,
     "resume_finish": resume_finish,

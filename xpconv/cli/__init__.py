@@ -291,20 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --distributed: how long a rank waits for the others in a collective "
         f"before stopping every rank (default: {TRAIN_DEFAULTS['distributed_timeout']:g})",
     )
-    train.add_argument(
-        "--drop-last",
-        action="store_const",
-        const=True,
-        default=None,
-        help="skip the last batch of each epoch when it is smaller than --batch-size",
-    )
-    train.add_argument(
-        "--batch-norm-stats",
-        choices=("global", "per-rank"),
-        default=None,
-        help="with --distributed: batch norm normalises with the statistics of the global "
-        "batch, as one process does (global, the default), or of each rank's share",
-    )
+    _batch_options(train)
     _common_options(train)
     train.set_defaults(handler=_train, command_parser=train)
 
@@ -479,6 +466,24 @@ def _check_out(out: Path, args: argparse.Namespace) -> None:
         f"--out {out}: the directory already holds a run ({', '.join(found)}); continue it "
         f"with --resume {out / 'training.npz'}, choose another --out, or pass --overwrite "
         "to replace it"
+    )
+
+
+def _batch_options(train: argparse.ArgumentParser) -> None:
+    """``--drop-last`` and ``--batch-norm-stats``: both part of the run record."""
+    train.add_argument(
+        "--drop-last",
+        action="store_const",
+        const=True,
+        default=None,
+        help="skip the last batch of each epoch when it is smaller than --batch-size",
+    )
+    train.add_argument(
+        "--batch-norm-stats",
+        choices=("global", "per-rank"),
+        default=None,
+        help="with --distributed: batch norm normalises with the statistics of the global "
+        "batch, as one process does (global, the default), or of each rank's share",
     )
 
 
