@@ -308,6 +308,10 @@ def model_parity(
         "sync_calls": tr.strategy.reducer.calls,
         "compiled": {k: f._cache_size() for k, f in tr.train_step._compiled.items()},
     }
+    if augment is not None:  # one process without augmentation: another model
+        augment = None
+        plain = run(None)[0].state_dict()
+        result["augmented_vs_plain"] = max(_relative(plain, ref.state_dict()).values())
     with open(out, "w") as f:
         json.dump(result, f)
 

@@ -327,6 +327,8 @@ def test_ranks_train_the_one_process_model_with_batch_norm(
     _assert_equal_to_one_process(r, 1e-9)
     if name in ("lenet", "resnet", "dropout"):
         assert r["sync_calls"] > 0
+    if options == "augment":  # and the augmentation did change the run
+        assert r["augmented_vs_plain"] > 1e-3, r
 
 
 @pytest.mark.mpi
@@ -663,6 +665,15 @@ def test_cli_lenet_with_a_one_example_share_trains_on_two_ranks(tmp_path: Path, 
     proc = _mpirun(2, *args, "--out", str(tmp_path / "run"), timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert _run_record(tmp_path / "run")["batch_norm_stats"] == "global"
+    # the reported test metrics are those of the saved model
+    from xpconv.data.datasets import mnist
+
+    data = mnist(mnist_dir, progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    model = xc.load_model(tmp_path / "run" / "model.npz")
+    again = model.evaluate(data.x_test, data.y_test)
+    assert metrics["test_loss"] == pytest.approx(again["loss"], rel=1e-12)
+    assert metrics["test_accuracy"] == again["accuracy"]
 
 
 def _run_record(out: Path) -> dict:
