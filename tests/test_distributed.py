@@ -680,3 +680,26 @@ def _run_record(out: Path) -> dict:
     from xpconv.io.checkpoint import load_checkpoint
 
     return load_checkpoint(out / "training.npz")[1]["run"]
+
+
+def test_cli_resume_checks_the_batch_norm_statistics_setting(tmp_path: Path, mnist_dir) -> None:
+    """The statistics setting is part of the run record: a resume with another one is
+    refused, naming it."""
+    base = _cli("--data-dir", str(mnist_dir), "--model", "lenet", "--limit", "130")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, *base, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _run_record(out)["batch_norm_stats"] == "global"
+    resume = _cli("--resume", str(out / "training.npz"), "--epochs", "2")
+    resume += ["--batch-norm-stats", "per-rank", "--out", str(tmp_path / "more")]
+    proc = subprocess.run(
+        [sys.executable, *resume], capture_output=True, text=True, timeout=300, env=_env()
+    )
+    assert proc.returncode == 1
+    assert "--batch-norm-stats per-rank (the checkpoint's run: global)" in proc.stderr
