@@ -185,3 +185,22 @@ def test_a_non_classifier_reports_nan_accuracy() -> None:
     )
     assert np.isnan(history.accuracy[0]) and np.isnan(history.val_accuracy[0])
     assert np.isfinite(history.loss[0]) and np.isfinite(history.val_loss[0])
+
+
+def test_train_step_rows_take_the_global_batch_masks() -> None:
+    """``rows=(lo, hi, count)``: the dropout masks of rows [lo, hi) of the global batch
+    of ``count``, drawn from the same stream as one process drawing for all of it."""
+
+    def model() -> xc.Sequential:
+        layers = [xc.Flatten(), xc.Dropout(0.5), xc.Dense(3)]
+        return xc.Sequential(layers, input_shape=(1, 2, 2), dtype="float64", seed=4)
+
+    whole, part = model(), model()
+    masks_whole = xc.TrainStep(whole, xc.SGD(0.1))._masks(6, None)
+    masks_part = xc.TrainStep(part, xc.SGD(0.1))._masks(2, (3, 5, 6))
+    for name, mask in masks_whole.items():
+        np.testing.assert_array_equal(masks_part[name], mask[3:5])
+    step = xc.TrainStep(model(), xc.SGD(0.1))
+    x, y = np.zeros((2, 1, 2, 2)), np.zeros(2, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"rows: expected \(lo, hi, count\).*got \(0, 3, 6\)"):
+        step(x, y, rows=(0, 3, 6))

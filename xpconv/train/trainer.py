@@ -328,7 +328,6 @@ class Trainer:
             )
         last = n - (steps - 1) * batch_size if not drop_last else batch_size
         self.strategy.check_batches(self.model, min(batch_size, n), last)
-        self._drop_last = drop_last
         return steps
 
     def _record_epoch(
