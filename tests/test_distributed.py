@@ -671,7 +671,7 @@ def test_cli_lenet_with_a_one_example_share_trains_on_two_ranks(tmp_path: Path, 
     data = mnist(mnist_dir, progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     model = xc.load_model(tmp_path / "run" / "model.npz")
-    again = model.evaluate(data.x_test, data.y_test)
+    again = model.evaluate(data.x_test.astype(np.float64), data.y_test)
     assert metrics["test_loss"] == pytest.approx(again["loss"], rel=1e-12)
     assert metrics["test_accuracy"] == again["accuracy"]
 
