@@ -21,13 +21,10 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from xpconv.backends.registry import backend_of
-from xpconv.parallel.distributed import (
-    Communicator,
-    GradientAverager,
-    broadcast_state,
-    check_same,
-    shard_range,
-)
+from xpconv.parallel.agreement import broadcast_state, check_same
+from xpconv.parallel.communicators import Communicator
+from xpconv.parallel.gradients import GradientAverager
+from xpconv.parallel.sharding import shard_range
 from xpconv.parallel.strategy import Strategy, batch_norm_layers, check_batch_statistics
 
 Array = Any
