@@ -8,6 +8,11 @@ Metrics stay on the device during an epoch and are read once per logging interva
 (``log_every`` steps), so a GPU is not synchronised on every step. A loss that becomes
 NaN or infinite stops training with :class:`TrainingError` naming the epoch and step.
 
+There is one epoch loop, for one process and for N ranks: distribution is a
+:class:`~xpconv.parallel.strategy.Strategy` the trainer is handed (which rows of each
+global batch this process trains, a gradient hook, the sums of the metrics, how the
+buffers are combined; see :mod:`xpconv.parallel.strategy`).
+
 What happens around the loop (progress bar, NaN guard, early stopping, checkpoints,
 printing) is done by callbacks (:mod:`xpconv.train.callbacks`), whose state is part of
 :meth:`Trainer.state` and so of every training checkpoint.
@@ -84,6 +89,8 @@ class Trainer:
             ``on_epoch_end``); their state is saved with the trainer's.
 
     Attributes:
+        strategy: the :class:`~xpconv.parallel.strategy.Strategy` the loop asks (set by
+            ``communicator`` and ``sync_batch_norm`` unless given).
         run: a :class:`~xpconv.train.callbacks.RunInfo` describing the current ``fit`` (its
             last one once it returned; ``None`` before).
         stop_training: set to ``True`` by a callback to end the run after this epoch.
