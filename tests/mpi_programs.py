@@ -6,6 +6,8 @@
     mpiexec -n 2 python tests/mpi_programs.py raise OUT.json
     mpiexec -n 2 python tests/mpi_programs.py kill CHECKPOINT.npz
     mpiexec -n 2 python tests/mpi_programs.py hang OUT.json
+    mpiexec -n 2 python tests/mpi_programs.py model OUT.json MODEL [backend [dtype [options]]]
+    mpiexec -n 2 python tests/mpi_programs.py bench OUT.json MODEL [global|per-rank]
 
 Rank 0 writes its findings as JSON to OUT; the test asserts on them.
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 import xpconv as xc
 from xpconv.parallel.distributed import GradientAverager, MPICommunicator, share_cores
+from xpconv.train.callbacks import Callback
 
 
 def small_model(dtype: str, backend: str = "numpy", seed: int = 3) -> xc.Sequential:
@@ -180,22 +183,18 @@ def kill_rank1(comm: MPICommunicator, out: str) -> None:
     x, y = small_data(400)  # 40 steps per epoch
     model = small_model("float64")
     opt = xc.SGD(0.1, momentum=0.9)
-    if comm.rank == 1:
-        step = opt.step
 
-        def dying_step(params):
-            if opt.step_count == 40 + 15:
+    class Dying(Callback):
+        def on_batch_end(self, trainer, logs):
+            if comm.rank == 1 and opt.step_count == 40 + 15:
                 os.kill(os.getpid(), signal.SIGKILL)
-            step(params)
-
-        opt.step = dying_step
 
     def on_epoch_end(tr):
         if comm.is_root:
             xc.save_training(tr, out)
             print(f"checkpoint after epoch {tr.epochs_done}", flush=True)
 
-    tr = xc.Trainer(model, opt, progress=False, communicator=comm)
+    tr = xc.Trainer(model, opt, progress=False, communicator=comm, callbacks=[Dying()])
     with comm.abort_on_error():
         tr.fit(x, y, epochs=5, batch_size=10, on_epoch_end=on_epoch_end)
 
@@ -212,7 +211,233 @@ def hang_rank1(comm: MPICommunicator, out: str) -> None:
         json.dump({"waited": time.monotonic() - start}, f)
 
 
+def zoo_model(name: str, dtype: str, backend: str) -> tuple[xc.Sequential, tuple[int, ...]]:
+    """A model by name: the zoo's ``lecture``, ``lenet`` and ``resnet`` (one block per
+    stage, narrow) on (1, 28, 28), or ``dropout``: the small model with Dropout and
+    BatchNorm1D on (1, 8, 8)."""
+    args = {"dtype": dtype, "backend": backend, "seed": 3}
+    if name == "dropout":
+        layers = [
+            xc.Conv2D(4, 3, padding="same", activation="relu"),
+            xc.MaxPool2D(2),
+            xc.Flatten(),
+            xc.Dropout(0.3),
+            xc.Dense(12, use_bias=False),
+            xc.BatchNorm1D(),
+            xc.ReLU(),
+            xc.Dropout(0.2),
+            xc.Dense(5),
+        ]
+        return xc.Sequential(layers, input_shape=(1, 8, 8), **args), (1, 8, 8)
+    if name == "resnet":
+        return xc.models.zoo.resnet(blocks=1, widths=(4, 8, 8), **args), (1, 28, 28)
+    if name == "resnet-zoo":
+        return xc.models.zoo.resnet(**args), (1, 28, 28)
+    return xc.models.zoo.build_model(name, **args), (1, 28, 28)
+
+
+def _relative(a: dict, b: dict) -> dict[str, float]:
+    """Per tensor: the largest difference over the reference tensor's largest value."""
+    return {k: float(np.max(np.abs(a[k] - b[k])) / max(np.max(np.abs(b[k])), 1e-300)) for k in b}
+
+
+def model_parity(
+    comm: MPICommunicator,
+    out: str,
+    name: str,
+    backend: str = "numpy",
+    dtype: str = "float64",
+    options: str = "",
+) -> None:
+    """20 steps (N=197, global batch 10: shares 4/3/3 on 3 ranks, last batch 7) of
+    ``name`` against one process on the same global batches; per tensor, the largest
+    difference over the tensor's largest value, for the weights and the buffers.
+    ``options`` (comma-separated): ``augment`` (crop and flip), ``persample`` (per-rank
+    batch statistics), ``tiny`` (N=12, batch 3, 5 epochs: a share of one example),
+    ``even`` (N=200: equal shares), ``one`` (N=191: a last batch of one example)."""
+    opts = set(filter(None, options.split(",")))
+    n, batch = (12, 3) if "tiny" in opts else (197, 10)
+    if "even" in opts:  # every share of every batch the same: one compiled shape
+        n = 200
+    if "one" in opts:  # the last global batch has one example: empty shares
+        n = 191
+    shape = zoo_model(name, dtype, backend)[1]
+    rng = np.random.default_rng(11)
+    x = rng.uniform(size=(n, *shape))
+    y = rng.integers(0, 5, size=n)
+    xv, yv = x[:23], y[:23]
+    augment = xc.Augment(crop_padding=2, flip=True) if "augment" in opts else None
+
+    def run(communicator):
+        model = zoo_model(name, dtype, backend)[0]
+        opt = xc.SGD(0.05, momentum=0.9)
+        tr = xc.Trainer(
+            model,
+            opt,
+            seed=5,
+            progress=False,
+            communicator=communicator,
+            augment=augment,
+            sync_batch_norm="persample" not in opts,
+        )
+        tr.fit(
+            x, y, epochs=1 if "tiny" not in opts else 5, batch_size=batch, validation_data=(xv, yv)
+        )
+        return model, tr.history, tr
+
+    model, history, tr = run(comm)
+    evaluated = model.evaluate(xv, yv)
+    if not comm.is_root:
+        return
+    ref, ref_history, _ = run(None)
+
+    buffers = set(ref.buffers())
+    diffs = _relative(model.state_dict(), ref.state_dict())
+    step = np.concatenate([np.asarray(v) for v in history.step_losses])
+    ref_step = np.concatenate([np.asarray(v) for v in ref_history.step_losses])
+    result = {
+        "size": comm.size,
+        "steps": len(step),
+        "weights": max([v for k, v in diffs.items() if k not in buffers] or [0.0]),
+        "buffers": max([v for k, v in diffs.items() if k in buffers] or [0.0]),
+        "worst": max(diffs, key=diffs.get),
+        "step_loss": float(np.max(np.abs(step - ref_step))),
+        "history": history.as_dict(),
+        "ref_history": ref_history.as_dict(),
+        "evaluated": evaluated,
+        "allreduce_calls": comm.allreduce_calls,
+        "sync_calls": tr.strategy.reducer.calls,
+        "compiled": {k: f._cache_size() for k, f in tr.train_step._compiled.items()},
+    }
+    if augment is not None:  # one process without augmentation: another model
+        augment = None
+        plain = run(None)[0].state_dict()
+        result["augmented_vs_plain"] = max(_relative(plain, ref.state_dict()).values())
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+def regression(comm: MPICommunicator, out: str) -> None:
+    """A non-classifier (conv output, MSE) with validation data on the ranks and in
+    one process: the histories (accuracy NaN in both)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(30, 1, 6, 6))
+    y = rng.normal(size=(30, 2, 6, 6))
+
+    def run(communicator):
+        model = xc.Sequential(
+            [xc.Conv2D(3, 3, padding="same", activation="relu"), xc.Conv2D(2, 3, padding="same")],
+            input_shape=(1, 6, 6),
+            loss="mse",
+            dtype="float64",
+            seed=1,
+        )
+        tr = xc.Trainer(model, xc.SGD(0.01), progress=False, communicator=communicator)
+        tr.fit(x, y, epochs=2, batch_size=7, validation_data=(x[:9], y[:9]))
+        return tr.history.as_dict()
+
+    history = run(comm)
+    if comm.is_root:
+        with open(out, "w") as f:
+            json.dump({"history": history, "ref_history": run(None)}, f)
+
+
+def resume_start(comm: MPICommunicator, out: str) -> None:
+    """One epoch of the Dropout + BatchNorm model on the ranks; rank 0 saves it."""
+    model, _ = zoo_model("dropout", "float64", "numpy")
+    x, y = _resume_data()
+    tr = xc.Trainer(model, xc.SGD(0.05, momentum=0.9), seed=5, progress=False, communicator=comm)
+    tr.fit(x, y, epochs=1, batch_size=10)
+    if comm.is_root:
+        xc.save_training(tr, out)
+
+
+def _resume_data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return rng.uniform(size=(97, 1, 8, 8)), rng.integers(0, 5, size=97)
+
+
+def resume_finish(comm: MPICommunicator, out: str, checkpoint: str) -> None:
+    """Resume ``checkpoint`` on these ranks for a second epoch; rank 0 compares with
+    two epochs of one process, straight through."""
+    x, y = _resume_data()
+    tr = xc.load_training(checkpoint, progress=False)
+    tr.communicator = comm
+    tr.fit(x, y, epochs=2, batch_size=10)
+    if not comm.is_root:
+        return
+    model, _ = zoo_model("dropout", "float64", "numpy")
+    ref = xc.Trainer(model, xc.SGD(0.05, momentum=0.9), seed=5, progress=False)
+    ref.fit(x, y, epochs=2, batch_size=10)
+    state, ref_state = tr.model.state_dict(), model.state_dict()
+    diff = max(
+        float(np.max(np.abs(state[k] - ref_state[k])) / np.max(np.abs(ref_state[k])))
+        for k in ref_state
+    )
+    with open(out, "w") as f:
+        json.dump({"diff": diff, "loss": tr.history.loss, "ref_loss": ref.history.loss}, f)
+
+
+def bench(comm: MPICommunicator, out: str, name: str, stats: str = "global") -> None:
+    """Step time of ``name`` (float32, numpy, global batch 128, 20 steps after 2 of
+    warm-up) and the seconds spent in the all-reduces: the batch-norm statistics'
+    (forward and backward) and all of them (gradients and metrics too), which include
+    the wait for the slower rank; and the time of one small all-reduce alone."""
+    model = zoo_model(name, "float32", "numpy")[0]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(128 * 12, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, size=len(x)) % 5
+    single = comm.size == 1
+    tr = xc.Trainer(
+        model,
+        xc.SGD(0.01, momentum=0.9),
+        progress=False,
+        communicator=None if single else comm,
+        sync_batch_norm=stats == "global",
+    )
+    seconds = {"allreduce": 0.0}
+    if not single:
+        inner = comm._allreduce
+
+        def timed(buffer):
+            start = time.perf_counter()
+            try:
+                return inner(buffer)
+            finally:
+                seconds["allreduce"] += time.perf_counter() - start
+
+        comm._allreduce = timed
+    small = np.ones(2 * 64 + 1, dtype=np.float32)  # a batch-norm layer's statistics
+    comm.barrier()
+    start = time.perf_counter()
+    for _ in range(2000):
+        comm.allreduce(small)
+    latency = (time.perf_counter() - start) / 2000
+    tr.fit(x[:256], y[:256], batch_size=128)  # warm-up
+    seconds["allreduce"] = 0.0
+    sync = 0.0 if single else tr.strategy.reducer.seconds
+    tr.fit(x[256:], y[256:], epochs=2, batch_size=128)
+    steps = len(tr.history.step_losses[-1])
+    result = {
+        "ranks": comm.size,
+        "stats": stats,
+        "step_ms": 1000 * tr.history.seconds[-1] / steps,
+        "allreduce_ms": 1000 * seconds["allreduce"] / steps,
+        "bn_allreduce_ms": 0.0 if single else 1000 * (tr.strategy.reducer.seconds - sync) / steps,
+        "bn_allreduces_per_step": 0 if single else tr.strategy.reducer.calls / (steps + 2),
+        "small_allreduce_us": 1e6 * latency,
+    }
+    if comm.is_root:
+        with open(out, "w") as f:
+            json.dump(result, f)
+
+
 PROGRAMS = {
+    "bench": bench,
+    "regression": regression,
+    "resume_start": resume_start,
+    "resume_finish": resume_finish,
+    "model": model_parity,
     "hang": hang_rank1,
     "kill": kill_rank1,
     "parity": parity,

@@ -271,6 +271,134 @@ def test_ranks_train_the_one_process_model_float64(
     assert r["accuracy"] == r["ref_accuracy"] and r["val_accuracy"] == r["ref_val_accuracy"]
 
 
+def _model_parity(tmp_path: Path, n: int, name: str, backend: str, dtype: str, options: str):
+    pytest.importorskip(backend, reason=f"backend {backend} not installed")
+    out = tmp_path / "out.json"
+    env = _env()
+    if backend == "jax":
+        env["JAX_ENABLE_X64"] = "1"
+    args = [str(PROGRAMS), "model", str(out), name, backend, dtype, options]
+    proc = subprocess.run(
+        [_mpiexec(), "-n", str(n), sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(out.read_text())
+    assert r["size"] == n and r["steps"] == 20, r
+    return r
+
+
+def _assert_equal_to_one_process(r: dict, bound: float) -> None:
+    """Weights and buffers (each tensor: largest difference over its largest value),
+    the step losses, and the validation metrics of the history, which are those of the
+    model as saved (evaluated again after the fit)."""
+    assert r["weights"] <= bound and r["buffers"] <= bound, r
+    h, ref = r["history"], r["ref_history"]
+    np.testing.assert_allclose(h["loss"], ref["loss"], rtol=bound)
+    np.testing.assert_allclose(h["val_loss"], ref["val_loss"], rtol=bound)
+    assert h["accuracy"] == ref["accuracy"] and h["val_accuracy"] == ref["val_accuracy"]
+    assert h["val_loss"][-1] == pytest.approx(r["evaluated"]["loss"], rel=1e-12)
+    assert h["val_accuracy"][-1] == r["evaluated"]["accuracy"]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("lecture", ""),
+        ("lenet", ""),
+        ("resnet", ""),
+        ("lenet", "augment"),
+        ("dropout", ""),
+        ("resnet", "one"),  # a last global batch of one example: empty shares
+    ],
+)
+def test_ranks_train_the_one_process_model_with_batch_norm(
+    tmp_path: Path, n: int, name: str, options: str
+) -> None:
+    """float64, 20 steps, global batch 10 (shares 4/3/3 on 3 ranks, a last batch of 7):
+    the weights and the running statistics of N ranks are those of one process to
+    1e-9 (synchronised batch norm, dropout masks and augmentation of the global batch)."""
+    r = _model_parity(tmp_path, n, name, "numpy", "float64", options)
+    _assert_equal_to_one_process(r, 1e-9)
+    if name in ("lenet", "resnet", "dropout"):
+        assert r["sync_calls"] > 0
+    if options == "augment":  # and the augmentation did change the run
+        assert r["augmented_vs_plain"] > 1e-3, r
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("name", ["lenet", "dropout"])
+def test_ranks_train_the_one_process_model_on_torch(tmp_path: Path, name: str) -> None:
+    _assert_equal_to_one_process(_model_parity(tmp_path, 2, name, "torch", "float64", ""), 1e-9)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lenet", "dropout"])
+def test_ranks_train_the_one_process_model_on_jax_compiled_once(tmp_path: Path, name: str) -> None:
+    """JAX: the distributed step runs compiled (the batch-norm all-reduces are ordered
+    host callbacks inside it), compiled once for the one shape of the shares: the
+    gradients and the update, one compiled function each, for all 20 steps."""
+    r = _model_parity(tmp_path, 2, name, "jax", "float64", "even")
+    _assert_equal_to_one_process(r, 1e-9)
+    assert r["compiled"] == {"whole": 0, "gradients": 1, "update": 1}, r
+
+
+@pytest.mark.mpi
+def test_float32_ranks_agree_to_float32_rounding(tmp_path: Path) -> None:
+    """LeNet in float32 on 3 ranks: within a few float32 roundings of one process
+    (measured: 2e-6 for the weights, 3e-6 for the running statistics)."""
+    r = _model_parity(tmp_path, 3, "lenet", "numpy", "float32", "")
+    assert r["weights"] <= 2e-5 and r["buffers"] <= 2e-5, r
+    assert r["weights"] > 0  # not the float64 run
+
+
+@pytest.mark.mpi
+def test_a_share_of_one_example_keeps_the_global_batch(tmp_path: Path) -> None:
+    """LeNet, 12 examples, global batch 3 on 2 ranks: rank 1's share is one example,
+    too few for BatchNorm1D's statistics on its own; with the global batch's it trains
+    what one process trains. (Batches of 3 amplify rounding: one process and the
+    ranks sum in another order, measured 2e-10 after 20 steps.)"""
+    r = _model_parity(tmp_path, 2, "lenet", "numpy", "float64", "tiny")
+    _assert_equal_to_one_process(r, 1e-8)
+
+
+@pytest.mark.mpi
+def test_per_rank_statistics_average_the_running_statistics(tmp_path: Path) -> None:
+    """The switch back to per-rank statistics: not the one-process model, but the
+    running statistics are combined, so the reported validation is the saved model's."""
+    r = _model_parity(tmp_path, 2, "lenet", "numpy", "float64", "persample")
+    assert r["sync_calls"] == 0 and r["weights"] > 1e-3
+    assert r["history"]["val_loss"][-1] == pytest.approx(r["evaluated"]["loss"], rel=1e-12)
+
+
+@pytest.mark.mpi
+def test_a_non_classifier_reports_what_one_process_reports(tmp_path: Path) -> None:
+    r = _program(2, "regression", tmp_path / "out.json")
+    h, ref = r["history"], r["ref_history"]
+    assert all(np.isnan(h["accuracy"])) and all(np.isnan(h["val_accuracy"]))
+    np.testing.assert_allclose(h["loss"], ref["loss"], rtol=1e-12)
+    np.testing.assert_allclose(h["val_loss"], ref["val_loss"], rtol=1e-12)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_a_two_rank_run_resumes_on_other_rank_counts(tmp_path: Path, ranks: int) -> None:
+    """The Dropout + BatchNorm model: one epoch on 2 ranks, the second on 1 or 3:
+    the model of two epochs in one process."""
+    checkpoint = tmp_path / "training.npz"
+    proc = _mpirun(2, str(PROGRAMS), "resume_start", str(checkpoint))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = _program(ranks, "resume_finish", tmp_path / "out.json", str(checkpoint))
+    assert r["diff"] <= 1e-9, r
+    np.testing.assert_allclose(r["loss"], r["ref_loss"], rtol=1e-12)
+
+
 @pytest.mark.mpi
 def test_one_allreduce_of_one_bucket_per_step(tmp_path: Path) -> None:
     r = _program(2, "messages", tmp_path / "out.json")
@@ -462,3 +590,116 @@ def test_scaling_harness_measures_the_three_layouts(tmp_path: Path) -> None:
     two = layouts[-1]
     assert 0 < two["allreduce_share"] < 1 and two["pure_allreduce_ms"] > 0
     assert two["bucket_bytes"] == 4 * (125_866 + 1)  # W1's gradients and the count
+
+
+def _ranks_of(marker: str) -> dict[int, int]:
+    """The process ids of the ranks (by ``PMI_RANK``) whose command line holds ``marker``."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() not in cmdline or b"mpiexec" in cmdline:
+            continue
+        for entry in env:
+            if entry.startswith(b"PMI_RANK="):
+                found[int(entry[len("PMI_RANK=") :])] = int(pid)
+    return found
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux's /proc")
+def test_cli_sigint_to_one_rank_ends_the_job_at_once(tmp_path: Path, mnist_dir) -> None:
+    """SIGINT to rank 1 alone: every rank ends within 10 s (not after the collective
+    timeout), with status 130 and the message printed once."""
+    import signal
+
+    out = tmp_path / "run"
+    args = _cli("--data-dir", str(mnist_dir), "--limit", "3000", "--epochs", "30")
+    cmd = [_mpiexec(), "-n", "2", sys.executable, *args, "--distributed", "mpi", "--out", str(out)]
+    pipe = subprocess.PIPE
+    proc = subprocess.Popen(cmd, stdout=pipe, stderr=pipe, text=True, env=_env())
+    try:
+        for line in proc.stdout:
+            if line.startswith("distributed:"):
+                break
+        time.sleep(2)  # into the first epoch
+        ranks = _ranks_of(str(out))
+        assert set(ranks) == {0, 1}, ranks
+        start = time.monotonic()
+        os.kill(ranks[1], signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert time.monotonic() - start < 10
+    assert proc.returncode == 130, err
+    assert err.count("interrupted") == 1, err
+    assert "rank 1/2: interrupted; stopping every rank" in err
+
+
+def test_cli_a_last_batch_of_one_example_is_refused_before_training(
+    tmp_path: Path, mnist_dir
+) -> None:
+    """``--model lenet --limit 129`` (batch 128): refused before the first step, with
+    the way out named; ``--drop-last`` trains the one full batch."""
+    base = _cli("--data-dir", str(mnist_dir), "--model", "lenet", "--limit", "129")
+    cmd = [sys.executable, *base, "--out", str(tmp_path / "a")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 1
+    assert "the last batch has 1 example(s)" in proc.stderr and "--drop-last" in proc.stderr
+    assert not (tmp_path / "a" / "training.npz").exists()
+    cmd = [sys.executable, *base, "--drop-last", "--out", str(tmp_path / "b")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr
+    assert _run_record(tmp_path / "b")["drop_last"] is True
+
+
+@pytest.mark.mpi
+def test_cli_lenet_with_a_one_example_share_trains_on_two_ranks(tmp_path: Path, mnist_dir) -> None:
+    """``--model lenet --limit 12 --batch-size 3`` trains in one process and, with the
+    global batch's statistics, on 2 ranks (rank 1's share is one example)."""
+    args = _cli("--data-dir", str(mnist_dir), "--model", "lenet", "--limit", "12")
+    args += ["--batch-size", "3", "--dtype", "float64", "--distributed", "mpi"]
+    proc = _mpirun(2, *args, "--out", str(tmp_path / "run"), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _run_record(tmp_path / "run")["batch_norm_stats"] == "global"
+    # the reported test metrics are those of the saved model
+    from xpconv.data.datasets import mnist
+
+    data = mnist(mnist_dir, progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    model = xc.load_model(tmp_path / "run" / "model.npz")
+    again = model.evaluate(data.x_test.astype(np.float64), data.y_test)
+    assert metrics["test_loss"] == pytest.approx(again["loss"], rel=1e-12)
+    assert metrics["test_accuracy"] == again["accuracy"]
+
+
+def _run_record(out: Path) -> dict:
+    from xpconv.io.checkpoint import load_checkpoint
+
+    return load_checkpoint(out / "training.npz")[1]["run"]
+
+
+def test_cli_resume_checks_the_batch_norm_statistics_setting(tmp_path: Path, mnist_dir) -> None:
+    """The statistics setting is part of the run record: a resume with another one is
+    refused, naming it."""
+    base = _cli("--data-dir", str(mnist_dir), "--model", "lenet", "--limit", "130")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, *base, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _run_record(out)["batch_norm_stats"] == "global"
+    resume = _cli("--resume", str(out / "training.npz"), "--epochs", "2")
+    resume += ["--batch-norm-stats", "per-rank", "--out", str(tmp_path / "more")]
+    proc = subprocess.run(
+        [sys.executable, *resume], capture_output=True, text=True, timeout=300, env=_env()
+    )
+    assert proc.returncode == 1
+    assert "--batch-norm-stats per-rank (the checkpoint's run: global)" in proc.stderr

@@ -330,7 +330,7 @@ OP_DEFAULTS = {
     "max_pool2d_forward": _POOL,
     "pool_geometry": _POOL,
     "batch_norm": dict(_BN, momentum=0.1),
-    "batch_norm_forward": dict(_BN, momentum=0.1),
+    "batch_norm_forward": dict(_BN, momentum=0.1, reducer=None),
     "batch_norm_backward": _BN,
     "check_conv1d": _CONV,
     "conv_geometry": _CONV,

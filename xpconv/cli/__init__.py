@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --distributed: how long a rank waits for the others in a collective "
         f"before stopping every rank (default: {TRAIN_DEFAULTS['distributed_timeout']:g})",
     )
+    _batch_options(train)
     _common_options(train)
     train.set_defaults(handler=_train, command_parser=train)
 
@@ -448,6 +449,8 @@ RUN_SETTINGS = {
     "--limit": "limit",
     "--batch-size": "batch_size",
     "--model": "model",
+    "--drop-last": "drop_last",
+    "--batch-norm-stats": "batch_norm_stats",
 }
 
 
@@ -466,6 +469,24 @@ def _check_out(out: Path, args: argparse.Namespace) -> None:
     )
 
 
+def _batch_options(train: argparse.ArgumentParser) -> None:
+    """``--drop-last`` and ``--batch-norm-stats``: both part of the run record."""
+    train.add_argument(
+        "--drop-last",
+        action="store_const",
+        const=True,
+        default=None,
+        help="skip the last batch of each epoch when it is smaller than --batch-size",
+    )
+    train.add_argument(
+        "--batch-norm-stats",
+        choices=("global", "per-rank"),
+        default=None,
+        help="with --distributed: batch norm normalises with the statistics of the global "
+        "batch, as one process does (global, the default), or of each rank's share",
+    )
+
+
 def _run_record(args: argparse.Namespace, model_name: str, model: Any) -> dict[str, Any]:
     return {
         "dataset": args.dataset,
@@ -475,6 +496,8 @@ def _run_record(args: argparse.Namespace, model_name: str, model: Any) -> dict[s
         "backend": model.backend.name,
         "device": str(model.backend.device),
         "dtype": model.dtype_name,
+        "drop_last": bool(args.drop_last),
+        "batch_norm_stats": args.batch_norm_stats or "global",
     }
 
 
@@ -678,6 +701,7 @@ def _resume(args: argparse.Namespace, backend: Any, progress: bool, comm: Any) -
     trainer.communicator = comm
     record = meta.get("run")
     _resume_settings(args, record, trainer.model)
+    trainer.sync_batch_norm = (args.batch_norm_stats or "global") == "global"
     recorded = record.get("model") if isinstance(record, dict) else None
     model_name = recorded if isinstance(recorded, str) else "custom"  # files without a record
     if args.batch_size is None:
@@ -752,7 +776,13 @@ def _new_trainer(
     seed = TRAIN_DEFAULTS["seed"] if args.seed is None else args.seed
     augment = _augment(args.augment, dataset_name)
     return Trainer(
-        model, optimizer, seed=seed, progress=progress, augment=augment, communicator=comm
+        model,
+        optimizer,
+        seed=seed,
+        progress=progress,
+        augment=augment,
+        communicator=comm,
+        sync_batch_norm=(args.batch_norm_stats or "global") == "global",
     )
 
 
@@ -799,8 +829,11 @@ def _run_training(plan: _Plan) -> tuple[Any, float, int] | None:
             epochs=args.epochs,
             batch_size=args.batch_size,
             validation_data=(plan.dataset.x_test, plan.dataset.y_test),
+            drop_last=bool(args.drop_last),
         )
     except KeyboardInterrupt:
+        if plan.comm is not None and plan.comm.size > 1:
+            raise  # abort_on_error stops every rank at once, with one message
         done = trainer.epochs_done
         saved = plan.training_path if plan.training_path.exists() else plan.resumed_from
         where, hint = "", ""

@@ -247,7 +247,7 @@ def torch_standardize_class() -> type:
     if not _STANDARDIZE_CLASS:
         nn = _torch().nn
 
-        class TorchStandardize(nn.Module):
+        class TorchStandardize(nn.Module):  # type: ignore[name-defined]
             """``(x - mean) * scale`` with fixed buffers."""
 
             def __init__(self, mean: Any, scale: Any) -> None:

@@ -13,13 +13,23 @@ mean and the *biased* batch variance normalize, and the running statistics becom
 ``(1 - momentum) * running + momentum * batch`` with the *unbiased* batch variance; in
 inference the running statistics normalize. Nothing is updated in place: the new
 running statistics are returned.
+
+Synchronised statistics: given a :class:`StatsReducer` (``reducer=``), training takes
+the statistics of the *global* batch, whose parts are held by several processes. The
+forward pass hands its value count per channel, its per-channel sums and its sums of
+squares about its own mean to ``reducer.gather`` in one buffer (2C + 1,), and combines
+every process's (Chan et al.'s parallel variance); the backward pass hands the sums of
+``grad_out`` and ``grad_out * x_hat`` (2C,) to ``reducer.backward``. With a reducer of
+one process the result is that of the unsynchronised op up to rounding.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+import array_api_compat
 
 from xpconv.backends.kernels import kernels_for
 from xpconv.ops.checks import check_float, check_number, check_rank, namespace
@@ -28,6 +38,7 @@ Array = Any
 
 __all__ = [
     "BatchNormSaved",
+    "StatsReducer",
     "add",
     "add_backward",
     "batch_norm",
@@ -39,6 +50,25 @@ __all__ = [
 ]
 
 
+class StatsReducer(Protocol):
+    """Sums batch-norm statistics over the processes that share a global batch.
+
+    Both methods take a 1-D array of the caller's backend and dtype and return one of
+    the same shape; they are called in the same order on every process (the layers'
+    forward order, then their backward order), inside a compiled step too.
+
+    - ``gather(stats)``: every process's ``stats`` (k,) as rows of a (P, k) array, in
+      rank order (a process that only fills in gives a row of zeros).
+    - ``backward(sums)``: the per-channel gradient sums of the global batch, in the
+      scale of this process's own mean loss: ``sum_r (n_r / N) sums_r / (n / N)``
+      for ``n`` examples of the ``N`` of the global batch here (zeros where ``n`` is 0).
+    """
+
+    def gather(self, stats: Array) -> Array: ...
+
+    def backward(self, sums: Array) -> Array: ...
+
+
 @dataclass(frozen=True)
 class BatchNormSaved:
     """What the backward pass of :func:`batch_norm_forward` needs."""
@@ -47,6 +77,8 @@ class BatchNormSaved:
     invstd: Array  # 1 / sqrt(var + eps), (C,)
     weight: Array | None  # (C,) or None
     training: bool  # batch statistics (True) or running statistics (False)
+    reducer: StatsReducer | None = None  # synchronised statistics
+    count: Any = None  # values per channel of the global batch (with a reducer)
 
 
 def _per_channel(xp: Any, v: Array, ndim: int) -> Array:
@@ -63,6 +95,7 @@ def _check_bn(
     training: bool,
     momentum: float,
     eps: float,
+    synced: bool = False,
 ) -> Any:
     xp = namespace(
         x=x, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var
@@ -93,7 +126,7 @@ def _check_bn(
         raise ValueError("running_mean: inference (training=False) needs the running statistics")
     check_number(momentum, "momentum", low=0.0, high=1.0)
     check_number(eps, "eps", low=0.0, low_open=True)
-    if training:
+    if training and not synced:  # synchronised: the global batch counts (checked by its owner)
         count = int(x.shape[0])
         for s in x.shape[2:]:
             count *= int(s)
@@ -115,15 +148,26 @@ def batch_norm_forward(
     training: bool = True,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    reducer: StatsReducer | None = None,
 ) -> tuple[Array, Array | None, Array | None, BatchNormSaved]:
     """:func:`batch_norm` that also returns what :func:`batch_norm_backward_saved` needs.
+
+    ``reducer`` (training only): take the statistics of the global batch through it
+    (module docstring); ``running_mean`` and ``running_var`` are then required.
 
     Returns:
         ``(y, new_running_mean, new_running_var, saved)``; the running statistics are
         returned unchanged in inference and ``None`` when none were given.
     """
-    xp = _check_bn(x, weight, bias, running_mean, running_var, training, momentum, eps)
+    synced = training and reducer is not None
+    xp = _check_bn(x, weight, bias, running_mean, running_var, training, momentum, eps, synced)
     nd = x.ndim
+    if synced:
+        if running_mean is None:
+            raise ValueError("running_mean: synchronised statistics need the running statistics")
+        return _synced_forward(
+            xp, x, weight, bias, running_mean, running_var, momentum, eps, reducer
+        )
     if training:
         y, x_hat, mean, var, invstd = kernels_for(xp).batch_norm_train(xp, x, weight, bias, eps)
         if running_mean is not None:
@@ -140,6 +184,55 @@ def batch_norm_forward(
         if bias is not None:
             y = y + _per_channel(xp, bias, nd)
     return y, running_mean, running_var, BatchNormSaved(x_hat, invstd, weight, training)
+
+
+def _synced_forward(
+    xp: Any,
+    x: Array,
+    weight: Array | None,
+    bias: Array | None,
+    running_mean: Array,
+    running_var: Array,
+    momentum: float,
+    eps: float,
+    reducer: StatsReducer,
+) -> tuple[Array, Array, Array, BatchNormSaved]:
+    """Training batch norm with the global batch's statistics (one ``reducer.gather``):
+    each process's count, sums and centred sums of squares, combined as Chan et al.'s
+    parallel variance (as accurate as the two-pass variance of one process)."""
+    nd, axes, c = x.ndim, (0, *range(2, x.ndim)), int(x.shape[1])
+    local = math.prod(int(d) for d in x.shape) // c
+    local_mean = xp.mean(x, axis=axes)
+    d = x - _per_channel(xp, local_mean, nd)
+    count = xp.asarray([float(local)], dtype=x.dtype, device=array_api_compat.device(x))
+    parts = reducer.gather(xp.concat([count, local_mean * local, xp.sum(d * d, axis=axes)]))
+    counts = parts[:, :1]  # (P, 1); 0 for a process that only fills in
+    sums, squares = parts[:, 1 : c + 1], parts[:, c + 1 :]
+    m = xp.sum(counts)
+    mean = xp.sum(sums, axis=0) / m
+    means = sums / xp.where(counts > 0, counts, xp.ones_like(counts))
+    spread = xp.where(counts > 0, means - mean, xp.zeros_like(means))
+    var = (xp.sum(squares, axis=0) + xp.sum(counts * spread * spread, axis=0)) / m
+    invstd = 1.0 / xp.sqrt(var + eps)
+    x_hat = (x - _per_channel(xp, mean, nd)) * _per_channel(xp, invstd, nd)
+    y = x_hat if weight is None else x_hat * _per_channel(xp, weight, nd)
+    if bias is not None:
+        y = y + _per_channel(xp, bias, nd)
+    new_mean = (1.0 - momentum) * running_mean + momentum * mean
+    new_var = (1.0 - momentum) * running_var + momentum * (var * (m / (m - 1.0)))
+    return y, new_mean, new_var, BatchNormSaved(x_hat, invstd, weight, True, reducer, m)
+
+
+def _synced_backward(xp: Any, g: Array, saved: BatchNormSaved) -> tuple[Array, Array, Array]:
+    """Training batch norm's backward with the global batch's gradient sums."""
+    nd, axes, c = g.ndim, (0, *range(2, g.ndim)), int(g.shape[1])
+    grad_bias = xp.sum(g, axis=axes)
+    grad_weight = xp.sum(g * saved.x_hat, axis=axes)
+    total = saved.reducer.backward(xp.concat([grad_bias, grad_weight]))
+    m = saved.count
+    gx = g - _per_channel(xp, total[:c] / m, nd) - saved.x_hat * _per_channel(xp, total[c:] / m, nd)
+    scale = saved.invstd if saved.weight is None else saved.weight * saved.invstd
+    return gx * _per_channel(xp, scale, nd), grad_weight, grad_bias
 
 
 def batch_norm(
@@ -190,6 +283,8 @@ def batch_norm_backward_saved(grad_out: Array, saved: BatchNormSaved) -> tuple[A
         (the gradients of the scale and shift even when the forward had none).
     """
     xp = namespace(grad_out=grad_out, x_hat=saved.x_hat)
+    if saved.reducer is not None:
+        return _synced_backward(xp, grad_out, saved)
     return kernels_for(xp).batch_norm_backward(
         xp, grad_out, saved.x_hat, saved.invstd, saved.weight, saved.training
     )

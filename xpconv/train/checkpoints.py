@@ -49,6 +49,7 @@ TRAINER_KEYS: dict[str, bool] = {
     "seed": True,
     "augment": False,
     "callbacks": False,
+    "sync_batch_norm": False,
 }
 
 
@@ -99,6 +100,9 @@ def validate_training(
         optimizer = optimizer_from_config(dict(config))
     except (ValueError, TypeError) as exc:
         raise field_error("trainer.optimizer", str(exc)) from None
+    sync = state.get("sync_batch_norm", True)
+    if not isinstance(sync, bool):
+        raise field_error("trainer.sync_batch_norm", f"expected true or false, got {sync!r}")
     augment = state.get("augment")
     if augment is not None:
         if not isinstance(augment, Mapping):

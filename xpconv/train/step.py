@@ -271,29 +271,46 @@ class TrainStep:
         self.optimizer.state = {name: dict(slots) for name, slots in state.opt_state.items()}
         self.optimizer.step_count += 1
 
-    def _masks(self, batch: int) -> dict[str, Array]:
+    def _masks(self, batch: int, rows: tuple[int, int, int] | None) -> dict[str, Array]:
         model = self.model
         masks = {}
+        count = batch if rows is None else rows[2]
         for layer in model.layers:
             if isinstance(layer, Dropout):
-                mask = layer.draw_mask(batch, model.backend, model.dtype)
+                mask = layer.draw_mask(count, model.backend, model.dtype)
                 if mask is not None:
-                    masks[layer.name] = mask
+                    masks[layer.name] = mask if rows is None else mask[rows[0] : rows[1], ...]
         return masks
 
     # ------------------------------------------------------------------ the step
-    def __call__(self, x: Any, y: Any, *, validate: bool = True) -> Array:
+    def __call__(
+        self,
+        x: Any,
+        y: Any,
+        *,
+        validate: bool = True,
+        rows: tuple[int, int, int] | None = None,
+    ) -> Array:
         """Train on one batch: ``x`` (N, *input_shape), ``y`` labels (N,) or float
         targets (N, *output_shape). Returns the loss, a 0-d array on the device; the
         outputs (N, *output_shape) stay in :attr:`last_output`.
 
         ``validate=False`` skips the checks of data checked before (the class range of
         the labels, the finiteness of the inputs), so the step never waits on the device.
+        ``rows=(lo, hi, count)``: the batch is rows ``[lo, hi)`` of a global batch of
+        ``count`` examples (``hi - lo == N``); the dropout masks are drawn for the whole
+        global batch and these rows taken, so they do not depend on how it is split.
         """
         model, optimizer = self.model, self.optimizer
         x = model.as_input(x, finite=validate)
-        y = model.as_target(y, int(x.shape[0]), validate=validate)
-        masks = self._masks(int(x.shape[0]))
+        n = int(x.shape[0])
+        if rows is not None and not (0 <= rows[0] < rows[1] <= rows[2] and rows[1] - rows[0] == n):
+            raise ValueError(
+                f"rows: expected (lo, hi, count) with 0 <= lo < hi <= count and hi - lo = "
+                f"{n} (the batch), got {rows}"
+            )
+        y = model.as_target(y, n, validate=validate)
+        masks = self._masks(n, rows)
         state = self._state()
         lr, step = optimizer.lr, optimizer.step_count
         if self.compiled:

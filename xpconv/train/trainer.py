@@ -8,6 +8,11 @@ Metrics stay on the device during an epoch and are read once per logging interva
 (``log_every`` steps), so a GPU is not synchronised on every step. A loss that becomes
 NaN or infinite stops training with :class:`TrainingError` naming the epoch and step.
 
+There is one epoch loop, for one process and for N ranks: distribution is a
+:class:`~xpconv.parallel.strategy.Strategy` the trainer is handed (which rows of each
+global batch this process trains, a gradient hook, the sums of the metrics, how the
+buffers are combined; see :mod:`xpconv.parallel.strategy`).
+
 What happens around the loop (progress bar, NaN guard, early stopping, checkpoints,
 printing) is done by callbacks (:mod:`xpconv.train.callbacks`), whose state is part of
 :meth:`Trainer.state` and so of every training checkpoint.
@@ -31,7 +36,9 @@ from xpconv.nn.sequential import Sequential
 from xpconv.ops.checks import positive_int
 from xpconv.ops.targets import count_correct
 from xpconv.optim.optimizers import Optimizer
-from xpconv.parallel.distributed import Communicator
+from xpconv.parallel.data_parallel import DataParallel
+from xpconv.parallel.distributed import Communicator, shard_range
+from xpconv.parallel.strategy import SingleProcess, Strategy
 from xpconv.train.callbacks import (
     BatchLogs,
     Callback,
@@ -63,11 +70,17 @@ class Trainer:
         progress: show a progress bar per epoch (needs tqdm).
         log_every: steps between reads of the running loss from the device.
         communicator: a :class:`~xpconv.parallel.distributed.Communicator` for data-parallel
-            training: every rank takes its share of each global batch (``batch_size``),
-            gradients are averaged in one all-reduce per step by a
-            :class:`~xpconv.parallel.distributed.GradientAverager` (the gradient hook, run after
-            backward and before the optimizer update), validation is sharded, and the
-            reported metrics are those of the global batches. ``None``: one process.
+            training: the strategy becomes a
+            :class:`~xpconv.parallel.data_parallel.DataParallel` over it (every rank takes
+            its share of each global batch, ``batch_size``; gradients are averaged in one
+            all-reduce per step; batch-norm statistics are those of the global batch;
+            validation is sharded; the reported metrics are those of the global batches).
+            ``None``: one process.
+        sync_batch_norm: with a communicator, batch-norm layers take the statistics of the
+            global batch (default); ``False``: each rank's own share's (not equal to one
+            process). Part of the run record: a resumed run keeps it.
+        strategy: a :class:`~xpconv.parallel.strategy.Strategy` instead of the one the
+            communicator implies (default :class:`~xpconv.parallel.strategy.SingleProcess`).
         augment: an :class:`~xpconv.data.augment.Augment` applied to every training batch on
             the host, drawing from the shuffling generator (so resume stays exact).
         callbacks: :class:`~xpconv.train.callbacks.Callback` objects called around every
@@ -76,6 +89,8 @@ class Trainer:
             ``on_epoch_end``); their state is saved with the trainer's.
 
     Attributes:
+        strategy: the :class:`~xpconv.parallel.strategy.Strategy` the loop asks (set by
+            ``communicator`` and ``sync_batch_norm`` unless given).
         run: a :class:`~xpconv.train.callbacks.RunInfo` describing the current ``fit`` (its
             last one once it returned; ``None`` before).
         stop_training: set to ``True`` by a callback to end the run after this epoch.
@@ -92,6 +107,8 @@ class Trainer:
         communicator: Communicator | None = None,
         augment: Augment | None = None,
         callbacks: list[Callback] | tuple[Callback, ...] | None = None,
+        sync_batch_norm: bool = True,
+        strategy: Strategy | None = None,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
@@ -109,12 +126,16 @@ class Trainer:
         self.augment = augment if augment is not None and augment.active else None
         self.epochs_done = 0
         self.history = History()
-        if communicator is not None and not isinstance(communicator, Communicator):
-            raise TypeError(
-                f"communicator: expected a Communicator or None, got {type(communicator).__name__}"
-            )
+        if not isinstance(sync_batch_norm, bool):
+            raise TypeError(f"sync_batch_norm: expected a bool, got {sync_batch_norm!r}")
+        self._sync_batch_norm = sync_batch_norm
         self.communicator = communicator
-        self.gradient_hook: Callable[[dict[str, Array]], dict[str, Array]] | None = None
+        if strategy is not None:
+            if not isinstance(strategy, Strategy):
+                raise TypeError(
+                    f"strategy: expected a Strategy or None, got {type(strategy).__name__}"
+                )
+            self.strategy = strategy
         if callbacks is None:
             callbacks = []
         if not isinstance(callbacks, (list, tuple)):
@@ -155,6 +176,16 @@ class Trainer:
         x_dev = self.model.as_input(x, argument)  # the one finiteness check of the run
         return x_dev, self.model.as_target(y, n, label)
 
+    def _prepare_validation(self, data: Any) -> tuple[Array, Array] | None:
+        if data is None:
+            return None
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError(
+                f"validation_data: expected a pair (x_val, y_val), got {type(data).__name__}"
+            )
+        x_val, y_val = data
+        return self._prepare(x_val, y_val, "x_val", "y_val")
+
     def _bind_optimizer(self) -> None:
         """Put the optimizer's state where the model's parameters are (after
         ``model.to(...)``), saying so once."""
@@ -173,6 +204,42 @@ class Trainer:
                 stacklevel=3,
             )
 
+    # ------------------------------------------------------------------ strategy
+    @property
+    def communicator(self) -> Communicator | None:
+        """The communicator of a data-parallel run (``None``: one process); setting it
+        sets :attr:`strategy` (a :class:`~xpconv.parallel.data_parallel.DataParallel`
+        over it, or :class:`~xpconv.parallel.strategy.SingleProcess` for size 1)."""
+        return self._communicator
+
+    @communicator.setter
+    def communicator(self, communicator: Communicator | None) -> None:
+        if communicator is not None and not isinstance(communicator, Communicator):
+            raise TypeError(
+                f"communicator: expected a Communicator or None, got {type(communicator).__name__}"
+            )
+        self._communicator = communicator
+        if communicator is None or communicator.size == 1:
+            self.strategy = SingleProcess()
+        else:
+            self.strategy = DataParallel(communicator, sync_batch_norm=self._sync_batch_norm)
+
+    @property
+    def sync_batch_norm(self) -> bool:
+        """Whether batch-norm layers take the global batch's statistics when distributed."""
+        return self._sync_batch_norm
+
+    @sync_batch_norm.setter
+    def sync_batch_norm(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"sync_batch_norm: expected a bool, got {value!r}")
+        self._sync_batch_norm = value
+        self.communicator = self._communicator
+
+    @property
+    def _distributed(self) -> bool:
+        return self.strategy.distributed
+
     # ------------------------------------------------------------------ loop
     def fit(
         self,
@@ -187,6 +254,7 @@ class Trainer:
         restore_best: bool = True,
         shuffle: bool = True,
         on_epoch_end: Callable[[Trainer], None] | None = None,
+        drop_last: bool = False,
     ) -> History:
         """Train until ``epochs`` epochs are done in total (resumed runs continue).
 
@@ -194,41 +262,43 @@ class Trainer:
             x: training inputs (N, *input_shape), host NumPy or arrays of the model's backend.
             y: integer labels (N,) in [0, classes) or float targets (N, *output_shape).
             epochs: total number of epochs of the run.
-            batch_size: examples per step (the last batch may be smaller).
+            batch_size: examples per step, the global batch when distributed (the last
+                batch may be smaller).
             validation_data: optional (x_val, y_val), evaluated every ``eval_every`` epochs.
             early_stopping: stop after this many evaluations without improvement of the
                 validation loss (training loss without validation data).
             restore_best: with early stopping, put back the weights of the best epoch.
             shuffle: reshuffle the examples every epoch (from the trainer's seed).
             on_epoch_end: called with the trainer after every epoch (checkpoints).
+            drop_last: skip the last batch of each epoch when it is smaller than
+                ``batch_size`` (as ``torch.utils.data.DataLoader``'s ``drop_last``).
 
         Returns:
             The :class:`History` of the whole run.
+
+        Raises:
+            ValueError: before any step, when a batch (the last one, say) would give a
+                batch-norm layer one value per channel, or ``drop_last`` leaves no batch.
         """
         epochs = positive_int(epochs, "epochs")
         batch_size = positive_int(batch_size, "batch_size")
         eval_every = positive_int(eval_every, "eval_every")
+        if not isinstance(drop_last, bool):
+            raise TypeError(f"drop_last: expected a bool, got {drop_last!r}")
         if early_stopping is not None:
             positive_int(early_stopping, "early_stopping")
         x_dev, y_dev = self._prepare(x, y, "x", "y")
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError(
-                    f"validation_data: expected a pair (x_val, y_val), got "
-                    f"{type(validation_data).__name__}"
-                )
-            val = self._prepare(*validation_data, "x_val", "y_val")
+        val = self._prepare_validation(validation_data)
         self._bind_optimizer()
         n = int(x_dev.shape[0])
-        steps = math.ceil(n / batch_size)
+        steps = self._count_steps(n, batch_size, drop_last)
         host.tune_host()  # process-wide; XPCONV_HOST_TUNING=0 turns it off
         self.optimizer.setup(epochs * steps)
-        run_epoch = self._run_epoch
-        if self._distributed:
-            self._start_distributed(x_dev, y_dev, val, epochs, batch_size, shuffle)
-            run_epoch = self._run_epoch_distributed
-        self.run = RunInfo(epochs, batch_size, steps, n, val is not None)
+        strategy = self.strategy
+        if strategy.distributed:
+            items = self._run_items(x_dev, y_dev, val, (epochs, batch_size, shuffle, drop_last))
+            strategy.start(self.model, self.optimizer, items)
+        self.run = RunInfo(epochs, batch_size, steps, min(n, steps * batch_size), val is not None)
         self.stop_training = False
         self._start_callbacks(early_stopping, restore_best, on_epoch_end)
         try:
@@ -237,7 +307,7 @@ class Trainer:
                 if self.stop_training:  # set by on_fit_start: a stopped run, resumed
                     break
                 self._each_callback("on_epoch_start", epoch + 1)
-                loss, acc, seconds = run_epoch(x_dev, y_dev, epoch, epochs, batch_size, shuffle)
+                loss, acc, seconds = self._run_epoch(x_dev, y_dev, epoch, batch_size, shuffle)
                 evaluate = val is not None and (
                     (epoch + 1) % eval_every == 0 or epoch + 1 == epochs
                 )
@@ -254,8 +324,21 @@ class Trainer:
             raise
         finally:
             self._stop_callbacks()
+            strategy.finish(self.model)
         self.model.eval()
         return self.history
+
+    def _count_steps(self, n: int, batch_size: int, drop_last: bool) -> int:
+        """Steps per epoch; checks every batch against the batch-norm layers first."""
+        steps = n // batch_size if drop_last else -(-n // batch_size)
+        if steps == 0:
+            raise ValueError(
+                f"drop_last: with {n} examples and batch_size {batch_size} no full batch "
+                "is left; lower batch_size or pass drop_last=False"
+            )
+        last = n - (steps - 1) * batch_size if not drop_last else batch_size
+        self.strategy.check_batches(self.model, min(batch_size, n), last)
+        return steps
 
     def _record_epoch(
         self, epoch: int, loss: float, acc: float, seconds: float, val: dict[str, float] | None
@@ -336,93 +419,119 @@ class Trainer:
             step_losses += losses
 
     def _run_epoch(
-        self, x: Array, y: Array, epoch: int, epochs: int, batch_size: int, shuffle: bool
+        self, x: Array, y: Array, epoch: int, batch_size: int, shuffle: bool
     ) -> tuple[float, float, float]:
-        model, be, xp = self.model, self.model.backend, self.model.xp
+        """One epoch over the global batches; this process trains the rows its strategy
+        gives it. The returned loss and accuracy (and the step losses) are those of
+        the global batches, whatever the number of processes."""
+        model, be = self.model, self.model.backend
         n = int(x.shape[0])
         order_host = self.rng.permutation(n) if shuffle else np.arange(n)
         order = be.asarray(order_host)  # one transfer
-        x_host = None if self.augment is None else be.to_numpy(x)
+        data = (x, y, order, order_host, None if self.augment is None else be.to_numpy(x))
         model.train()
-        step_fn = self.train_step
-        if step_fn.model is not model or step_fn.optimizer is not self.optimizer:
-            # the model or optimizer was replaced: a step for the new pair, same hook
-            step_fn = TrainStep(model, self.optimizer, gradient_hook=step_fn.gradient_hook)
-            self.train_step = step_fn
+        step_fn = self._step_function()
         start = time.perf_counter()
-        loss_sum, correct, pending = 0.0, 0, []
-        step_losses: list[Any]
-        seen, step_losses = 0, []
-        for step, first in enumerate(range(0, n, batch_size)):
-            idx = order[first : min(first + batch_size, n)]
-            host.balance_threads()  # one thread while the machine is busy
-            if x_host is None:
-                xb = xp.take(x, idx, axis=0)
-            else:  # augmented on the host from the seeded generator, then moved
-                rows = order_host[first : min(first + batch_size, n)]
-                xb = be.asarray(self.augment(x_host[rows], self.rng), dtype=model.dtype)
-            yb = xp.take(y, idx, axis=0)
-            loss = step_fn(xb, yb, validate=False)  # checked by _prepare
-            count = int(idx.shape[0])
-            pending.append(loss)
-            loss_sum = loss_sum + loss * count
-            hits = count_correct(xp, model.last_output, yb)
-            correct = None if hits is None or correct is None else correct + hits
-            seen += count
-            if (step + 1) % self.log_every == 0 or first + batch_size >= n:
-                losses, pending = self._read_losses(pending), []
+        tally = _Tally()
+        for step in range(self.run.steps):
+            first = step * batch_size
+            count = min(batch_size, n - first)
+            loss, hits = self._train_rows(step_fn, data, first, count)
+            tally.add(loss, hits, count)
+            if (step + 1) % self.log_every == 0 or step + 1 == self.run.steps:
+                losses = tally.read(self.strategy, model)
                 self._end_batch(
-                    step_losses, epoch, step, count, seen, start, losses, float(loss_sum)
+                    tally.step_losses, epoch, step, count, tally.seen, start, losses, tally.loss_sum
                 )
             else:
-                self._end_batch(step_losses, epoch, step, count, seen, start)
+                self._end_batch(tally.step_losses, epoch, step, count, tally.seen, start)
         seconds = time.perf_counter() - start
-        self.history.step_losses.append(step_losses)
-        accuracy = float("nan") if correct is None else int(correct) / n
-        return float(loss_sum) / n, accuracy, seconds
+        self.history.step_losses.append(tally.step_losses)
+        self.strategy.end_epoch(model)
+        accuracy = float("nan") if tally.correct is None else tally.correct / tally.seen
+        return tally.loss_sum / tally.seen, accuracy, seconds
 
-    def _read_losses(self, losses: list[Array]) -> list[float]:
-        """Move the interval's losses to the host in one transfer (the NaN guard, a
-        callback, checks them)."""
-        model = self.model
-        return [float(v) for v in model.backend.to_numpy(model.xp.stack(losses))]
+    def _step_function(self) -> TrainStep:
+        """The trainer's :class:`TrainStep`, made anew for a replaced model or optimizer,
+        or for the strategy's gradient hook."""
+        model, step_fn, hook = self.model, self.train_step, self.strategy.gradient_hook
+        if (
+            step_fn.model is not model
+            or step_fn.optimizer is not self.optimizer
+            or (hook is not None and step_fn.gradient_hook is not hook)
+        ):  # keep a hook the user gave when the strategy has none
+            hook = step_fn.gradient_hook if hook is None else hook
+            step_fn = TrainStep(model, self.optimizer, gradient_hook=hook)
+            self.train_step = step_fn
+        return step_fn
+
+    def _train_rows(
+        self, step_fn: TrainStep, data: tuple[Any, ...], first: int, count: int
+    ) -> tuple[Array, Array | None]:
+        """One step on this process's rows of the global batch ``[first, first + count)``
+        of the epoch's order: returns the loss weighted by this process's share of the
+        batch and its correct count (0-d, on the device; ``None`` for a non-classifier).
+
+        A process with no rows trains a stand-in row with weight 0, so that every
+        process runs the same collectives. Augmentation and dropout masks are drawn for
+        the whole global batch from the seeded generators and this process's rows
+        taken, so they are those of one process."""
+        x, y, order, order_host, x_host = data
+        model, be, xp, strategy = self.model, self.model.backend, self.model.xp, self.strategy
+        lo, hi = strategy.rows(count)
+        examples = hi - lo
+        if not examples:
+            lo, hi = (lo - 1, lo) if lo == count else (lo, lo + 1)
+        idx = order[first + lo : first + hi]
+        host.balance_threads()  # one thread while the machine is busy
+        if x_host is None:
+            xb = xp.take(x, idx, axis=0)
+        else:  # augmented on the host from the seeded generator, then moved
+            batch = self.augment(x_host[order_host[first : first + count]], self.rng)
+            xb = be.asarray(batch[lo:hi], dtype=model.dtype)
+        yb = xp.take(y, idx, axis=0)
+        rows = (lo, hi, count) if strategy.distributed else None
+        strategy.begin_step(model, examples, count)
+        try:
+            loss = step_fn(xb, yb, validate=False, rows=rows)  # checked by _prepare
+        finally:
+            strategy.end_step(model)
+        hits = count_correct(xp, model.last_output, yb)
+        if not strategy.distributed:
+            return loss, hits
+        weight = examples / count
+        return loss * weight, None if hits is None else hits * (1 if examples else 0)
 
     # ------------------------------------------------------------------ data parallel
-    @property
-    def _distributed(self) -> bool:
-        return self.communicator is not None and self.communicator.size > 1
-
-    def _start_distributed(
+    def _run_items(
         self,
         x: Array,
         y: Array,
         val: tuple[Array, Array] | None,
-        epochs: int,
-        batch_size: int,
-        shuffle: bool,
-    ) -> None:
-        """Check that every rank runs the same model, optimizer and data, then start
-        every rank from rank 0's parameters and optimizer state (one broadcast)."""
-        from xpconv.parallel.distributed import GradientAverager, broadcast_state, check_same
-
-        comm, model, opt = self.communicator, self.model, self.optimizer
-        be = model.backend
-        params = model.parameters()
-        opt_state = opt.state_arrays()
+        settings: tuple[int, int, bool, bool],
+    ) -> dict[str, Any]:
+        """What every process of a distributed run must agree on (host values);
+        ``settings``: fit's epochs, batch size, shuffle and drop_last."""
+        model, opt, be = self.model, self.optimizer, self.model.backend
         items: dict[str, Any] = {
-            "the model": (model.get_config(), model.dtype_name, [p.shape for p in params.values()]),
+            "the model": (
+                model.get_config(),
+                model.dtype_name,
+                [p.shape for p in model.parameters().values()],
+            ),
             "the optimizer": (
                 opt.get_config(),
                 opt.step_count,
-                sorted((k, tuple(v.shape)) for k, v in opt_state.items()),
+                sorted((k, tuple(v.shape)) for k, v in opt.state_arrays().items()),
             ),
-            "the run (epochs done, epochs, batch size, shuffle, seed, shuffling state)": (
+            "the run (epochs done, epochs, batch size, shuffle, drop_last, seed, generator "
+            "states, augmentation)": (
                 self.epochs_done,
-                epochs,
-                batch_size,
-                shuffle,
+                settings,
                 self.seed,
                 self.rng.bit_generator.state,
+                model.dropout_rng.bit_generator.state,
+                None if self.augment is None else self.augment.get_config(),
             ),
             "the training images": be.to_numpy(x),
             "the training labels": be.to_numpy(y),
@@ -430,96 +539,24 @@ class Trainer:
         if val is not None:
             items["the validation images"] = be.to_numpy(val[0])
             items["the validation labels"] = be.to_numpy(val[1])
-        check_same(comm, items)
-        state = {f"param/{k}": p.value for k, p in params.items()}
-        state.update({f"optimizer/{k}": v for k, v in opt_state.items()})
-        state = broadcast_state(comm, state)
-        for k, p in params.items():
-            p.value = state[f"param/{k}"]
-        opt.load_state_arrays(
-            {k[len("optimizer/") :]: v for k, v in state.items() if k.startswith("optimizer/")}
-        )
-        if comm.rank > 0:  # dropout masks: a stream of its own per rank, far from rank 0's
-            bits = model.dropout_rng.bit_generator
-            bits.state = bits.jumped(comm.rank).state  # type: ignore[attr-defined]
-        self.gradient_hook = GradientAverager(comm)
-
-    def _apply_gradient_hook(self, params: dict[str, Any], examples: int) -> None:
-        """The gradient hook point: after backward, before the optimizer update, the
-        gradients (averaged over ``examples`` on this rank) are replaced by the hook's."""
-        self.gradient_hook.examples = examples  # type: ignore[union-attr]
-        grads = self.gradient_hook({name: p.grad for name, p in params.items()})
-        for name, p in params.items():
-            p.grad = grads[name]
-
-    def _run_epoch_distributed(
-        self, x: Array, y: Array, epoch: int, epochs: int, batch_size: int, shuffle: bool
-    ) -> tuple[float, float, float]:
-        """One epoch of this rank's shares of the global batches; the returned loss and
-        accuracy (and the step losses) are those of the global batches."""
-        from xpconv.parallel.distributed import ShardedSampler
-
-        comm = self.communicator
-        model, be, xp = self.model, self.model.backend, self.model.xp
-        n = int(x.shape[0])
-        order = be.asarray(self.rng.permutation(n) if shuffle else np.arange(n))  # one transfer
-        sampler = ShardedSampler(n, batch_size, comm.rank, comm.size)
-        model.train()
-        params = model.parameters()
-        start = time.perf_counter()
-        step_losses: list[Any]
-        loss_sum, correct, seen, step_losses = 0.0, 0, 0, []
-        pending, counts, hits_sum = [], [], xp.zeros((), dtype=model.dtype, device=be.device)
-        for step, (lo, hi, count) in enumerate(sampler.ranges()):
-            local = hi - lo
-            if local:
-                idx = order[lo:hi]
-                xb, yb = xp.take(x, idx, axis=0), xp.take(y, idx, axis=0)
-                loss = model.train_batch(xb, yb, validate=False)  # checked by _prepare
-                pending.append(loss * local)
-                hits = count_correct(xp, model.last_output, yb)
-                if hits is not None:
-                    hits_sum = hits_sum + xp.astype(hits, model.dtype)
-            else:  # a global batch smaller than the number of ranks
-                for p in params.values():
-                    p.grad = xp.zeros(p.shape, dtype=model.dtype, device=be.device)
-                pending.append(xp.zeros((), dtype=model.dtype, device=be.device))
-            self._apply_gradient_hook(params, local)
-            self.optimizer.step(params)
-            counts.append(count)
-            seen += count
-            if (step + 1) % self.log_every == 0 or step + 1 == len(sampler):
-                # One all-reduce of the interval's weighted losses and hit count.
-                summed = comm.allreduce(xp.stack([*pending, hits_sum]))
-                totals = np.asarray(be.to_numpy(summed), dtype=np.float64)
-                means = summed[:-1] / be.asarray(np.asarray(counts), dtype=model.dtype)
-                losses = self._read_losses([means[i] for i in range(len(counts))])
-                loss_sum += float(np.sum(totals[:-1]))
-                correct += int(round(totals[-1]))
-                pending, counts = [], []
-                hits_sum = xp.zeros((), dtype=model.dtype, device=be.device)
-                self._end_batch(step_losses, epoch, step, count, seen, start, losses, loss_sum)
-            else:
-                self._end_batch(step_losses, epoch, step, count, seen, start)
-        seconds = time.perf_counter() - start
-        self.history.step_losses.append(step_losses)
-        return loss_sum / n, correct / n, seconds
+        return items
 
     def _evaluate(self, x: Array, y: Array) -> dict[str, float]:
-        """Validation loss and accuracy; distributed, each rank evaluates its share."""
-        if not self._distributed:
+        """Validation loss and accuracy of the model as it is (the one saved);
+        distributed, each rank evaluates its share and the sums are combined. A
+        non-classifier's accuracy is NaN, as in one process."""
+        strategy = self.strategy
+        if not strategy.distributed:
             return self.model.evaluate(x, y)
-        from xpconv.parallel.distributed import shard_range
-
-        comm = self.communicator
         n = int(x.shape[0])
-        lo, hi = shard_range(n, comm.rank, comm.size)
+        lo, hi = shard_range(n, strategy.rank, strategy.size)
         local = np.zeros(2)
         if hi > lo:
             m = self.model.evaluate(x[lo:hi, ...], y[lo:hi, ...])
-            local = np.asarray([m["loss"] * (hi - lo), round(m["accuracy"] * (hi - lo))])
-        total = np.asarray(comm.allreduce(local), dtype=np.float64)
-        return {"loss": float(total[0]) / n, "accuracy": int(round(total[1])) / n}
+            local = np.asarray([m["loss"] * (hi - lo), m["accuracy"] * (hi - lo)])
+        total = np.asarray(strategy.sum(local), dtype=np.float64)
+        accuracy = total[1] if math.isnan(total[1]) else round(total[1])
+        return {"loss": float(total[0]) / n, "accuracy": float(accuracy) / n}
 
     # ------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -538,6 +575,7 @@ class Trainer:
             "history": self.history.as_dict(),
             "seed": self.seed,
             "augment": None if self.augment is None else self.augment.get_config(),
+            "sync_batch_norm": self.sync_batch_norm,
         }
         callbacks: dict[str, dict[str, Any]] = {}
         for key, state in {**self._callback_state, **self._callback_states()}.items():
@@ -566,6 +604,7 @@ class Trainer:
         self.rng.bit_generator.state = meta["shuffle_rng"]
         self.model.dropout_rng.bit_generator.state = meta["dropout_rng"]
         self.epochs_done = int(meta["epochs_done"])
+        self.sync_batch_norm = bool(meta.get("sync_batch_norm", True))
         self.history = History(**meta["history"])
         # Callback states: given to the callbacks with these keys when fit starts.
         states = {key: dict(value) for key, value in meta.get("callbacks", {}).items()}
@@ -574,3 +613,43 @@ class Trainer:
                 key, _, rest = name[len(CALLBACK_PREFIX) :].partition("/")
                 states.setdefault(key, {})[rest] = value
         self._callback_state = states
+
+
+class _Tally:
+    """An epoch's running metrics: the losses and correct counts of the steps since the
+    last read stay on the device, and are summed over the processes and read back in
+    one transfer per logging interval."""
+
+    def __init__(self) -> None:
+        self.pending: list[Array] = []  # each step's (share of the) mean loss, 0-d
+        self.counts: list[int] = []  # each step's global batch size
+        self.hits: Array | None = None  # correct count since the last read
+        self.classifier = True
+        self.correct: int | None = 0
+        self.loss_sum, self.seen = 0.0, 0
+        self.step_losses: list[float] = []
+
+    def add(self, loss: Array, hits: Array | None, count: int) -> None:
+        self.pending.append(loss)
+        self.counts.append(count)
+        self.seen += count
+        if hits is None:
+            self.classifier = False
+        elif self.classifier:
+            self.hits = hits if self.hits is None else self.hits + hits
+
+    def read(self, strategy: Strategy, model: Sequential) -> list[float]:
+        """The interval's global step losses, read at once; updates the totals."""
+        xp = model.xp
+        values = list(self.pending)
+        if self.classifier:
+            values.append(xp.astype(self.hits, model.dtype))
+        summed = np.asarray(model.backend.to_numpy(strategy.sum(xp.stack(values))), np.float64)
+        losses = [float(v) for v in summed[: len(self.pending)]]
+        self.loss_sum += sum(v * c for v, c in zip(losses, self.counts))
+        if self.classifier:
+            self.correct = None if self.correct is None else self.correct + int(round(summed[-1]))
+        else:
+            self.correct = None
+        self.pending, self.counts, self.hits = [], [], None
+        return losses

@@ -20,7 +20,14 @@ class _BatchNorm(Layer):
     Parameters ``weight`` (ones) and ``bias`` (zeros), buffers ``running_mean`` (zeros)
     and ``running_var`` (ones), all (C,). Training mode normalizes with the batch
     statistics and updates the running ones; inference mode uses the running ones.
+
+    ``stats_reducer`` (``None``: this process's batch) is a
+    :class:`~xpconv.ops.norm.StatsReducer` that a distribution strategy sets while it
+    trains the model: training then takes the statistics of the global batch shared by
+    every process (synchronised batch norm). It is never saved with the model.
     """
+
+    stats_reducer: Any = None
 
     _ranks: tuple[int, ...] = ()
     _layout = ""
@@ -54,6 +61,7 @@ class _BatchNorm(Layer):
             training=training,
             momentum=self.momentum,
             eps=self.eps,
+            reducer=self.stats_reducer if training else None,
         )
         if training:
             self.buffers["running_mean"], self.buffers["running_var"] = mean, var
