@@ -280,12 +280,13 @@ def xpconv_kernels() -> dict[str, str]:
 
 def host_settings() -> dict[str, bool]:
     """Apply ``xpconv.tune_host`` (as the ``xpconv`` command does) and say what it did;
-    ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep. In the
-    in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
+        ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep (OpenBLAS
+    runs on one thread, so its workers are never woken). In the
+        in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
     from xpconv.backends.numpy import host
 
     done = host.tune_host()
-    return {"openblas_idle_threads_sleep": done["quiet_blas_threads"], **done}
+    return {"openblas_idle_threads_sleep": done["one_blas_thread"], **done}
 
 
 def set_threads(threads: int, limit_blas: bool) -> dict[str, Any]:

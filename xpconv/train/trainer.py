@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from xpconv.backends.numpy import host
 from xpconv.backends.registry import backend_of
 from xpconv.data.augment import Augment
 from xpconv.nn.sequential import Sequential
@@ -74,6 +73,10 @@ class Trainer:
             ``fit`` (after the built-in :class:`~xpconv.train.callbacks.NaNGuard`, early
             stopping and :class:`~xpconv.train.callbacks.ProgressBar`, before ``fit``'s
             ``on_epoch_end``); their state is saved with the trainer's.
+        tune_host: apply the backend's process-wide host tuning when ``fit`` starts
+            (:func:`xpconv.tune_host`: on NumPy, glibc's malloc thresholds and OpenBLAS
+            on one thread, xpconv splitting products itself). ``False`` (the default):
+            ``fit`` changes nothing outside xpconv.
 
     Attributes:
         run: a :class:`~xpconv.train.callbacks.RunInfo` describing the current ``fit`` (its
@@ -92,6 +95,7 @@ class Trainer:
         communicator: Communicator | None = None,
         augment: Augment | None = None,
         callbacks: list[Callback] | tuple[Callback, ...] | None = None,
+        tune_host: bool = False,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
@@ -101,6 +105,9 @@ class Trainer:
         # the whole step (compiled on JAX); replace it to add a gradient hook
         self.train_step = TrainStep(model, optimizer)
         self.seed = seed
+        if not isinstance(tune_host, bool):
+            raise TypeError(f"tune_host: expected True or False, got {tune_host!r}")
+        self.tune_host = tune_host
         self.rng = np.random.default_rng([seed, 2])
         self.progress = progress
         self.log_every = positive_int(log_every, "log_every")
@@ -222,7 +229,8 @@ class Trainer:
         self._bind_optimizer()
         n = int(x_dev.shape[0])
         steps = math.ceil(n / batch_size)
-        host.tune_host()  # process-wide; XPCONV_HOST_TUNING=0 turns it off
+        if self.tune_host:  # process-wide, asked for; XPCONV_HOST_TUNING=0 turns it off
+            self.model.backend.tune_host()
         self.optimizer.setup(epochs * steps)
         run_epoch = self._run_epoch
         if self._distributed:
@@ -352,7 +360,7 @@ class Trainer:
         seen, step_losses = 0, []
         for step, first in enumerate(range(0, n, batch_size)):
             idx = order[first : min(first + batch_size, n)]
-            host.balance_threads()  # one thread while the machine is busy
+            be.between_steps()  # NumPy, once tuned: one thread while the machine is busy
             if x_host is None:
                 xb = xp.take(x, idx, axis=0)
             else:  # augmented on the host from the seeded generator, then moved
