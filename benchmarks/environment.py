@@ -249,8 +249,18 @@ def torch_info() -> dict[str, Any] | None:
     }
 
 
-def tf32_settings() -> dict[str, Any]:
-    info: dict[str, Any] = {"applies": False, "note": "CPU run: TF32 is a GPU setting"}
+def tf32_settings(requested: bool = False, applies: bool = False) -> dict[str, Any]:
+    """The TF32 settings in force now, for the CPU and the GPU harness alike:
+    ``requested`` is what the run asked for, ``applies`` whether it runs on a GPU (where
+    TF32 is a setting at all); PyTorch's flags when PyTorch is installed."""
+    info: dict[str, Any] = {
+        "applies": applies,
+        "requested": requested,
+        "CUPY_TF32": os.environ.get("CUPY_TF32"),
+        "NVIDIA_TF32_OVERRIDE": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+    }
+    if not applies:
+        info["note"] = "run on the CPU: TF32 is a GPU setting"
     try:
         import torch
     except ImportError:
@@ -258,6 +268,7 @@ def tf32_settings() -> dict[str, Any]:
     info["torch.backends.cuda.matmul.allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     info["torch.backends.cudnn.allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     info["torch.get_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    info["torch.backends.cudnn.benchmark"] = bool(torch.backends.cudnn.benchmark)
     return info
 
 
