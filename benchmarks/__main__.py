@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 import time
 from typing import Any
 
 from . import busy, cpu, environment, gpu, lecture_loops, memory, opcount, report
+from .timing import flat_unique, settings_base
 from .workloads import CONTENDERS, MODES, REFERENCE_ONLY, WORKLOADS, available_contenders
 
 __all__ = ["build_parser", "main", "settings_from"]
@@ -106,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
             "PyTorch measured in the same rounds."
         ),
     )
+    _selection_options(p)
+    _run_options(p)
+    _output_options(p)
+    return p
+
+
+def _selection_options(p: argparse.ArgumentParser) -> None:
+    """What to measure: size presets, batches, workloads, modes, contenders."""
     scale = p.add_mutually_exclusive_group()
     scale.add_argument(
         "--quick", action="store_true", help="batch 128, fewer rounds: under 2 minutes"
@@ -142,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"contenders (repeatable; default all of {', '.join(CONTENDERS)})",
     )
     p.add_argument("--no-strict", action="store_true", help="leave array-api-strict out")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    """How to measure: processes, busy checks, rounds, threads, seed."""
     p.add_argument(
         "--own-process",
         action="store_true",
@@ -178,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
         "default: PyTorch gets one per usable core, BLAS keeps its default",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
+
+
+def _output_options(p: argparse.ArgumentParser) -> None:
+    """Which extra tables to make, where to write, and the GPU suite."""
     p.add_argument("--no-per-layer", action="store_true", help="skip the per-layer table")
     p.add_argument("--no-loops", action="store_true", help="skip the lecture loop convolution")
     p.add_argument(
@@ -206,54 +224,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tf32", action="store_true", help="GPU suite: allow TF32 (default: off everywhere)"
     )
-    return p
-
-
-def _flatten(values: list[list[Any]] | None) -> tuple[Any, ...] | None:
-    if not values:
-        return None
-    out: list[Any] = []
-    for group in values:
-        for v in group:
-            if v not in out:
-                out.append(v)
-    return tuple(out)
 
 
 def settings_from(args: argparse.Namespace) -> cpu.Settings:
     """Settings from parsed arguments: defaults, then --quick/--smoke, then explicit flags."""
-    base: dict[str, Any] = {}
-    if args.quick:
-        base.update(QUICK)
-    if args.smoke:
-        base.update(SMOKE)
-    batches = _flatten(args.batch)
+    base = settings_base(args, [("quick", QUICK), ("smoke", SMOKE)])
+    batches = flat_unique(args.batch)
     if batches:
         base["batches"] = batches
     if args.smoke:
         base["strict_max_batch"] = max(base.get("batches", (4,)))
-    workloads = _flatten(args.workload)
+    workloads = flat_unique(args.workload)
     if workloads:
         base["workloads"] = tuple(w for w in WORKLOADS if w in workloads)
-    modes = _flatten(args.mode)
+    modes = flat_unique(args.mode)
     if modes:
         base["modes"] = tuple(m for m in MODES if m in modes)
-    contenders = _flatten(args.backend) or CONTENDERS
+    contenders = flat_unique(args.backend) or CONTENDERS
     if args.no_strict:
         contenders = tuple(c for c in contenders if c not in REFERENCE_ONLY)
     base["contenders"] = tuple(c for c in CONTENDERS if c in contenders)
-    for name in ("rounds", "warmup", "target_s", "strict_max_batch"):
-        value = getattr(args, name)
-        if value is not None:
-            base[name] = value
+    if args.strict_max_batch is not None:
+        base["strict_max_batch"] = args.strict_max_batch
     base["seed"] = args.seed
     base["own_process"] = bool(getattr(args, "own_process", False))
     base["peer_host_tuning"] = bool(getattr(args, "peer_host_tuning", False))
     return cpu.Settings(**base)
 
 
-def _progress(message: str) -> None:
-    print(f"[benchmarks] {message}", file=sys.stderr, flush=True)
+_progress = functools.partial(report.progress, "benchmarks")
 
 
 def _memory_runs(settings: cpu.Settings, threads: int) -> list[dict[str, Any]]:
@@ -279,6 +278,46 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.gpu or args.gpu_dry_run:
         return gpu.main(args, argv)
+    _check_args(args)
+    started = time.perf_counter()
+    settings, skipped = _runnable(settings_from(args))
+    threads = args.threads or environment.core_count()
+    thread_state = environment.set_threads(threads, limit_blas=args.threads is not None)
+    settings = dataclasses.replace(settings, threads=thread_state.get("torch") or threads)
+    result: dict[str, Any] = environment.collect(argv, thread_state)
+    result["dtype"] = "float32"
+    result["settings"] = dataclasses.asdict(settings)
+    result["workloads"] = {k: w.description for k, w in WORKLOADS.items()}
+    result["skipped"] = skipped
+    result["notes"] = NOTES
+    has_torch = "torch" in settings.contenders
+    if has_torch:
+        result["peer_check"] = _peer_checks(settings)
+    result["results"] = cpu.throughput(settings, _progress)
+    print(report.format_table(result["results"]))
+    _extra_tables(args, settings, result)
+    result["memory"] = _memory_section(args, settings, thread_state.get("torch") or threads)
+    print()
+    print(report.format_memory(result["memory"]))
+    if has_torch and "peer_check" in result:
+        checks = ", ".join(
+            f"{c['workload']} {'ok' if c['ok'] else 'MISMATCH'} "
+            f"({c['relative_diff_after_steps']:.1e})"
+            for c in result["peer_check"]
+        )
+        print(f"\nPeer check (same weights, logits after 2 SGD steps, relative): {checks}")
+    try:
+        result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        pass
+    result["elapsed_s"] = round(time.perf_counter() - started, 2)
+    print(f"\n{report.context_line(result)}; {result['elapsed_s']:.0f} s")
+    _write_outputs(args, result, has_torch)
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers and options that do not go together (exits 2)."""
     for flag, value, least in (
         ("--threads", args.threads, 1),
         ("--rounds", args.rounds, 1),
@@ -290,9 +329,10 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().error(f"{flag}: expected a number >= {least}, got {value}")
     if getattr(args, "peer_host_tuning", False) and not getattr(args, "own_process", False):
         build_parser().error("--peer-host-tuning: applies only with --own-process")
-    settings = settings_from(args)
-    started = time.perf_counter()
 
+
+def _runnable(settings: cpu.Settings) -> tuple[cpu.Settings, dict[str, str]]:
+    """The settings without the contenders that cannot run here, and why each cannot."""
     availability = available_contenders()
     skipped = {c: availability[c] for c in settings.contenders if availability[c]}
     for contender, reason in skipped.items():
@@ -300,39 +340,31 @@ def main(argv: list[str] | None = None) -> int:
     settings = dataclasses.replace(
         settings, contenders=tuple(c for c in settings.contenders if c not in skipped)
     )
-    has_torch = "torch" in settings.contenders
-    if not has_torch:
+    if "torch" not in settings.contenders:
         _progress("no PyTorch peer in this run: ratio_vs_torch is null")
+    return settings, skipped  # type: ignore[return-value]
 
-    threads = args.threads or environment.core_count()
-    thread_state = environment.set_threads(threads, limit_blas=args.threads is not None)
-    settings = dataclasses.replace(settings, threads=thread_state.get("torch") or threads)
-    result: dict[str, Any] = environment.collect(argv, thread_state)
-    result["dtype"] = "float32"
-    result["settings"] = dataclasses.asdict(settings)
-    result["workloads"] = {k: w.description for k, w in WORKLOADS.items()}
-    result["skipped"] = skipped
-    result["notes"] = NOTES
 
-    if has_torch:
-        result["peer_check"] = [cpu.peer_check(w, seed=settings.seed) for w in settings.workloads]
-        for check in result["peer_check"]:
-            if not check["ok"]:
-                _progress(
-                    f"WARNING: {check['workload']}: xpconv and the PyTorch peer disagree "
-                    f"(relative logit difference {check['relative_diff_after_steps']:.2e})"
-                )
+def _peer_checks(settings: cpu.Settings) -> list[dict[str, Any]]:
+    checks = [cpu.peer_check(w, seed=settings.seed) for w in settings.workloads]
+    for check in checks:
+        if not check["ok"]:
+            _progress(
+                f"WARNING: {check['workload']}: xpconv and the PyTorch peer disagree "
+                f"(relative logit difference {check['relative_diff_after_steps']:.2e})"
+            )
+    return checks
 
-    result["results"] = cpu.throughput(settings, _progress)
-    print(report.format_table(result["results"]))
 
+def _extra_tables(args: argparse.Namespace, settings: cpu.Settings, result: dict) -> None:
+    """Operation counts, the per-layer table, the lecture loops and the busy check, as
+    asked for; each printed and stored in ``result``."""
     if any(c in opcount.COUNTABLE for c in settings.contenders):
         result["ops_per_step"] = opcount.ops_per_step(
             settings.workloads, settings.contenders, seed=settings.seed
         )
         print()
         print(opcount.format_ops(result["ops_per_step"]))
-
     if not args.no_per_layer:
         _progress(f"per layer: W2 xpconv-numpy batch {settings.per_layer_batch}")
         result["per_layer"] = cpu.per_layer(
@@ -345,18 +377,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         print()
         print(report.format_per_layer(result["per_layer"]))
-
     if not args.no_loops:
         _progress("lecture loop convolution")
         result["lecture_loops"] = lecture_loops.run(settings.loops_repeats, settings.seed)
         print()
         print(report.format_lecture_loops(result["lecture_loops"]))
-
     if args.busy_check:
         result["busy_machine"] = busy.busy_check(tries=args.busy_tries, progress=_progress)
         print()
         print(busy.format_busy(result["busy_machine"]))
 
+
+def _memory_section(args: argparse.Namespace, settings: cpu.Settings, threads: int) -> dict:
     mem: dict[str, Any] = {
         "what": (
             "process_peak_rss_mb: getrusage ru_maxrss of the benchmark process (all "
@@ -367,27 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         "per_contender": [],
     }
     if not args.no_memory and not args.smoke:
-        mem["per_contender"] = _memory_runs(settings, thread_state.get("torch") or threads)
+        mem["per_contender"] = _memory_runs(settings, threads)
     mem["process_peak_rss_mb"] = memory.process_peak_rss_mb()
-    result["memory"] = mem
-    print()
-    print(report.format_memory(mem))
+    return mem
 
-    if has_torch and "peer_check" in result:
-        checks = ", ".join(
-            f"{c['workload']} {'ok' if c['ok'] else 'MISMATCH'} "
-            f"({c['relative_diff_after_steps']:.1e})"
-            for c in result["peer_check"]
-        )
-        print(f"\nPeer check (same weights, logits after 2 SGD steps, relative): {checks}")
 
-    try:
-        result["machine"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        pass
-    result["elapsed_s"] = round(time.perf_counter() - started, 2)
-    print(f"\n{report.context_line(result)}; {result['elapsed_s']:.0f} s")
-
+def _write_outputs(args: argparse.Namespace, result: dict, has_torch: bool) -> None:
+    """The Markdown table, the JSON report and the PNG chart, as asked for."""
     if args.markdown:
         print()
         print(report.markdown_table(result["results"], result))
@@ -402,7 +420,6 @@ def main(argv: list[str] | None = None) -> int:
             _progress(f"--png: matplotlib is not installed; {args.png} was not written")
         else:
             _progress(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

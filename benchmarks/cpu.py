@@ -12,13 +12,12 @@ batch size limit; its records carry ``reference_only: true``.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from . import report
 from .isolated import host_tuned, time_own_process
@@ -161,73 +160,20 @@ def per_layer(
     optimizer = SGD(LR, momentum=MOMENTUM)
     x_host, y_host = make_data(batch, seed)
     x, y = model.as_input(x_host), model.as_target(y_host, batch)
-    layers = model.steps
-    fwd: list[list[float]] = [[] for _ in layers]
-    bwd: list[list[float]] = [[] for _ in layers]
-    loss_f, loss_b, opt_s, step_s = [], [], [], []
-    clock = time.perf_counter
+    times: dict[str, list] = {
+        "fwd": [[] for _ in model.steps],
+        "bwd": [[] for _ in model.steps],
+        "loss_f": [],
+        "loss_b": [],
+        "opt": [],
+        "step": [],
+    }
+    value = math.nan
     for rep in range(warmup + max(1, repeats)):
-        keep = rep >= warmup
-        begin = clock()
-        h = x
-        for i, layer in enumerate(layers):
-            start = clock()
-            h = layer.forward(h, True)
-            if keep:
-                fwd[i].append(clock() - start)
-        start = clock()
-        loss = model.loss.forward(h, y)
-        mid = clock()
-        g = model.loss.backward()
-        end = clock()
-        if keep:
-            loss_f.append(mid - start)
-            loss_b.append(end - mid)
-        for i in reversed(range(len(layers))):
-            start = clock()
-            g = layers[i].backward(g)
-            if keep:
-                bwd[i].append(clock() - start)
-        start = clock()
-        optimizer.step(model.parameters())
-        value = float(loss)
-        end = clock()
-        if keep:
-            opt_s.append(end - start)
-            step_s.append(end - begin)
-    med = statistics.median
-    rows = []
-    for i, layer in enumerate(layers):
-        rows.append(
-            {
-                "layer": layer.name,
-                "description": layer.describe(),
-                "output_shape": [batch, *layer.output_shape],
-                "forward_s": med(fwd[i]),
-                "backward_s": med(bwd[i]),
-            }
-        )
-    rows.append(
-        {
-            "layer": "loss",
-            "description": model.loss.name,
-            "output_shape": [],
-            "forward_s": med(loss_f),
-            "backward_s": med(loss_b),
-        }
-    )
-    rows.append(
-        {
-            "layer": "optimizer",
-            "description": f"SGD(lr={LR}, momentum={MOMENTUM}) step",
-            "output_shape": [],
-            "forward_s": 0.0,
-            "backward_s": med(opt_s),
-        }
-    )
-    total = sum(r["forward_s"] + r["backward_s"] for r in rows)
+        value = _timed_step(model, optimizer, x, y, times if rep >= warmup else None)
+    rows = _layer_rows(model, batch, times)
+    total = sum(r["total_s"] for r in rows)
     for r in rows:
-        r["total_s"] = r["forward_s"] + r["backward_s"]
         r["share"] = r["total_s"] / total if total > 0 else 0.0
     return {
         "workload": workload,
@@ -238,10 +184,82 @@ def per_layer(
         "warmup_steps": warmup,
         "layers": rows,
         "sum_of_medians_s": total,
-        "step_median_s": med(step_s),
+        "step_median_s": statistics.median(times["step"]),
         "last_loss": value,
         "note": "optimizer time is listed under backward_s",
     }
+
+
+def _timed_step(model: Any, optimizer: Any, x: Any, y: Any, times: dict | None) -> float:
+    """One training step, a clock read between the calls; the seconds are appended to
+    ``times`` (None: a warm-up step, nothing kept). Returns the loss."""
+    clock, layers = time.perf_counter, model.steps
+    laps: dict[str, Any] = {"fwd": [], "bwd": []}
+    begin = clock()
+    h = x
+    for layer in layers:
+        start = clock()
+        h = layer.forward(h, True)
+        laps["fwd"].append(clock() - start)
+    start = clock()
+    loss = model.loss.forward(h, y)
+    mid = clock()
+    g = model.loss.backward()
+    end = clock()
+    laps["loss_f"], laps["loss_b"] = mid - start, end - mid
+    for i in reversed(range(len(layers))):
+        start = clock()
+        g = layers[i].backward(g)
+        laps["bwd"].insert(0, clock() - start)
+    start = clock()
+    optimizer.step(model.parameters())
+    value = float(loss)
+    end = clock()
+    if times is not None:
+        for i in range(len(layers)):
+            times["fwd"][i].append(laps["fwd"][i])
+            times["bwd"][i].append(laps["bwd"][i])
+        times["loss_f"].append(laps["loss_f"])
+        times["loss_b"].append(laps["loss_b"])
+        times["opt"].append(end - start)
+        times["step"].append(end - begin)
+    return value
+
+
+def _layer_rows(model: Any, batch: int, times: dict[str, list]) -> list[dict[str, Any]]:
+    """One row per step, then the loss and the optimizer: median seconds each."""
+    med = statistics.median
+    rows = [
+        {
+            "layer": layer.name,
+            "description": layer.describe(),
+            "output_shape": [batch, *layer.output_shape],
+            "forward_s": med(times["fwd"][i]),
+            "backward_s": med(times["bwd"][i]),
+        }
+        for i, layer in enumerate(model.steps)
+    ]
+    rows.append(
+        {
+            "layer": "loss",
+            "description": model.loss.name,
+            "output_shape": [],
+            "forward_s": med(times["loss_f"]),
+            "backward_s": med(times["loss_b"]),
+        }
+    )
+    rows.append(
+        {
+            "layer": "optimizer",
+            "description": f"SGD(lr={LR}, momentum={MOMENTUM}) step",
+            "output_shape": [],
+            "forward_s": 0.0,
+            "backward_s": med(times["opt"]),
+        }
+    )
+    for r in rows:
+        r["total_s"] = r["forward_s"] + r["backward_s"]
+    return rows
 
 
 def peer_check(workload: str, batch: int = 8, steps: int = 2, seed: int = 0) -> dict[str, Any]:
@@ -262,10 +280,9 @@ def peer_check(workload: str, batch: int = 8, steps: int = 2, seed: int = 0) -> 
 
     def compare() -> float:
         with torch.no_grad():
-            theirs = net(x_t).numpy().astype(np.float64)
-        ours = np.asarray(model.forward(x_host, training=False), dtype=np.float64)
-        scale = max(float(np.max(np.abs(theirs))), 1.0)
-        return float(np.max(np.abs(ours - theirs))) / scale
+            theirs = net(x_t).numpy()
+        ours = model.forward(x_host, training=False)
+        return report.relative_diffs({"torch": theirs, "xpconv": ours}, "torch")["xpconv"]
 
     before = compare()
     optimizer = SGD(LR, momentum=MOMENTUM)

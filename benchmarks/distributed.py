@@ -40,6 +40,30 @@ LAYOUTS = (
 )
 
 
+def _time_steps(step: Any, comm: Any, warmup: int, steps: int, spent: list[float]) -> float:
+    """Seconds of ``steps`` steps after ``warmup`` untimed ones, all ranks started
+    together; ``spent`` is reset when the timing starts."""
+    for _ in range(warmup):
+        step()
+    comm.barrier()
+    spent[0] = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    float(loss)
+    return time.perf_counter() - start
+
+
+def _pure_allreduce(comm: Any, reduce: Any, bucket: int, steps: int) -> float:
+    """Seconds per all-reduce of the gradient bucket alone, back to back."""
+    buffer = np.ones(bucket + 1, dtype=np.float32)
+    comm.barrier()
+    start = time.perf_counter()
+    for _ in range(steps):
+        reduce(buffer)
+    return (time.perf_counter() - start) / steps
+
+
 def worker(workload: str, batch: int, steps: int, warmup: int) -> dict[str, Any] | None:
     """Run inside every rank: time ``steps`` training steps; rank 0 returns the figures."""
     from benchmarks.workloads import LR, MOMENTUM, WORKLOADS
@@ -83,25 +107,10 @@ def worker(workload: str, batch: int, steps: int, warmup: int) -> dict[str, Any]
         opt.step(params)
         return loss
 
-    for _ in range(warmup):
-        step()
-    comm.barrier()
-    spent[0] = 0.0
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    float(loss)
-    seconds = time.perf_counter() - start
+    seconds = _time_steps(step, comm, warmup, steps, spent)
     in_allreduce = spent[0]
     bucket = sum(int(np.prod(p.shape)) for p in params.values())
-    pure = None
-    if comm.size > 1:  # communication alone: back-to-back all-reduces of the bucket
-        buffer = np.ones(bucket + 1, dtype=np.float32)
-        comm.barrier()
-        start = time.perf_counter()
-        for _ in range(steps):
-            reduce(buffer)
-        pure = (time.perf_counter() - start) / steps
+    pure = _pure_allreduce(comm, reduce, bucket, steps) if comm.size > 1 else None
     if not comm.is_root:
         return None
     return {
@@ -156,6 +165,25 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(_run_layout(ranks, threads, args))
             print(f"round {r + 1}/{args.rounds}: {name}: "
                   f"{runs[name][-1]['images_per_second']:.0f} img/s", file=sys.stderr)  # fmt: skip
+    table = _table(args, runs)
+    if args.json:
+        from benchmarks import environment
+
+        out = {
+            "workload": args.workload,
+            "batch": args.batch,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "layouts": table,
+            "machine": environment.machine_info(),
+            "load_average": os.getloadavg(),
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _table(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> list[dict]:
+    """Print the medians of every layout's rounds; returns them as rows."""
 
     def median(name: str, key: str) -> float | None:
         values = [run[key] for run in runs[name] if run[key] is not None]
@@ -190,20 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     two = table[-1]
     print(f"all-reduce of the {two['bucket_bytes'] / 1e6:.2f} MB bucket alone (after a "
           f"barrier): {two['pure_allreduce_ms']:.2f} ms")  # fmt: skip
-    if args.json:
-        from benchmarks import environment
-
-        out = {
-            "workload": args.workload,
-            "batch": args.batch,
-            "steps": args.steps,
-            "rounds": args.rounds,
-            "layouts": table,
-            "machine": environment.machine_info(),
-            "load_average": os.getloadavg(),
-        }
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
-    return 0
+    return table
 
 
 if __name__ == "__main__":

@@ -249,8 +249,18 @@ def torch_info() -> dict[str, Any] | None:
     }
 
 
-def tf32_settings() -> dict[str, Any]:
-    info: dict[str, Any] = {"applies": False, "note": "CPU run: TF32 is a GPU setting"}
+def tf32_settings(requested: bool = False, applies: bool = False) -> dict[str, Any]:
+    """The TF32 settings in force now, for the CPU and the GPU harness alike:
+    ``requested`` is what the run asked for, ``applies`` whether it runs on a GPU (where
+    TF32 is a setting at all); PyTorch's flags when PyTorch is installed."""
+    info: dict[str, Any] = {
+        "applies": applies,
+        "requested": requested,
+        "CUPY_TF32": os.environ.get("CUPY_TF32"),
+        "NVIDIA_TF32_OVERRIDE": os.environ.get("NVIDIA_TF32_OVERRIDE"),
+    }
+    if not applies:
+        info["note"] = "run on the CPU: TF32 is a GPU setting"
     try:
         import torch
     except ImportError:
@@ -258,6 +268,7 @@ def tf32_settings() -> dict[str, Any]:
     info["torch.backends.cuda.matmul.allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
     info["torch.backends.cudnn.allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
     info["torch.get_float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    info["torch.backends.cudnn.benchmark"] = bool(torch.backends.cudnn.benchmark)
     return info
 
 
@@ -280,12 +291,13 @@ def xpconv_kernels() -> dict[str, str]:
 
 def host_settings() -> dict[str, bool]:
     """Apply ``xpconv.tune_host`` (as the ``xpconv`` command does) and say what it did;
-    ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep. In the
-    in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
+        ``openblas_idle_threads_sleep`` is whether OpenBLAS's idle threads now sleep (OpenBLAS
+    runs on one thread, so its workers are never woken). In the
+        in-process mode it holds for the whole process, so PyTorch's rounds run under it too."""
     from xpconv.backends.numpy import host
 
     done = host.tune_host()
-    return {"openblas_idle_threads_sleep": done["quiet_blas_threads"], **done}
+    return {"openblas_idle_threads_sleep": done["one_blas_thread"], **done}
 
 
 def set_threads(threads: int, limit_blas: bool) -> dict[str, Any]:

@@ -54,9 +54,18 @@ from typing import Any
 
 import numpy as np
 
-from . import environment
-from .report import _lookup, _rate, _ratio, _rows, rate_table, timing_record, write_json
-from .timing import Policy, Timing, steps_for
+from . import environment, report
+from .report import (
+    _lookup,
+    _rate,
+    _ratio,
+    _rows,
+    progress,
+    relative_diffs,
+    timing_record,
+    write_json,
+)
+from .timing import ClockTimer, Policy, Timing, flat_unique, run_interleaved, settings_base
 from .workloads import (
     DTYPE,
     LR,
@@ -64,6 +73,7 @@ from .workloads import (
     TorchRunner,
     XpconvRunner,
     copy_weights,
+    has_module,
 )
 
 __all__ = [
@@ -214,7 +224,7 @@ def has_device(found: dict[str, Any]) -> bool:
 def available_contenders(found: dict[str, Any], dry_run: bool = False) -> dict[str, str | None]:
     """Every contender mapped to ``None`` when it can run, else the reason it cannot."""
     if dry_run:
-        torch_missing = None if _importable("torch") else "PyTorch is not installed"
+        torch_missing = None if has_module("torch") else "PyTorch is not installed"
         return {"xpconv-cupy": None, "xpconv-torch-cuda": torch_missing, "torch": torch_missing}
     cupy_reason = None if _cupy_ok(found) else f"CuPy: {found.get('cupy')}"
     torch_state = found.get("torch.cuda.is_available()")
@@ -225,14 +235,6 @@ def available_contenders(found: dict[str, Any], dry_run: bool = False) -> dict[s
     else:
         torch_reason = f"PyTorch: {torch_state}"
     return {"xpconv-cupy": cupy_reason, "xpconv-torch-cuda": torch_reason, "torch": torch_reason}
-
-
-def _importable(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 def xpconv_backend(contender: str, dry_run: bool) -> str:
@@ -359,40 +361,16 @@ def _import_or_none(module: str) -> Any:
 
 def tf32_settings(enabled: bool, dry_run: bool) -> dict[str, Any]:
     """The TF32 settings in force now (call inside :func:`tf32_mode`)."""
-    info: dict[str, Any] = {
-        "applies": not dry_run,
-        "requested": enabled,
-        "CUPY_TF32": os.environ.get("CUPY_TF32"),
-        "NVIDIA_TF32_OVERRIDE": os.environ.get("NVIDIA_TF32_OVERRIDE"),
-    }
-    if dry_run:
-        info["note"] = "dry run on the CPU: TF32 is a GPU setting"
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        info["torch.backends.cuda.matmul.allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
-        info["torch.backends.cudnn.allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
-        info["torch.get_float32_matmul_precision"] = torch.get_float32_matmul_precision()
-        info["torch.backends.cudnn.benchmark"] = bool(torch.backends.cudnn.benchmark)
-    return info
+    return environment.tf32_settings(enabled, applies=not dry_run)
 
 
 # ------------------------------------------------------------------ timers
 
 
-class WallTimer:
+class WallTimer(ClockTimer):
     """The host clock (dry runs: there is no device to synchronise with)."""
 
     kind = "wall clock (dry run)"
-
-    def sync(self) -> None:
-        pass
-
-    def time(self, fn: Callable[[], float]) -> tuple[float, float, float]:
-        """Run ``fn``; return its value, its time, and its time again (wall)."""
-        start = time.perf_counter()
-        value = fn()
-        wall = time.perf_counter() - start
-        return value, wall, wall
 
 
 class CudaEventTimer:
@@ -562,43 +540,6 @@ def make_runner(
 # ------------------------------------------------------------------ measuring
 
 
-def time_interleaved(
-    runners: dict[str, Any],
-    timers: dict[str, Any],
-    policy: Policy,
-    after_warmup: Callable[[], None] | None = None,
-) -> tuple[dict[str, Timing], dict[str, list[float]]]:
-    """Warm up and calibrate every runner, then time them in rounds, the order rotating.
-
-    Returns per contender the :class:`Timing` of timer seconds per step and the wall
-    seconds per step of the same repeats.
-    """
-    names = list(runners)
-    timings: dict[str, Timing] = {}
-    walls: dict[str, list[float]] = {}
-    for name in names:
-        runner, timer = runners[name], timers[name]
-        if policy.warmup:
-            runner.run(policy.warmup)
-        _, seconds, _ = timer.time(functools.partial(runner.run, 1))
-        timings[name] = Timing(steps_for(seconds, policy))
-        walls[name] = []
-    if after_warmup is not None:
-        after_warmup()
-    for r in range(policy.rounds):
-        shift = r % len(names)
-        for name in [*names[shift:], *names[:shift]]:
-            timing = timings[name]
-            gc.collect()
-            value, seconds, wall = timers[name].time(
-                functools.partial(runners[name].run, timing.steps)
-            )
-            timing.samples.append(seconds / timing.steps)
-            walls[name].append(wall / timing.steps)
-            timing.last_value = value
-    return timings, walls
-
-
 def build_records(
     workload: str,
     mode: str,
@@ -635,15 +576,9 @@ def peer_check(
     workload: str, batch: int, runners: dict[str, Any], tolerance: float
 ) -> dict[str, Any]:
     """Same weights and data: each contender's output against PyTorch's (or the first's)."""
-    outputs = {name: np.asarray(r.output(), dtype=np.float64) for name, r in runners.items()}
+    outputs = {name: r.output() for name, r in runners.items()}
     reference = "torch" if "torch" in outputs else next(iter(outputs))
-    ref = outputs[reference]
-    scale = max(float(np.max(np.abs(ref))), 1.0)
-    diffs = {
-        name: float(np.max(np.abs(out - ref))) / scale
-        for name, out in outputs.items()
-        if name != reference
-    }
+    diffs = relative_diffs(outputs, reference)
     return {
         "workload": workload,
         "batch": batch,
@@ -736,7 +671,11 @@ def run(
         def warmed(entry: dict[str, Any] = entry) -> None:
             entry["after_warmup"] = pool_stats(settings.dry_run)
 
-        timings, walls = time_interleaved(runners, timers, settings.policy, warmed)
+        policies = {name: settings.policy for name in runners}
+        timings = run_interleaved(
+            runners, policies, pause_s=0.0, cpu=lambda: None, timers=timers, after_warmup=warmed
+        )
+        walls = {name: t.walls for name, t in timings.items()}
         entry["after_timing"] = pool_stats(settings.dry_run)
         entry["growth_during_timing_mb"] = _growth(entry["after_warmup"], entry["after_timing"])
         memory.append(entry)
@@ -762,17 +701,15 @@ def run(
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
     """Images/s per contender and the xpconv / PyTorch ratios, one row per workload."""
-    ratios = (("xpconv-cupy", "cupy/torch"), ("xpconv-torch-cuda", "xp-torch/torch"))
-    out = rate_table(records, CONTENDERS, SHORT, ratios)
-    out.append(
-        "images/s (higher is better); ratio = xpconv images/s / PyTorch nn.Module (cuDNN) images/s"
+    return report.format_table(
+        records,
+        CONTENDERS,
+        SHORT,
+        (("xpconv-cupy", "cupy/torch"), ("xpconv-torch-cuda", "xp-torch/torch")),
+        peer="PyTorch nn.Module (cuDNN)",
+        dry_run_note="DRY RUN on the CPU at tiny sizes (xpconv-cupy on NumPy, xpconv-torch "
+        "and torch on PyTorch CPU tensors): these numbers mean nothing",
     )
-    if any(r.get("dry_run") for r in records):
-        out.append(
-            "DRY RUN on the CPU at tiny sizes (xpconv-cupy on NumPy, xpconv-torch and torch "
-            "on PyTorch CPU tensors): these numbers mean nothing"
-        )
-    return "\n".join(out)
 
 
 def context_line(report: dict[str, Any]) -> str:
@@ -829,25 +766,16 @@ def markdown_table(records: Sequence[dict[str, Any]], report: dict[str, Any] | N
 
 def settings_from(args: Any) -> GpuSettings:
     """Settings from ``python -m benchmarks`` arguments (missing ones: defaults)."""
-    base: dict[str, Any] = {}
-    if getattr(args, "quick", False):
-        base.update(QUICK)
-    if getattr(args, "gpu_dry_run", False):
-        base.update(DRY_RUN)
-    batches = getattr(args, "batch", None)
+    base = settings_base(args, [("quick", QUICK), ("gpu_dry_run", DRY_RUN)])
+    batches = flat_unique(getattr(args, "batch", None))
     if batches:
-        base["w2_batches"] = tuple(dict.fromkeys(b for group in batches for b in group))
-    for name in ("rounds", "warmup", "target_s"):
-        value = getattr(args, name, None)
-        if value is not None:
-            base[name] = value
+        base["w2_batches"] = batches
     base["tf32"] = bool(getattr(args, "tf32", False))
     base["seed"] = int(getattr(args, "seed", 0) or 0)
     return GpuSettings(**base)
 
 
-def _progress(message: str) -> None:
-    print(f"[benchmarks --gpu] {message}", file=sys.stderr, flush=True)
+_progress = functools.partial(progress, "benchmarks --gpu")
 
 
 def _no_device_message(found: dict[str, Any]) -> None:
@@ -877,31 +805,7 @@ def main(args: Any = None, argv: Sequence[str] | None = None) -> int:
             _progress("no PyTorch peer in this run: ratio_vs_torch is null")
 
         info = gpu_info(dry_run)
-        threads = {"requested": None, "torch": None, "blas_limited": False}
-        result: dict[str, Any] = environment.collect(argv, threads)
-        result["gpu"] = info
-        result["detected"] = found
-        result["tf32"] = tf32_settings(settings.tf32, dry_run)
-        result["dtype"] = DTYPE
-        result["dry_run"] = dry_run
-        result["settings"] = dataclasses.asdict(settings)
-        result["workloads"] = {
-            "W2": "Conv2D(1->32, 3x3, same) relu maxpool2, Conv2D(32->64, 3x3, same) relu "
-            "maxpool2, flatten, Dense(3136->128) relu, Dense(128->10); training step",
-            "block": f"Conv2D({settings.block.channels}->{settings.block.channels}, 3x3, "
-            f"same) relu on {settings.block.channels}x{settings.block.size}x"
-            f"{settings.block.size} images: forward + backward (input gradient included), "
-            "no loss, no optimizer",
-        }
-        peer = "PyTorch nn.Module on the CPU" if dry_run else "PyTorch nn.Module, cuDNN"
-        result["contenders"] = {
-            c: (
-                f"{peer} (cudnn.benchmark on), autograd, torch.optim.SGD"
-                if c == "torch"
-                else f"xpconv on backend {xpconv_backend(c, dry_run)!r}"
-            )
-            for c in contenders
-        }
+        result = _report_header(argv, settings, found, info, contenders)
         result["skipped"] = skipped
         result["notes"] = NOTES
         result["xpconv_kernels"] = {**result.get("xpconv_kernels", {}), **_gpu_kernels(found)}
@@ -933,6 +837,44 @@ def main(args: Any = None, argv: Sequence[str] | None = None) -> int:
         table.write_text(markdown_table(result["results"], result) + "\n", encoding="utf-8")
         _progress(f"wrote {written} and {table}")
     return 0
+
+
+def _report_header(
+    argv: Sequence[str],
+    settings: GpuSettings,
+    found: dict[str, Any],
+    info: dict[str, Any],
+    contenders: Sequence[str],
+) -> dict[str, Any]:
+    """The report's description of the machine, the settings, the workloads and the
+    contenders, before anything is measured."""
+    dry_run = settings.dry_run
+    threads = {"requested": None, "torch": None, "blas_limited": False}
+    result: dict[str, Any] = environment.collect(list(argv), threads)
+    result["gpu"] = info
+    result["detected"] = found
+    result["tf32"] = tf32_settings(settings.tf32, dry_run)
+    result["dtype"] = DTYPE
+    result["dry_run"] = dry_run
+    result["settings"] = dataclasses.asdict(settings)
+    block = settings.block
+    result["workloads"] = {
+        "W2": "Conv2D(1->32, 3x3, same) relu maxpool2, Conv2D(32->64, 3x3, same) relu "
+        "maxpool2, flatten, Dense(3136->128) relu, Dense(128->10); training step",
+        "block": f"Conv2D({block.channels}->{block.channels}, 3x3, same) relu on "
+        f"{block.channels}x{block.size}x{block.size} images: forward + backward (input "
+        "gradient included), no loss, no optimizer",
+    }
+    peer = "PyTorch nn.Module on the CPU" if dry_run else "PyTorch nn.Module, cuDNN"
+    result["contenders"] = {
+        c: (
+            f"{peer} (cudnn.benchmark on), autograd, torch.optim.SGD"
+            if c == "torch"
+            else f"xpconv on backend {xpconv_backend(c, dry_run)!r}"
+        )
+        for c in contenders
+    }
+    return result
 
 
 def _gpu_kernels(found: dict[str, Any]) -> dict[str, str]:

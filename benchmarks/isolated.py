@@ -8,11 +8,12 @@ steps per repeat, times one repeat (run again while other processes kept the cor
 as in :mod:`benchmarks.timing`) and prints one JSON line. One sample per round and
 contender; the record is the median, exactly as in the in-process mode.
 
-xpconv's processes apply ``xpconv.tune_host``, as the ``xpconv`` command and the Trainer
-do; a peer's (PyTorch's, JAX's) run as their users run them, without it, unless
-``peer_host_tuning`` asks for it. It matters: on the 2-core Zen 3 machine, glibc's
-default of fresh ``mmap`` pages for every large temporary made PyTorch's W1 inference
-step at batch 128 take 8.1 ms, against 4.3 ms under xpconv's allocator setting.
+xpconv's processes apply ``xpconv.tune_host``, as the ``xpconv`` command does (and
+``Trainer(..., tune_host=True)``); a peer's (PyTorch's, JAX's) run as their users run
+them, without it, unless ``peer_host_tuning`` asks for it. It matters: on the 2-core Zen 3
+machine, glibc's default of fresh ``mmap`` pages for every large temporary made
+PyTorch's W1 inference step at batch 128 take 8.1 ms, against 4.3 ms under xpconv's
+allocator setting.
 
 Run a single child by hand::
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .workloads import CONTENDERS, REFERENCE_ONLY
 
@@ -42,6 +45,23 @@ SHORT = {
     "torch": "torch nn",
     "jax": "jax (plain)",
 }
+
+
+def progress(prefix: str, message: str) -> None:
+    """One progress line on stderr: ``[prefix] message``."""
+    print(f"[{prefix}] {message}", file=sys.stderr, flush=True)
+
+
+def relative_diffs(outputs: dict[str, Any], reference: str) -> dict[str, float]:
+    """The largest difference of each output from ``outputs[reference]``, relative to
+    the reference's largest magnitude (at least 1); the reference itself left out."""
+    ref = np.asarray(outputs[reference], dtype=np.float64)
+    scale = max(float(np.max(np.abs(ref))), 1.0)
+    return {
+        name: float(np.max(np.abs(np.asarray(out, dtype=np.float64) - ref))) / scale
+        for name, out in outputs.items()
+        if name != reference
+    }
 
 
 def timing_record(
@@ -132,14 +152,27 @@ def rate_table(
     return _align(lines)
 
 
-def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """Images/s per contender and the xpconv / PyTorch ratios, one row per
-    workload, mode and batch size."""
-    ratios = (("xpconv-numpy", "numpy/torch"), ("xpconv-torch", "xp-torch/torch"))
-    out = rate_table(records, CONTENDERS, SHORT, ratios)
-    out.append("images/s (higher is better); ratio = xpconv images/s / PyTorch nn.Module images/s")
-    if any(r["backend"] in REFERENCE_ONLY for r in records):
+CPU_RATIOS = (("xpconv-numpy", "numpy/torch"), ("xpconv-torch", "xp-torch/torch"))
+
+
+def format_table(
+    records: Sequence[dict[str, Any]],
+    contenders: Sequence[str] = CONTENDERS,
+    short: dict[str, str] = SHORT,
+    ratios: Sequence[tuple[str, str]] = CPU_RATIOS,
+    peer: str = "PyTorch nn.Module",
+    dry_run_note: str = "DRY RUN: these numbers mean nothing",
+) -> str:
+    """Images/s per contender and the xpconv / ``peer`` ratios, one row per workload,
+    mode and batch size, and the notes the records call for (reference-only
+    contenders, a dry run). The CPU table by default; the GPU harness passes its own
+    contenders and names."""
+    out = rate_table(records, contenders, short, ratios)
+    out.append(f"images/s (higher is better); ratio = xpconv images/s / {peer} images/s")
+    if any(r.get("backend") in REFERENCE_ONLY for r in records):
         out.append("* array-api-strict: reference only, one step per repeat, few rounds")
+    if any(r.get("dry_run") for r in records):
+        out.append(dry_run_note)
     return "\n".join(out)
 
 

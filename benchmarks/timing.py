@@ -65,13 +65,16 @@ class Policy:
 class Timing:
     """Per-step seconds of one contender, one sample per round; ``busy`` holds the
     cores other processes took during each kept sample (None: unknown), ``retried``
-    the repeats run again because the machine was busy."""
+    the repeats run again because the machine was busy, ``walls`` the host-clock
+    seconds per step of the same repeats (equal to ``samples`` unless a device timer
+    took them)."""
 
     steps: int
     samples: list[float] = field(default_factory=list)
     last_value: float = math.nan
     busy: list[float | None] = field(default_factory=list)
     retried: int = 0
+    walls: list[float] = field(default_factory=list)
 
     @property
     def clean(self) -> int:
@@ -101,6 +104,58 @@ def steps_for(step_s: float, policy: Policy) -> int:
     return max(1, min(policy.max_steps, math.ceil(policy.target_s / step_s)))
 
 
+class ClockTimer:
+    """Times a call with a host clock: ``time(fn)`` returns ``fn()``'s value, the
+    seconds it took, and the same seconds again as the wall time. The GPU harness
+    passes CUDA-event timers with the same ``time`` method instead."""
+
+    kind = "wall clock"
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+
+    def time(self, fn: Callable[[], float]) -> tuple[float, float, float]:
+        start = self.clock()
+        value = fn()
+        seconds = self.clock() - start
+        return value, seconds, seconds
+
+
+def _calibrate(runner: Any, policy: Policy, timer: Any, clock: Callable[[], float]) -> Timing:
+    """Warm ``runner`` up as ``policy`` says, time one step, and size the repeats."""
+    started = clock()
+    if policy.warmup:
+        runner.run(policy.warmup)
+    while clock() - started < policy.warmup_s:
+        runner.run(1)
+    gc.collect()
+    _, seconds, _ = timer.time(lambda: runner.run(1))
+    return Timing(steps_for(seconds, policy))
+
+
+def _repeat(
+    runner: Any, timing: Timing, policy: Policy, timer: Any, pause_s: float, cpu: Callable[[], Any]
+) -> None:
+    """One timed repeat of ``timing.steps`` steps, run again (up to ``policy.retries``
+    times) while other processes keep more than ``policy.busy_limit`` cores busy."""
+    for attempt in range(policy.retries + 1):
+        gc.collect()
+        if pause_s > 0:
+            time.sleep(pause_s)
+        before = cpu()
+        value, seconds, wall = timer.time(lambda: runner.run(timing.steps))
+        after = cpu()
+        busy = None if before is None or after is None else after.others_since(before)
+        if busy is None or busy <= policy.busy_limit:
+            break
+        if attempt < policy.retries:
+            timing.retried += 1
+    timing.last_value = value
+    timing.samples.append(seconds / timing.steps)
+    timing.walls.append(wall / timing.steps)
+    timing.busy.append(busy)
+
+
 def run_interleaved(
     runners: dict[str, Any],
     policies: dict[str, Policy],
@@ -108,44 +163,51 @@ def run_interleaved(
     pause_s: float = 0.02,
     clock: Callable[[], float] = time.perf_counter,
     cpu: Callable[[], Any] = host.cpu_sample,
+    timers: dict[str, Any] | None = None,
+    after_warmup: Callable[[], None] | None = None,
 ) -> dict[str, Timing]:
-    """Time every runner (``runner.run(steps) -> float``) in interleaved rounds."""
+    """Time every runner (``runner.run(steps) -> float``) in interleaved rounds, the
+    order rotating from round to round.
+
+    Each runner is warmed up and calibrated first (``after_warmup`` is called once
+    they all are), then timed once per round by its timer (``timers``; default: a
+    :class:`ClockTimer` on ``clock``). ``cpu`` samples the machine around each repeat
+    (a function returning ``None``: never retried as busy).
+    """
     names: Sequence[str] = list(runners)
-    timings: dict[str, Timing] = {}
-    for name in names:
-        policy = policies[name]
-        runner = runners[name]
-        started = clock()
-        if policy.warmup:
-            runner.run(policy.warmup)
-        while clock() - started < policy.warmup_s:
-            runner.run(1)
-        gc.collect()
-        start = clock()
-        runner.run(1)
-        timings[name] = Timing(steps_for(clock() - start, policy))
+    timers = timers or {name: ClockTimer(clock) for name in names}
+    timings = {
+        name: _calibrate(runners[name], policies[name], timers[name], clock) for name in names
+    }
+    if after_warmup is not None:
+        after_warmup()
     rounds = max(policies[name].rounds for name in names)
     for r in range(rounds):
         shift = r % len(names)
         for name in [*names[shift:], *names[:shift]]:
-            if r >= policies[name].rounds:
-                continue
-            timing = timings[name]
-            for attempt in range(policies[name].retries + 1):
-                gc.collect()
-                if pause_s > 0:
-                    time.sleep(pause_s)
-                before = cpu()
-                start = clock()
-                value = runners[name].run(timing.steps)
-                seconds = (clock() - start) / timing.steps
-                after = cpu()
-                busy = None if before is None or after is None else after.others_since(before)
-                if busy is None or busy <= policies[name].busy_limit:
-                    break
-                if attempt < policies[name].retries:
-                    timing.retried += 1
-            timing.last_value = value
-            timing.samples.append(seconds)
-            timing.busy.append(busy)
+            if r < policies[name].rounds:
+                _repeat(runners[name], timings[name], policies[name], timers[name], pause_s, cpu)
     return timings
+
+
+def flat_unique(groups: Sequence[Sequence[Any]] | None) -> tuple[Any, ...] | None:
+    """The values of repeated list options (``--batch 8 32 --batch 8``) in first-seen
+    order, each once; ``None`` when none were given."""
+    if not groups:
+        return None
+    return tuple(dict.fromkeys(v for group in groups for v in group))
+
+
+def settings_base(args: Any, presets: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Settings fields from parsed ``python -m benchmarks`` arguments, for the CPU and
+    the GPU harness: each preset whose flag is set (``("quick", QUICK)``), in order,
+    then the explicit ``--rounds``, ``--warmup`` and ``--target-s``."""
+    base: dict[str, Any] = {}
+    for flag, preset in presets:
+        if getattr(args, flag, False):
+            base.update(preset)
+    for name in ("rounds", "warmup", "target_s"):
+        value = getattr(args, name, None)
+        if value is not None:
+            base[name] = value
+    return base

@@ -100,7 +100,8 @@ WORKLOADS = {
 }
 
 
-def _has(module: str) -> bool:
+def has_module(module: str) -> bool:
+    """Whether ``module`` can be imported here (without importing it)."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a module blocked in sys.modules
@@ -109,13 +110,13 @@ def _has(module: str) -> bool:
 
 def available_contenders() -> dict[str, str | None]:
     """Every contender mapped to ``None`` when it can run here, else the reason it cannot."""
-    torch_missing = None if _has("torch") else "PyTorch is not installed (pip install torch)"
+    torch_missing = None if has_module("torch") else "PyTorch is not installed (pip install torch)"
     strict_missing = (
         None
-        if _has("array_api_strict")
+        if has_module("array_api_strict")
         else "array-api-strict is not installed (pip install array-api-strict)"
     )
-    jax_missing = None if _has("jax") else "JAX is not installed (pip install 'jax[cpu]')"
+    jax_missing = None if has_module("jax") else "JAX is not installed (pip install 'jax[cpu]')"
     return {
         "xpconv-numpy": None,
         "xpconv-torch": torch_missing,

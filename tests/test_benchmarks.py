@@ -371,7 +371,7 @@ def test_own_process_child_times_one_contender():
     }
     got = isolated._run_child(spec, 120)
     assert got["steps"] == 1 and got["seconds"] > 0
-    assert set(got["host_tuning"]) == {"keep_freed_memory", "quiet_blas_threads", "balance_threads"}
+    assert set(got["host_tuning"]) == {"keep_freed_memory", "one_blas_thread", "balance_threads"}
 
 
 def test_busy_check_pairs_tries_and_ends_its_background(monkeypatch):

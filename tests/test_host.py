@@ -11,9 +11,10 @@ import pytest
 
 from xpconv.backends.numpy import host
 
-# In a fresh interpreter: whether a 64 MB block comes from the heap (glibc's mallopt
+# In a fresh interpreter, after a small ``Trainer.fit`` (with ``tune_host`` as the
+# first argument says): whether a 64 MB block comes from the heap (glibc's mallopt
 # thresholds), OpenBLAS's idle timeout as it has read it (0: never set, its default),
-# and its thread count after a training step.
+# and its thread count.
 _PROBE = """
 import ctypes, json, sys
 import numpy as np
@@ -21,24 +22,57 @@ import xpconv
 model = xpconv.Sequential([xpconv.Conv2D(4, 3, activation="relu"), xpconv.Flatten(),
                            xpconv.Dense(3)], input_shape=(1, 8, 8), backend="numpy")
 rng = np.random.default_rng(0)
-done = xpconv.tune_host() if sys.argv[1] == "tune" else None
-model.train_batch(rng.normal(size=(64, 1, 8, 8)), rng.integers(0, 3, size=64))
+x, y = rng.random((64, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, size=64)
+np.ones((512, 512)) @ np.ones((512, 512))  # OpenBLAS's pool is up, as in any program
+trainer = xpconv.Trainer(model, xpconv.SGD(0.05), progress=False,
+                         tune_host=sys.argv[1] == "tune")
+trainer.fit(x, y, epochs=2, batch_size=16)
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 block = libc.malloc(64 << 20)
 with open("/proc/self/maps") as maps:
     heap = [line.split()[0].split("-") for line in maps if line.rstrip().endswith("[heap]")]
 in_heap = any(int(lo, 16) <= block < int(hi, 16) for lo, hi in heap)
-timeout = ctypes.CDLL(xpconv.backends.numpy.host.openblas_paths()[0]).openblas_thread_timeout()
-threads = xpconv.backends.numpy.host.blas_threads()
-print(json.dumps({"in_heap": in_heap, "timeout": timeout, "threads": threads, "done": done}))
+host = xpconv.backends.numpy.host
+timeout = ctypes.CDLL(host.openblas_paths()[0]).openblas_thread_timeout()
+print(json.dumps({"in_heap": in_heap, "timeout": timeout, "threads": host.blas_threads(),
+                  "balancing": host.parallel_workers() is not None}))
+"""
+
+# Trainer.fit in the main thread while another thread runs NumPy products, with and
+# without host tuning: must finish (tuning used to shut OpenBLAS's pool down under it).
+_BESIDE_BLAS = """
+import sys, threading
+import numpy as np
+import xpconv
+stop = threading.Event()
+def products():
+    a = np.ones((300, 300))
+    while not stop.is_set():
+        a @ a
+worker = threading.Thread(target=products, daemon=True)
+worker.start()
+model = xpconv.Sequential([xpconv.Conv2D(4, 3, activation="relu"), xpconv.Flatten(),
+                           xpconv.Dense(3)], input_shape=(1, 8, 8), backend="numpy")
+rng = np.random.default_rng(0)
+x, y = rng.random((32, 1, 8, 8), dtype=np.float32), rng.integers(0, 3, size=32)
+for _ in range(3):
+    xpconv.Trainer(model, xpconv.SGD(0.05), progress=False,
+                   tune_host=sys.argv[1] == "tune").fit(x, y, epochs=1, batch_size=8)
+stop.set()
+worker.join(30)
+print("done", worker.is_alive())
 """
 
 
-def _probe(mode: str, **env: str) -> dict:
+def _clean_env(**env: str) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("OPENBLAS", "XPCONV_"))}
+    return {**clean, **env}
+
+
+def _probe(mode: str, **env: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], env={**clean, **env}, capture_output=True, text=True
+        [sys.executable, "-c", _PROBE, mode], env=_clean_env(**env), capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -50,39 +84,73 @@ def _needs_linux_openblas() -> None:
 
 
 @pytest.mark.slow
-def test_import_and_numpy_model_leave_the_process_untouched() -> None:
+def test_fit_leaves_the_process_untouched() -> None:
     _needs_linux_openblas()
     untouched = _probe("plain")
     assert untouched["in_heap"] is False  # glibc's default: a 64 MB block is mmapped
-    assert untouched["timeout"] == 0  # OpenBLAS's default: workers spin about 0.1 s
+    assert untouched["timeout"] == 0  # OpenBLAS's default: idle workers spin a while
     assert untouched["threads"] == min(os.cpu_count() or 1, 64)  # OpenBLAS's own choice
+    assert untouched["balancing"] is False
 
 
 @pytest.mark.slow
-def test_tune_host_changes_allocator_and_blas_idle_threads_not_their_count() -> None:
+def test_fit_with_tune_host_tunes_allocator_and_blas_threads() -> None:
     _needs_linux_openblas()
     tuned = _probe("tune")
-    assert tuned["done"] == {
-        "keep_freed_memory": True,
-        "quiet_blas_threads": True,
-        "balance_threads": True,
-    }
     assert tuned["in_heap"] is True
-    assert tuned["timeout"] == 4  # idle OpenBLAS threads sleep at once
-    assert tuned["threads"] == min(os.cpu_count() or 1, 64)  # given back after each hold
+    assert tuned["threads"] == 1  # xpconv splits the products over its own threads
+    assert tuned["timeout"] == 0  # the pool was never shut down to re-read it
+    assert tuned["balancing"] is True
 
 
 @pytest.mark.slow
 def test_host_tuning_off_from_the_environment() -> None:
     _needs_linux_openblas()
     off = _probe("tune", XPCONV_HOST_TUNING="0")
-    assert off["done"] == {
+    assert off["in_heap"] is False
+    assert off["threads"] == min(os.cpu_count() or 1, 64)
+    assert off["balancing"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["plain", "tune"])
+def test_fit_beside_a_thread_in_blas_does_not_hang(mode: str) -> None:
+    """Three fresh interpreters at once (a hang came in most tries, not all)."""
+    _needs_linux_openblas()
+    cmd = [sys.executable, "-c", _BESIDE_BLAS, mode]
+    procs = [
+        subprocess.Popen(cmd, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    try:
+        outputs = [proc.communicate(timeout=180) for proc in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"Trainer.fit ({mode}) beside a thread doing matrix products hung")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err.decode()
+        assert out.decode().split() == ["done", "False"]
+
+
+def test_tune_host_reports_what_it_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XPCONV_HOST_TUNING", "0")
+    assert host.tune_host() == {
         "keep_freed_memory": False,
-        "quiet_blas_threads": False,
+        "one_blas_thread": False,
         "balance_threads": False,
     }
-    assert off["in_heap"] is False
-    assert off["timeout"] == 0
+
+
+def test_trainer_refuses_a_non_bool_tune_host() -> None:
+    import xpconv
+
+    model = xpconv.Sequential([xpconv.Dense(2)], input_shape=(3,), backend="numpy")
+    with pytest.raises(TypeError, match="tune_host: expected True or False, got 'yes'"):
+        xpconv.Trainer(model, xpconv.SGD(0.1), tune_host="yes")  # type: ignore[arg-type]
 
 
 def test_keep_freed_memory_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,47 +249,62 @@ def test_set_blas_threads_round_trips() -> None:
     assert host.blas_threads() == before
 
 
-def test_single_blas_thread_holds_one_thread_and_gives_the_count_back() -> None:
+def test_product_threads_follow_openblas_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels split products only while OpenBLAS runs on one thread; they never
+    set its count themselves."""
     _needs_linux_openblas()
-    before = host.blas_threads()
-    assert before is not None and before > 1
-    with host.single_blas_thread() as outside:
-        assert outside == before and host.blas_threads() == 1
-        with host.single_blas_thread() as nested:  # shares the hold
-            assert nested == before
-        assert host.blas_threads() == 1  # still held: the outer block is open
-    assert host.blas_threads() == before
+    outside = host.blas_threads()
+    assert outside is not None and outside > 1
+    monkeypatch.setattr(host, "_OWNER", host._BlasOwner())
+    assert host.product_threads() is None  # OpenBLAS threads its own products
+    try:
+        host.set_blas_threads(1)  # as OPENBLAS_NUM_THREADS=1 would
+        assert host.product_threads() == 1  # parts, one after another
+        monkeypatch.setattr(host._OWNER, "before", outside)  # as one_blas_thread leaves it
+        assert host.product_threads() == outside
+    finally:
+        host.set_blas_threads(outside)
+    assert host.product_threads() is None  # set again by someone else: whole products
 
 
-def test_seeded_training_repeats_bit_for_bit_on_any_thread_count(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The same seeded LeNet steps give the same bits whether the balancer lets the
-    NumPy kernels use one thread or two, and whatever OpenBLAS's own count is: the
-    products are cut into parts the same way every time, each on one BLAS thread."""
-    _needs_linux_openblas()
+def _lenet_steps(x: object, y: object) -> dict:
     import numpy as np
 
     import xpconv
     from xpconv.models import zoo
 
+    model = zoo.lenet(backend="numpy", batch_norm=False, seed=0)
+    optimizer = xpconv.SGD(0.05, momentum=0.9)
+    for _ in range(3):
+        model.train_batch(x, y)
+        optimizer.step(model.parameters())
+    return {k: np.array(v) for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("tuned", [False, True])
+def test_seeded_training_repeats_bit_for_bit_on_any_thread_count(
+    monkeypatch: pytest.MonkeyPatch, tuned: bool
+) -> None:
+    """The same seeded LeNet steps give the same bits whether the balancer lets the
+    NumPy kernels use one thread or two: untuned (OpenBLAS threads whole products) and
+    tuned (OpenBLAS on one thread, the products cut into the same parts every time)."""
+    _needs_linux_openblas()
+    import numpy as np
+
     rng = np.random.default_rng(0)
     x = rng.random((32, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, size=32)
     outside = host.blas_threads()
+    monkeypatch.setattr(host, "_OWNER", host._BlasOwner())
     runs = []
-    for blas, workers in [(outside, 2), (outside, 1), (1, 2), (1, 1)]:
-        monkeypatch.setattr(host, "parallel_workers", lambda w=workers: w)
-        host.set_blas_threads(blas)
-        try:
-            model = zoo.lenet(backend="numpy", batch_norm=False, seed=0)
-            optimizer = xpconv.SGD(0.05, momentum=0.9)
-            for _ in range(3):
-                model.train_batch(x, y)
-                optimizer.step(model.parameters())
-        finally:
-            host.set_blas_threads(outside)
-        runs.append({k: np.array(v) for k, v in model.state_dict().items()})
-    for run in runs[1:]:
-        for name, value in run.items():
-            np.testing.assert_array_equal(value, runs[0][name], name)
+    try:
+        if tuned:
+            host.set_blas_threads(1)
+            monkeypatch.setattr(host._OWNER, "before", outside)
+        for workers in (2, 1):
+            monkeypatch.setattr(host, "parallel_workers", lambda w=workers: w)
+            runs.append(_lenet_steps(x, y))
+    finally:
+        host.set_blas_threads(outside)
+    for name, value in runs[1].items():
+        np.testing.assert_array_equal(value, runs[0][name], name)

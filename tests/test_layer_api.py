@@ -762,3 +762,40 @@ def test_conv_backward_matrix_without_columns_needs_the_input() -> None:
     want = F.conv2d_backward_matrix(np, g2, F.kernels_for(np).im2col(np, x, geom), w, geom)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_layer_states_the_shapes_its_build_makes(kind: str) -> None:
+    """``shapes_for`` (from ints, nothing allocated) agrees with a real build: the
+    output, every parameter and every buffer, by name."""
+    make, shape = EXAMPLES[kind]
+    stated = make().shapes_for(shape)
+    built = xc.Sequential([make()], backend="numpy", input_shape=shape, loss="mse")
+    layer = built.layers[0]
+    assert stated.output == layer.output_shape == make().output_shape_for(shape)
+    assert stated.params == {k: tuple(p.shape) for k, p in layer.params.items()}
+    assert stated.buffers == {k: tuple(v.shape) for k, v in layer.buffers.items()}
+    assert make().param_shapes(shape) == stated.params
+    assert make().buffer_shapes(shape) == stated.buffers
+
+
+def test_layer_shapes_refuse_what_build_refuses() -> None:
+    with pytest.raises(ValueError, match="padding: expected at most half"):
+        L.MaxPool2D(2, padding=2).shapes_for((1, 8, 8))
+    with pytest.raises(ValueError, match="expected input \\(C, H, W\\)"):
+        L.Conv2D(2, 3).shapes_for((8, 8))
+    with pytest.raises(ValueError, match="in_features expected 5"):
+        L.Dense(2, in_features=5).shapes_for((4,))
+
+
+def test_checkpoint_schema_asks_the_layers_and_refuses_a_padded_pool() -> None:
+    from xpconv.io.checkpoint import CheckpointError
+    from xpconv.io.schema import validate_architecture
+
+    model = xc.Sequential([L.MaxPool2D(2), L.Flatten(), L.Dense(2)], input_shape=(1, 8, 8))
+    config = json.loads(json.dumps(model.get_config()))
+    stored = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    validate_architecture(config, stored)
+    config["layers"][0]["config"]["padding"] = [2, 2]
+    with pytest.raises(CheckpointError, match="padding: expected at most half"):
+        validate_architecture(config, stored)

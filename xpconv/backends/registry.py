@@ -84,6 +84,25 @@ class Backend:
     _compile: Callable[[Callable[..., Any], tuple[int, ...]], Callable[..., Any]] | None = field(
         default=None, repr=False, compare=False
     )
+    # the host scheduling of the library's kernels: the opt-in process-wide tuning, and
+    # what runs between two training steps (see :meth:`tune_host`, :meth:`between_steps`)
+    _tune_host: Callable[[], dict[str, bool]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    _between_steps: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+
+    def tune_host(self) -> dict[str, bool]:
+        """Apply this backend's process-wide host tuning (NumPy:
+        :func:`xpconv.backends.numpy.host.tune_host`); returns what was done (empty for
+        a backend without any). Changes the whole process: call it only when asked."""
+        return {} if self._tune_host is None else self._tune_host()
+
+    def between_steps(self) -> None:
+        """Called by the training loop before each step: lets the backend adapt its
+        kernels' thread use to the machine's load (NumPy, once :meth:`tune_host` switched
+        it on). Changes no result; does nothing otherwise."""
+        if self._between_steps is not None:
+            self._between_steps()
 
     @property
     def can_compile(self) -> bool:
@@ -205,8 +224,18 @@ def _describe(a: Any) -> str:
 def _load_numpy(device: Any) -> Backend:
     if device not in (None, "cpu"):
         raise BackendError(f"device: backend 'numpy' has only device 'cpu', got {device!r}")
+    from xpconv.backends.numpy import host
+
     xp = array_api_compat.array_namespace(np.empty(0))
-    return Backend("numpy", xp, "cpu", xp.float32, np.asarray)
+    return Backend(
+        "numpy",
+        xp,
+        "cpu",
+        xp.float32,
+        np.asarray,
+        _tune_host=host.tune_host,
+        _between_steps=host.balance_threads,
+    )
 
 
 def _load_array_api_strict(device: Any) -> Backend:

@@ -536,7 +536,30 @@ def _check_total(
 def _inspect_entry(
     zf: zipfile.ZipFile, path: Path, key: str, info: zipfile.ZipInfo, archive_size: int
 ) -> _Entry:
+    """The entry's shape, dtype and size, read from its zip record and .npy header
+    only; raises ``CheckpointError`` for anything that is not a plain array whose
+    declared size matches the bytes stored."""
     where = f"cannot load checkpoint {str(path)!r}: entry {key!r}"
+    _check_zip_record(where, info, archive_size)
+    shape, fortran_order, dtype, header_size = _read_npy_header(zf, info, where)
+    nbytes = _check_array_header(where, shape, fortran_order, dtype)
+    payload = info.file_size - header_size
+    if nbytes != payload:
+        detail = (
+            "refusing to allocate memory for data that is not there"
+            if nbytes > payload
+            else "the entry has trailing bytes"
+        )
+        raise CheckpointError(
+            f"{where} declares shape {tuple(shape)} of {dtype} ({nbytes} bytes), but holds "
+            f"{payload} bytes of array data; {detail} - the file is corrupt or was crafted"
+        )
+    return _Entry(key, info, tuple(shape), np.dtype(dtype), nbytes)
+
+
+def _check_zip_record(where: str, info: zipfile.ZipInfo, archive_size: int) -> None:
+    """Refuse encrypted entries, unknown compression, impossible sizes and entries
+    reaching past the end of the file."""
     if info.flag_bits & 0x1:
         raise CheckpointError(f"{where} is encrypted; xpconv checkpoints are never encrypted")
     if info.compress_type == zipfile.ZIP_STORED:
@@ -563,6 +586,11 @@ def _inspect_entry(
             "truncated or corrupt - re-save it or restore it from a backup"
         )
 
+
+def _read_npy_header(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str
+) -> tuple[Any, Any, Any, int]:
+    """``(shape, fortran_order, dtype, header bytes)`` of the entry's .npy header."""
     try:
         with zf.open(info) as member:
             version = npy_format.read_magic(member)
@@ -582,7 +610,12 @@ def _inspect_entry(
             f"{where} does not hold a valid .npy array header ({exc}); the file is corrupt or "
             "was crafted"
         ) from exc
+    return shape, fortran_order, dtype, header_size
 
+
+def _check_array_header(where: str, shape: Any, fortran_order: Any, dtype: Any) -> int:
+    """Refuse object, structured and other dtypes and invalid shapes; returns the
+    array's size in bytes."""
     dtype = np.dtype(dtype)
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in _ALLOWED_DTYPE_KINDS:
         what = "an object array" if dtype.hasobject else f"an array of dtype {dtype}"
@@ -596,19 +629,7 @@ def _inspect_entry(
         raise CheckpointError(
             f"{where} declares an invalid shape {shape!r}; the file is corrupt or was crafted"
         )
-    nbytes = math.prod(shape) * dtype.itemsize
-    payload = info.file_size - header_size
-    if nbytes != payload:
-        detail = (
-            "refusing to allocate memory for data that is not there"
-            if nbytes > payload
-            else "the entry has trailing bytes"
-        )
-        raise CheckpointError(
-            f"{where} declares shape {tuple(shape)} of {dtype} ({nbytes} bytes), but holds "
-            f"{payload} bytes of array data; {detail} - the file is corrupt or was crafted"
-        )
-    return _Entry(key, info, tuple(shape), dtype, nbytes)
+    return math.prod(shape) * dtype.itemsize
 
 
 def _parse_metadata(path: Path, raw: bytes) -> dict[str, Any]:

@@ -20,20 +20,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from xpconv import ops as F
-from xpconv.backends.registry import get_backend
 from xpconv.io.checkpoint import CheckpointError
 from xpconv.nn.layers import (
     LAYERS,
-    BuildContext,
-    Conv1D,
-    Conv2D,
-    ConvMaxPool,
-    Dense,
     Layer,
-    Residual,
     layer_from_config,
 )
 from xpconv.nn.losses import LOSSES
@@ -284,96 +275,12 @@ _ACT_OF = {
 
 
 def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
-    """Output shape and parameter shapes of ``layer`` on inputs of ``shape``, from ints."""
-    params: dict[str, Shape]
-    geom: Any
-    lifted: Shape
-    if isinstance(layer, Conv2D):
-        one_d = isinstance(layer, Conv1D)
-        if len(shape) != (2 if one_d else 3):
-            raise ValueError(f"expected input {'(C, L)' if one_d else '(C, H, W)'}, got {shape}")
-        lifted = (shape[0], 1, shape[1]) if one_d else shape
-        channels = lifted[0]
-        if layer.in_channels is not None and layer.in_channels != channels:
-            raise ValueError(f"in_channels {layer.in_channels}, input has {channels}")
-        weight = (layer.filters, channels // layer.groups, *layer.kernel_size)
-        geom = F.conv_geometry(
-            (1, *lifted),
-            weight,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
-        )
-        params = {"weight": (weight[0], weight[1], weight[3]) if one_d else weight}
-        if layer.use_bias:
-            params["bias"] = (layer.filters,)
-        out = (layer.filters, geom.out[1]) if one_d else (layer.filters, *geom.out)
-        return out, params
-    if isinstance(layer, Dense):
-        if len(shape) != 1:
-            raise ValueError(f"expected flat input (features,), got {shape}")
-        if layer.in_features is not None and layer.in_features != shape[0]:
-            raise ValueError(f"in_features {layer.in_features}, input has {shape[0]}")
-        params = {"weight": (layer.units, shape[0])}
-        if layer.use_bias:
-            params["bias"] = (layer.units,)
-        return (layer.units,), params
-    kind = type(layer).__name__
-    if kind in ("MaxPool2D", "AvgPool2D"):
-        if len(shape) != 3:
-            raise ValueError(f"expected input (C, H, W), got {shape}")
-        geom = F.pool_geometry((1, *shape), layer.kernel_size, layer.stride, layer.padding)  # type: ignore[attr-defined]
-        return (shape[0], *geom.out), {}
-    if kind == "Flatten":
-        return (math.prod(shape),), {}
-    if kind == "Dropout" or kind in _ACT_OF or kind == "Activation":
-        return shape, {}  # they keep the shape and have no parameters
-    if kind in ("BatchNorm2D", "BatchNorm1D"):
-        ranks = (3,) if kind == "BatchNorm2D" else (1, 2)
-        if len(shape) not in ranks:
-            raise ValueError(f"expected input of {' or '.join(map(str, ranks))} axes, got {shape}")
-        channel = (shape[0],)
-        params = {"running_mean": channel, "running_var": channel}
-        if layer.affine:  # type: ignore[attr-defined]
-            params.update(weight=channel, bias=channel)
-        return shape, params
-    if kind == "GlobalAvgPool2D":
-        if len(shape) != 3:
-            raise ValueError(f"expected input (C, H, W), got {shape}")
-        return (shape[0],), {}
-    if isinstance(layer, ConvMaxPool):
-        inner, conv_params = _shapes(layer.conv, shape)
-        out, _ = _shapes(layer.pool, inner)
-        return out, {f"conv.{k}": v for k, v in conv_params.items()}
-    if isinstance(layer, Residual):
-        outs, params = [], {}
-        for prefix, chain in (("", layer.layers), ("shortcut.", layer.shortcut)):
-            counts: dict[str, int] = {}
-            inner = shape
-            for sub in chain:
-                index = counts.get(type(sub).__name__, 0)
-                counts[type(sub).__name__] = index + 1
-                inner, sub_params = _shapes(sub, inner)
-                name = f"{prefix}{type(sub).__name__.lower()}_{index}"
-                params.update({f"{name}.{k}": s for k, s in sub_params.items()})
-            outs.append(inner)
-        if outs[0] != outs[1]:
-            raise ValueError(f"the branch gives {outs[0]} but the shortcut gives {outs[1]}")
-        return outs[0], params
-    rule = getattr(layer, "param_shapes", None)
-    if callable(rule):  # a layer type may state its shapes: (output, {name: shape})
-        out, params = rule(shape)
-        return tuple(out), {k: tuple(v) for k, v in params.items()}
-    # A layer type without a rule here: learn its shapes by building this throwaway
-    # instance on the host (its input is bounded by the activation limit).
-    ctx = BuildContext(
-        get_backend("numpy"), np.float32, np.random.default_rng(0), np.random.default_rng(0)
-    )
-    out = layer.build(shape, ctx)
-    shapes = {k: p.shape for k, p in layer.params.items()}
-    shapes.update({k: tuple(v.shape) for k, v in layer.buffers.items()})
-    return tuple(out), shapes
+    """Output shape of ``layer`` on inputs of ``shape``, and the shapes of the arrays it
+    stores (parameters and buffers), as the layer states them from ints
+    (:meth:`~xpconv.nn.layers.base.Layer.shapes_for`)."""
+    out, params, buffers = layer.shapes_for(shape)
+    stored = {k: tuple(int(d) for d in v) for k, v in {**params, **buffers}.items()}
+    return tuple(int(d) for d in out), stored
 
 
 def array_shapes(arrays: Mapping[str, Any], prefix: str) -> dict[str, Shape]:

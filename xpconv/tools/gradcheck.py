@@ -112,6 +112,29 @@ def _is_float(a: Any) -> bool:
     return is_array_api_obj(a) and array_namespace(a).isdtype(a.dtype, "real floating")
 
 
+def _check_tolerances(eps: Any, rtol: Any, atol: Any, max_elements: Any) -> None:
+    for name, value in (("eps", eps), ("rtol", rtol), ("atol", 0.0 if atol is None else atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
+    if not eps > 0:
+        raise ValueError(f"eps: expected a positive number, got {eps!r}")
+    if max_elements is not None and (
+        isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1
+    ):
+        raise ValueError(f"max_elements: expected a positive int or None, got {max_elements!r}")
+
+
+def _output_gradient(be: Any, grad_out: Any, shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """G on the host: ``grad_out`` checked against the output's ``shape``, or standard
+    normal numbers drawn from ``seed``."""
+    if grad_out is None:
+        return np.random.default_rng(seed).standard_normal(shape)
+    g_host = np.asarray(be.to_numpy(grad_out) if is_array_api_obj(grad_out) else grad_out)
+    if g_host.shape != shape:
+        raise ValueError(f"grad_out: expected the output's shape {shape}, got {g_host.shape}")
+    return g_host
+
+
 def gradcheck(
     f: Any,
     *inputs: Any,
@@ -153,15 +176,7 @@ def gradcheck(
     Returns:
         A :class:`GradcheckReport` with the worst relative error per input and its index.
     """
-    for name, value in (("eps", eps), ("rtol", rtol), ("atol", 0.0 if atol is None else atol)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
-    if not eps > 0:
-        raise ValueError(f"eps: expected a positive number, got {eps!r}")
-    if max_elements is not None and (
-        isinstance(max_elements, bool) or not isinstance(max_elements, int) or max_elements < 1
-    ):
-        raise ValueError(f"max_elements: expected a positive int or None, got {max_elements!r}")
+    _check_tolerances(eps, rtol, atol, max_elements)
     if not inputs:
         raise TypeError("inputs: expected at least one array to differentiate")
     host_in = [np.asarray(a) if not is_array_api_obj(a) else a for a in inputs]
@@ -180,16 +195,7 @@ def gradcheck(
             raise TypeError("backward: expected the backward function of f, got None")
         call, analytic, targets = _function_check(f, backward, args)
     try:
-        out = call()
-        if grad_out is None:
-            g_host = np.random.default_rng(seed).standard_normal(tuple(out.shape))
-        else:
-            g_host = np.asarray(be.to_numpy(grad_out) if is_array_api_obj(grad_out) else grad_out)
-            if g_host.shape != tuple(out.shape):
-                raise ValueError(
-                    f"grad_out: expected the output's shape {tuple(out.shape)}, got {g_host.shape}"
-                )
-        g = be.asarray(g_host, dtype="float64")
+        g = be.asarray(_output_gradient(be, grad_out, tuple(call().shape), seed), dtype="float64")
         xp = be.xp
         grads = analytic(g)
 

@@ -120,56 +120,13 @@ def plot_curves(
     fig = _figure(11.0, 4.8)
     ax_loss, ax_acc = fig.subplots(1, 2)
     fig.suptitle(title or "Training curves", fontsize=13)
-
-    if steps is not None and len(steps[1]) > 0:
-        pos = np.asarray(steps[0], dtype=np.float64)
-        loss = np.asarray(steps[1], dtype=np.float64)
-        ax_loss.plot(pos, loss, color=_STEP, lw=0.7, alpha=0.8, label="train loss per step")
-        window = max(1, min(50, loss.size // 10))
-        if window > 1:
-            ax_loss.plot(
-                pos,
-                _smooth(loss, window),
-                color=_TRAIN,
-                lw=1.6,
-                label=f"running mean ({window} steps)",
-            )
+    per_step = steps is not None and len(steps[1]) > 0
+    if per_step:
+        _plot_steps(ax_loss, steps)  # type: ignore[arg-type]
     x_max = max(epochs, default=1)
-    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        pct = key == "accuracy"
-        scale = 100.0 if pct else 1.0
-        last = []
-        for hkey, color, marker, label in (
-            (key, _TRAIN, "o", f"train {name} (epoch mean)"),
-            (f"val_{key}", _TEST, "s", f"test {name}"),
-        ):
-            idx, vals = _present(h.get(hkey, []))
-            if not vals:
-                continue
-            xs = [epochs[i] for i in idx]
-            ys = [v * scale for v in vals]
-            ax.plot(xs, ys, color=color, marker=marker, ms=7, lw=1.8, label=label, zorder=3)
-            last.append((ys[-1], xs[-1], color))
-        # Label the last points with their values (the higher one above, the lower one
-        # below), so that a single epoch is still readable.
-        for rank, (y, x, color) in enumerate(sorted(last, reverse=True)):
-            above = rank == 0
-            ax.annotate(
-                f"{y:.2f}%" if pct else f"{y:.4f}",
-                (x, y),
-                textcoords="offset points",
-                xytext=(9, 5 if above else -5),
-                va="bottom" if above else "top",
-                color=color,
-                fontsize=9,
-                fontweight="bold",
-            )
-        ax.margins(y=0.15)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{name} (%)" if pct else name)
-        ax.set_title(name.capitalize())
-        ax.grid(True, alpha=0.3)
-        lo = 0.0 if steps is not None and len(steps[1]) > 0 and not pct else 0.5
+    for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        _plot_epochs(ax, h, epochs, key)
+        lo = 0.0 if per_step and key == "loss" else 0.5
         ax.set_xlim(lo, x_max + 0.5)
         if x_max <= 20:
             ax.set_xticks(range(0 if lo == 0 else 1, x_max + 1))
@@ -178,10 +135,59 @@ def plot_curves(
             ax.legend(
                 loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=9, frameon=False
             )
-    if steps is not None and len(steps[1]) > 0:
-        top = float(np.percentile(np.asarray(steps[1], dtype=np.float64), 99))
+    if per_step:
+        top = float(np.percentile(np.asarray(steps[1], dtype=np.float64), 99))  # type: ignore[index]
         ax_loss.set_ylim(0.0, max(top * 1.05, 1e-3))
     return _save(fig, path)
+
+
+def _plot_steps(ax: Any, steps: tuple[Sequence[float], Sequence[float]]) -> None:
+    """The per-step losses, faint, and their running mean."""
+    pos = np.asarray(steps[0], dtype=np.float64)
+    loss = np.asarray(steps[1], dtype=np.float64)
+    ax.plot(pos, loss, color=_STEP, lw=0.7, alpha=0.8, label="train loss per step")
+    window = max(1, min(50, loss.size // 10))
+    if window > 1:
+        ax.plot(
+            pos, _smooth(loss, window), color=_TRAIN, lw=1.6, label=f"running mean ({window} steps)"
+        )
+
+
+def _plot_epochs(ax: Any, h: dict[str, Any], epochs: list[int], key: str) -> None:
+    """Train and test ``key`` ("loss" or "accuracy") per epoch, the last points labelled
+    with their values (the higher one above, the lower one below), so that a single
+    epoch is still readable."""
+    pct = key == "accuracy"
+    scale = 100.0 if pct else 1.0
+    last = []
+    for hkey, color, marker, label in (
+        (key, _TRAIN, "o", f"train {key} (epoch mean)"),
+        (f"val_{key}", _TEST, "s", f"test {key}"),
+    ):
+        idx, vals = _present(h.get(hkey, []))
+        if not vals:
+            continue
+        xs = [epochs[i] for i in idx]
+        ys = [v * scale for v in vals]
+        ax.plot(xs, ys, color=color, marker=marker, ms=7, lw=1.8, label=label, zorder=3)
+        last.append((ys[-1], xs[-1], color))
+    for rank, (y, x, color) in enumerate(sorted(last, reverse=True)):
+        above = rank == 0
+        ax.annotate(
+            f"{y:.2f}%" if pct else f"{y:.4f}",
+            (x, y),
+            textcoords="offset points",
+            xytext=(9, 5 if above else -5),
+            va="bottom" if above else "top",
+            color=color,
+            fontsize=9,
+            fontweight="bold",
+        )
+    ax.margins(y=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{key} (%)" if pct else key)
+    ax.set_title(key.capitalize())
+    ax.grid(True, alpha=0.3)
 
 
 # --------------------------------------------------------------------------- filters

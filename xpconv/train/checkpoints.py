@@ -91,32 +91,49 @@ def validate_training(
     epochs = expect_int(state["epochs_done"], "trainer.epochs_done", high=LIMITS["epochs"])
     expect_int(state["optimizer_step"], "trainer.optimizer_step", high=2**62)
     expect_int(state["seed"], "trainer.seed", high=2**63 - 1)
-    config = state["optimizer"]
+    optimizer = _optimizer_of(state["optimizer"])
+    sync = state.get("sync_batch_norm", True)
+    if not isinstance(sync, bool):
+        raise field_error("trainer.sync_batch_norm", f"expected true or false, got {sync!r}")
+    _check_augment(state.get("augment"))
+    for key in ("shuffle_rng", "dropout_rng"):
+        expect_rng_state(state[key], f"trainer.{key}")
+    _check_history(state["history"], epochs)
+    callbacks = _check_callbacks(state.get("callbacks", {}))
+    for key, array in arrays.items():
+        _check_trainer_array(key, array, optimizer, state["optimizer"], callbacks, param_shapes)
+
+
+def _optimizer_of(config: Any) -> Any:
+    """The optimizer ``trainer.optimizer`` describes (refused: not an object, values
+    other than plain data or schedules, arguments the optimizer refuses)."""
     if not isinstance(config, Mapping):
         raise field_error("trainer.optimizer", f"expected an object, got {type(config).__name__}")
     for key, value in config.items():
         expect_plain_or_schedule(value, f"trainer.optimizer.{key}")
     try:
-        optimizer = optimizer_from_config(dict(config))
+        return optimizer_from_config(dict(config))
     except (ValueError, TypeError) as exc:
         raise field_error("trainer.optimizer", str(exc)) from None
-    sync = state.get("sync_batch_norm", True)
-    if not isinstance(sync, bool):
-        raise field_error("trainer.sync_batch_norm", f"expected true or false, got {sync!r}")
-    augment = state.get("augment")
-    if augment is not None:
-        if not isinstance(augment, Mapping):
-            raise field_error(
-                "trainer.augment", f"expected an object, got {type(augment).__name__}"
-            )
-        try:
-            augment_from_config(dict(augment))
-        except (ValueError, TypeError) as exc:
-            raise field_error("trainer.augment", str(exc)) from None
-    for key in ("shuffle_rng", "dropout_rng"):
-        expect_rng_state(state[key], f"trainer.{key}")
+
+
+def _check_augment(augment: Any) -> None:
+    """``trainer.augment``: absent, or an augmentation's config."""
+    if augment is None:
+        return
+    if not isinstance(augment, Mapping):
+        raise field_error("trainer.augment", f"expected an object, got {type(augment).__name__}")
+    try:
+        augment_from_config(dict(augment))
+    except (ValueError, TypeError) as exc:
+        raise field_error("trainer.augment", str(exc)) from None
+
+
+def _check_history(value: Any, epochs: int) -> None:
+    """``trainer.history``: one list per History field, all as long, at most one entry
+    per epoch done, of numbers (``step_losses``: lists of numbers; ``val_*``: or null)."""
     names = {f.name for f in fields(History)}
-    history = expect_mapping(state["history"], "trainer.history", dict.fromkeys(names, True))
+    history = expect_mapping(value, "trainer.history", dict.fromkeys(names, True))
     lengths = {len(v) for v in history.values() if isinstance(v, list)}
     length = max(lengths, default=0)
     for key, values in history.items():
@@ -135,7 +152,10 @@ def validate_training(
                 nullable = key.startswith("val_") and item is None
                 if not nullable and (isinstance(item, bool) or not isinstance(item, (int, float))):
                     raise field_error(f"{field}[{i}]", f"expected a number, got {item!r:.40}")
-    callbacks = state.get("callbacks", {})
+
+
+def _check_callbacks(callbacks: Any) -> Mapping[str, Any]:
+    """``trainer.callbacks``: an object of objects of numbers, strings or nulls."""
     if not isinstance(callbacks, Mapping):
         raise field_error(
             "trainer.callbacks", f"expected an object, got {type(callbacks).__name__}"
@@ -149,45 +169,58 @@ def validate_training(
                     f"trainer.callbacks.{name}.{key}",
                     f"expected a number, a string or null, got {value!r:.40}",
                 )
+    return callbacks
+
+
+def _check_trainer_array(
+    key: str,
+    array: Any,
+    optimizer: Any,
+    config: Mapping[str, Any],
+    callbacks: Mapping[str, Any],
+    param_shapes: Mapping[str, Shape],
+) -> None:
+    """One ``trainer/`` array: a callback's numeric array, or an optimizer slot of a
+    parameter of the model (``config``: the optimizer's, for the message), floating
+    and of the parameter's shape."""
+    field = f"trainer/{key}"
+    shape = tuple(int(d) for d in array.shape)
+    if key.startswith("callback/"):
+        owner, _, rest = key[len("callback/") :].partition("/")
+        if owner not in callbacks or not rest:
+            raise field_error(
+                field, "expected callback/<key>/<name> of a callback in trainer.callbacks"
+            )
+        if np.dtype(array.dtype).kind not in "biuf":
+            raise field_error(field, f"expected a numeric array, got dtype {array.dtype}")
+        return
+    if np.dtype(array.dtype).kind != "f":
+        raise field_error(field, f"expected a floating array, got dtype {array.dtype}")
+    prefix, _, rest = key.partition("/")
+    name, _, slot = rest.rpartition("/")
+    if prefix != "optimizer" or not name:
+        raise field_error(
+            field,
+            "unexpected array; expected optimizer/<parameter>/<slot> or callback/<key>/<name>",
+        )
+    if name not in param_shapes:
+        raise field_error(
+            field,
+            f"names no parameter of the model; expected one of {sorted(param_shapes)[:6]}",
+        )
     slots = getattr(optimizer, "state_slots", None)
-    for key, array in arrays.items():
-        field = f"trainer/{key}"
-        shape = tuple(int(d) for d in array.shape)
-        if key.startswith("callback/"):
-            owner, _, rest = key[len("callback/") :].partition("/")
-            if owner not in callbacks or not rest:
-                raise field_error(
-                    field, "expected callback/<key>/<name> of a callback in trainer.callbacks"
-                )
-            if np.dtype(array.dtype).kind not in "biuf":
-                raise field_error(field, f"expected a numeric array, got dtype {array.dtype}")
-            continue
-        if np.dtype(array.dtype).kind != "f":
-            raise field_error(field, f"expected a floating array, got dtype {array.dtype}")
-        prefix, _, rest = key.partition("/")
-        name, _, slot = rest.rpartition("/")
-        if prefix != "optimizer" or not name:
-            raise field_error(
-                field,
-                "unexpected array; expected optimizer/<parameter>/<slot> or callback/<key>/<name>",
-            )
-        if name not in param_shapes:
-            raise field_error(
-                field,
-                f"names no parameter of the model; expected one of {sorted(param_shapes)[:6]}",
-            )
-        if slots is not None and slot not in slots:
-            raise field_error(
-                field,
-                f"unexpected state {slot!r} for {type(optimizer).__name__} "
-                f"with {dict(config)}; expected {sorted(slots)}",
-            )
-        if tuple(shape) != tuple(param_shapes[name]):
-            raise field_error(
-                field,
-                f"expected the shape of parameter {name} "
-                f"{tuple(param_shapes[name])}, got {tuple(shape)}",
-            )
+    if slots is not None and slot not in slots:
+        raise field_error(
+            field,
+            f"unexpected state {slot!r} for {type(optimizer).__name__} "
+            f"with {dict(config)}; expected {sorted(slots)}",
+        )
+    if tuple(shape) != tuple(param_shapes[name]):
+        raise field_error(
+            field,
+            f"expected the shape of parameter {name} "
+            f"{tuple(param_shapes[name])}, got {tuple(shape)}",
+        )
 
 
 def expect_rng_state(value: Any, field: str) -> None:

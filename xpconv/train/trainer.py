@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 from array_api_compat import is_array_api_obj
 
-from xpconv.backends.numpy import host
 from xpconv.backends.registry import backend_of
 from xpconv.data.augment import Augment
 from xpconv.nn.sequential import Sequential
@@ -87,6 +86,10 @@ class Trainer:
             ``fit`` (after the built-in :class:`~xpconv.train.callbacks.NaNGuard`, early
             stopping and :class:`~xpconv.train.callbacks.ProgressBar`, before ``fit``'s
             ``on_epoch_end``); their state is saved with the trainer's.
+        tune_host: apply the backend's process-wide host tuning when ``fit`` starts
+            (:func:`xpconv.tune_host`: on NumPy, glibc's malloc thresholds and OpenBLAS
+            on one thread, xpconv splitting products itself). ``False`` (the default):
+            ``fit`` changes nothing outside xpconv.
 
     Attributes:
         strategy: the :class:`~xpconv.parallel.strategy.Strategy` the loop asks (set by
@@ -109,6 +112,7 @@ class Trainer:
         callbacks: list[Callback] | tuple[Callback, ...] | None = None,
         sync_batch_norm: bool = True,
         strategy: Strategy | None = None,
+        tune_host: bool = False,
     ) -> None:
         if not isinstance(model, Sequential):
             raise TypeError(f"model: expected a Sequential, got {type(model).__name__}")
@@ -118,6 +122,9 @@ class Trainer:
         # the whole step (compiled on JAX); replace it to add a gradient hook
         self.train_step = TrainStep(model, optimizer)
         self.seed = seed
+        if not isinstance(tune_host, bool):
+            raise TypeError(f"tune_host: expected True or False, got {tune_host!r}")
+        self.tune_host = tune_host
         self.rng = np.random.default_rng([seed, 2])
         self.progress = progress
         self.log_every = positive_int(log_every, "log_every")
@@ -292,7 +299,8 @@ class Trainer:
         self._bind_optimizer()
         n = int(x_dev.shape[0])
         steps = self._count_steps(n, batch_size, drop_last)
-        host.tune_host()  # process-wide; XPCONV_HOST_TUNING=0 turns it off
+        if self.tune_host:  # process-wide, asked for; XPCONV_HOST_TUNING=0 turns it off
+            self.model.backend.tune_host()
         self.optimizer.setup(epochs * steps)
         strategy = self.strategy
         if strategy.distributed:
@@ -483,7 +491,7 @@ class Trainer:
         if not examples:
             lo, hi = (lo - 1, lo) if lo == count else (lo, lo + 1)
         idx = order[first + lo : first + hi]
-        host.balance_threads()  # one thread while the machine is busy
+        self.model.backend.between_steps()  # NumPy, once tuned: one thread while busy
         if x_host is None:
             xb = xp.take(x, idx, axis=0)
         else:  # augmented on the host from the seeded generator, then moved

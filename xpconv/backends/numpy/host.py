@@ -1,24 +1,25 @@
-"""Process-wide settings for NumPy training on a Linux host, applied only when asked for,
-and the BLAS thread controls xpconv's NumPy kernels use.
+"""Process-wide settings for NumPy training on a Linux host, applied only when asked
+for, and what xpconv's NumPy kernels read of OpenBLAS's configuration.
 
-Importing xpconv, selecting a backend or building a model changes nothing outside
-xpconv. :func:`tune_host` is the one entry point that does; the ``xpconv`` command,
-:class:`xpconv.Trainer` and the benchmarks call it, and a user may. It does three
-things, each described at its function:
+Importing xpconv, selecting a backend, building a model and ``Trainer.fit`` change
+nothing outside xpconv. :func:`tune_host` is the one entry point that does; the
+``xpconv`` command and the benchmarks call it, and a user may (``xpconv.tune_host()``,
+or ``Trainer(..., tune_host=True)``). It does three things, each described at its
+function:
 
 - :func:`keep_freed_memory`: glibc keeps the step's freed temporaries for reuse
   (``XPCONV_KEEP_FREED_MEMORY=0`` turns this one off).
-- :func:`quiet_blas_threads`: OpenBLAS's idle worker threads sleep instead of spinning
-  (an ``OPENBLAS_THREAD_TIMEOUT`` set by the user is respected instead).
+- :func:`one_blas_thread`: every loaded OpenBLAS runs each product on the calling
+  thread, and xpconv's NumPy kernels split their large products over their own threads
+  instead (idle OpenBLAS workers are then never woken, so they never spin).
 - :func:`balance_threads` is switched on: called between training steps, it runs
   xpconv's NumPy work on one thread while other processes keep the cores busy, and on
   every core again when they stop.
 
 ``XPCONV_HOST_TUNING=0`` in the environment turns all of it off.
 
-Beside them, :func:`single_blas_thread` holds OpenBLAS at one thread while one of
-xpconv's own matrix products runs (xpconv splits those over its threads itself, so
-that their results do not depend on the thread count) and gives the count back after.
+Nothing here shuts OpenBLAS's thread pool down or changes its thread count around a
+product, so no call can block or slow another thread that is inside BLAS.
 """
 
 from __future__ import annotations
@@ -29,13 +30,9 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-
-import numpy as np
 
 __all__ = [
     "CpuSample",
@@ -43,29 +40,27 @@ __all__ = [
     "blas_threads",
     "cpu_sample",
     "keep_freed_memory",
+    "one_blas_thread",
     "openblas_paths",
     "parallel_workers",
-    "quiet_blas_threads",
+    "product_threads",
     "set_blas_threads",
-    "single_blas_thread",
     "tune_host",
     "usable_cores",
 ]
-
-_TIMEOUT_VARIABLE = "OPENBLAS_THREAD_TIMEOUT"
-_SHORTEST_TIMEOUT = "4"  # OpenBLAS's minimum: spin for 2**4 cycles, then sleep
 
 
 def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of returning it to the system.
 
-    A training step allocates and frees the same tens of megabytes of temporaries
-    (columns, activations, gradients) every time. By default glibc serves such blocks
-    with fresh ``mmap`` calls and gives them back on free, so every step pays page
-    faults on all of it: on the reference CNN that was 15% of the step and made step
-    times erratic. Raising the mmap and trim thresholds keeps the memory in the heap;
-    resident memory then stays at its peak instead of going up and down. Only on
-    Linux with glibc; ``XPCONV_KEEP_FREED_MEMORY=0`` turns it off.
+    A training step allocates and frees the same temporaries (columns, activations,
+    gradients) every time. By default glibc serves large blocks with fresh ``mmap``
+    calls and gives them back on free, so every step pays page faults on all of them.
+    Raising the mmap and trim thresholds (process-wide) keeps the memory in the heap;
+    resident memory then stays at its peak instead of going up and down. Returns
+    whether both thresholds were set. Only on Linux with glibc;
+    ``XPCONV_KEEP_FREED_MEMORY=0`` turns it off. See docs/performance.md for the
+    measured effect.
     """
     if os.environ.get("XPCONV_KEEP_FREED_MEMORY", "1") == "0" or sys.platform != "linux":
         return False
@@ -90,48 +85,6 @@ def openblas_paths() -> list[str]:
     except OSError:
         return []
     return [p for p in dict.fromkeys(found) if ".so" in os.path.basename(p)]
-
-
-@cache
-def quiet_blas_threads() -> bool:
-    """Make OpenBLAS's idle worker threads sleep at once instead of spinning.
-
-    After every call that used its threads, OpenBLAS keeps its workers busy-waiting
-    for the next one, for 2**28 cycles (about 0.1 s) by default. xpconv's own products
-    use none of them (see :func:`single_blas_thread`), but any other product in the
-    process (an evaluation, a user's own NumPy code) does, and the spinning workers
-    then take the cores xpconv's threads need: on 2 cores, LeNet's second convolution
-    ran at half speed right after such a product (docs/performance.md, "Kernel choices").
-
-    OpenBLAS reads ``OPENBLAS_THREAD_TIMEOUT`` when it starts its thread pool, usually
-    before xpconv is imported. So this sets the variable, has OpenBLAS read it again,
-    shuts the pool down, lets one small product start it anew, and restores the
-    environment. It does nothing when the user has set the variable (to keep
-    OpenBLAS's default, set it to 28) or when no OpenBLAS with these two entry points
-    is loaded. It acts on every OpenBLAS loaded so far, once per process; call it
-    while no other thread is inside BLAS.
-    """
-    if _TIMEOUT_VARIABLE in os.environ:
-        return False
-    libraries = []
-    for path in openblas_paths():
-        try:
-            lib = ctypes.CDLL(path)
-            libraries.append((lib.openblas_read_env, lib.blas_thread_shutdown_))
-        except (OSError, AttributeError):
-            continue
-    if not libraries:
-        return False
-    os.environ[_TIMEOUT_VARIABLE] = _SHORTEST_TIMEOUT
-    try:
-        for read_env, shutdown in libraries:
-            read_env()  # newer OpenBLAS caches the variable here...
-            shutdown()
-        square = np.ones((256, 256), dtype=np.float32)
-        square @ square  # ...older ones read it when the pool restarts, as NumPy's does here
-    finally:
-        del os.environ[_TIMEOUT_VARIABLE]
-    return True
 
 
 # ------------------------------------------------------------------ BLAS thread count
@@ -166,8 +119,8 @@ def blas_threads() -> int | None:
 
 
 def set_blas_threads(count: int) -> bool:
-    """Give every loaded OpenBLAS ``count`` threads; False when none is loaded. Call it
-    while no other thread is inside BLAS."""
+    """Give every loaded OpenBLAS ``count`` threads, for the whole process; False when
+    none is loaded. xpconv calls it only from :func:`one_blas_thread`, when asked."""
     controls = _thread_controls()
     for _, put in controls:
         put(int(count))
@@ -279,17 +232,13 @@ def balance_threads() -> int | None:
     thread count now (``None`` when :func:`tune_host` has not switched balancing on, or
     there is one core).
 
-    Why: work split over threads waits for the slowest part. Beside another process's
-    spinning thread pool (a PyTorch training, say) one thread is always descheduled,
-    and the step waits for its time slice: on 2 cores beside a 2-thread PyTorch loop, a
-    LeNet epoch of 600 images took 3 to 30 s with 2 threads and 0.7 to 1.5 s with one.
-    It reads ``/proc/stat`` at most every 0.1 s and decides on the CPU time other
-    processes took over the last 0.3 s (0.3 cores or more: one thread; under 0.15:
-    every usable core). The first call after switching on starts with one thread.
-    ``/proc/stat`` counts in ticks of 10 ms per CPU, so over a single 0.1 s the count
-    of an idle 2-core machine, busy with this process alone, read up to 0.3 cores of
-    others' work, enough to halve xpconv's speed for the next 0.1 s; over 0.3 s that
-    error is a third as large.
+    Work split over threads waits for the slowest part, and beside another process's
+    busy threads one of xpconv's is always descheduled. It reads ``/proc/stat`` at most
+    every ``_Balancer.window`` seconds and decides on the CPU time other processes took
+    over the last ``_Balancer.horizon`` seconds (``crowded`` cores or more: one thread;
+    under ``clear``: every usable core); the longer horizon keeps the 10 ms tick
+    rounding of ``/proc/stat`` from being read as load. The first call after switching
+    on starts with one thread.
 
     Only the number of threads that run the parts changes, never how the work is cut
     into parts (see :func:`parallel_workers`), so a seeded training computes the same
@@ -304,64 +253,69 @@ def parallel_workers() -> int | None:
     return _BALANCER.current if _BALANCER.enabled else None
 
 
-class _BlasHold:
-    """Reference-counted hold of OpenBLAS at one thread (see :func:`single_blas_thread`)."""
+class _BlasOwner:
+    """The state of :func:`one_blas_thread`: the thread count OpenBLAS had when xpconv
+    took it to one thread (``None``: never taken)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.depth = 0
-        self.outside: int | None = None
+        self.before: int | None = None
 
 
-_HOLD = _BlasHold()
+_OWNER = _BlasOwner()
 
 
-@contextmanager
-def single_blas_thread() -> Iterator[int | None]:
-    """Hold every loaded OpenBLAS at one thread inside the ``with`` block; yields the
-    thread count it has outside (``None``: no OpenBLAS whose count can be set is
-    loaded, and nothing is held).
+def one_blas_thread() -> bool:
+    """Run every loaded OpenBLAS on one thread from now on, for the whole process, and
+    let xpconv's NumPy kernels split their large products over as many of their own
+    threads as OpenBLAS had. Returns whether OpenBLAS is now held at one thread by
+    xpconv (False: no OpenBLAS whose count can be set is loaded, or it already ran on
+    one thread, as with ``OPENBLAS_NUM_THREADS=1``).
 
-    xpconv's NumPy kernels split their large matrix products over their own threads in
-    a fixed way, each part a one-thread BLAS call, so that a product's rounding does
-    not depend on how many threads run it (OpenBLAS's AVX2 kernels round differently
-    with one thread and with two). Nested and concurrent holds share one: the first
-    sets the count, the last gives the outside count back.
+    Done once per process; later calls change nothing. Lowering the count only stores
+    a number that later calls read, so a product another thread is running meanwhile
+    finishes as it started; OpenBLAS's thread pool is never shut down. Products of
+    other code in the process then run on one thread too.
     """
-    with _HOLD.lock:
-        if _HOLD.depth == 0:
-            _HOLD.outside = blas_threads()
-            if _HOLD.outside is not None and _HOLD.outside != 1:
-                set_blas_threads(1)
-        _HOLD.depth += 1
-        outside = _HOLD.outside
-    try:
-        yield outside
-    finally:
-        with _HOLD.lock:
-            _HOLD.depth -= 1
-            if _HOLD.depth == 0 and _HOLD.outside is not None and _HOLD.outside != 1:
-                set_blas_threads(_HOLD.outside)
+    with _OWNER.lock:
+        if _OWNER.before is None:
+            count = blas_threads()
+            if count is None or count <= 1:
+                return False
+            _OWNER.before = count
+            set_blas_threads(1)
+        return True
+
+
+def product_threads() -> int | None:
+    """How many threads xpconv's NumPy kernels may split one matrix product over, each
+    part a one-thread BLAS call: the count OpenBLAS had before :func:`one_blas_thread`
+    took it, or 1 while OpenBLAS is configured with one thread (the parts then run one
+    after another). ``None``: OpenBLAS threads its products itself (the kernels call it
+    on whole products and never change its count), or no OpenBLAS whose count can be
+    read is loaded."""
+    if blas_threads() != 1:  # also when set again since :func:`one_blas_thread`
+        return None
+    return _OWNER.before or 1
 
 
 def tune_host() -> dict[str, bool]:
     """Apply xpconv's process-wide host tuning; returns what was done.
 
     Changes three things in the whole process (Linux): glibc's ``mallopt`` thresholds
-    (freed memory is kept for reuse, :func:`keep_freed_memory`), the idle timeout of
-    every loaded OpenBLAS's threads (:func:`quiet_blas_threads`), and, between training
-    steps, how many threads xpconv's NumPy kernels use while the machine is busy
-    (:func:`balance_threads`; this changes no result). ``XPCONV_HOST_TUNING=0`` turns
-    it into a no-op. Safe to call more than once; call it while no other thread is
-    inside BLAS.
+    (:func:`keep_freed_memory`), the thread count of every loaded OpenBLAS, to one
+    (:func:`one_blas_thread`), and, between training steps, how many threads xpconv's
+    NumPy kernels use while the machine is busy (:func:`balance_threads`; this changes
+    no result). ``XPCONV_HOST_TUNING=0`` turns it into a no-op. Safe to call more than
+    once, and while other threads are inside BLAS.
     """
     if os.environ.get("XPCONV_HOST_TUNING", "1").strip() == "0":
-        return {"keep_freed_memory": False, "quiet_blas_threads": False, "balance_threads": False}
+        return {"keep_freed_memory": False, "one_blas_thread": False, "balance_threads": False}
     kept = keep_freed_memory()
-    quiet = quiet_blas_threads()
+    single = one_blas_thread()
     _BALANCER.enable()
     return {
         "keep_freed_memory": kept,
-        "quiet_blas_threads": quiet,
+        "one_blas_thread": single,
         "balance_threads": _BALANCER.enabled,
     }

@@ -11,7 +11,13 @@ the PyTorch kernels; here the copies are split over the cores.
 The pool, weight-gradient and tanh kernels write into buffers they own with ``out=``
 instead of chaining temporaries. Work on large arrays is split over the machine's
 cores (NumPy releases the GIL inside its loops, and one core does not saturate memory
-bandwidth). The measurements behind these choices: docs/performance.md, "Kernel choices".
+bandwidth), always into the same parts, so results do not depend on how many threads
+run them.
+
+Matrix products are split over xpconv's threads only while OpenBLAS runs on one thread
+(:func:`xpconv.backends.numpy.host.product_threads`); otherwise each product is one
+BLAS call that OpenBLAS threads itself. The kernels never change OpenBLAS's settings.
+Measured timings are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -62,8 +68,8 @@ def _run_parts(work: Any, bounds: list[int], workers: int) -> None:
     """Run ``work(lo, hi)`` for every range of ``bounds``, on up to ``workers`` threads.
 
     The calling thread runs the first range itself instead of waiting for a helper to
-    wake, which is faster than handing every range to the pool. With one worker
-    it runs them all, one after another: the parts, and so the results, are the same.
+    wake. With one worker it runs them all, one after another: the parts, and so the
+    results, are the same.
     """
     ranges = list(zip(bounds[:-1], bounds[1:]))
     pool = _executor() if workers > 1 else None
@@ -158,52 +164,48 @@ def _bounds(size: int, parts: int) -> list[int]:
 
 
 def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for (M, K) and (K, N), split over the cores by xpconv itself.
+    """``a @ b`` for (M, K) and (K, N).
 
-    OpenBLAS's AVX2 kernels round a product differently with one thread and with two,
-    so a count that follows the machine's load (``host.balance_threads``) would
-    make a seeded training unrepeatable. Here every product large enough for OpenBLAS
-    to thread runs with OpenBLAS held at one thread (``host.single_blas_thread``);
-    from 2**23 multiply-adds it is cut into one part per core, always the same way: by
-    rows or columns, whichever are more, at multiples of 16, or by the inner dimension
-    when both are few (the partial products then added in a fixed order). The parts run
-    on up to as many threads as OpenBLAS had outside the hold and the host balancing
-    allows, and give the same bits on any number of them. They are as fast as
-    OpenBLAS's own threads or faster; below 2**23 the parts gained nothing over one
-    thread or lost, so those products run whole (docs/performance.md, "Kernel choices"). Without an
-    OpenBLAS whose count can be set, this is ``a @ b``.
+    While OpenBLAS runs on one thread (:func:`~xpconv.backends.numpy.host.product_threads`
+    is not ``None``), a product of 2**23 multiply-adds or more is cut into one part per
+    core, always the same way: by rows or columns, whichever are more, at multiples of
+    16, or by the inner dimension when both are few (the partial products then added in
+    a fixed order). The parts run on up to ``product_threads()`` threads, fewer while
+    the host balancing asks for fewer, and give the same bits on any number of them.
+    Smaller products, and every product while OpenBLAS threads on its own, are one BLAS
+    call.
     """
     a, b = np.asarray(a), np.asarray(b)
     (m, k), n = a.shape, b.shape[1]
-    if m * n * k < _SINGLE_THREAD_GEMM:
+    if m * n * k < _SPLIT_GEMM:
         return a @ b
-    with host.single_blas_thread() as outside:
-        parts = _cores() if m * n * k >= _SPLIT_GEMM and outside is not None else 1
-        if parts == 1:
-            return a @ b
-        out = np.empty((m, n), dtype=np.result_type(a, b))
-        workers = _workers(outside)
-        if max(m, n) >= _SPLIT_MIN * parts:
-            if n >= m:
+    threads = host.product_threads()
+    if threads is None:
+        return a @ b
+    parts, workers = _cores(), _workers(threads)
+    out = np.empty((m, n), dtype=np.result_type(a, b))
+    if max(m, n) >= _SPLIT_MIN * parts:
+        if n >= m:
 
-                def columns(lo: int, hi: int) -> None:
-                    np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
+            def columns(lo: int, hi: int) -> None:
+                np.matmul(a, b[:, lo:hi], out=out[:, lo:hi])
 
-                _run_parts(columns, _bounds(n, parts), workers)
-            else:
+            _run_parts(columns, _bounds(n, parts), workers)
+        else:
 
-                def rows(lo: int, hi: int) -> None:
-                    np.matmul(a[lo:hi], b, out=out[lo:hi])
+            def rows(lo: int, hi: int) -> None:
+                np.matmul(a[lo:hi], b, out=out[lo:hi])
 
-                _run_parts(rows, _bounds(m, parts), workers)
-            return out
-        partial: dict[int, np.ndarray] = {}
+            _run_parts(rows, _bounds(m, parts), workers)
+        return out
+    partial: dict[int, np.ndarray] = {}
 
-        def inner(lo: int, hi: int) -> None:
-            partial[lo] = a[:, lo:hi] @ b[lo:hi]
+    def inner(lo: int, hi: int) -> None:
+        partial[lo] = a[:, lo:hi] @ b[lo:hi]
 
-        _run_parts(inner, _bounds(k, parts), workers)
-        return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]  # same order every time
+    _run_parts(inner, _bounds(k, parts), workers)
+    # the same order every time
+    return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]
 
 
 _CONV_BLOCK = 1 << 19  # bytes of columns built and multiplied at a time: they stay in cache
@@ -224,11 +226,11 @@ def conv_matmul(
     Each block of columns is copied from the windows view and multiplied, and the bias
     added to its outputs and their tanh taken, while it is still in cache; only the
     output (and the columns, when ``keep_cols``) go to memory. Without ``keep_cols`` (a
-    forward pass no backward follows) the columns are never stored at all. The output
-    rows are split over the cores, each block a one-thread BLAS call, the same blocks
-    every time (see :func:`matmul`); faster than im2col, product and bias one after
-    another (docs/performance.md, "Kernel choices"). Pool-ordered columns (the fused
-    conv + pool step) and grouped convolutions take the one-pass path.
+    forward pass no backward follows) the columns are never stored at all. While
+    OpenBLAS runs on one thread the output rows are split over the cores, each block a
+    one-thread BLAS call, the same blocks every time (see :func:`matmul`).
+    Pool-ordered columns (the fused conv + pool step) and grouped convolutions take the
+    one-pass path. Returns ``(output, columns or None)``.
     """
     if not _blockwise(geom):
         return PORTABLE.conv_matmul(xp, x, weight2d, bias, geom, keep_cols, tanh)
@@ -250,9 +252,9 @@ def conv_linear(
 
     Each thread multiplies the output rows it made by their columns of ``head`` as
     soon as its part is done, while they are in cache, instead of one product over
-    the whole output after every part (docs/performance.md, "Kernel choices"). The
-    parts' products are added in a fixed order, so the result does not depend on how
-    many threads ran them.
+    the whole output after every part. The parts' products are added in a fixed order,
+    so the result does not depend on how many threads ran them. Returns ``(output,
+    columns or None, head product)``.
     """
     if not _blockwise(geom):
         return PORTABLE.conv_linear(xp, x, weight2d, bias, geom, head, keep_cols, tanh)
@@ -308,8 +310,8 @@ def _conv_blocks(
             done = out[:, lo * per_row : hi * per_row].reshape(len(w2), -1, n)
             partial[lo] = np.matmul(head_by_channel[:, :, lo * ow : hi * ow], done).sum(axis=0)
 
-    with host.single_blas_thread() as outside:  # None: a BLAS that threads on its own
-        _in_parts(work, oh, out.nbytes if outside else 0, _PARALLEL_COMPUTE_BYTES, outside or 1)
+    threads = host.product_threads()  # None: a BLAS that threads on its own, one part
+    _in_parts(work, oh, out.nbytes if threads else 0, _PARALLEL_COMPUTE_BYTES, threads or 1)
     head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
     return out, None if cols is None else cols.reshape(rows, -1), head_out  # type: ignore[return-value]
 
@@ -320,8 +322,8 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
     A small output with a huge inner dimension (a first layer: O * K of a few hundred,
     L of a hundred thousand) is slow as one GEMM. It runs as batched matmuls over
     chunks of L, each small enough for OpenBLAS to keep on one thread, with the chunks
-    split over the cores and the partial sums added in a fixed order, which was faster
-    than all the chunks in one batched call (docs/performance.md, "Kernel choices").
+    split over the cores and the partial sums added in a fixed order. Other shapes are
+    ``matmul(cols, grad2.T).T``.
     """
     (o, length), k = grad2.shape, cols.shape[0]
     chunks = next(
@@ -333,7 +335,7 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
         None,
     )
     if o * k > 4096 or chunks is None or length < 64 * chunks:
-        return matmul(xp, cols, grad2.T).T  # this orientation: 6.0 against 6.4 ms (conv2)
+        return matmul(xp, cols, grad2.T).T  # the faster orientation (docs/performance.md)
     m = length // chunks
     g3 = grad2.reshape(o, chunks, m).transpose(1, 0, 2)  # (B, O, M) views, no copies
     c3 = cols.reshape(k, chunks, m).transpose(1, 2, 0)  # (B, M, K)
@@ -343,7 +345,8 @@ def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
         partial[lo] = np.matmul(g3[lo:hi], c3[lo:hi]).sum(axis=0)
 
     _in_parts(accumulate, chunks, grad2.nbytes + cols.nbytes)
-    return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]  # same order every time
+    # the same order every time
+    return sum(partial[lo] for lo in sorted(partial))  # type: ignore[return-value]
 
 
 def max_pool_blocks(
@@ -382,7 +385,7 @@ def max_pool_blocks_backward(
     xp: Any, grad_out: np.ndarray, argmax: np.ndarray, taps: int
 ) -> np.ndarray:
     """Pool-ordered max-pool backward (contract in ``_pool``), written tap by tap into
-    one buffer and split over the cores by channel: twice as fast on 2 cores."""
+    one buffer and split over the cores by channel."""
     grad, argmax = np.asarray(grad_out), np.asarray(argmax)
     out = np.empty((grad.shape[0], taps, *grad.shape[1:]), dtype=grad.dtype)
 
@@ -446,12 +449,10 @@ def tanh_backward(xp: Any, grad_out: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def row_sums(xp: Any, a: np.ndarray) -> np.ndarray:
-    """Row sums as a matrix-vector product, faster than ``sum(axis=1)`` on a first
-    convolution's long gradient rows (docs/performance.md, "Kernel choices"). On one
-    BLAS thread, as the products are (see :func:`matmul`)."""
+    """Row sums of (M, K) ``a`` as a matrix-vector product (faster than
+    ``sum(axis=1)`` on long rows): (M,)."""
     a = np.asarray(a)
-    with host.single_blas_thread():
-        return a @ np.ones(a.shape[1], dtype=a.dtype)
+    return a @ np.ones(a.shape[1], dtype=a.dtype)
 
 
 def _channel_rows(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
@@ -479,10 +480,8 @@ def batch_norm_train(
     """Training-mode batch norm of ``x`` (N, C, ...) channel block by channel block, so
     each block is read once from memory and its statistics, normalization, scale and
     shift run in cache (the portable path makes about ten passes over ``x``). The sums
-    are NumPy's pairwise ones, as in the portable path. A matrix-vector product or
-    ``einsum`` sums up to twice as fast, but in float32 with up to 18 times the error
-    in the variance: enough for a ResNet's float32 training to leave its float64 run
-    within a few steps.
+    are NumPy's pairwise ones, as in the portable path (a matrix-vector product or
+    ``einsum`` is faster but much less accurate in float32; docs/performance.md).
 
     Returns ``(y, x_hat, mean, var, invstd)`` (var biased; y and x_hat in x's memory
     order). Other memory orders take the portable code.

@@ -9,8 +9,9 @@ buffer it owns, through one strided view per tap.
 
 Matrix products stay one 2-D matmul each. On the CPU in float32, a large one goes
 to oneDNN's matrix product (the inner-product primitive PyTorch itself compiles
-``nn.Linear`` to) instead of ``torch.mm``'s BLAS, where that was measured faster
-(:func:`matmul`). PyTorch is imported only when the kernels run.
+``nn.Linear`` to) instead of ``torch.mm``'s BLAS, for the shapes where it is faster
+(:func:`matmul`; measurements in docs/performance.md). PyTorch is imported only when
+the kernels run.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ def max_pool_blocks(
     """Pool-ordered max pool, bias and ReLU (contract in ``_pool``).
 
     On the CPU, tap by tap into buffers it owns: per tap one comparison, one maximum
-    and three int8 operations on the code (``(k - code) * later`` added), then bias and
-    ReLU in place. ``torch.max(blocks, dim=1)`` with its indices was several times
-    slower there (docs/performance.md, "Kernel choices"); on a GPU it is one launch for
-    what the loop takes fifteen, so a GPU keeps it.
+    and three int8 operations on the code (``(k - code) * later`` added), then bias
+    and ReLU in place (faster there than ``torch.max(blocks, dim=1)`` with its
+    indices). On a GPU ``torch.max`` is one launch for what the loop takes fifteen, so a
+    GPU keeps it.
     """
     import torch
 
@@ -102,9 +103,8 @@ def max_pool_blocks(
 def max_pool_blocks_backward(xp: Any, grad_out: Array, argmax: Array, taps: int) -> Array:
     """Pool-ordered max-pool backward (contract in ``_pool``): each tap's block is
     ``argmax == k`` compared in the gradient's dtype straight into the output, then
-    multiplied by the gradient in place. Comparing the int8 codes themselves, or a
-    scatter, was several times slower on the CPU (docs/performance.md, "Kernel choices").
-    Windows marked -1 pass nothing."""
+    multiplied by the gradient in place (on the CPU faster than comparing the int8
+    codes themselves, or a scatter). Windows marked -1 pass nothing."""
     import torch
 
     out = grad_out.new_empty((grad_out.shape[0], taps, *grad_out.shape[1:]))
@@ -127,9 +127,10 @@ def _host_view(t: Array) -> Any:
 
 
 def tanh(xp: Any, x: Array) -> Array:
-    """``tanh(x)``. On the CPU it runs NumPy's loop (split over the cores by the NumPy
-    kernels) on the tensor's own memory, into a new tensor: faster than ``torch.tanh``
-    on the CPU with the same float32 accuracy (docs/performance.md, "Kernel choices")."""
+    """``tanh(x)``, a new tensor of ``x``'s shape and dtype. On the CPU (float32 or
+    float64, no autograd) it runs NumPy's loop (split over the cores by the NumPy
+    kernels) on the tensor's own memory, with the same float32 accuracy as
+    ``torch.tanh``."""
     import torch
 
     from xpconv.backends.numpy import kernels as _numpy_kernels
@@ -200,15 +201,14 @@ def _onednn_pays(a: Array, b: Array) -> bool:
 def matmul(xp: Any, a: Array, b: Array) -> Array:
     """``a @ b`` for (M, K) and (K, N); large CPU float32 products through oneDNN.
 
-    ``torch.mm`` on the CPU calls the BLAS PyTorch was built with (MKL). MKL ran the
-    reference LeNet's second convolution at about half the speed of oneDNN's product of
-    the same operands, and barely used the second core (docs/performance.md, "Kernel
-    choices"). Small products, and products with a short inner dimension over a huge
-    output (a first convolution's forward, K = 9 or 25), were faster in MKL: oneDNN
-    copies ``b`` into its own layout first. Hence the thresholds (``_ONEDNN_MIN_MACS``,
-    ``_ONEDNN_MIN_INNER``: the long inner dimension of a weight gradient). ``a`` must be
-    row-major (oneDNN's product from a transposed ``a`` was slower than MKL's); a
-    transposed small ``a`` (a weight) is copied first.
+    ``torch.mm`` on the CPU calls the BLAS PyTorch was built with (MKL). A CPU float32
+    product without autograd of at least ``_ONEDNN_MIN_MACS`` multiply-adds, or with
+    an inner dimension of at least ``_ONEDNN_MIN_INNER`` (a weight gradient's), goes to
+    oneDNN's inner product instead, when ``a`` is row-major or small (a transposed
+    small ``a``, a weight, is copied first). Other products, among them small ones and
+    a first convolution's short inner dimension over a huge output (oneDNN copies
+    ``b`` into its own layout first), are ``a @ b``. The result has ``a @ b``'s shape
+    and dtype.
     """
     if _onednn_pays(a, b):
         return _onednn_linear()(a.contiguous(), b.T, None, "none", [], "")

@@ -7,7 +7,7 @@ from typing import Any
 
 from array_api_compat import array_namespace
 
-from xpconv.nn.layers.base import BuildContext, Layer, layer_from_config
+from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes, layer_from_config
 from xpconv.nn.layers.convolution import Conv2D
 from xpconv.nn.layers.core import Dense, Flatten
 from xpconv.nn.layers.pooling import MaxPool2D
@@ -63,6 +63,11 @@ class ConvMaxPool(Layer):
         self._geom = conv_pool_geometry(conv.geometry, pool.kernel_size)
         self.input_shape, self.output_shape = conv.input_shape, pool.output_shape
         self.params = {f"conv.{key}": p for key, p in conv.params.items()}
+
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        conv = self.conv.shapes_for(input_shape)
+        output = self.pool.shapes_for(conv.output).output
+        return LayerShapes(output, {f"conv.{k}": v for k, v in conv.params.items()}, {})
 
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         self.conv.name, self.pool.name = "conv", "pool"

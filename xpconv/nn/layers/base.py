@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from xpconv import ops as F
-from xpconv.backends.registry import Backend
+from xpconv.backends.registry import Backend, get_backend
 
 Array = Any
 Shape = tuple[int, ...]
@@ -36,6 +37,16 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name}, shape={self.shape})"
+
+
+class LayerShapes(NamedTuple):
+    """What a layer makes of one example of a given shape, from plain ints: its output
+    shape, and the shapes of the parameters and buffers it creates (by name inside the
+    layer, as in ``params`` and ``buffers``)."""
+
+    output: Shape
+    params: dict[str, Shape]
+    buffers: dict[str, Shape]
 
 
 @dataclass
@@ -86,6 +97,34 @@ class Layer:
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         return input_shape
 
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        """The output, parameter and buffer shapes of this layer on one example of
+        ``input_shape`` (the batch axis left out), worked out from ints: nothing is
+        allocated or built. Raises ``ValueError`` (or ``TypeError``) naming the layer
+        when it does not fit the input, as :meth:`build` would.
+
+        The one statement of the layer's shapes: :meth:`build` and the checkpoint
+        schema both read it. Layers that create parameters or change the shape override
+        it. The default keeps the shape and creates nothing; for a subclass that
+        overrides ``_build`` only, it builds a throwaway copy on NumPy and reads it.
+        """
+        shape = tuple(int(s) for s in input_shape)
+        if type(self)._build is Layer._build:
+            return LayerShapes(shape, {}, {})
+        return _built_shapes(self, shape)
+
+    def output_shape_for(self, input_shape: Shape) -> Shape:
+        """The output shape on one example of ``input_shape`` (see :meth:`shapes_for`)."""
+        return self.shapes_for(input_shape).output
+
+    def param_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        """The parameters' shapes by name (see :meth:`shapes_for`)."""
+        return self.shapes_for(input_shape).params
+
+    def buffer_shapes(self, input_shape: Shape) -> dict[str, Shape]:
+        """The buffers' shapes by name (see :meth:`shapes_for`)."""
+        return self.shapes_for(input_shape).buffers
+
     def _param(self, ctx: BuildContext, name: str, host: np.ndarray) -> None:
         value = ctx.backend.asarray(host, dtype=ctx.dtype)
         self.params[name] = Parameter(value, f"{self.name}.{name}")
@@ -122,6 +161,15 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+def _built_shapes(layer: Layer, shape: Shape) -> LayerShapes:
+    """The shapes of a throwaway copy of ``layer`` built on host NumPy."""
+    twin = copy.deepcopy(layer)
+    rng = np.random.default_rng(0)
+    out = twin.build(shape, BuildContext(get_backend("numpy"), np.float32, rng, rng))
+    params = {k: tuple(p.shape) for k, p in twin.params.items()}
+    return LayerShapes(tuple(out), params, {k: tuple(v.shape) for k, v in twin.buffers.items()})
 
 
 class _ActivationMixin:

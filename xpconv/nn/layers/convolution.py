@@ -10,7 +10,7 @@ from array_api_compat import array_namespace
 
 from xpconv import ops as F
 from xpconv.nn.initializers import get_initializer, initializer_config
-from xpconv.nn.layers.base import BuildContext, Layer, _ActivationMixin
+from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes, _ActivationMixin
 from xpconv.ops import (
     ConvGeometry,
     check_conv1d,
@@ -69,7 +69,8 @@ class Conv2D(_ActivationMixin, Layer):
     def _weight_shape(self, channels: int) -> Shape:
         return (self.filters, channels // self.groups, *self.kernel_size)
 
-    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+    def _geometry(self, input_shape: Shape) -> ConvGeometry:
+        """The validated geometry for one example of ``input_shape`` (C, H, W)."""
         if len(input_shape) != 3:
             raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
         channels = input_shape[0]
@@ -80,9 +81,21 @@ class Conv2D(_ActivationMixin, Layer):
             )
         wshape = self._weight_shape(channels)
         try:
-            self._geom = conv_geometry((1, *input_shape), wshape, **self._conv_args())
+            return conv_geometry((1, *input_shape), wshape, **self._conv_args())
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"{self.name}: {exc}") from exc
+
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        geom = self._geometry(input_shape)
+        params = {"weight": self._weight_shape(input_shape[0])}
+        if self.use_bias:
+            params["bias"] = (self.filters,)
+        return LayerShapes((self.filters, *geom.out), params, {})
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        self._geom = self._geometry(input_shape)
+        channels = input_shape[0]
+        wshape = self._weight_shape(channels)
         kh, kw = self.kernel_size
         fan_in = (channels // self.groups) * kh * kw
         fan_out = (self.filters // self.groups) * kh * kw
@@ -213,7 +226,8 @@ class Conv1D(Conv2D):
             kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation
         )
 
-    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+    def _lifted(self, input_shape: Shape) -> Shape:
+        """The validated (C, L) input as the (C, 1, L) one the 2-D convolution takes."""
         if len(input_shape) != 2:
             raise ValueError(f"{self.name}: expected input (C, L), got {input_shape}")
         channels, length = input_shape
@@ -225,7 +239,15 @@ class Conv1D(Conv2D):
             )
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"{self.name}: {exc}") from exc
-        out = super()._build((channels, 1, length), ctx)
+        return (channels, 1, length)
+
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        out, params, _ = super().shapes_for(self._lifted(input_shape))
+        o, c, _, k = params["weight"]
+        return LayerShapes((out[0], out[2]), {**params, "weight": (o, c, k)}, {})
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        out = super()._build(self._lifted(input_shape), ctx)
         w = self.params["weight"]
         w.value = w.value[:, :, 0, :]  # stored as (O, C // groups, K), the PyTorch layout
         return (out[0], out[2])

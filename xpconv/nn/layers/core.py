@@ -9,7 +9,7 @@ import numpy as np
 
 from xpconv import ops as F
 from xpconv.nn.initializers import get_initializer, initializer_config
-from xpconv.nn.layers.base import BuildContext, Layer, _ActivationMixin
+from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes, _ActivationMixin
 from xpconv.ops.checks import positive_int
 
 Array = Any
@@ -19,8 +19,11 @@ Shape = tuple[int, ...]
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1 * d2 * ...)."""
 
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        return LayerShapes((math.prod(input_shape),), {}, {})
+
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
-        return (math.prod(input_shape),)
+        return self.shapes_for(input_shape).output
 
     def forward(self, x: Array, training: bool) -> Array:
         self._shape = tuple(x.shape)
@@ -55,7 +58,7 @@ class Dense(_ActivationMixin, Layer):
         get_initializer(init)
         self._set_activation(activation)
 
-    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
         if len(input_shape) != 1:
             raise ValueError(
                 f"{self.name}: expected flat input (features,), got {input_shape}; "
@@ -67,13 +70,20 @@ class Dense(_ActivationMixin, Layer):
                 f"{self.name}: in_features expected {self.in_features}, got input with "
                 f"{fan_in} features"
             )
-        shape = (self.units, fan_in)
+        params: dict[str, Shape] = {"weight": (self.units, fan_in)}
+        if self.use_bias:
+            params["bias"] = (self.units,)
+        return LayerShapes((self.units,), params, {})
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        shapes = self.shapes_for(input_shape)
+        shape = shapes.params["weight"]
         self._param(
-            ctx, "weight", get_initializer(self.init)(ctx.init_rng, shape, fan_in, self.units)
+            ctx, "weight", get_initializer(self.init)(ctx.init_rng, shape, shape[1], self.units)
         )
         if self.use_bias:
             self._param(ctx, "bias", np.zeros(self.units))
-        return (self.units,)
+        return shapes.output
 
     def forward(self, x: Array, training: bool) -> Array:
         return self._output(x, F.linear(x, self.params["weight"].value))

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from xpconv import ops as F
-from xpconv.nn.layers.base import BuildContext, Layer
+from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes
 from xpconv.ops.checks import check_number
 
 Array = Any
@@ -38,16 +38,23 @@ class _BatchNorm(Layer):
         self.eps = check_number(eps, f"{self.name}: eps", low=0.0, low_open=True)
         self.affine = bool(affine)
 
-    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
         if len(input_shape) not in self._ranks:
             raise ValueError(f"{self.name}: expected input {self._layout}, got {input_shape}")
+        channel: Shape = (input_shape[0],)
+        params: dict[str, Shape] = {"weight": channel, "bias": channel} if self.affine else {}
+        buffers: dict[str, Shape] = {"running_mean": channel, "running_var": channel}
+        return LayerShapes(tuple(input_shape), params, buffers)
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        output = self.shapes_for(input_shape).output
         channels = input_shape[0]
         if self.affine:
             self._param(ctx, "weight", np.ones(channels))
             self._param(ctx, "bias", np.zeros(channels))
         self._buffer(ctx, "running_mean", np.zeros(channels))
         self._buffer(ctx, "running_var", np.ones(channels))
-        return input_shape
+        return output
 
     def forward(self, x: Array, training: bool) -> Array:
         weight = self.params["weight"].value if self.affine else None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from xpconv import ops as F
-from xpconv.nn.layers.base import BuildContext, Layer
+from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes
 from xpconv.ops.checks import int_pair
 
 Array = Any
@@ -28,14 +28,17 @@ class _Pool2D(Layer):
         )
         self.padding = int_pair(padding, f"{self.name}: padding", minimum=0)
 
-    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
         if len(input_shape) != 3:
             raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
         try:  # the geometry the forward pass uses, so what builds also runs
             geom = F.pool_geometry((1, *input_shape), **self._args())
         except (ValueError, TypeError) as exc:
             raise type(exc)(f"{self.name}: {exc}") from exc
-        return (input_shape[0], *geom.out)
+        return LayerShapes((input_shape[0], *geom.out), {}, {})
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        return self.shapes_for(input_shape).output
 
     def _args(self) -> dict[str, Any]:
         return dict(kernel_size=self.kernel_size, stride=self.stride, padding=self.padding)
@@ -76,10 +79,13 @@ class AvgPool2D(_Pool2D):
 class GlobalAvgPool2D(Layer):
     """Mean over the spatial axes: (N, C, H, W) -> (N, C) (``AdaptiveAvgPool2d(1)``, flat)."""
 
-    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
         if len(input_shape) != 3:
             raise ValueError(f"{self.name}: expected input (C, H, W), got {input_shape}")
-        return (input_shape[0],)
+        return LayerShapes((input_shape[0],), {}, {})
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        return self.shapes_for(input_shape).output
 
     def forward(self, x: Array, training: bool) -> Array:
         self._shape = tuple(x.shape)

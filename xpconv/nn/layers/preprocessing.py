@@ -10,7 +10,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from xpconv.nn.layers.base import BuildContext, Layer
+from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes
 from xpconv.ops.checks import namespace
 
 Array = Any
@@ -63,18 +63,18 @@ class Standardize(Layer):
                 f"got {len(self.mean)} and {len(self.std)}"
             )
 
-    def param_shapes(self, input_shape: Shape) -> tuple[Shape, dict[str, Shape]]:
-        """Output shape (the input's) and parameter shapes (none) for ``input_shape``."""
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        """The input's shape, no parameters, no buffers (mean and std are architecture)."""
         channels = max(len(self.mean), len(self.std))
         if channels > 1 and (len(input_shape) < 1 or input_shape[0] != channels):
             raise ValueError(
                 f"{self.name}: {channels} per-channel values, expected an input (C, ...) "
                 f"with C = {channels}, got {input_shape}"
             )
-        return tuple(input_shape), {}
+        return LayerShapes(tuple(int(s) for s in input_shape), {}, {})
 
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
-        shape, _ = self.param_shapes(input_shape)
+        shape = self.shapes_for(input_shape).output
         lead = (-1,) + (1,) * (len(input_shape) - 1)
         mean = np.asarray(self.mean, dtype=np.float64)
         scale = 1.0 / np.asarray(self.std, dtype=np.float64)

@@ -7,7 +7,7 @@ from typing import Any
 
 from xpconv import ops as F
 from xpconv.backends.registry import Backend
-from xpconv.nn.layers.base import BuildContext, Layer
+from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes
 
 Array = Any
 Shape = tuple[int, ...]
@@ -39,6 +39,9 @@ class Dropout(Layer):
         shape = (int(batch), *self.input_shape)
         u = backend.uniform(self._rng, shape, dtype=dtype)
         return backend.xp.astype(u >= self.p, dtype) * (1.0 / (1.0 - self.p))
+
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        return LayerShapes(tuple(input_shape), {}, {})
 
     def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
         self._rng = ctx.dropout_rng

@@ -6,7 +6,13 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from xpconv import ops as F
-from xpconv.nn.layers.base import BuildContext, Layer, backward_step, layer_from_config
+from xpconv.nn.layers.base import (
+    BuildContext,
+    Layer,
+    LayerShapes,
+    backward_step,
+    layer_from_config,
+)
 
 Array = Any
 Shape = tuple[int, ...]
@@ -98,24 +104,53 @@ class Residual(Layer):
         """The inner layers with their names inside the block (branch, then shortcut)."""
         return self._named_children()
 
-    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
-        shapes = []
+    def _chains(self) -> list[list[tuple[str, Layer]]]:
+        """The branch and the shortcut, each layer with its name inside its chain
+        (``conv2d_0``, ``batchnorm2d_0``, ...)."""
+        chains = []
         for chain in (self.layers, self.shortcut):
             names: dict[str, int] = {}
-            shape = input_shape
+            named = []
             for layer in chain:
                 kind = type(layer).__name__
                 index = names.get(kind, 0)
                 names[kind] = index + 1
-                layer.name = f"{kind.lower()}_{index}"
-                shape = layer.build(shape, ctx)
-            shapes.append(shape)
+                named.append((f"{kind.lower()}_{index}", layer))
+            chains.append(named)
+        return chains
+
+    def _same_outputs(self, shapes: list[Shape]) -> Shape:
         if shapes[0] != shapes[1]:
             where = "the shortcut" if self.shortcut else "the identity shortcut (the input)"
             raise ValueError(
                 f"{self.name}: the branch gives output shape {shapes[0]} but {where} gives "
                 f"{shapes[1]}; add a shortcut such as Conv2D(..., kernel_size=1, stride=...)"
             )
+        return shapes[0]
+
+    def shapes_for(self, input_shape: Shape) -> LayerShapes:
+        outputs: list[Shape] = []
+        params: dict[str, Shape] = {}
+        buffers: dict[str, Shape] = {}
+        for prefix, chain in zip(("", "shortcut."), self._chains()):
+            shape = tuple(input_shape)
+            for name, layer in chain:
+                inner = layer.shapes_for(shape)
+                params.update({f"{prefix}{name}.{k}": v for k, v in inner.params.items()})
+                buffers.update({f"{prefix}{name}.{k}": v for k, v in inner.buffers.items()})
+                shape = inner.output
+            outputs.append(shape)
+        return LayerShapes(self._same_outputs(outputs), params, buffers)
+
+    def _build(self, input_shape: Shape, ctx: BuildContext) -> Shape:
+        shapes = []
+        for chain in self._chains():
+            shape = input_shape
+            for name, layer in chain:
+                layer.name = name
+                shape = layer.build(shape, ctx)
+            shapes.append(shape)
+        self._same_outputs(shapes)
         self.params = {
             f"{prefix}.{key}": p
             for prefix, layer in self._named_children()
