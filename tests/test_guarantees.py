@@ -87,3 +87,72 @@ def test_from_torch_refuses_hooks() -> None:  # case 8
         xc.from_torch(net, (1, 6, 6))
     handle.remove()
     xc.from_torch(net, (1, 6, 6))  # no hook left: converted
+
+
+# ---------------------------------------------------------------- formats follow the name
+
+
+def _tiny() -> xc.Sequential:
+    return xc.Sequential([xc.Flatten(), xc.Dense(3)], input_shape=(1, 4, 4), seed=0)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".pt", ".onnx", ".pkl", ""])
+def test_save_model_refuses_a_suffix_it_does_not_write(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"m{suffix}"
+    with pytest.raises(ValueError, match=r"expected one of \['.npz', '.safetensors'\]"):
+        xc.save_model(_tiny(), path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("suffix", [".NPZ", ".safetensors"])
+def test_saved_and_loaded_in_the_format_the_name_says(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"m{suffix}"
+    xc.save_model(_tiny(), path)
+    head = path.read_bytes()[:9]
+    assert head.startswith(b"PK") == (suffix.lower() == ".npz")
+    x = np.ones((2, 1, 4, 4), np.float32)
+    np.testing.assert_array_equal(xc.load_model(path).predict(x), _tiny().predict(x))
+
+
+def test_load_model_refuses_onnx_pt_and_mismatched_first_bytes(tmp_path: Path) -> None:
+    from xpconv.io.checkpoint import CheckpointError
+
+    for name, words in (("m.onnx", "onnxruntime"), ("m.pt", "never loads pickles")):
+        (tmp_path / name).write_bytes(b"\x08\x07")
+        with pytest.raises(CheckpointError, match=words):
+            xc.load_model(tmp_path / name)
+    xc.save_model(_tiny(), tmp_path / "a.npz")
+    xc.save_model(_tiny(), tmp_path / "b.safetensors")
+    (tmp_path / "a.npz").rename(tmp_path / "a.safetensors")
+    (tmp_path / "b.safetensors").rename(tmp_path / "b.npz")
+    with pytest.raises(CheckpointError, match=r"first bytes are those of an \.npz"):
+        xc.load_model(tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError, match="first bytes are those of a safetensors"):
+        xc.load_model(tmp_path / "b.npz")
+
+
+def test_export_writes_every_format_and_never_its_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # case 4, and issue "formats follow the file name"
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from xpconv.cli import main
+
+    source = tmp_path / "m.npz"
+    xc.save_model(_tiny(), source)
+    before = source.read_bytes()
+    (tmp_path / "link.npz").hardlink_to(source)
+    for same in (str(source), str(tmp_path / "." / "m.npz"), str(tmp_path / "link.npz")):
+        assert main(["export", str(source), same]) == 1
+        assert "it is the checkpoint being exported" in capsys.readouterr().err
+    assert source.read_bytes() == before
+    assert main(["export", str(source), str(tmp_path / "m.h5")]) == 2
+    assert "expected one of ['.npz', '.onnx', '.pt', '.safetensors']" in capsys.readouterr().err
+    for suffix in (".onnx", ".pt", ".safetensors", ".npz"):
+        assert main(["export", str(source), str(tmp_path / f"out{suffix}")]) == 0
+    state = torch.load(tmp_path / "out.pt", weights_only=True)
+    net = xc.to_torch(_tiny())
+    net.load_state_dict(state)
+    assert (tmp_path / "out.onnx").read_bytes()[:1] == b"\x08"  # protobuf, not a zip
+    for suffix in (".safetensors", ".npz"):
+        assert xc.load_model(tmp_path / f"out{suffix}").get_config() == _tiny().get_config()

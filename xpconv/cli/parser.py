@@ -312,25 +312,32 @@ def _add_evaluate(sub: Any) -> argparse.ArgumentParser:
 def _add_export(sub: Any) -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export",
-        help="write a checkpoint as an ONNX file",
-        description="Write a model checkpoint (.npz or .safetensors) as ONNX: input 'input' "
-        "(N, *input_shape), output 'output' (N, *output_shape), dynamic batch N.",
+        help="write a checkpoint as ONNX, PyTorch, safetensors or npz",
+        description="Write a model checkpoint (.npz or .safetensors) in the format the "
+        "output's suffix names: .onnx (input 'input' (N, *input_shape), output 'output' "
+        "(N, *output_shape), dynamic batch N), .pt (the state_dict of xpconv.to_torch(model), "
+        "for torch.load(path, weights_only=True)), .safetensors or .npz. The output is never "
+        "the checkpoint itself.",
     )
     export.add_argument("checkpoint", metavar="CHECKPOINT", help="model.npz, training.npz, ...")
-    export.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write")
     export.add_argument(
-        "--opset", type=_positive_int, default=None, help="ONNX opset (default: 17)"
+        "output",
+        metavar="OUT",
+        help="the file to write: OUT.onnx, OUT.pt, OUT.safetensors or OUT.npz",
+    )
+    export.add_argument(
+        "--opset", type=_positive_int, default=None, help="ONNX opset (.onnx only; default: 17)"
     )
     export.add_argument(
         "--dtype",
         choices=("float32", "float64"),
         default="float32",
-        help="tensor type of the graph (default: float32)",
+        help="tensor type of the ONNX graph (.onnx only; default: float32)",
     )
     export.add_argument(
         "--check",
         action="store_true",
-        help="run the file in onnxruntime on a random batch and compare with xpconv",
+        help="run the .onnx file in onnxruntime on a random batch and compare with xpconv",
     )
     export.add_argument("--traceback", action="store_true", help="show the full traceback")
     return export

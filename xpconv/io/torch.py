@@ -10,11 +10,13 @@ entry on each side. PyTorch is imported on first use only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from xpconv.io.files import atomic_write
 from xpconv.nn.layers import (
     LAYERS,
     Activation,
@@ -42,7 +44,14 @@ from xpconv.nn.layers import (
 from xpconv.nn.sequential import Sequential
 from xpconv.ops import ACTIVATIONS, conv_geometry
 
-__all__ = ["FROM_TORCH", "TO_TORCH", "from_torch", "to_torch", "torch_residual_class"]
+__all__ = [
+    "FROM_TORCH",
+    "TO_TORCH",
+    "from_torch",
+    "save_torch_state_dict",
+    "to_torch",
+    "torch_residual_class",
+]
 
 
 def _torch() -> Any:
@@ -290,6 +299,17 @@ def to_torch(model: Sequential) -> Any:
     for layer in model.layers:
         modules += TO_TORCH[type(layer)](layer, tensor)
     return torch.nn.Sequential(*modules).to(dtype)
+
+
+def save_torch_state_dict(model: Sequential, path: str | os.PathLike) -> None:
+    """Write the ``state_dict`` of :func:`to_torch`'s module for ``model`` to ``path``
+    atomically, with ``torch.save``: a file that ``torch.load(path, weights_only=True)``
+    reads into ``to_torch(model).load_state_dict``. xpconv never loads such a file (it
+    is a pickle)."""
+    torch = _torch()
+    state = to_torch(model).state_dict()
+    with atomic_write(path) as fh:
+        torch.save(state, fh)
 
 
 def _missing(named: list[tuple[str, Layer]]) -> list[str]:
