@@ -156,3 +156,108 @@ def test_export_writes_every_format_and_never_its_input(
     assert (tmp_path / "out.onnx").read_bytes()[:1] == b"\x08"  # protobuf, not a zip
     for suffix in (".safetensors", ".npz"):
         assert xc.load_model(tmp_path / f"out{suffix}").get_config() == _tiny().get_config()
+
+
+# ---------------------------------------------------------------- runs of the command
+
+
+def _training_file(tmp_path: Path, record: dict | None) -> Path:
+    """A training checkpoint of a small model, one epoch done, with run ``record``."""
+    rng = np.random.default_rng(0)
+    x = rng.random((20, 1, 8, 8), dtype=np.float32)
+    model = xc.Sequential([xc.Flatten(), xc.Dense(10)], input_shape=(1, 8, 8), seed=0)
+    trainer = xc.Trainer(model, xc.SGD(0.1), progress=False)
+    trainer.fit(x, rng.integers(0, 10, 20), epochs=1, batch_size=10)
+    path = tmp_path / "training.npz"
+    xc.save_training(trainer, path, extra=None if record is None else {"run": record})
+    return path
+
+
+RECORD = {"dataset": "digits", "limit": None, "batch_size": 10, "model": "custom"}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("limit", "abc"), ("limit", [1]), ("limit", -3), ("limit", 0), ("batch_size", 1.5)],
+    ids=["limit-abc", "limit-list", "limit-negative", "limit-0", "batch-1.5"],
+)
+def test_a_crafted_run_record_is_refused_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: object
+) -> None:  # cases 11 and 12
+    from xpconv.cli import main
+
+    path = _training_file(tmp_path, {**RECORD, field: value})
+    out = tmp_path / "out"
+    code = main(["train", "--resume", str(path), "--epochs", "2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"the run record is not valid: run.{field}: expected an integer" in err
+    assert "Traceback" not in err and not (out / "training.npz").exists()
+
+
+def test_a_resumed_run_never_falls_back_to_other_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:  # case 1
+    from xpconv.cli import main
+    from xpconv.data import datasets as ds
+
+    monkeypatch.setenv("XPCONV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("XPCONV_DATA", raising=False)
+    monkeypatch.setattr(ds, "MIRRORS", {key: ["http://127.0.0.1:9/"] for key in ds.MIRRORS})
+    record = {**RECORD, "dataset": "mnist", "dataset_loaded": "mnist"}
+    path = _training_file(tmp_path, record)
+    out = tmp_path / "out"
+    argv = ["train", "--resume", str(path), "--epochs", "2", "--out", str(out), "--no-progress"]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "the run trained on mnist and continues on the same data only" in err
+    assert "--data-dir" in err
+    assert not (out / "training.npz").exists() and not (out / "metrics.json").exists()
+
+
+def test_a_run_directory_is_claimed_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:  # case 3
+    from xpconv.cli import main
+    from xpconv.cli.runs import RunLock, default_out
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = RunLock(out)  # another `xpconv train --out run` is running
+    try:
+        code = main(["train", "--out", str(out), "--dataset", "digits", "--no-progress"])
+    finally:
+        held.release()
+    assert code == 1
+    assert "another xpconv train is writing a run into this directory" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+    monkeypatch.chdir(tmp_path)
+    first, second = default_out("m", "d"), default_out("m", "d")  # in the same second
+    assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_out_naming_an_existing_file_is_refused_naming_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xpconv.cli import main
+
+    target = tmp_path / "file"
+    target.write_text("keep")
+    assert main(["train", "--out", str(target), "--dataset", "digits"]) == 1
+    err = capsys.readouterr().err
+    assert f"--out {target}: expected a directory for the run, found a file" in err
+    assert target.read_text() == "keep"
+
+
+def test_a_seed_out_of_range_is_refused_when_the_model_is_built(
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # case 10
+    from xpconv.cli import main
+
+    with pytest.raises(ValueError, match=r"seed: expected an int from 0 to 2\*\*63 - 1"):
+        xc.Sequential([xc.Flatten(), xc.Dense(2)], input_shape=(4,), seed=2**63)
+    model = xc.Sequential([xc.Flatten(), xc.Dense(2)], input_shape=(4,), seed=2**63 - 1)
+    assert model.seed == 2**63 - 1
+    assert main(["train", "--seed", str(2**63)]) == 2
+    assert "argument --seed: expected an integer from 0 to 2**63 - 1" in capsys.readouterr().err

@@ -70,16 +70,16 @@ def as_flags(text: str) -> str:
     return text
 
 
-def load_data(name: str, data_dir: str | None, progress: bool) -> Any:
-    """Load a dataset, falling back to the digits set when MNIST or Fashion-MNIST cannot
-    be had (and no directory was named), printing every warning on stderr; the
-    library's messages are given in the command's flags."""
+def load_data(name: str, data_dir: str | None, progress: bool, *, fallback: bool = True) -> Any:
+    """Load a dataset, falling back (when ``fallback``) to the digits set when MNIST or
+    Fashion-MNIST cannot be had (and no directory was named), printing every warning on
+    stderr; the library's messages are given in the command's flags."""
     from xpconv.data.datasets import DatasetError, load_dataset
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            dataset = load_dataset(name, data_dir, progress=progress, allow_fallback=True)
+            dataset = load_dataset(name, data_dir, progress=progress, allow_fallback=fallback)
         except DatasetError as exc:
             raise DatasetError(as_flags(str(exc))) from exc
     for w in caught:

@@ -17,6 +17,7 @@ from xpconv.cli.common import (
     TRAIN_DEFAULTS,
 )
 from xpconv.models.zoo import RECIPES
+from xpconv.nn.sequential import MAX_SEED
 
 __all__ = ["build_parser"]
 
@@ -47,6 +48,13 @@ def _non_negative_int(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
     return value
 
 
@@ -225,7 +233,7 @@ def _train_run_options(train: argparse.ArgumentParser) -> None:
     """Seed, dtype, data limit, output and resumption."""
     train.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=_seed,
         default=None,
         help=f"weights and shuffling (default: {TRAIN_DEFAULTS['seed']})",
     )

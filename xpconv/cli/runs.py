@@ -4,12 +4,13 @@ share with the run it continues."""
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from xpconv.cli.common import CliError
+from xpconv.cli.common import DATASETS, MODELS, CliError
 
 #: Files whose presence marks a directory as holding a run.
 RUN_FILES = ("training.npz", "model.npz", "metrics.json")
@@ -22,14 +23,72 @@ RUN_SETTINGS = {
 }
 
 
-def default_out(model: str, dataset: str) -> Path:
+def default_out(model: str, dataset: str, *, create: bool = True) -> Path:
+    """A new directory ``runs/<model>-<dataset>-<timestamp>[-n]``, created here (when
+    ``create``) with an exclusive ``mkdir``, so two runs started in the same second get
+    two directories."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path("runs") / f"{model}-{dataset}-{stamp}"
-    n = 1
-    while out.exists():
-        n += 1
-        out = Path("runs") / f"{model}-{dataset}-{stamp}-{n}"
-    return out
+    if create:
+        Path("runs").mkdir(exist_ok=True)
+    for n in range(1, 10_000):
+        out = Path("runs") / f"{model}-{dataset}-{stamp}{'' if n == 1 else f'-{n}'}"
+        try:
+            if not create:
+                return out
+            out.mkdir()
+        except FileExistsError:
+            continue
+        return out
+    raise CliError(f"runs/{model}-{dataset}-{stamp}: 10000 runs this second; pass --out DIR")
+
+
+class RunLock:
+    """A run directory claimed by this process: an exclusive, non-blocking ``flock`` on
+    the directory, held until :meth:`release` (or the process ends, even killed)."""
+
+    def __init__(self, out: Path) -> None:
+        import fcntl
+
+        self.fd: int | None = os.open(out, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.release()
+            raise CliError(
+                f"--out {out}: another xpconv train is writing a run into this directory; "
+                "wait for it to end, or choose another --out"
+            ) from None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+
+def claim_out(out: Path, args: argparse.Namespace) -> RunLock:
+    """Claim ``out`` for this run before anything is written into it: created if
+    missing, locked against every other ``xpconv train`` (so two runs, or two resumes,
+    never write into one directory), then checked under the lock for another run's
+    files (:func:`check_out`).
+
+    Raises:
+        CliError: ``out`` is a file, is locked by another run, or holds another run.
+    """
+    if out.exists() and not out.is_dir():
+        raise CliError(
+            f"--out {out}: expected a directory for the run, found a file; choose another --out"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot create the directory ({exc.strerror})") from exc
+    lock = RunLock(out)
+    try:
+        check_out(out, args)
+    except CliError:
+        lock.release()
+        raise
+    return lock
 
 
 def check_out(out: Path, args: argparse.Namespace) -> None:
@@ -45,6 +104,53 @@ def check_out(out: Path, args: argparse.Namespace) -> None:
         f"with --resume {out / 'training.npz'}, choose another --out, or pass --overwrite "
         "to replace it"
     )
+
+
+#: The run record's keys (``training.npz``'s ``"run"`` entry): required or not.
+RUN_KEYS: dict[str, bool] = {
+    "dataset": True,
+    "limit": True,
+    "batch_size": True,
+    "model": True,
+    "backend": False,
+    "device": False,
+    "dtype": False,
+    "dataset_loaded": False,
+}
+
+
+def validate_run_record(record: Any, path: Path) -> dict[str, Any]:
+    """Check a run record read from ``path`` field by field, on the schema path of the
+    trainer metadata (:mod:`xpconv.io.schema`'s helpers), before anything uses it.
+
+    Raises:
+        CheckpointError: naming the file and the first field that is missing, unknown,
+            of the wrong type or out of range.
+    """
+    from xpconv.io.checkpoint import CheckpointError
+    from xpconv.io.schema import LIMITS, expect_int, expect_mapping, field_error
+
+    def choice(key: str, allowed: tuple[str, ...]) -> None:
+        if key in record and record[key] not in allowed:
+            raise field_error(
+                f"run.{key}", f"expected one of {list(allowed)}, got {record[key]!r:.80}"
+            )
+
+    try:
+        record = expect_mapping(record, "run", RUN_KEYS)
+        choice("dataset", DATASETS)
+        choice("dataset_loaded", DATASETS)
+        choice("model", (*MODELS, "custom"))
+        choice("dtype", ("float32", "float64"))
+        if record["limit"] is not None:
+            expect_int(record["limit"], "run.limit", low=1, high=LIMITS["size"])
+        expect_int(record["batch_size"], "run.batch_size", low=1, high=LIMITS["size"])
+        for key in ("backend", "device"):
+            if key in record and not (isinstance(record[key], str) and len(record[key]) <= 200):
+                raise field_error(f"run.{key}", f"expected a short string, got {record[key]!r:.80}")
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: the run record is not valid: {exc}") from None
+    return dict(record)
 
 
 def run_record(args: argparse.Namespace, model_name: str, model: Any) -> dict[str, Any]:

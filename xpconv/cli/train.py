@@ -20,7 +20,16 @@ from xpconv.cli.common import (
     load_or_fail,
 )
 from xpconv.cli.report import describe_schedule, report_run
-from xpconv.cli.runs import Plan, check_out, default_out, resume_settings, run_record
+from xpconv.cli.runs import (
+    Plan,
+    RunLock,
+    claim_out,
+    default_out,
+    resume_settings,
+    run_record,
+    validate_run_record,
+)
+from xpconv.data.datasets import DatasetError
 from xpconv.models.zoo import RECIPES
 
 __all__ = ["train"]
@@ -63,52 +72,54 @@ def _communicator(args: argparse.Namespace) -> Any:
 
 def _train_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any) -> int:
     """Plan the run, run it, report it."""
-    plan = _plan_run(args, parser, comm)
-    ran = _run_training(plan)
-    if ran is None:
-        return 130
-    if not plan.root:
-        return 0
-    return report_run(plan, *ran)
+    locks: list[RunLock] = []  # the output directory, claimed until the run ends
+    try:
+        plan = _plan_run(args, parser, comm, locks)
+        ran = _run_training(plan)
+        if ran is None:
+            return 130
+        if not plan.root:
+            return 0
+        return report_run(plan, *ran)
+    finally:
+        for lock in locks:
+            lock.release()
 
 
 #: Options that a resumed run takes from its checkpoint, and the recipe's options.
 RECIPE_OPTIONS = ("lr", "final_lr", "optimizer", "schedule", "warmup", "weight_decay")
 
 
-def _plan_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any) -> Plan:
+def _plan_run(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, comm: Any, locks: list[RunLock]
+) -> Plan:
     """Step 1: resolve the options (defaults, the recipe, a checkpoint's settings), build
-    or resume the model and trainer, load the data, choose the output directory."""
+    or resume the model and trainer, load the data, claim the output directory (rank 0;
+    the claim is appended to ``locks``)."""
     root = comm is None or comm.is_root
     progress = not args.no_progress and root
     backend = backend_of(parser, args)
-    if args.out is not None:
-        check_out(Path(args.out), args)  # before any data is loaded
+    if args.out is not None and root:
+        locks.append(claim_out(Path(args.out), args))  # before any data is loaded
     comm = _ready_communicator(args, backend, comm)
     resumed_from = None if args.resume is None else Path(args.resume)
+    recorded_data = None
     if resumed_from is not None:
-        trainer, model_name = _resume(args, backend, progress, comm)
+        trainer, model_name, recorded_data = _resume(args, backend, progress, comm)
         model, recipe = trainer.model, None
     else:
         args.dataset = args.dataset or TRAIN_DEFAULTS["dataset"]
         model_name, model, recipe = _new_model(args, backend)
-    if comm is not None and not root:
-        comm.barrier()  # rank 0 downloads or checks the files first
-    dataset = load_data(args.dataset, args.data_dir, progress)
-    if comm is not None and root:
-        comm.barrier()
-    print(describe_data(dataset))
-    x_train, y_train = dataset.x_train, dataset.y_train
-    if args.limit is not None and args.limit < len(y_train):
-        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
-        print(f"      training on the first {args.limit} of {len(dataset.y_train)} examples")
+    dataset, x_train, y_train = _data(args, comm, progress, recorded_data)
     if recipe is not None:
         trainer = _new_trainer(args, model, recipe, dataset.name, len(y_train), progress, comm)
-    out = Path(args.out) if args.out is not None else default_out(model_name, dataset.name)
-    check_out(out, args)
-    if root:
-        out.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out is not None else None
+    if out is None:
+        out = default_out(model_name, dataset.name, create=root)
+        if root:
+            locks.append(claim_out(out, args))
     _print_plan(trainer, args, out, comm)
+    record = {**run_record(args, model_name, model), "dataset_loaded": dataset.name}
     return Plan(
         args=args,
         comm=comm,
@@ -120,8 +131,37 @@ def _plan_run(args: argparse.Namespace, parser: argparse.ArgumentParser, comm: A
         y_train=y_train,
         out=out,
         resumed_from=resumed_from,
-        run_record=run_record(args, model_name, model),
+        run_record=record,
     )
+
+
+def _data(args: argparse.Namespace, comm: Any, progress: bool, recorded: str | None) -> Any:
+    """The dataset, and the training examples (``--limit``). A resumed run loads the data
+    it started on (``recorded``: the dataset its record says it loaded) and never falls
+    back to other data: without it, it stops and says so."""
+    root = comm is None or comm.is_root
+    if comm is not None and not root:
+        comm.barrier()  # rank 0 downloads or checks the files first
+    try:
+        dataset = load_data(
+            recorded or args.dataset, args.data_dir, progress, fallback=args.resume is None
+        )
+    except DatasetError as exc:
+        if args.resume is None:
+            raise
+        raise CliError(
+            f"--resume {args.resume}: the run trained on {recorded or args.dataset} and "
+            f"continues on the same data only, which cannot be loaded here: {exc}"
+        ) from exc
+    finally:
+        if comm is not None and root:
+            comm.barrier()
+    print(describe_data(dataset))
+    x_train, y_train = dataset.x_train, dataset.y_train
+    if args.limit is not None and args.limit < len(y_train):
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+        print(f"      training on the first {args.limit} of {len(dataset.y_train)} examples")
+    return dataset, x_train, y_train
 
 
 def _ready_communicator(args: argparse.Namespace, backend: Any, comm: Any) -> Any:
@@ -140,9 +180,12 @@ def _ready_communicator(args: argparse.Namespace, backend: Any, comm: Any) -> An
     return comm
 
 
-def _resume(args: argparse.Namespace, backend: Any, progress: bool, comm: Any) -> tuple[Any, str]:
+def _resume(
+    args: argparse.Namespace, backend: Any, progress: bool, comm: Any
+) -> tuple[Any, str, str | None]:
     """The trainer of ``--resume``, the options it fixes filled in from the checkpoint's
-    record of its run, and the model's name as recorded there."""
+    record of its run (validated first), the model's name as recorded there and the
+    dataset the run loaded (``None`` when not recorded)."""
     from xpconv.io.checkpoint import load_checkpoint
     from xpconv.train.resume import load_training
 
@@ -153,9 +196,9 @@ def _resume(args: argparse.Namespace, backend: Any, progress: bool, comm: Any) -
     ]
     path = Path(args.resume)
     _, meta = load_checkpoint(path)
+    record = None if meta.get("run") is None else validate_run_record(meta["run"], path)
     trainer = load_or_fail(lambda: load_training(path, backend=backend, progress=progress), path)
     trainer.communicator = comm
-    record = meta.get("run")
     resume_settings(args, record, trainer.model)
     recorded = record.get("model") if isinstance(record, dict) else None
     model_name = recorded if isinstance(recorded, str) else "custom"  # files without a record
@@ -172,7 +215,7 @@ def _resume(args: argparse.Namespace, backend: Any, progress: bool, comm: Any) -
             f"note: the checkpoint already has {trainer.epochs_done} epoch(s); "
             f"nothing to train (raise --epochs to continue)"
         )
-    return trainer, model_name
+    return trainer, model_name, None if record is None else record.get("dataset_loaded")
 
 
 def _new_model(args: argparse.Namespace, backend: Any) -> tuple[str, Any, dict[str, Any]]:

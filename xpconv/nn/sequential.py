@@ -38,6 +38,10 @@ Array = Any
 __all__ = ["Sequential"]
 
 
+#: The largest seed: a model built with it is saved, loaded and resumed alike.
+MAX_SEED = 2**63 - 1
+
+
 class Sequential:
     """Layers applied in order, with a loss, on one backend, device and dtype.
 
@@ -47,7 +51,8 @@ class Sequential:
         backend: backend name or ``Backend`` (default: the process default).
         device: device on that backend (default: its default device).
         dtype: ``"float32"`` (default) or ``"float64"``.
-        seed: seeds the weight initialisers and the dropout masks.
+        seed: seeds the weight initialisers and the dropout masks; an int from 0 to
+            :data:`MAX_SEED` (2**63 - 1, the range every checkpoint reader accepts).
         input_shape: per-example input shape, e.g. (1, 28, 28); without it the model
             is built on its first input.
         fuse: run a Conv2D (ReLU or no activation) and a tiled MaxPool2D after it as one
@@ -71,8 +76,8 @@ class Sequential:
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError(f"layers: expected a non-empty list of Layer, got {layers!r}")
         _claim_layers(self, layers)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed: expected an int from 0 to 2**63 - 1, got {seed!r}")
         self.layers = list(layers)
         self.loss = get_loss(loss)
         self.backend = get_backend(backend, device)
