@@ -261,3 +261,37 @@ def test_a_seed_out_of_range_is_refused_when_the_model_is_built(
     assert model.seed == 2**63 - 1
     assert main(["train", "--seed", str(2**63)]) == 2
     assert "argument --seed: expected an integer from 0 to 2**63 - 1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- inputs at the boundary
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["dense", "conv-maxpool"])
+def test_torch_inputs_that_track_gradients_are_detached(pool: bool) -> None:  # case 9
+    torch = pytest.importorskip("torch")
+    x = torch.rand(16, 1, 8, 8, requires_grad=True)
+    y = torch.randint(0, 3, (16,))
+    head = [xc.Conv2D(2, 3), xc.MaxPool2D(2)] if pool else []
+    model = xc.Sequential(
+        [*head, xc.Flatten(), xc.Dense(3)], input_shape=(1, 8, 8), backend="torch", seed=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no torch warning about tracked tensors either
+        xc.Trainer(model, xc.SGD(0.1), progress=False).fit(x, y, epochs=1, batch_size=8)
+        assert not model.predict(x).requires_grad
+    for param in model.parameters().values():
+        assert param.value.grad_fn is None and not param.value.requires_grad
+    assert x.grad is None
+
+
+def test_integer_images_beyond_one_warn_once() -> None:  # "also seen": uint8 0-255
+    model = xc.Sequential([xc.Flatten(), xc.Dense(3)], input_shape=(1, 4, 4), seed=0)
+    pixels = np.full((2, 1, 4, 4), 200, np.uint8)
+    with pytest.warns(UserWarning, match=r"x: uint8 data with values up to 200 .*\(x / 255"):
+        model.predict(pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.predict(pixels)  # once per model
+        xc.Sequential([xc.Flatten(), xc.Dense(3)], input_shape=(1, 4, 4)).predict(
+            np.ones((2, 1, 4, 4), np.uint8)
+        )  # 0/1 integers: no warning

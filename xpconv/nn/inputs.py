@@ -29,6 +29,7 @@ Array = Any
 __all__ = [
     "InputChecker",
     "as_batch",
+    "detached",
     "batch_count",
     "check_finite_host",
     "check_input_shape",
@@ -46,6 +47,7 @@ class InputChecker:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.warned_cast = False
+        self.warned_scale = False
 
     def as_input(self, x: Any, argument: str = "x", *, finite: bool = True) -> Array:
         """``x`` (N, *input_shape) checked and on the model's backend and dtype (see
@@ -62,10 +64,13 @@ class InputChecker:
                     check_finite_host(x, argument, model.dtype_name)
                 if x.dtype.name != model.dtype_name:
                     self._warn_cast(argument, x.dtype.name)
+            else:
+                self._warn_unscaled(x, argument)
             x = model.backend.asarray(x, dtype=model.dtype)
         else:
             xp = model.backend.xp
             model.backend.check(x, argument)
+            x = detached(x)
             if finite and xp.isdtype(x.dtype, "real floating"):
                 self.check_finite_device(x, argument)
             if x.dtype != model.dtype:
@@ -95,6 +100,7 @@ class InputChecker:
                 )
         else:
             model.backend.check(y, argument)
+            y = detached(y)
             if validate and model.check_finite and xp.isdtype(y.dtype, "real floating"):
                 self.check_finite_device(y, argument)
         if y.ndim < 1:
@@ -125,6 +131,18 @@ class InputChecker:
         if not bool(backend.to_numpy(xp.all(xp.abs(x) <= limit))):
             check_finite_host(backend.to_numpy(x), argument, dtype_name)
 
+    def _warn_unscaled(self, x: np.ndarray, argument: str) -> None:
+        """Integer images (uint8 pixels 0-255) are used as they are, with one warning
+        when their values go beyond 1: networks train badly on such a scale."""
+        if not self.warned_scale and x.size and int(x.max()) > 1:
+            warnings.warn(
+                f"{argument}: {x.dtype} data with values up to {int(x.max())} is used as it "
+                "is; scale it to [0, 1] first (x / 255 for 8-bit pixels)",
+                UserWarning,
+                stacklevel=5,
+            )
+            self.warned_scale = True
+
     def _warn_cast(self, argument: str, got: str) -> None:
         if not self.warned_cast:
             warnings.warn(
@@ -149,6 +167,15 @@ class InputChecker:
             )
         if x.shape[0] < 1:
             raise ValueError(f"{argument}: expected at least one example, got an empty batch")
+
+
+def detached(x: Array) -> Array:
+    """``x`` cut from any autograd graph of its library (a PyTorch tensor with
+    ``requires_grad``): xpconv computes its own gradients, and a tracked input would make
+    every weight update keep a graph (memory growing each step) or fail in place."""
+    if getattr(x, "requires_grad", False) and hasattr(x, "detach"):
+        return x.detach()
+    return x
 
 
 def as_batch(x: Any) -> Any:
