@@ -295,3 +295,46 @@ def test_integer_images_beyond_one_warn_once() -> None:  # "also seen": uint8 0-
         xc.Sequential([xc.Flatten(), xc.Dense(3)], input_shape=(1, 4, 4)).predict(
             np.ones((2, 1, 4, 4), np.uint8)
         )  # 0/1 integers: no warning
+
+
+def _wide_model() -> xc.Sequential:
+    """8 MB of weights whose activations need 0.5 GiB per example (171,196 1x1 filters)."""
+    return xc.Sequential(
+        [xc.Conv2D(171_196, 1), xc.GlobalAvgPool2D(), xc.Dense(10)], input_shape=(1, 28, 28)
+    )
+
+
+def test_activations_that_do_not_fit_are_refused_before_allocating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # case 14
+    from xpconv.nn import inputs
+
+    model = _wide_model()
+    x, y = np.zeros((600, 1, 28, 28), np.float32), np.zeros(600, np.int64)
+    monkeypatch.setattr(inputs, "available_bytes", lambda backend: 8 * 2**30)
+    for run in (lambda: model.evaluate(x, y), lambda: model.predict(x)):
+        with pytest.raises(MemoryError, match=r"batch_size=512: .* need 256 GiB but 8 GiB is free"):
+            run()
+    with pytest.raises(MemoryError, match="lower batch_size to 15 or less"):
+        model.predict(x, batch_size=16)
+    monkeypatch.setattr(inputs, "available_bytes", lambda backend: 2**20)
+    with pytest.raises(MemoryError, match="even one example needs 0.501 GiB"):
+        model.predict(x[:1])
+
+
+def test_evaluate_command_names_the_batch_size_that_fits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:  # case 14 on the command line
+    pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
+    from xpconv.cli import main
+    from xpconv.nn import inputs
+
+    model = xc.Sequential(
+        [xc.Conv2D(171_196, 1), xc.GlobalAvgPool2D(), xc.Dense(10)], input_shape=(1, 8, 8)
+    )
+    xc.save_model(model, tmp_path / "m.npz")
+    monkeypatch.setattr(inputs, "available_bytes", lambda backend: 2**30)
+    assert main(["evaluate", str(tmp_path / "m.npz"), "--dataset", "digits"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("xpconv: error: batch_size=512: the activations of one batch need")
+    assert "lower --batch-size to 24 or less" in err

@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from xpconv.cli.common import PROG, CliError, err
+from xpconv.cli.common import PROG, CliError, as_flags, err
 from xpconv.cli.evaluate import evaluate
 from xpconv.cli.export import export
 from xpconv.cli.parser import build_parser
@@ -39,6 +39,7 @@ def _library_errors() -> tuple[type[BaseException], ...]:
         DistributedError,
         ValueError,
         OSError,
+        MemoryError,
     )
 
 
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors as exc:
         if args.traceback:
             raise
-        err(str(exc) or type(exc).__name__)
+        err(as_flags(str(exc)) or type(exc).__name__)
         return 1
 
 

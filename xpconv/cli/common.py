@@ -60,6 +60,7 @@ LIBRARY_TO_FLAGS = (
     ("(from data_dir)", "(from --data-dir)"),
     ("(from data_dir;", "(from --data-dir;"),
     ("leave data_dir and XPCONV_DATA unset", "leave --data-dir and XPCONV_DATA unset"),
+    ("lower batch_size to", "lower --batch-size to"),
 )
 
 

@@ -4,6 +4,7 @@ share with the run it continues."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,15 +45,18 @@ def default_out(model: str, dataset: str, *, create: bool = True) -> Path:
 
 class RunLock:
     """A run directory claimed by this process: an exclusive, non-blocking ``flock`` on
-    the directory, held until :meth:`release` (or the process ends, even killed)."""
+    the directory, held until :meth:`release` (or the process ends, even killed). A
+    directory the claim ``created`` is removed on release if the run wrote nothing."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, created: bool = False) -> None:
         import fcntl
 
+        self.out, self.created = out, created
         self.fd: int | None = os.open(out, os.O_RDONLY)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            self.created = False  # another run's directory
             self.release()
             raise CliError(
                 f"--out {out}: another xpconv train is writing a run into this directory; "
@@ -60,12 +64,15 @@ class RunLock:
             ) from None
 
     def release(self) -> None:
+        if self.fd is not None and self.created:
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                self.out.rmdir()  # still under the lock
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor releases the lock
             self.fd = None
 
 
-def claim_out(out: Path, args: argparse.Namespace) -> RunLock:
+def claim_out(out: Path, args: argparse.Namespace, *, created: bool = False) -> RunLock:
     """Claim ``out`` for this run before anything is written into it: created if
     missing, locked against every other ``xpconv train`` (so two runs, or two resumes,
     never write into one directory), then checked under the lock for another run's
@@ -79,10 +86,13 @@ def claim_out(out: Path, args: argparse.Namespace) -> RunLock:
             f"--out {out}: expected a directory for the run, found a file; choose another --out"
         )
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise CliError(f"--out {out}: cannot create the directory ({exc.strerror})") from exc
-    lock = RunLock(out)
+    lock = RunLock(out, created)
     try:
         check_out(out, args)
     except CliError:

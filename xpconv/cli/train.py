@@ -117,7 +117,7 @@ def _plan_run(
     if out is None:
         out = default_out(model_name, dataset.name, create=root)
         if root:
-            locks.append(claim_out(out, args))
+            locks.append(claim_out(out, args, created=True))
     _print_plan(trainer, args, out, comm)
     record = {**run_record(args, model_name, model), "dataset_loaded": dataset.name}
     return Plan(

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from xpconv.backends.registry import Backend, get_backend
-from xpconv.nn.inputs import InputChecker, as_batch, batch_count, check_input_shape
+from xpconv.nn.inputs import (
+    InputChecker,
+    as_batch,
+    batch_count,
+    check_activation_memory,
+    check_input_shape,
+)
 from xpconv.nn.layers import (
     BuildContext,
     ConvDense,
@@ -222,9 +228,17 @@ class Sequential:
 
     # ------------------------------------------------------------------ inference
     def predict(self, x: Any, batch_size: int = 512) -> Array:
-        """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode."""
+        """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode.
+
+        Raises:
+            MemoryError: before any activation is allocated, when one batch does not fit
+                the backend's free memory (the message names the batch size that fits).
+        """
         x = as_batch(x)
         n = batch_count(x, batch_size)
+        if not self.built:
+            self.build(tuple(x.shape[1:]))
+        check_activation_memory(self, batch_size, n)
         self._inputs.check_values(x)
         parts = [
             self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
@@ -238,11 +252,16 @@ class Sequential:
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, float]:
         """Mean loss and accuracy over (x, y); labels are checked once, metrics read
-        once at the end."""
+        once at the end.
+
+        Raises:
+            MemoryError: as :meth:`predict`, before any activation is allocated.
+        """
         x = as_batch(x)
         n = batch_count(x, batch_size)
         if not self.built:
             self.build(tuple(x.shape[1:]))
+        check_activation_memory(self, batch_size, n)
         self._inputs.check_values(x)
         targets = self.as_target(y, n)
         totals = MetricTotals(self.xp)
