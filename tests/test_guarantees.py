@@ -338,3 +338,31 @@ def test_evaluate_command_names_the_batch_size_that_fits(
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("xpconv: error: batch_size=512: the activations of one batch need")
     assert "lower --batch-size to 24 or less" in err
+
+
+@pytest.mark.parametrize("value", ["no", 0, None, 1.0])
+def test_shuffle_takes_a_bool_only(value: object) -> None:  # "also seen": shuffle="no"
+    model = xc.Sequential([xc.Flatten(), xc.Dense(3)], input_shape=(1, 4, 4), seed=0)
+    trainer = xc.Trainer(model, xc.SGD(0.1), progress=False)
+    x, y = np.zeros((4, 1, 4, 4), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(TypeError, match=rf"shuffle: expected True or False, got {value!r}"):
+        trainer.fit(x, y, epochs=1, batch_size=2, shuffle=value)  # type: ignore[arg-type]
+    assert trainer.epochs_done == 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_momentum_is_fixed_after_the_first_step(backend: str) -> None:  # "also seen"
+    if backend == "jax":
+        pytest.importorskip("jax")
+    model = xc.Sequential(
+        [xc.Flatten(), xc.Dense(3)], input_shape=(1, 4, 4), seed=0, backend=backend
+    )
+    opt = xc.SGD(0.1, momentum=0.9)
+    opt.momentum = 0.5  # before training: taken
+    trainer = xc.Trainer(model, opt, progress=False)
+    x, y = np.ones((4, 1, 4, 4), np.float32), np.zeros(4, np.int64)
+    trainer.fit(x, y, epochs=1, batch_size=2)
+    with pytest.raises(AttributeError, match=r"momentum: fixed after the optimizer's first step"):
+        opt.momentum = 0.0
+    assert opt.momentum == 0.5
+    opt.momentum = 0.5  # the same value: nothing changes
