@@ -366,3 +366,12 @@ def test_momentum_is_fixed_after_the_first_step(backend: str) -> None:  # "also 
         opt.momentum = 0.0
     assert opt.momentum == 0.5
     opt.momentum = 0.5  # the same value: nothing changes
+
+
+def test_export_command_of_a_softmax_axis_model(tmp_path: Path) -> None:  # case 6, CLI
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from xpconv.cli import main
+
+    xc.save_model(_axis_model(xc.Softmax, 1), tmp_path / "m.npz")
+    assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx"), "--check"]) == 0
