@@ -33,7 +33,7 @@ def export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     if fmt != "onnx" and (args.check or args.opset is not None):
         parser.error(f"argument {'--check' if args.check else '--opset'}: only for .onnx output")
-    opset = _opset(args, parser) if fmt == "onnx" else None
+    opset = _opset(args, parser) if fmt == "onnx" else 0
     model = load_model(source, backend="numpy")
     if fmt == "onnx":
         _write_onnx(model, target, opset, args)
@@ -62,7 +62,7 @@ def _opset(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return opset
 
 
-def _write_onnx(model: Any, target: Path, opset: int | None, args: argparse.Namespace) -> None:
+def _write_onnx(model: Any, target: Path, opset: int, args: argparse.Namespace) -> None:
     from xpconv.io import to_onnx
 
     to_onnx(model, target, opset=opset, dtype=args.dtype)
