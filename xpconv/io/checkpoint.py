@@ -536,7 +536,17 @@ def _check_total(
 def _inspect_entry(
     zf: zipfile.ZipFile, path: Path, key: str, info: zipfile.ZipInfo, archive_size: int
 ) -> _Entry:
+    """One member checked without reading its data: the zip entry, then its ``.npy``
+    header, then the array it declares against the bytes it holds."""
     where = f"cannot load checkpoint {str(path)!r}: entry {key!r}"
+    _check_member(where, info, archive_size)
+    shape, fortran_order, dtype, header_size = _npy_header(zf, info, where)
+    return _declared_array(where, key, info, shape, fortran_order, dtype, header_size)
+
+
+def _check_member(where: str, info: zipfile.ZipInfo, archive_size: int) -> None:
+    """The zip entry: not encrypted, stored or deflated with believable sizes, inside
+    the file."""
     if info.flag_bits & 0x1:
         raise CheckpointError(f"{where} is encrypted; xpconv checkpoints are never encrypted")
     if info.compress_type == zipfile.ZIP_STORED:
@@ -563,6 +573,11 @@ def _inspect_entry(
             "truncated or corrupt - re-save it or restore it from a backup"
         )
 
+
+def _npy_header(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str
+) -> tuple[Any, Any, Any, int]:
+    """The member's ``.npy`` header (version 1.0 or 2.0): shape, order, dtype, size."""
     try:
         with zf.open(info) as member:
             version = npy_format.read_magic(member)
@@ -582,7 +597,20 @@ def _inspect_entry(
             f"{where} does not hold a valid .npy array header ({exc}); the file is corrupt or "
             "was crafted"
         ) from exc
+    return shape, fortran_order, dtype, header_size
 
+
+def _declared_array(
+    where: str,
+    key: str,
+    info: zipfile.ZipInfo,
+    shape: Any,
+    fortran_order: Any,
+    dtype: Any,
+    header_size: int,
+) -> _Entry:
+    """The declared array: a plain dtype (never objects), a valid shape, and exactly as
+    many bytes as the member holds."""
     dtype = np.dtype(dtype)
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in _ALLOWED_DTYPE_KINDS:
         what = "an object array" if dtype.hasobject else f"an array of dtype {dtype}"
