@@ -453,8 +453,8 @@ def test_from_torch_refuses_unsupported_modules_naming_them() -> None:
 
     with pytest.raises(ValueError, match="Custom"):
         interop.from_torch(Custom(), input_shape=(3,))
-    with pytest.raises(ValueError, match=r"Softmax\(dim=1\) at softmax_0: expected the last axis"):
-        interop.from_torch(nn.Sequential(nn.Softmax(dim=1)), input_shape=(3, 4))
+    with pytest.raises(ValueError, match=r"Softmax\(dim=0\) at layers\[0\]: .* batch axis"):
+        interop.from_torch(nn.Sequential(nn.Softmax(dim=0)), input_shape=(3, 4))
     with pytest.raises(TypeError, match="module: expected a torch.nn.Module"):
         interop.from_torch([nn.ReLU()], input_shape=(3,))
     with pytest.raises(ValueError, match="in_channels expected 3"):

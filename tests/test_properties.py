@@ -176,6 +176,45 @@ def test_generated_trainer_metadata_is_loaded_or_refused_cheaply(data: st.DataOb
         check_outcome(path, lambda: load_training(path, progress=False))
 
 
+VALID_RUN = {
+    "dataset": "mnist",
+    "limit": 1000,
+    "batch_size": 60,
+    "model": "lecture",
+    "backend": "numpy",
+    "device": "cpu",
+    "dtype": "float32",
+    "dataset_loaded": "mnist",
+}
+
+
+@SETTINGS
+@given(data=st.data())
+def test_generated_run_records_are_used_or_refused_naming_the_field(data: st.DataObject) -> None:
+    """The run record of ``training.npz`` goes through one validation: what it accepts
+    the command uses without error; everything else is a CheckpointError naming it."""
+    import argparse
+
+    from xpconv.cli.common import CliError
+    from xpconv.cli.runs import resume_settings, validate_run_record
+
+    record = mutate(data, VALID_RUN)
+    try:
+        checked = validate_run_record(record, Path("training.npz"))
+    except CheckpointError as exc:
+        assert str(exc).startswith("training.npz: the run record is not valid: run"), str(exc)
+        return
+    assert checked["limit"] is None or (type(checked["limit"]) is int and checked["limit"] >= 1)
+    assert type(checked["batch_size"]) is int and checked["batch_size"] >= 1
+    given_values = {"dataset": None, "limit": None, "batch_size": None, "model": None}
+    args = argparse.Namespace(resume="training.npz", **given_values)
+    try:
+        resume_settings(args, checked, xc.Sequential([L.Flatten()], input_shape=(2,)))
+    except CliError:
+        pass
+    assert args.batch_size == checked["batch_size"] and args.limit == checked["limit"]
+
+
 # ----------------------------------------------------------------- functional ops
 
 pairs = st.one_of(

@@ -38,7 +38,14 @@ from xpconv.io.onnx import (
 )
 from xpconv.io.safetensors import load_safetensors, save_safetensors
 from xpconv.io.saving import load_model, save_model
-from xpconv.io.torch import FROM_TORCH, TO_TORCH, from_torch, to_torch, torch_residual_class
+from xpconv.io.torch import (
+    FROM_TORCH,
+    TO_TORCH,
+    from_torch,
+    save_torch_state_dict,
+    to_torch,
+    torch_residual_class,
+)
 
 __all__ = [
     "CheckpointError",
@@ -59,6 +66,7 @@ __all__ = [
     "from_torch",
     "load_safetensors",
     "save_safetensors",
+    "save_torch_state_dict",
     "to_onnx",
     "to_torch",
     "torch_residual_class",

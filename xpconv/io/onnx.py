@@ -47,7 +47,7 @@ from xpconv.nn.layers import (
     Tanh,
 )
 from xpconv.nn.sequential import Sequential
-from xpconv.ops import conv_geometry
+from xpconv.ops import ACTIVATIONS, conv_geometry
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -110,33 +110,33 @@ class OnnxGraph:
 # ------------------------------------------------------------------ activations
 
 
-def _elementwise(op: str) -> Callable[..., str]:
+def _onnx_activation(name: str) -> Callable[..., str]:
+    """The exporter of activation ``name``, written from its row of ``ops.ACTIVATIONS``:
+    its ONNX operator, its arguments under their ONNX names (an axis as an int, other
+    arguments as floats)."""
+    spec = ACTIVATIONS[name]
+
     def export(graph: OnnxGraph, x: str, stem: str, **kwargs: Any) -> str:
-        return graph.node(op, [x], stem)
-
-    return export
-
-
-def _leaky_relu(graph: OnnxGraph, x: str, stem: str, negative_slope: float = 0.01) -> str:
-    return graph.node("LeakyRelu", [x], stem, alpha=float(negative_slope))
-
-
-def _last_axis(op: str) -> Callable[..., str]:
-    def export(graph: OnnxGraph, x: str, stem: str) -> str:
-        return graph.node(op, [x], stem, axis=-1)
+        unknown = sorted(set(kwargs) - set(spec.arguments))
+        if unknown:
+            raise ValueError(
+                f"to_onnx: activation {name!r}: unexpected arguments {unknown}; expected "
+                f"some of {sorted(spec.arguments)}"
+            )
+        attributes = {
+            spec.arguments[key][0]: int(value) if key == "axis" else float(value)
+            for key, value in kwargs.items()
+        }
+        if spec.along_axis:
+            attributes.setdefault("axis", -1)
+        return graph.node(spec.onnx, [x], stem, **attributes)
 
     return export
 
 
 #: Activation name (as in ``xpconv.ops.ACTIVATIONS``) -> ``fn(graph, x, stem, **kw)``.
 ONNX_ACTIVATIONS: dict[str, Callable[..., str]] = {
-    "identity": _elementwise("Identity"),
-    "relu": _elementwise("Relu"),
-    "tanh": _elementwise("Tanh"),
-    "sigmoid": _elementwise("Sigmoid"),
-    "leaky_relu": _leaky_relu,
-    "softmax": _last_axis("Softmax"),
-    "log_softmax": _last_axis("LogSoftmax"),
+    name: _onnx_activation(name) for name in ACTIVATIONS
 }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from xpconv.backends.registry import Backend
 from xpconv.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xpconv.io.formats import check_first_bytes, model_format
 from xpconv.io.schema import array_shapes, validate_architecture
 from xpconv.nn.sequential import Sequential
 
@@ -28,22 +29,22 @@ __all__ = ["build_model", "load_model", "save_model"]
 PathLike = str | os.PathLike
 
 PARAM_PREFIX = "param/"
-SAFETENSORS_SUFFIX = ".safetensors"
-
-
-def _is_safetensors(path: PathLike) -> bool:
-    return os.fspath(path).lower().endswith(SAFETENSORS_SUFFIX)
 
 
 def save_model(model: Sequential, path: PathLike, *, extra: dict[str, Any] | None = None) -> None:
     """Write the model's architecture and weights to ``path`` atomically.
 
-    A path ending in ``.safetensors`` writes a safetensors file (weights under their
-    :meth:`~xpconv.Sequential.parameters` names, the architecture in its metadata);
-    any other name an ``.npz`` checkpoint.
+    The format follows the suffix (any case): ``.npz`` writes an xpconv checkpoint,
+    ``.safetensors`` a safetensors file (weights under their
+    :meth:`~xpconv.Sequential.parameters` names, the architecture in its metadata).
+
+    Raises:
+        ValueError: another suffix, naming the supported ones (``.onnx`` and ``.pt`` are
+            written by export: :func:`~xpconv.to_onnx`, :func:`~xpconv.to_torch`).
     """
+    fmt = model_format(path)
     meta = {"kind": "model", "architecture": model.get_config(), **(extra or {})}
-    if _is_safetensors(path):
+    if fmt == "safetensors":
         from xpconv.io.safetensors import save_safetensors
 
         save_safetensors(path, model.state_dict(), meta)
@@ -83,11 +84,20 @@ def load_model(
 ) -> Sequential:
     """Rebuild a model saved by :func:`save_model` (or :func:`save_training`) on ``backend``.
 
-    ``.safetensors`` files are read by :func:`~xpconv.io.safetensors.load_safetensors`
-    (header validated before any data is read) and their tensors must have the dtype
-    the architecture names; every other name is read as an ``.npz`` checkpoint.
+    The format follows the suffix (any case), and the file's first bytes must agree
+    with it: ``.npz`` is read as an xpconv checkpoint, ``.safetensors`` by
+    :func:`~xpconv.io.safetensors.load_safetensors` (header validated before any data
+    is read; tensors of the dtype the architecture names).
+
+    Raises:
+        CheckpointError: another suffix (``.onnx``: run it with onnxruntime; ``.pt``:
+            xpconv never loads pickles), first bytes of another format, or a file that is
+            not a valid model checkpoint.
     """
-    if _is_safetensors(path):
+    fmt = model_format(path, loading=True)
+    if os.path.isfile(path):
+        check_first_bytes(path, fmt)
+    if fmt == "safetensors":
         from xpconv.io.safetensors import load_safetensors
 
         tensors, meta = load_safetensors(path)

@@ -263,15 +263,8 @@ def _arguments(cls: type, config: Mapping[str, Any]) -> set[str]:
     return names
 
 
-_ACT_OF = {
-    "Identity": "identity",
-    "ReLU": "relu",
-    "LeakyReLU": "leaky_relu",
-    "Sigmoid": "sigmoid",
-    "Tanh": "tanh",
-    "Softmax": "softmax",
-    "LogSoftmax": "log_softmax",
-}
+#: Activation layer class name -> activation name (from the one table, ``ops.ACTIVATIONS``).
+_ACT_OF = {spec.layer: name for name, spec in F.ACTIVATIONS.items()}
 
 
 def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:

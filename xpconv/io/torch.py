@@ -10,12 +10,15 @@ entry on each side. PyTorch is imported on first use only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
+from xpconv.io.files import atomic_write
 from xpconv.nn.layers import (
+    LAYERS,
     Activation,
     AvgPool2D,
     BatchNorm1D,
@@ -40,10 +43,17 @@ from xpconv.nn.layers import (
     layer_from_config,
 )
 from xpconv.nn.sequential import Sequential
-from xpconv.ops import conv_geometry
+from xpconv.ops import ACTIVATIONS, conv_geometry
 
-__all__ = ["FROM_TORCH", "TO_TORCH", "from_torch", "to_torch", "torch_residual_class"]
-__all__ += ["torch_standardize_class"]
+__all__ = [
+    "FROM_TORCH",
+    "TO_TORCH",
+    "from_torch",
+    "save_torch_state_dict",
+    "to_torch",
+    "torch_residual_class",
+    "torch_standardize_class",
+]
 
 
 def _torch() -> Any:
@@ -58,20 +68,22 @@ def _torch() -> Any:
 
 
 def _activation_module(name: str | None, kwargs: dict[str, Any]) -> list[Any]:
-    nn = _torch().nn
+    """The ``torch.nn`` module of activation ``name`` with ``kwargs`` (xpconv's
+    argument names), written from its row of ``ops.ACTIVATIONS``."""
     name = name or "identity"
-    makers: dict[str, Callable[[], Any]] = {
-        "identity": nn.Identity,
-        "relu": nn.ReLU,
-        "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid,
-        "leaky_relu": lambda: nn.LeakyReLU(kwargs.get("negative_slope", 0.01)),
-        "softmax": lambda: nn.Softmax(dim=-1),
-        "log_softmax": lambda: nn.LogSoftmax(dim=-1),
-    }
-    if name not in makers:
+    if name not in ACTIVATIONS:
         raise ValueError(f"to_torch: activation {name!r} has no PyTorch module")
-    return [makers[name]()]
+    spec = ACTIVATIONS[name]
+    unknown = sorted(set(kwargs) - set(spec.arguments))
+    if unknown:
+        raise ValueError(
+            f"to_torch: activation {name!r}: unexpected arguments {unknown}; expected some "
+            f"of {sorted(spec.arguments)}"
+        )
+    arguments = {spec.arguments[key][1]: value for key, value in kwargs.items()}
+    if spec.along_axis:
+        arguments.setdefault("dim", -1)  # xpconv's default; torch's implicit dim differs
+    return [getattr(_torch().nn, spec.torch)(**arguments)]
 
 
 def _fused(layer: Layer) -> list[Any]:
@@ -324,6 +336,17 @@ def to_torch(model: Sequential) -> Any:
     return torch.nn.Sequential(*modules).to(dtype)
 
 
+def save_torch_state_dict(model: Sequential, path: str | os.PathLike) -> None:
+    """Write the ``state_dict`` of :func:`to_torch`'s module for ``model`` to ``path``
+    atomically, with ``torch.save``: a file that ``torch.load(path, weights_only=True)``
+    reads into ``to_torch(model).load_state_dict``. xpconv never loads such a file (it
+    is a pickle)."""
+    torch = _torch()
+    state = to_torch(model).state_dict()
+    with atomic_write(path) as fh:
+        torch.save(state, fh)
+
+
 def _missing(named: list[tuple[str, Layer]]) -> list[str]:
     """``"name (Type)"`` of the layers, inner ones of blocks included, not in TO_TORCH."""
     out = []
@@ -339,7 +362,7 @@ def _missing(named: list[tuple[str, Layer]]) -> list[str]:
 
 #: A converted module: the layer, its weights by parameter name, and (for Softmax and
 #: LogSoftmax) the PyTorch ``dim`` to check against the input's rank once built.
-Converted = tuple[Layer, dict[str, np.ndarray], int | None]
+Converted = tuple[Layer, dict[str, np.ndarray], int | str | None]
 
 
 def _weights(module: Any, *names: str) -> dict[str, np.ndarray]:
@@ -467,19 +490,25 @@ def _from_residual(m: Any) -> Converted:
     return block, weights, None
 
 
-def _simple(cls: type[Layer]) -> Callable[[Any], Converted]:
-    return lambda m: (cls(), {}, None)
+def _from_activation(name: str) -> Callable[[Any], Converted]:
+    """The converter of the ``torch.nn`` module of activation ``name`` (a row of
+    ``ops.ACTIVATIONS``): its arguments read under their PyTorch names. An activation
+    along an axis returns the module's ``dim`` (``None``: PyTorch's implicit one), to
+    be resolved once the input's rank is known."""
+    spec = ACTIVATIONS[name]
+    cls = LAYERS[spec.layer]
 
-
-def _from_leaky_relu(m: Any) -> Converted:
-    return LeakyReLU(negative_slope=float(m.negative_slope)), {}, None
-
-
-def _last_dim(cls: type[Layer]) -> Callable[[Any], Converted]:
     def convert(m: Any) -> Converted:
-        return cls(), {}, -1 if m.dim is None else int(m.dim)
+        if spec.along_axis:
+            return cls(), {}, _IMPLICIT if m.dim is None else int(m.dim)
+        kwargs = {key: float(getattr(m, names[1])) for key, names in spec.arguments.items()}
+        return cls(**kwargs), {}, None
 
     return convert
+
+
+#: The ``dim`` of a converted Softmax or LogSoftmax built without one.
+_IMPLICIT = "implicit"
 
 
 #: ``torch.nn`` class name (and ``"Residual"``, the module of :func:`torch_residual_class`)
@@ -492,17 +521,11 @@ FROM_TORCH: dict[str, Callable[[Any], Converted]] = {
     "AvgPool2d": _from_avg_pool,
     "Flatten": _from_flatten,
     "Dropout": _from_dropout,
-    "Identity": _simple(Identity),
-    "ReLU": _simple(ReLU),
-    "Tanh": _simple(Tanh),
-    "Sigmoid": _simple(Sigmoid),
-    "LeakyReLU": _from_leaky_relu,
-    "Softmax": _last_dim(Softmax),
-    "LogSoftmax": _last_dim(LogSoftmax),
     "BatchNorm2d": _from_batch_norm,
     "BatchNorm1d": _from_batch_norm,
     "AdaptiveAvgPool2d": _from_adaptive_avg_pool,
     "Residual": _from_residual,
+    **{spec.torch: _from_activation(name) for name, spec in ACTIVATIONS.items()},
 }
 
 
@@ -582,6 +605,61 @@ def _fold(converted: list[Converted]) -> list[Converted]:
     return out
 
 
+#: The hooks of a ``torch.nn.Module`` that take part in its forward or backward pass.
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
+def _refuse_hooks(module: Any) -> None:
+    """Hooks can change what a module computes and are not part of an xpconv model:
+    a module (or any module inside it) with one, or a global module hook, is refused."""
+    from torch.nn.modules import module as torch_module
+
+    hooked = [
+        f"{where or type(module).__name__}: {type(m).__name__} ({kind[1:-1].replace('_', ' ')})"
+        for where, m in module.named_modules()
+        for kind in _HOOKS
+        if getattr(m, kind, None)
+    ]
+    hooked += [
+        f"global module {kind[8:-1].replace('_', ' ')}"
+        for kind in (
+            "_global_forward_pre_hooks",
+            "_global_forward_hooks",
+            "_global_backward_pre_hooks",
+            "_global_backward_hooks",
+        )
+        if getattr(torch_module, kind, None)
+    ]
+    if hooked:
+        raise ValueError(
+            f"from_torch: hooks cannot be converted (they may change the module's outputs): "
+            f"{'; '.join(hooked)}; remove them (handle.remove()) before converting"
+        )
+
+
+def _with_axes(converted: list[Converted], ranks: list[int]) -> list[Converted]:
+    """Softmax and LogSoftmax rebuilt with the axis their PyTorch ``dim`` names, on
+    inputs of the rank the built model gives them (PyTorch's implicit dim: the
+    channels of 2-D and 4-D input). A dim over the batch axis is refused."""
+    out: list[Converted] = []
+    for (layer, weights, dim), rank in zip(converted, ranks):
+        if dim is None:
+            out.append((layer, weights, None))
+            continue
+        ndim = rank + 1  # with the batch axis
+        axis = (0 if ndim in (1, 3) else 1) if dim == _IMPLICIT else int(dim)
+        if not -ndim <= axis < ndim or axis % ndim == 0:
+            shown = "implicit" if dim == _IMPLICIT else dim
+            raise ValueError(
+                f"from_torch: {type(layer).__name__}(dim={shown}) at layers[{len(out)}]: expected "
+                f"an axis of the {ndim}-D input other than the batch axis 0 (from 1 to "
+                f"{ndim - 1}, or -1 to {1 - ndim}), got {axis}"
+            )
+        config = {} if axis % ndim == ndim - 1 else {"axis": axis % ndim}
+        out.append((layer_from_config(type(layer).__name__, config), weights, None))
+    return out
+
+
 def from_torch(
     module: Any,
     input_shape: Sequence[int],
@@ -617,6 +695,7 @@ def from_torch(
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module: expected a torch.nn.Module, got {type(module).__name__}")
     dtypes = {p.dtype for p in module.parameters()}
+    _refuse_hooks(module)
     converted, refused = _convert_chain(_leaves(module))
     if refused:
         raise ValueError(
@@ -633,22 +712,12 @@ def from_torch(
     if dtype is None:
         dtype = "float64" if dtypes == {torch.float64} else "float32"
     converted = _fold(converted)
-    model = Sequential(
-        [layer for layer, _, _ in converted],
-        loss=loss,
-        backend=backend,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        input_shape=input_shape,
-    )
-    for layer, _, dim in converted:
-        assert layer.input_shape is not None
-        if dim is not None and dim not in (-1, len(layer.input_shape)):
-            raise ValueError(
-                f"from_torch: {type(layer).__name__}(dim={dim}) at {layer.name}: expected the "
-                f"last axis (-1 or {len(layer.input_shape)}) of its input"
-            )
+    build = dict(loss=loss, backend=backend, device=device, dtype=dtype, seed=seed)
+    if any(dim is not None for _, _, dim in converted):  # Softmax / LogSoftmax: their axis
+        copies = [layer_from_config(type(c[0]).__name__, c[0].get_config()) for c in converted]
+        probe = Sequential(copies, input_shape=input_shape, **build)  # the input ranks
+        converted = _with_axes(converted, [len(layer.input_shape or ()) for layer in probe.layers])
+    model = Sequential([c[0] for c in converted], input_shape=input_shape, **build)
     model.load_state_dict(
         {
             f"{layer.name}.{key}": value

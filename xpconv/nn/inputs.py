@@ -13,6 +13,7 @@ for one model; :class:`~xpconv.nn.sequential.Sequential` delegates ``as_input`` 
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -28,7 +29,10 @@ Array = Any
 
 __all__ = [
     "InputChecker",
+    "activation_bytes",
     "as_batch",
+    "check_activation_memory",
+    "detached",
     "batch_count",
     "check_finite_host",
     "check_input_shape",
@@ -46,6 +50,7 @@ class InputChecker:
     def __init__(self, model: Any) -> None:
         self.model = model
         self.warned_cast = False
+        self.warned_scale = False
 
     def as_input(self, x: Any, argument: str = "x", *, finite: bool = True) -> Array:
         """``x`` (N, *input_shape) checked and on the model's backend and dtype (see
@@ -62,10 +67,13 @@ class InputChecker:
                     check_finite_host(x, argument, model.dtype_name)
                 if x.dtype.name != model.dtype_name:
                     self._warn_cast(argument, x.dtype.name)
+            else:
+                self._warn_unscaled(x, argument)
             x = model.backend.asarray(x, dtype=model.dtype)
         else:
             xp = model.backend.xp
             model.backend.check(x, argument)
+            x = detached(x)
             if finite and xp.isdtype(x.dtype, "real floating"):
                 self.check_finite_device(x, argument)
             if x.dtype != model.dtype:
@@ -95,6 +103,7 @@ class InputChecker:
                 )
         else:
             model.backend.check(y, argument)
+            y = detached(y)
             if validate and model.check_finite and xp.isdtype(y.dtype, "real floating"):
                 self.check_finite_device(y, argument)
         if y.ndim < 1:
@@ -125,6 +134,18 @@ class InputChecker:
         if not bool(backend.to_numpy(xp.all(xp.abs(x) <= limit))):
             check_finite_host(backend.to_numpy(x), argument, dtype_name)
 
+    def _warn_unscaled(self, x: np.ndarray, argument: str) -> None:
+        """Integer images (uint8 pixels 0-255) are used as they are, with one warning
+        when their values go beyond 1: networks train badly on such a scale."""
+        if not self.warned_scale and x.size and int(x.max()) > 1:
+            warnings.warn(
+                f"{argument}: {x.dtype} data with values up to {int(x.max())} is used as it "
+                "is; scale it to [0, 1] first (x / 255 for 8-bit pixels)",
+                UserWarning,
+                stacklevel=5,
+            )
+            self.warned_scale = True
+
     def _warn_cast(self, argument: str, got: str) -> None:
         if not self.warned_cast:
             warnings.warn(
@@ -149,6 +170,78 @@ class InputChecker:
             )
         if x.shape[0] < 1:
             raise ValueError(f"{argument}: expected at least one example, got an empty batch")
+
+
+def activation_bytes(model: Any, batch_size: int) -> int:
+    """Bytes one inference batch of ``batch_size`` holds at its peak: the largest input
+    plus output of any layer (the two live at once), in the model's dtype."""
+    per_example = max(
+        math.prod(layer.input_shape or ()) + math.prod(layer.output_shape or ())
+        for layer in model.layers
+    )
+    return batch_size * per_example * np.dtype(model.dtype_name).itemsize
+
+
+def available_bytes(backend: Any) -> int | None:
+    """Memory free for arrays of ``backend``: the device's free memory for a CUDA torch
+    or CuPy device, the host's available memory (``MemAvailable``) otherwise; ``None``
+    when it cannot be read (no check is made then)."""
+    device = str(getattr(backend, "device", "cpu"))
+    try:
+        if backend.name == "torch" and device.startswith("cuda"):
+            import torch
+
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        if backend.name == "cupy":
+            import cupy
+
+            return int(cupy.cuda.runtime.memGetInfo()[0])
+        if backend.name == "jax" and "cpu" not in device.lower():
+            return None
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, ImportError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def check_activation_memory(model: Any, batch_size: int, n: int) -> None:
+    """Refuse, before any activation is allocated, an inference whose batches of
+    ``min(batch_size, n)`` examples do not fit the backend's free memory.
+
+    Raises:
+        MemoryError: one line naming the memory needed and free, and the largest
+            ``batch_size`` that fits (or that even one example does not).
+    """
+    batch = min(batch_size, n)
+    if batch < 1:
+        return
+    need = activation_bytes(model, batch)
+    free = available_bytes(model.backend)
+    if free is None or need <= free:
+        return
+    one = activation_bytes(model, 1)
+    gib = 2**30
+    advice = (
+        f"lower batch_size to {free // one} or less"
+        if free >= one
+        else f"even one example needs {one / gib:.3g} GiB: the model is too large here"
+    )
+    raise MemoryError(
+        f"batch_size={batch_size}: the activations of one batch need {need / gib:.3g} GiB but "
+        f"{free / gib:.3g} GiB is free on {model.backend.name}; {advice}"
+    )
+
+
+def detached(x: Array) -> Array:
+    """``x`` cut from any autograd graph of its library (a PyTorch tensor with
+    ``requires_grad``): xpconv computes its own gradients, and a tracked input would make
+    every weight update keep a graph (memory growing each step) or fail in place."""
+    if getattr(x, "requires_grad", False) and hasattr(x, "detach"):
+        return x.detach()
+    return x
 
 
 def as_batch(x: Any) -> Any:

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from xpconv.backends.registry import Backend, get_backend
-from xpconv.nn.inputs import InputChecker, as_batch, batch_count, check_input_shape
+from xpconv.nn.inputs import (
+    InputChecker,
+    as_batch,
+    batch_count,
+    check_activation_memory,
+    check_input_shape,
+)
 from xpconv.nn.layers import (
     BuildContext,
     ConvDense,
@@ -38,6 +44,10 @@ Array = Any
 __all__ = ["Sequential"]
 
 
+#: The largest seed: a model built with it is saved, loaded and resumed alike.
+MAX_SEED = 2**63 - 1
+
+
 class Sequential:
     """Layers applied in order, with a loss, on one backend, device and dtype.
 
@@ -47,7 +57,8 @@ class Sequential:
         backend: backend name or ``Backend`` (default: the process default).
         device: device on that backend (default: its default device).
         dtype: ``"float32"`` (default) or ``"float64"``.
-        seed: seeds the weight initialisers and the dropout masks.
+        seed: seeds the weight initialisers and the dropout masks; an int from 0 to
+            :data:`MAX_SEED` (2**63 - 1, the range every checkpoint reader accepts).
         input_shape: per-example input shape, e.g. (1, 28, 28); without it the model
             is built on its first input.
         fuse: run a Conv2D (ReLU or no activation) and a tiled MaxPool2D after it as one
@@ -71,8 +82,8 @@ class Sequential:
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError(f"layers: expected a non-empty list of Layer, got {layers!r}")
         _claim_layers(self, layers)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"seed: expected an int from 0 to 2**63 - 1, got {seed!r}")
         self.layers = list(layers)
         self.loss = get_loss(loss)
         self.backend = get_backend(backend, device)
@@ -225,9 +236,17 @@ class Sequential:
 
     # ------------------------------------------------------------------ inference
     def predict(self, x: Any, batch_size: int = 512) -> Array:
-        """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode."""
+        """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode.
+
+        Raises:
+            MemoryError: before any activation is allocated, when one batch does not fit
+                the backend's free memory (the message names the batch size that fits).
+        """
         x = as_batch(x)
         n = batch_count(x, batch_size)
+        if not self.built:
+            self.build(tuple(x.shape[1:]))
+        check_activation_memory(self, batch_size, n)
         self._inputs.check_values(x)
         parts = [
             self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
@@ -241,11 +260,16 @@ class Sequential:
 
     def evaluate(self, x: Any, y: Any, batch_size: int = 512) -> dict[str, float]:
         """Mean loss and accuracy over (x, y); labels are checked once, metrics read
-        once at the end."""
+        once at the end.
+
+        Raises:
+            MemoryError: as :meth:`predict`, before any activation is allocated.
+        """
         x = as_batch(x)
         n = batch_count(x, batch_size)
         if not self.built:
             self.build(tuple(x.shape[1:]))
+        check_activation_memory(self, batch_size, n)
         self._inputs.check_values(x)
         targets = self.as_target(y, n)
         totals = MetricTotals(self.xp)

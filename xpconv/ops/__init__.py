@@ -17,6 +17,7 @@ from xpconv.ops import checks
 from xpconv.ops.activation import (
     ACTIVATIONS,
     ALONG_AN_AXIS,
+    ActivationSpec,
     identity,
     identity_backward,
     leaky_relu,
@@ -94,6 +95,7 @@ from xpconv.ops.pool import (
 __all__ = [
     "ACTIVATIONS",
     "ALONG_AN_AXIS",
+    "ActivationSpec",
     "BatchNormSaved",
     "ConvGeometry",
     "ConvPoolSaved",

@@ -4,15 +4,17 @@ Every activation ``f`` keeps the shape of its input and comes with
 ``f_backward(grad_out, x, out=None)``: ``grad_out`` and ``x`` have the shape of ``x``;
 ``out`` is the forward result, optional, used (when given) by the activations whose
 derivative is cheapest from it (sigmoid, tanh, softmax, log_softmax).
-:data:`ACTIVATIONS` maps each name to its ``(forward, backward)`` pair.
+:data:`ACTIVATIONS` maps each name to its :class:`ActivationSpec`: the functions and
+the names of its layer, ONNX operator and PyTorch module.
 
 Derivatives at the kinks follow PyTorch: ``relu'(0) = 0``, ``leaky_relu'(0) = slope``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 import array_api_compat
 
@@ -24,6 +26,7 @@ Array = Any
 __all__ = [
     "ACTIVATIONS",
     "ALONG_AN_AXIS",
+    "ActivationSpec",
     "identity",
     "identity_backward",
     "leaky_relu",
@@ -199,17 +202,56 @@ def log_softmax_backward(
     return grad_out - s * xp.sum(grad_out, axis=axis, keepdims=True)
 
 
-ACTIVATIONS: dict[str, tuple[Callable[..., Array], Callable[..., Array]]] = {
-    "identity": (identity, identity_backward),
-    "relu": (relu, relu_backward),
-    "leaky_relu": (leaky_relu, leaky_relu_backward),
-    "sigmoid": (sigmoid, sigmoid_backward),
-    "tanh": (tanh, tanh_backward),
-    "softmax": (softmax, softmax_backward),
-    "log_softmax": (log_softmax, log_softmax_backward),
+class ActivationSpec(NamedTuple):
+    """One activation, as every part of xpconv names it.
+
+    ``forward``/``backward`` are the functions; ``layer`` is the name of its layer class
+    (``xpconv.Softmax``); ``onnx`` the ONNX operator; ``torch`` the ``torch.nn`` module;
+    ``arguments`` the keyword arguments the layer takes, with their names in ONNX and
+    PyTorch (``{"axis": ("axis", "dim")}``); ``along_axis`` whether it works along an
+    axis (the others are elementwise). ``forward, backward = spec[:2]``.
+    """
+
+    forward: Callable[..., Array]
+    backward: Callable[..., Array]
+    layer: str
+    onnx: str
+    torch: str
+    arguments: Mapping[str, tuple[str, str]] = MappingProxyType({})
+    along_axis: bool = False
+
+
+_AXIS = MappingProxyType({"axis": ("axis", "dim")})
+
+#: Each activation's name -> its :class:`ActivationSpec`: the one table that the layers,
+#: the checkpoint schema, the ONNX export and the PyTorch exchange read.
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    "identity": ActivationSpec(identity, identity_backward, "Identity", "Identity", "Identity"),
+    "relu": ActivationSpec(relu, relu_backward, "ReLU", "Relu", "ReLU"),
+    "leaky_relu": ActivationSpec(
+        leaky_relu,
+        leaky_relu_backward,
+        "LeakyReLU",
+        "LeakyRelu",
+        "LeakyReLU",
+        MappingProxyType({"negative_slope": ("alpha", "negative_slope")}),
+    ),
+    "sigmoid": ActivationSpec(sigmoid, sigmoid_backward, "Sigmoid", "Sigmoid", "Sigmoid"),
+    "tanh": ActivationSpec(tanh, tanh_backward, "Tanh", "Tanh", "Tanh"),
+    "softmax": ActivationSpec(
+        softmax, softmax_backward, "Softmax", "Softmax", "Softmax", _AXIS, along_axis=True
+    ),
+    "log_softmax": ActivationSpec(
+        log_softmax,
+        log_softmax_backward,
+        "LogSoftmax",
+        "LogSoftmax",
+        "LogSoftmax",
+        _AXIS,
+        along_axis=True,
+    ),
 }
-"""Each activation's name -> ``(forward, backward)``; the pair's defaults apply."""
 
 #: The activations that work along an axis (the others are elementwise, so they give
 #: the same values on any arrangement of the same elements).
-ALONG_AN_AXIS = frozenset({"softmax", "log_softmax"})
+ALONG_AN_AXIS = frozenset(name for name, spec in ACTIVATIONS.items() if spec.along_axis)

@@ -254,6 +254,27 @@ class Optimizer:
         self.total_steps = 1
         self.state: dict[str, dict[str, Array]] = {}
 
+    #: Hyperparameters fixed once the optimizer has taken a step: the compiled JAX step
+    #: has them built in, and the state slots depend on them (momentum's velocity), so
+    #: a change would take effect on some backends and not others. It is refused.
+    FIXED_AFTER_FIRST_STEP = frozenset(
+        {"momentum", "nesterov", "beta1", "beta2", "eps", "weight_decay"}
+    )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            name in self.FIXED_AFTER_FIRST_STEP
+            and getattr(self, "step_count", 0) > 0
+            and name in self.__dict__
+            and value != self.__dict__[name]
+        ):
+            raise AttributeError(
+                f"{name}: fixed after the optimizer's first step (it is {self.__dict__[name]!r}, "
+                f"got {value!r}); build a new {type(self).__name__} to train with another "
+                f"{name}, or set it before training"
+            )
+        super().__setattr__(name, value)
+
     def setup(self, total_steps: int) -> None:
         """Tell the schedule how many steps the run has."""
         self.total_steps = max(int(total_steps), 1)

@@ -275,7 +275,8 @@ class Trainer:
             early_stopping: stop after this many evaluations without improvement of the
                 validation loss (training loss without validation data).
             restore_best: with early stopping, put back the weights of the best epoch.
-            shuffle: reshuffle the examples every epoch (from the trainer's seed).
+            shuffle: reshuffle the examples every epoch (from the trainer's seed); a
+                bool (anything else, such as ``"no"``, is a TypeError).
             on_epoch_end: called with the trainer after every epoch (checkpoints).
             drop_last: skip the last batch of each epoch when it is smaller than
                 ``batch_size`` (as ``torch.utils.data.DataLoader``'s ``drop_last``).
@@ -292,6 +293,8 @@ class Trainer:
         eval_every = positive_int(eval_every, "eval_every")
         if not isinstance(drop_last, bool):
             raise TypeError(f"drop_last: expected a bool, got {drop_last!r}")
+        if not isinstance(shuffle, bool):  # "no" would be true
+            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
         if early_stopping is not None:
             positive_int(early_stopping, "early_stopping")
         x_dev, y_dev = self._prepare(x, y, "x", "y")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xpconv import ops as F
 from xpconv.nn.layers.base import Layer, _ActivationMixin
 
 Array = Any
@@ -43,10 +44,10 @@ def _named_activation(act: str, doc: str) -> Any:
     def get_config(self) -> dict[str, Any]:
         return dict(self._kwargs)
 
-    name = {"identity": "Identity", "relu": "ReLU", "leaky_relu": "LeakyReLU"}.get(act)
-    name = name or {"log_softmax": "LogSoftmax"}.get(act) or act.capitalize()
     return type(
-        name, (Activation,), {"__init__": __init__, "get_config": get_config, "__doc__": doc}
+        F.ACTIVATIONS[act].layer,
+        (Activation,),
+        {"__init__": __init__, "get_config": get_config, "__doc__": doc},
     )
 
 
@@ -55,5 +56,7 @@ ReLU = _named_activation("relu", "f(x) = max(x, 0).")
 LeakyReLU = _named_activation("leaky_relu", "f(x) = x if x > 0 else negative_slope * x.")
 Sigmoid = _named_activation("sigmoid", "f(x) = 1 / (1 + exp(-x)).")
 Tanh = _named_activation("tanh", "f(x) = tanh(x).")
-Softmax = _named_activation("softmax", "Softmax over the last axis.")
-LogSoftmax = _named_activation("log_softmax", "Log-softmax over the last axis.")
+Softmax = _named_activation("softmax", "Softmax along ``axis`` of the batch (default -1).")
+LogSoftmax = _named_activation(
+    "log_softmax", "Log-softmax along ``axis`` of the batch (default -1)."
+)

@@ -183,7 +183,7 @@ class _ActivationMixin:
                 f"got {activation!r}"
             )
         self.activation = activation
-        self._act_forward, self._act_backward = F.ACTIVATIONS[name]
+        self._act_forward, self._act_backward = F.ACTIVATIONS[name][:2]
         self._fused = name != "identity"
 
     def _activate(self, z: Array, *, applied: bool = False) -> Array:
