@@ -37,6 +37,7 @@ from xpconv.nn.layers import (
     layer_from_config,
 )
 from xpconv.nn.losses import LOSSES
+from xpconv.ops.winograd import winograd_supported
 
 __all__ = [
     "ARCHITECTURE_KEYS",
@@ -302,6 +303,9 @@ def _shapes(layer: Layer, shape: Shape) -> tuple[Shape, dict[str, Shape]]:
             dilation=layer.dilation,
             groups=layer.groups,
         )
+        reason = winograd_supported(geom) if layer.algorithm == "winograd" else None
+        if reason is not None:
+            raise ValueError(f"algorithm='winograd': {reason}")
         params = {"weight": (weight[0], weight[1], weight[3]) if one_d else weight}
         if layer.use_bias:
             params["bias"] = (layer.filters,)
