@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from . import busy, cpu, environment, gpu, lecture_loops, memory, opcount, report
+from . import busy, cpu, environment, gpu, lecture_loops, memory, opcount, report, roofline
 from .workloads import CONTENDERS, MODES, REFERENCE_ONLY, WORKLOADS, available_contenders
 
 __all__ = ["build_parser", "main", "settings_from"]
@@ -183,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-memory", action="store_true", help="skip the per-contender memory subprocesses"
     )
+    p.add_argument(
+        "--no-roofline",
+        action="store_true",
+        help="skip the roofline (effective GFLOP/s, fraction of the matmul peak)",
+    )
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--png", metavar="PATH", help="write a bar chart of the ratios (matplotlib)")
     p.add_argument(
@@ -325,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
 
     result["results"] = cpu.throughput(settings, _progress)
     print(report.format_table(result["results"]))
+    if not args.no_roofline and not args.smoke:
+        result["roofline"] = roofline.roofline(
+            result["results"], progress=_progress, threads=threads
+        )
+        print()
+        print(roofline.format_roofline(result["roofline"]))
 
     if any(c in opcount.COUNTABLE for c in settings.contenders):
         result["ops_per_step"] = opcount.ops_per_step(
