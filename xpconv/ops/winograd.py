@@ -32,7 +32,9 @@ stays under :data:`WINOGRAD_BLOCK_BYTES`.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +43,7 @@ import array_api_extra as xpx
 
 from xpconv.backends.kernels import kernels_for
 from xpconv.backends.portable import ConvGeometry
+from xpconv.backends.registry import get_backend
 from xpconv.ops.checks import namespace
 from xpconv.ops.conv import IntOrPair, Padding, prepare_conv2d
 
@@ -334,6 +337,21 @@ def _output_adjoint(xp: Any, grad: Array, geom: ConvGeometry, plan: _Plan) -> li
     return _two_axis(gt, _transpose(t.at), t.m, plan.tiles, xp)
 
 
+def _run(xp: Any, fn: Callable[..., Any], array: Any, *static: Any) -> Any:
+    """``fn(xp, array, *static)``; on JAX compiled once per ``static`` (the geometry
+    and plan): its transforms are many small slices and sums, each compiled on its own
+    and dispatched one by one otherwise."""
+    if not array_api_compat.is_jax_namespace(xp):
+        return fn(xp, array, *static)
+    return _jax_compiled(fn, static)(array)
+
+
+@functools.cache
+def _jax_compiled(fn: Callable[..., Any], static: tuple) -> Callable[..., Any]:
+    backend = get_backend("jax")
+    return backend.compile(lambda a: fn(backend.xp, a, *static))
+
+
 # ------------------------------------------------------------------ tile products
 
 
@@ -383,8 +401,8 @@ def _chunk(geom: ConvGeometry, t: WinogradTransforms, itemsize: int) -> int:
 
 
 def _forward_part(xp: Any, x: Array, u: Array, geom: ConvGeometry, plan: _Plan) -> tuple:
-    v = _input_transform(xp, x, plan)
-    return _output_transform(xp, _tile_products(xp, u, v), geom, plan), v
+    v = _run(xp, _input_transform, x, plan)
+    return _run(xp, _output_transform, _tile_products(xp, u, v), geom, plan), v
 
 
 def winograd_forward_unchecked(
@@ -424,14 +442,14 @@ def winograd_backward_unchecked(
     """Unchecked backward: (grad_x or ``None``, grad_weight (O, C, 3, 3), grad_bias (O,))."""
     t, geom = _transforms(saved.tile), saved.geom
     plan = _plan(geom, t)
-    v = saved.v if saved.v is not None else _input_transform(xp, saved.x, plan)
-    dm = _output_adjoint(xp, grad_out, geom, plan)
+    v = saved.v if saved.v is not None else _run(xp, _input_transform, saved.x, plan)
+    dm = _run(xp, _output_adjoint, grad_out, geom, plan)
     grad_w = _filter_adjoint(xp, xp.stack(_tile_products(xp, dm, v, tb=True)), t)
     grad_b = xp.sum(grad_out, axis=(0, 2, 3))
     if not need_input_grad:
         return None, grad_w, grad_b
     dv = _tile_products(xp, saved.u, dm, ta=True)
-    return _input_adjoint(xp, dv, geom, plan), grad_w, grad_b
+    return _run(xp, _input_adjoint, dv, geom, plan), grad_w, grad_b
 
 
 # ------------------------------------------------------------------ checked ops
