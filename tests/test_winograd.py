@@ -139,7 +139,7 @@ def test_inference_runs_the_batch_in_chunks(monkeypatch: pytest.MonkeyPatch) -> 
     geom = F.conv_geometry(x.shape, wt.shape, padding=1)
     whole, saved = W.winograd_forward_unchecked(np, x, wt, None, geom, keep=True)
     assert saved.v is not None and saved.x is None
-    per_image = 16 * 3 * 3 * 4 * 8  # alpha^2 * C * TH * TW * 8 bytes
+    per_image = 16 * (3 + 2) * 3 * 4 * 8  # alpha^2 * (C + O) * TH * TW * 8 bytes
     monkeypatch.setattr(W, "WINOGRAD_BLOCK_BYTES", 2 * per_image)
     assert W._chunk(geom, W.TILES[2], 8) == 2
     chunked, saved = W.winograd_forward_unchecked(np, x, wt, None, geom, keep=False)

@@ -25,9 +25,10 @@ zero-padded so that whole tiles cover the output; outputs past the convolution's
 size are cropped (so any output size works, odd ones included).
 
 The transformed input ``V`` holds ``alpha**2 / m**2`` values per output position and
-input channel (4 for F(2, 3), 2.25 for F(4, 3)) where im2col's columns hold 9; a forward
-pass that no backward follows (``keep=False``) runs the batch in chunks whose ``V``
-stays under :data:`WINOGRAD_BLOCK_BYTES`.
+input channel (4 for F(2, 3), 2.25 for F(4, 3)) where im2col's columns hold 9: a
+training pass keeps less than im2col does. A forward pass that no backward follows
+(``keep=False``) runs the batch in chunks whose ``V`` and ``M`` stay under
+:data:`WINOGRAD_BLOCK_BYTES`.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ __all__ = [
     "winograd_supported",
 ]
 
-#: bytes of transformed input one chunk of an inference pass may hold
-WINOGRAD_BLOCK_BYTES = 1 << 24
+#: bytes of transformed input and tile products one chunk of an inference pass may hold
+WINOGRAD_BLOCK_BYTES = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -394,9 +395,10 @@ class WinogradSaved:
 
 
 def _chunk(geom: ConvGeometry, t: WinogradTransforms, itemsize: int) -> int:
-    """Images per chunk of an inference pass: their V stays under the block bytes."""
+    """Images per chunk of an inference pass: their transformed input V and products M
+    (alpha * alpha * (C + O) values per tile) stay under the block bytes."""
     th, tw = (math.ceil(o / t.m) for o in geom.out)
-    per_image = t.alpha * t.alpha * geom.in_channels * th * tw * itemsize
+    per_image = t.alpha * t.alpha * (geom.in_channels + geom.out_channels) * th * tw * itemsize
     return max(1, WINOGRAD_BLOCK_BYTES // per_image)
 
 
