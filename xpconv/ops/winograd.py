@@ -136,7 +136,9 @@ def winograd_supported(geom: ConvGeometry) -> str | None:
 ALGORITHMS = ("auto", "im2col", "winograd")
 
 #: ``algorithm="auto"``: the fewest input channels from which a convolution Winograd
-#: supports runs it, per backend name; a backend not listed always runs im2col
+#: supports runs it, per backend name; a backend not listed always runs im2col. Empty:
+#: on the CPUs measured (docs/performance.md) im2col's tuned NumPy and PyTorch paths
+#: beat these transforms on every shape timed, LeNet's layers included.
 AUTO_MIN_CHANNELS: dict[str, int] = {}
 
 
