@@ -360,8 +360,10 @@ def _jax_compiled(fn: Callable[..., Any], static: tuple) -> Callable[..., Any]:
 
 def _batched_matmul(xp: Any) -> bool:
     """Whether the alpha * alpha tile products run as one batched matmul on this
-    backend (else one 2-D product each, through the backend's ``matmul`` kernel)."""
-    return not array_api_compat.is_numpy_namespace(xp)
+    backend (else one 2-D product each, through the backend's ``matmul`` kernel): only
+    on JAX, where XLA gets one operation; the 2-D products were faster on NumPy and
+    PyTorch CPU (docs/performance.md)."""
+    return array_api_compat.is_jax_namespace(xp)
 
 
 def _tile_products(
@@ -377,7 +379,8 @@ def _tile_products(
         out = xp.matmul(sa, sb)
         return [out[k, ...] for k in range(out.shape[0])]
     matmul = kernels_for(xp).matmul
-    return [matmul(xp, a[k].T if ta else a[k], b[k].T if tb else b[k]) for k in range(len(b))]
+    parts = a if isinstance(a, list) else [a[k, ...] for k in range(a.shape[0])]
+    return [matmul(xp, p.T if ta else p, q.T if tb else q) for p, q in zip(parts, b)]
 
 
 # ------------------------------------------------------------------ unchecked entry points
