@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any
 
-from . import busy, cpu, environment, gpu, lecture_loops, memory, opcount, report
+from . import busy, cpu, environment, gpu, lecture_loops, memory, opcount, report, roofline
 from .timing import flat_unique, settings_base
 from .workloads import CONTENDERS, MODES, REFERENCE_ONLY, WORKLOADS, available_contenders
 
@@ -201,6 +201,11 @@ def _output_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-memory", action="store_true", help="skip the per-contender memory subprocesses"
     )
+    p.add_argument(
+        "--no-roofline",
+        action="store_true",
+        help="skip the roofline (effective GFLOP/s, fraction of the matmul peak)",
+    )
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--png", metavar="PATH", help="write a bar chart of the ratios (matplotlib)")
     p.add_argument(
@@ -295,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         result["peer_check"] = _peer_checks(settings)
     result["results"] = cpu.throughput(settings, _progress)
     print(report.format_table(result["results"]))
+    _roofline_section(args, result, threads)
     _extra_tables(args, settings, result)
     result["memory"] = _memory_section(args, settings, thread_state.get("torch") or threads)
     print()
@@ -354,6 +360,15 @@ def _peer_checks(settings: cpu.Settings) -> list[dict[str, Any]]:
                 f"(relative logit difference {check['relative_diff_after_steps']:.2e})"
             )
     return checks
+
+
+def _roofline_section(args: argparse.Namespace, result: dict, threads: int) -> None:
+    """Effective GFLOP/s and the fraction of the machine's matmul peak, per result."""
+    if args.no_roofline or args.smoke:
+        return
+    result["roofline"] = roofline.roofline(result["results"], progress=_progress, threads=threads)
+    print()
+    print(roofline.format_roofline(result["roofline"]))
 
 
 def _extra_tables(args: argparse.Namespace, settings: cpu.Settings, result: dict) -> None:

@@ -25,6 +25,7 @@ loss, or one logit), which forces any pending work to finish.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from xpconv.backends.numpy.host import balance_threads
 from xpconv.models import zoo
+from xpconv.nn.layers import Conv2D
 from xpconv.optim.optimizers import SGD
 
 __all__ = [
@@ -135,13 +137,27 @@ def make_data(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+#: environment variable that sets every Conv2D's ``algorithm`` in the xpconv models
+#: ("auto", "im2col" or "winograd"; unset: the models' own, "auto"); read by each
+#: process that builds a model, so own-process contenders follow it too
+ALGORITHM_ENV = "XPCONV_BENCH_CONV_ALGORITHM"
+
+
 def build_xpconv(workload: str, backend: str, seed: int = 0) -> Any:
-    """The xpconv model of ``workload`` on ``backend`` (float32, built)."""
+    """The xpconv model of ``workload`` on ``backend`` (float32, built), its
+    convolutions on the algorithm :data:`ALGORITHM_ENV` names (when set)."""
     builder = getattr(zoo, WORKLOADS[workload].zoo_name)
     # W1 is the lecture's network without the zoo model's input standardisation (its
     # PyTorch twin has none); W2 is the plain LeNet
     extra: dict[str, Any] = {"W1": {"standardize": None}, "W2": {"batch_norm": False}}[workload]
-    return builder(backend=backend, dtype=DTYPE, seed=seed, **extra)
+    model = builder(backend=backend, dtype=DTYPE, seed=seed, **extra)
+    algorithm = os.environ.get(ALGORITHM_ENV)
+    if algorithm:
+        for layer in model.layers:
+            if isinstance(layer, Conv2D):
+                layer.algorithm = algorithm
+        model.build(model.input_shape)  # the same seed: the same weights
+    return model
 
 
 def torch_net(workload: str) -> Any:

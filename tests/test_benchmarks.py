@@ -433,3 +433,49 @@ def test_ops_per_step_counts_torch_operations():
     for row in rows:
         assert 0 < row["computing_ops_per_step"] < row["ops_per_step"]
         assert row["most_frequent"] and row["most_frequent"][0][1] >= 1
+
+
+def test_roofline_counts_direct_convolution_flops():
+    """The step FLOPs the roofline counts: W2's train step 25.0 MFLOP per image, W1's
+    2.0 (three products per layer, the first layer's input gradient left out)."""
+    from benchmarks import roofline
+
+    assert roofline.step_mflop("W2", "train") == pytest.approx(24.995, abs=1e-3)
+    assert roofline.step_mflop("W1", "train") == pytest.approx(2.007, abs=1e-3)
+    assert roofline.step_mflop("W2", "inference") == pytest.approx(8.482, abs=1e-3)
+    records = [
+        {
+            "workload": "W2",
+            "mode": "train",
+            "batch": 128,
+            "backend": "torch",
+            "images_per_s": 4000.0,
+        }
+    ]
+    peak = {"numpy": 200.0, "peak": 200.0, "size": 4096, "threads": 2}
+    result = roofline.roofline(records, peak=peak)
+    (row,) = result["rows"]
+    assert row["gflop_per_s"] == pytest.approx(4000 * roofline.step_mflop("W2", "train") / 1e3)
+    assert row["of_peak"] == pytest.approx(row["gflop_per_s"] / 200)
+    text = roofline.format_roofline(result)
+    assert "W2" in text and "0.50" in text and "200 GFLOP/s" in text
+
+
+def test_matmul_peak_is_measured_in_a_fresh_process():
+    from benchmarks import roofline
+
+    peak = roofline.measure_peak(threads=1, size=64, repeats=1)
+    assert peak["peak"] == max(v for k, v in peak.items() if k in ("numpy", "torch")) > 0
+    assert (peak["size"], peak["threads"]) == (64, 1)
+
+
+def test_conv_algorithm_is_chosen_by_the_environment(monkeypatch):
+    from benchmarks import workloads
+
+    plain = workloads.build_xpconv("W2", "numpy")
+    monkeypatch.setenv(workloads.ALGORITHM_ENV, "winograd")
+    wino = workloads.build_xpconv("W2", "numpy")
+    convs = [layer for layer in wino.layers if type(layer).__name__ == "Conv2D"]
+    assert [c.uses_winograd for c in convs] == [True, True]
+    for a, b in zip(plain.state_dict().values(), wino.state_dict().values()):
+        np.testing.assert_array_equal(a, b)

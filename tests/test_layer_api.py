@@ -200,7 +200,7 @@ def test_train_batch_can_return_the_outputs() -> None:
 EXAMPLES = {
     "Conv2D": (
         lambda: L.Conv2D(4, (3, 2), padding="same", dilation=(1, 2), activation="tanh",
-                         use_bias=False, init="he", in_channels=2),
+                         use_bias=False, init="he", in_channels=2, algorithm="im2col"),
         (2, 7, 7),
     ),
     "Conv1D": (
@@ -318,7 +318,9 @@ def test_a_conv_max_pool_layer_is_saved_and_loaded(tmp_path) -> None:
 _CONV = dict(stride=1, padding=0, dilation=1, groups=1)  # torch.nn.functional.conv2d's
 _POOL = dict(stride=None, padding=0)  # stride None: the kernel size, as in PyTorch
 _BN = dict(running_mean=None, running_var=None, training=True, eps=1e-5)
-_LAYER_CONV = dict(_CONV, activation=None, use_bias=True, init="glorot_normal", in_channels=None)
+_LAYER_CONV = dict(
+    _CONV, activation=None, use_bias=True, init="glorot_normal", in_channels=None, algorithm="auto"
+)
 _FUSED = dict(bias=None, pool_size=2, relu=False, **_CONV)
 
 #: every defaulted parameter of the public functional ops, and of the layers.
@@ -342,6 +344,8 @@ OP_DEFAULTS = {
     "conv2d_backward_matrix": dict(need_input_grad=True, x=None),
     "conv2d_forward_matrix": dict(keep_cols=True, tanh=False),
     "conv2d_linear_forward_matrix": dict(keep_cols=True, tanh=False),
+    "conv2d_winograd": dict(_CONV, bias=None, tile=2),
+    "conv2d_winograd_backward": dict(_CONV, tile=2),
     "conv_max_pool2d": _FUSED,
     "conv_max_pool2d_forward": _FUSED,
     "conv_max_pool2d_forward_unchecked": dict(relu=False),
@@ -453,6 +457,8 @@ def _calls() -> dict[str, list]:
         "conv2d_backward_matrix": [call(np, a(4, 32), cols, w4, geom)],
         "conv2d_forward_matrix": [call(np, x4, w4, None, geom)],
         "conv2d_linear_forward_matrix": [call(np, x4, w4, None, geom, a(5, 64))],
+        "conv2d_winograd": [call(x4, w4)],
+        "conv2d_winograd_backward": [call(a(2, 4, 4, 4), x4, w4)],
         "conv_max_pool2d": [call(x4, w4)],
         "conv_max_pool2d_forward": [call(x4, w4)],
         "conv_max_pool2d_forward_unchecked": [call(np, x4, w4, None, pooled)],

@@ -235,8 +235,45 @@ class Sequential:
         return self
 
     # ------------------------------------------------------------------ inference
+    def _infer(self, x: Array) -> Array:
+        """The inference pass of :meth:`predict` and :meth:`evaluate`: on a backend that
+        compiles (JAX), one compiled function per input shape with the parameters and
+        buffers as its arguments (so it follows training), else layer by layer."""
+        if not self.backend.can_compile:
+            return self._run(x, False)
+        if getattr(self, "_infer_for", None) is not self.backend:
+            self._infer_compiled = self.backend.compile(self._bound_inference)
+            self._infer_for = self.backend
+        params = {name: p.value for name, p in self.parameters().items()}
+        return self._infer_compiled(params, self.buffers(), x)
+
+    def _bound_inference(
+        self, params: dict[str, Array], buffers: dict[str, Array], x: Array
+    ) -> Array:
+        """``_run(x, False)`` on the given parameter and buffer values (a pure function of
+        them, for compiling); the layers' own values are put back afterwards."""
+        named = self.parameters()
+        owners = {f"{layer.name}.{k}": layer for layer in self.layers for k in layer.buffers}
+        kept = (
+            {n: p.value for n, p in named.items()},
+            {layer: dict(layer.buffers) for layer in self.layers},
+        )
+        try:
+            for name, p in named.items():
+                p.value = params[name]
+            for name, layer in owners.items():
+                layer.buffers = {**layer.buffers, name.split(".", 1)[1]: buffers[name]}
+            out = self._run(x, False)
+        finally:
+            for name, p in named.items():
+                p.value = kept[0][name]
+            for layer, values in kept[1].items():
+                layer.buffers = values
+        return out
+
     def predict(self, x: Any, batch_size: int = 512) -> Array:
-        """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode.
+        """Outputs (logits) for ``x`` (N, *input_shape), in batches, in inference mode
+        (compiled on JAX, see :meth:`_infer`).
 
         Raises:
             MemoryError: before any activation is allocated, when one batch does not fit
@@ -249,7 +286,7 @@ class Sequential:
         check_activation_memory(self, batch_size, n)
         self._inputs.check_values(x)
         parts = [
-            self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
+            self._infer(self.as_input(x[i : min(i + batch_size, n), ...], finite=False))
             for i in range(0, n, batch_size)
         ]
         return parts[0] if len(parts) == 1 else self.xp.concat(parts, axis=0)
@@ -274,7 +311,7 @@ class Sequential:
         targets = self.as_target(y, n)
         totals = MetricTotals(self.xp)
         for i in range(0, n, batch_size):
-            out = self._run(self.as_input(x[i : min(i + batch_size, n), ...], finite=False), False)
+            out = self._infer(self.as_input(x[i : min(i + batch_size, n), ...], finite=False))
             target = targets[i : min(i + batch_size, n), ...]
             totals.add(self.loss.forward(out, target), out, target)
         return totals.result()

@@ -91,6 +91,11 @@ from xpconv.ops.pool import (
     max_pool2d_forward,
     pool_geometry,
 )
+from xpconv.ops.winograd import (
+    conv2d_winograd,
+    conv2d_winograd_backward,
+    winograd_supported,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -122,6 +127,8 @@ __all__ = [
     "conv2d_forward",
     "conv2d_forward_matrix",
     "conv2d_linear_forward_matrix",
+    "conv2d_winograd",
+    "conv2d_winograd_backward",
     "conv_geometry",
     "conv_max_pool2d",
     "conv_max_pool2d_backward_saved",
@@ -168,4 +175,5 @@ __all__ = [
     "tanh",
     "tanh_backward",
     "use_portable",
+    "winograd_supported",
 ]

@@ -84,6 +84,8 @@ class ConvMaxPool(Layer):
         """Whether ``conv`` then ``pool`` can run fused."""
         return (
             type(conv) is Conv2D
+            and not conv.uses_winograd
+            and conv.algorithm != "winograd"
             and type(pool) is MaxPool2D
             and conv.activation in (None, "identity", "relu")
             and pool.stride == pool.kernel_size
@@ -172,6 +174,7 @@ class ConvDense(Layer):
         """Whether ``conv``, ``flatten`` and ``dense`` (built) can run as one step."""
         return (
             type(conv) is Conv2D
+            and not conv.uses_winograd
             and type(flatten) is Flatten
             and type(dense) is Dense
             and conv.activation in (None, "identity", "tanh")

@@ -18,6 +18,14 @@ from xpconv.ops import (
     lift_1d_arg,
 )
 from xpconv.ops.checks import int_pair, positive_int
+from xpconv.ops.winograd import (
+    ALGORITHMS,
+    WinogradSaved,
+    choose_algorithm,
+    winograd_backward_unchecked,
+    winograd_forward_unchecked,
+    winograd_supported,
+)
 
 Array = Any
 Shape = tuple[int, ...]
@@ -34,6 +42,12 @@ class Conv2D(_ActivationMixin, Layer):
         use_bias: add a bias per output channel (initialised to zero).
         init: weight initialiser name (see :mod:`xpconv.nn.initializers`) or callable.
         in_channels: checked against the input when given, inferred otherwise.
+        algorithm: ``"im2col"`` (columns and one matmul), ``"winograd"`` (Winograd
+            F(2x2, 3x3): a 3x3 kernel, stride 1, dilation 1 and one group only, else
+            ValueError when built) or ``"auto"``: the fixed rule of
+            :func:`xpconv.ops.winograd.choose_algorithm` by shape and backend, resolved
+            when the layer is built. A Winograd convolution does not fuse with the
+            pool or dense layer after it.
     """
 
     skips_input_grad = True
@@ -51,8 +65,14 @@ class Conv2D(_ActivationMixin, Layer):
         use_bias: bool = True,
         init: str = "glorot_normal",
         in_channels: int | None = None,
+        algorithm: str = "auto",
     ) -> None:
         super().__init__()
+        if algorithm not in ALGORITHMS:
+            raise ValueError(
+                f"{self.name}: algorithm: expected one of {ALGORITHMS}, got {algorithm!r}"
+            )
+        self.algorithm, self._winograd = algorithm, False
         self.filters = positive_int(filters, f"{self.name}: filters")
         self.kernel_size = int_pair(kernel_size, f"{self.name}: kernel_size", minimum=1)
         self.stride, self.padding, self.dilation = stride, padding, dilation
@@ -87,6 +107,8 @@ class Conv2D(_ActivationMixin, Layer):
 
     def shapes_for(self, input_shape: Shape) -> LayerShapes:
         geom = self._geometry(input_shape)
+        if self.algorithm == "winograd" and (reason := winograd_supported(geom)) is not None:
+            raise ValueError(f"{self.name}: algorithm='winograd': {reason}")
         params = {"weight": self._weight_shape(input_shape[0])}
         if self.use_bias:
             params["bias"] = (self.filters,)
@@ -96,6 +118,7 @@ class Conv2D(_ActivationMixin, Layer):
         self._geom = self._geometry(input_shape)
         channels = input_shape[0]
         wshape = self._weight_shape(channels)
+        self._winograd = self._resolve_algorithm(ctx.backend.name)
         kh, kw = self.kernel_size
         fan_in = (channels // self.groups) * kh * kw
         fan_out = (self.filters // self.groups) * kh * kw
@@ -105,6 +128,20 @@ class Conv2D(_ActivationMixin, Layer):
         if self.use_bias:
             self._param(ctx, "bias", np.zeros(self.filters))
         return (self.filters, *self._geom.out)
+
+    def _resolve_algorithm(self, backend: str) -> bool:
+        """Whether the built layer runs Winograd (``algorithm`` and ``auto``'s rule)."""
+        if self.algorithm == "winograd":
+            reason = winograd_supported(self._geom)
+            if reason is not None:
+                raise ValueError(f"{self.name}: algorithm='winograd': {reason}")
+            return True
+        return self.algorithm == "auto" and choose_algorithm(self._geom, backend) == "winograd"
+
+    @property
+    def uses_winograd(self) -> bool:
+        """Whether the (built) layer runs Winograd F(2x2, 3x3) rather than im2col."""
+        return self._winograd
 
     @property
     def geometry(self) -> ConvGeometry:
@@ -130,6 +167,10 @@ class Conv2D(_ActivationMixin, Layer):
         xp = array_namespace(weight)
         geom = replace(self._geom, batch=int(x.shape[0]))
         bias = self.params["bias"].value if self.use_bias else None
+        if self._winograd and head is None:
+            out, saved = winograd_forward_unchecked(xp, x, weight, bias, geom, keep=training)
+            self._saved = (xp, saved, geom, None)
+            return self._activate(out), None
         # (O, OH*OW*N); an inference pass stores no columns; tanh taken block by block
         tanh = self.activation == "tanh"
         product = None
@@ -148,6 +189,8 @@ class Conv2D(_ActivationMixin, Layer):
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         xp, cols, geom, x = self._saved  # x only after an inference pass (no columns)
+        if isinstance(cols, WinogradSaved):
+            return self._backward_winograd(xp, grad, cols, input_grad)
         if self.activation not in F.ALONG_AN_AXIS:
             g2 = self._deactivate(F.output_to_matrix(xp, grad, geom))
         else:
@@ -160,6 +203,16 @@ class Conv2D(_ActivationMixin, Layer):
             geom,
             need_input_grad=self._wants_input_grad(input_grad),
             x=x,
+        )
+        self.set_gradients(xp, gw, gb)
+        self._saved = None
+        return gx
+
+    def _backward_winograd(
+        self, xp: Any, grad: Array, saved: WinogradSaved, input_grad: bool | None
+    ) -> Array | None:
+        gx, gw, gb = winograd_backward_unchecked(
+            xp, self._deactivate(grad), saved, need_input_grad=self._wants_input_grad(input_grad)
         )
         self.set_gradients(xp, gw, gb)
         self._saved = None
@@ -185,12 +238,14 @@ class Conv2D(_ActivationMixin, Layer):
             use_bias=self.use_bias,
             init=initializer_config(self.init),
             in_channels=self.in_channels,
+            algorithm=self.algorithm,
         )
 
     def describe(self) -> str:
         kh, kw = self.kernel_size
         act = f", {self.activation}" if self.activation else ""
-        return f"Conv2D({self.filters}, {kh}x{kw}, padding={self.padding!r}{act})"
+        algo = ", winograd" if self._winograd else ""
+        return f"Conv2D({self.filters}, {kh}x{kw}, padding={self.padding!r}{act}{algo})"
 
 
 class Conv1D(Conv2D):
@@ -209,6 +264,7 @@ class Conv1D(Conv2D):
         use_bias: bool = True,
         init: str = "glorot_normal",
         in_channels: int | None = None,
+        algorithm: str = "auto",
     ) -> None:
         super().__init__(
             filters,
@@ -221,6 +277,7 @@ class Conv1D(Conv2D):
             use_bias=use_bias,
             init=init,
             in_channels=in_channels,
+            algorithm=algorithm,
         )
         self._config1d = dict(
             kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation
