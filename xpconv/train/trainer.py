@@ -288,15 +288,9 @@ class Trainer:
             ValueError: before any step, when a batch (the last one, say) would give a
                 batch-norm layer one value per channel, or ``drop_last`` leaves no batch.
         """
-        epochs = positive_int(epochs, "epochs")
-        batch_size = positive_int(batch_size, "batch_size")
-        eval_every = positive_int(eval_every, "eval_every")
-        if not isinstance(drop_last, bool):
-            raise TypeError(f"drop_last: expected a bool, got {drop_last!r}")
-        if not isinstance(shuffle, bool):  # "no" would be true
-            raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
-        if early_stopping is not None:
-            positive_int(early_stopping, "early_stopping")
+        epochs, batch_size, eval_every = _check_fit_options(
+            epochs, batch_size, eval_every, early_stopping, shuffle, drop_last
+        )
         x_dev, y_dev = self._prepare(x, y, "x", "y")
         val = self._prepare_validation(validation_data)
         self._bind_optimizer()
@@ -664,3 +658,25 @@ class _Tally:
             self.correct = None
         self.pending, self.counts, self.hits = [], [], None
         return losses
+
+
+def _check_fit_options(
+    epochs: Any,
+    batch_size: Any,
+    eval_every: Any,
+    early_stopping: Any,
+    shuffle: Any,
+    drop_last: Any,
+) -> tuple[int, int, int]:
+    """``fit``'s counts as ints, its switches as bools, or a clear error naming each."""
+    if not isinstance(drop_last, bool):
+        raise TypeError(f"drop_last: expected a bool, got {drop_last!r}")
+    if not isinstance(shuffle, bool):  # "no" would be true
+        raise TypeError(f"shuffle: expected True or False, got {shuffle!r}")
+    if early_stopping is not None:
+        positive_int(early_stopping, "early_stopping")
+    return (
+        positive_int(epochs, "epochs"),
+        positive_int(batch_size, "batch_size"),
+        positive_int(eval_every, "eval_every"),
+    )
