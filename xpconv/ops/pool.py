@@ -17,7 +17,7 @@ then over the KW columns, so a window costs ``KH + KW - 2`` elementwise operatio
 strided slices, not ``KH * KW``. (Reductions such as ``max(axis=(3, 5))`` over a
 reshaped (N, C, OH, KH, OW, KW) view were measured several times slower than these
 slices on NumPy and PyTorch CPU, because they reduce over tiny, non-contiguous axes:
-docs/performance.md, "Kernel choices".)
+docs/performance.md, "Notes from the kernels".)
 
 When ``stride == kernel_size`` the windows tile the input and the backward pass has a
 fast path: the gradient of every tap is computed on a (N, C, OH, KH, OW, KW) view and

@@ -17,7 +17,7 @@ layer's: at most 32) is a product over the very long column axis with a tiny res
 and XLA's CPU product with that transposed operand is slow. Written as a contraction
 over the column axis split in two, the same sum is one ``tensordot`` for which XLA
 first copies the columns into the layout its plain product takes: faster overall
-(docs/performance.md, "Kernel choices").
+(docs/performance.md, "Notes from the kernels").
 
 Everything else is the portable path. Importing this module does not import JAX.
 """
