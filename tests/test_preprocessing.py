@@ -132,3 +132,18 @@ def test_moves_with_the_model(backend: str) -> None:
         pytest.skip(f"{backend}: {exc}")
     got = model.backend.to_numpy(model.predict(model.backend.asarray(x)))
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_jax_model_trains_after_its_compiled_evaluation() -> None:
+    """Standardize's constants made inside a compiled function are not kept: a model
+    evaluated (compiled inference) and then trained (compiled step) traces both cleanly."""
+    pytest.importorskip("jax")
+    from xpconv.models import zoo
+
+    x = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
+    y = np.arange(8) % 10
+    model = zoo.lecture(backend="jax", seed=0)
+    before = model.evaluate(x, y)["loss"]
+    trainer = xc.Trainer(model, xc.SGD(0.01, momentum=0.9), progress=False)
+    trainer.fit(x, y, epochs=1, batch_size=4, validation_data=(x, y))
+    assert model.evaluate(x, y)["loss"] < before

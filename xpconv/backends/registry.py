@@ -27,6 +27,7 @@ and the error messages all read the registry, so adding a backend is one call to
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "backend_of",
     "default_backend",
     "get_backend",
+    "is_traced",
     "namespace_of",
     "register_backend",
     "registered_backends",
@@ -487,6 +489,14 @@ def available_backends() -> list[str]:
             continue
         names.append(name)
     return names
+
+
+def is_traced(a: Array) -> bool:
+    """Whether ``a`` is a placeholder of a function being compiled (a JAX tracer): arrays
+    made from it must not outlive the trace, so nothing built from it may be cached."""
+    jax_core = sys.modules.get("jax.core")
+    tracer = getattr(jax_core, "Tracer", None)
+    return tracer is not None and isinstance(a, tracer)
 
 
 def backend_of(a: Array) -> Backend:

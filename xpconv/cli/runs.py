@@ -196,7 +196,7 @@ def resume_settings(args: argparse.Namespace, record: Any, model: Any) -> None:
     differ = []
     for option, key in RUN_SETTINGS.items():
         attr = option[2:].replace("-", "_")
-        given, recorded = getattr(args, attr), record.get(key)
+        given, recorded = getattr(args, attr, None), record.get(key)
         if given is None:
             setattr(args, attr, recorded)
         elif given != recorded:

@@ -10,6 +10,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from xpconv.backends.registry import is_traced
 from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes
 from xpconv.ops.checks import namespace
 
@@ -96,11 +97,13 @@ class Standardize(Layer):
         """``mean`` and ``1 / std`` as arrays of ``x``'s backend, device and dtype (made
         once per backend, device and dtype, so a model moved by ``to`` follows)."""
         key = (type(x), str(array_api_compat.device(x)), str(x.dtype))
-        if self._cache is None or self._cache[0] != key:
-            xp, device = namespace(x=x), array_api_compat.device(x)
-            mean, scale = (xp.asarray(h, dtype=x.dtype, device=device) for h in self._host)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1], self._cache[2]
+        xp, device = namespace(x=x), array_api_compat.device(x)
+        mean, scale = (xp.asarray(h, dtype=x.dtype, device=device) for h in self._host)
+        if not is_traced(x):  # constants made inside a compiled function die with it
             self._cache = (key, mean, scale)
-        return self._cache[1], self._cache[2]
+        return mean, scale
 
     def forward(self, x: Array, training: bool) -> Array:
         mean, scale = self._constants(x)
