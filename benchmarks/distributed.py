@@ -69,7 +69,7 @@ def worker(workload: str, batch: int, steps: int, warmup: int) -> dict[str, Any]
     from benchmarks.workloads import LR, MOMENTUM, WORKLOADS
     from xpconv.models import zoo
     from xpconv.optim.optimizers import SGD
-    from xpconv.parallel.distributed import (
+    from xpconv.parallel import (
         GradientAverager,
         MPICommunicator,
         SingleProcessCommunicator,

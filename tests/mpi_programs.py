@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import xpconv as xc
-from xpconv.parallel.distributed import GradientAverager, MPICommunicator, share_cores
+from xpconv.parallel import GradientAverager, MPICommunicator, share_cores
 from xpconv.train.callbacks import Callback
 
 

@@ -128,8 +128,8 @@ def _onnx_output(model: xc.Sequential, x: np.ndarray, tmp_path_factory) -> np.nd
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
     interop.to_onnx(model, path)
     onnx.checker.check_model(onnx.load(path), full_check=True)
-    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    return session.run([interop.OUTPUT_NAME], {interop.INPUT_NAME: x})[0]
+    runtime = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    return runtime.run([interop.OUTPUT_NAME], {interop.INPUT_NAME: x})[0]
 
 
 def _close32(got: np.ndarray, want: np.ndarray) -> None:

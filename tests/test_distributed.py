@@ -21,7 +21,7 @@ import pytest
 from conftest import Case
 
 import xpconv as xc
-from xpconv.parallel.distributed import (
+from xpconv.parallel import (
     Communicator,
     DistributedError,
     GradientAverager,
@@ -563,7 +563,7 @@ def test_nccl_collectives_on_gpus(tmp_path: Path) -> None:
     n = min(gpus, 2)
     code = (
         "import json, sys, cupy, numpy as np; from xpconv.backends.registry import get_backend; "
-        "from xpconv.parallel.distributed import MPICommunicator, NCCLCommunicator; "
+        "from xpconv.parallel import MPICommunicator, NCCLCommunicator; "
         "m = MPICommunicator(timeout=60); be = get_backend('cupy', m.rank); "
         "c = NCCLCommunicator(be, m); x = cupy.arange(5, dtype=cupy.float32) + c.rank; "
         "s = cupy.asnumpy(c.allreduce(x)); b = cupy.asnumpy(c.broadcast(x)); "

@@ -54,8 +54,8 @@ def test_onnx_export_keeps_the_softmax_axis(cls: type, tmp_path: Path) -> None: 
     pytest.importorskip("onnx")
     model = _axis_model(cls, 1)
     xc.to_onnx(model, tmp_path / "m.onnx")
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
-    got = session.run(None, {"input": _x()})[0]
+    runtime = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    got = runtime.run(None, {"input": _x()})[0]
     np.testing.assert_allclose(got, np.asarray(model.predict(_x())), atol=1e-5)
 
 

@@ -96,8 +96,8 @@ def test_exports_apply_it(tmp_path) -> None:
     x = _x(dtype="float32")
     want = np.asarray(model.predict(x))
     xc.to_onnx(model, tmp_path / "m.onnx")
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(session.run(None, {"input": x})[0], want, rtol=1e-5, atol=1e-6)
+    runtime = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(runtime.run(None, {"input": x})[0], want, rtol=1e-5, atol=1e-6)
     module = xc.to_torch(model).eval()
     assert type(module[0]).__name__ == "Standardize"
     with torch.no_grad():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import xpconv as xc
+from xpconv.parallel import SingleProcessCommunicator
 from xpconv.parallel.data_parallel import DataParallel, SyncStats
-from xpconv.parallel.distributed import SingleProcessCommunicator
 from xpconv.parallel.strategy import SingleProcess, Strategy, batch_norm_layers
 from xpconv.train.checkpoints import validate_training
 

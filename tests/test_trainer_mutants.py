@@ -298,7 +298,7 @@ class _ThreadGroup:
         self.wait = self.barrier.wait
 
 
-class _ThreadRank(xc.parallel.distributed.Communicator):
+class _ThreadRank(xc.parallel.Communicator):
     engine = "test"
 
     def __init__(self, group: _ThreadGroup, rank: int) -> None:
@@ -444,7 +444,7 @@ def test_ranks_that_disagree_are_told_what_differs(what: str) -> None:
     else:
         other["validation_data"] = (xv, (yv + 1) % 3)
     message = rf"^ranks disagree on {what}( \(|\b).*\(1 rank\(s\) differ from rank 0\); every"
-    with pytest.raises(xc.parallel.distributed.DistributedError, match=message) as info:
+    with pytest.raises(xc.parallel.DistributedError, match=message) as info:
         _fit_threads(trainers, [base, other])
     assert str(info.value).count("rank(s) differ") == 1, str(info.value)  # that one only
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import xpconv as xc  # noqa: E402
-from xpconv.parallel.distributed import (  # noqa: E402
+from xpconv.parallel import (  # noqa: E402
     Communicator,
     GradientAverager,
     ShardedSampler,

@@ -27,7 +27,7 @@ def _library_errors() -> tuple[type[BaseException], ...]:
     from xpconv.backends.registry import BackendError
     from xpconv.data.datasets import DatasetError
     from xpconv.io.checkpoint import CheckpointError
-    from xpconv.parallel.distributed import DistributedError
+    from xpconv.parallel import DistributedError
     from xpconv.train.trainer import TrainingError
 
     return (

@@ -53,7 +53,7 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _communicator(args: argparse.Namespace) -> Any:
     """The MPI communicator of a ``--distributed`` run (the NCCL one is made once the
     backend is known); a clear error without mpi4py or without an MPI launcher."""
-    from xpconv.parallel.distributed import MPICommunicator, launched_by_mpi
+    from xpconv.parallel import MPICommunicator, launched_by_mpi
 
     comm = MPICommunicator(timeout=args.distributed_timeout)
     if comm.size == 1 and not launched_by_mpi():
@@ -168,11 +168,11 @@ def _ready_communicator(args: argparse.Namespace, backend: Any, comm: Any) -> An
     """The communicator of a distributed run on ``backend`` (NCCL wraps the MPI one),
     its ranks sharing the machine's cores; ``None`` for one process."""
     if args.distributed == "nccl":
-        from xpconv.parallel.distributed import NCCLCommunicator
+        from xpconv.parallel import NCCLCommunicator
 
         comm = NCCLCommunicator(backend, comm, timeout=args.distributed_timeout)
     if comm is not None:
-        from xpconv.parallel.distributed import share_cores
+        from xpconv.parallel import share_cores
 
         threads = share_cores(comm, backend)
         if threads is not None:

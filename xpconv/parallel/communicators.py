@@ -1,7 +1,7 @@
 """Communicators: a group of processes with all-reduce, broadcast and barrier over
 MPI (mpi4py), NCCL, or none (one process); faults end every rank.
 
-See :mod:`xpconv.parallel.distributed` for the overview.
+See :mod:`xpconv.parallel` for the overview.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Data-parallel training as a :class:`~xpconv.parallel.strategy.Strategy` over a
-:class:`~xpconv.parallel.distributed.Communicator`.
+:class:`~xpconv.parallel.Communicator`.
 
 Every rank holds the same model. Each trains on its contiguous share of every global
-batch (:func:`~xpconv.parallel.distributed.shard_range`); the gradients are averaged,
+batch (:func:`~xpconv.parallel.shard_range`); the gradients are averaged,
 weighted by the shares, in one all-reduce per step
-(:class:`~xpconv.parallel.distributed.GradientAverager`); and, by default, every
+(:class:`~xpconv.parallel.GradientAverager`); and, by default, every
 batch-norm layer takes the statistics of the global batch (:class:`SyncStats`: one
 small all-reduce per layer in the forward pass and one in the backward pass), so N
 ranks train the model one process trains on the global batch. With

@@ -35,8 +35,8 @@ from xpconv.nn.sequential import Sequential
 from xpconv.ops.checks import positive_int
 from xpconv.ops.targets import count_correct
 from xpconv.optim.optimizers import Optimizer
+from xpconv.parallel import Communicator, shard_range
 from xpconv.parallel.data_parallel import DataParallel
-from xpconv.parallel.distributed import Communicator, shard_range
 from xpconv.parallel.strategy import SingleProcess, Strategy
 from xpconv.train.callbacks import (
     BatchLogs,
@@ -68,7 +68,7 @@ class Trainer:
         seed: seeds the shuffling generator (host NumPy).
         progress: show a progress bar per epoch (needs tqdm).
         log_every: steps between reads of the running loss from the device.
-        communicator: a :class:`~xpconv.parallel.distributed.Communicator` for data-parallel
+        communicator: a :class:`~xpconv.parallel.Communicator` for data-parallel
             training: the strategy becomes a
             :class:`~xpconv.parallel.data_parallel.DataParallel` over it (every rank takes
             its share of each global batch, ``batch_size``; gradients are averaged in one
