@@ -251,20 +251,23 @@ def test_set_blas_threads_round_trips() -> None:
 
 def test_product_threads_follow_openblas_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernels split products only while OpenBLAS runs on one thread; they never
-    set its count themselves."""
+    set its count themselves. (OpenBLAS is set to two threads first: a command run
+    earlier in this process may have tuned it to one.)"""
     _needs_linux_openblas()
-    outside = host.blas_threads()
-    assert outside is not None and outside > 1
+    found = host.blas_threads()
+    assert found is not None
     monkeypatch.setattr(host, "_OWNER", host._BlasOwner())
-    assert host.product_threads() is None  # OpenBLAS threads its own products
     try:
+        assert host.set_blas_threads(2) is True
+        assert host.product_threads() is None  # OpenBLAS threads its own products
         host.set_blas_threads(1)  # as OPENBLAS_NUM_THREADS=1 would
         assert host.product_threads() == 1  # parts, one after another
-        monkeypatch.setattr(host._OWNER, "before", outside)  # as one_blas_thread leaves it
-        assert host.product_threads() == outside
+        monkeypatch.setattr(host._OWNER, "before", 2)  # as one_blas_thread leaves it
+        assert host.product_threads() == 2
+        host.set_blas_threads(2)  # set again by someone else: whole products
+        assert host.product_threads() is None
     finally:
-        host.set_blas_threads(outside)
-    assert host.product_threads() is None  # set again by someone else: whole products
+        host.set_blas_threads(found)
 
 
 def _lenet_steps(x: object, y: object) -> dict:
