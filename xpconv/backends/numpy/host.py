@@ -236,7 +236,7 @@ def balance_threads() -> int | None:
     busy threads one of xpconv's is always descheduled. It reads ``/proc/stat`` at most
     every ``_Balancer.window`` seconds and decides on the CPU time other processes took
     over the last ``_Balancer.horizon`` seconds (``crowded`` cores or more: one thread;
-    under ``clear``: every usable core); the longer horizon keeps the 10 ms tick
+    under ``clear``: every usable core); the longer horizon keeps the coarse tick
     rounding of ``/proc/stat`` from being read as load. The first call after switching
     on starts with one thread.
 
