@@ -6,6 +6,8 @@ and states the tolerance for comparing with a float64 reference:
 - float64: rtol 1e-10 (relative to the largest reference magnitude)
 - float32: 4 * sqrt(eps32) ~ 1.4e-3; GPU float32 twice that.
 
+The other tolerances (finite differences, composed layers) are in ``numerics.py``.
+
 Cases whose library or device is missing are skipped with a visible reason (``-rs``).
 In CI (``CI=true``) a missing oracle, data set or CPU backend fails the run instead
 (:func:`require_or_skip`); only GPU cases may skip there.
@@ -13,7 +15,7 @@ In CI (``CI=true``) a missing oracle, data set or CPU backend fails the run inst
 JAX runs in its 64-bit mode for the whole test run (set here, before any JAX array
 exists), so its float32 and float64 cases share one process: the float32 cases then
 also check that nothing is promoted to float64 by accident. JAX with 64-bit mode off,
-its default, is covered by a test that runs in a subprocess (``tests/test_step.py``).
+its default, is covered by a test that runs in a subprocess (``tests/train/test_step.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numerics import assert_scaled_close
 
 from xpconv.backends import registry as xb
 
@@ -85,13 +88,7 @@ class Case:
 
     def assert_close(self, actual: Any, expected: np.ndarray, what: str = "") -> None:
         """``actual`` (an array of this case) matches float64 ``expected``."""
-        got = self.to_numpy(actual)
-        assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
-        scale = max(float(np.max(np.abs(expected))), 1.0) if expected.size else 1.0
-        err = float(np.max(np.abs(got - expected))) if expected.size else 0.0
-        assert err <= self.rtol * scale, (
-            f"{what} on {self.id}: max abs error {err:.3g} > {self.rtol:.3g} * {scale:.3g}"
-        )
+        assert_scaled_close(self.to_numpy(actual), expected, self.rtol, f"{what} on {self.id}")
 
 
 CASES = [

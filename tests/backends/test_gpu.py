@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # the benchmarks package is not installed with xpconv
     sys.path.insert(0, str(REPO_ROOT))
 

@@ -33,7 +33,7 @@ from xpconv.parallel import (
     shard_range,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROGRAMS = Path(__file__).with_name("mpi_programs.py")
 
 

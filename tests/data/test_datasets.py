@@ -28,7 +28,7 @@ from conftest import require_or_skip
 import xpconv.data.datasets as ds
 
 DATA = Path(
-    os.environ.get("XPCONV_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
+    os.environ.get("XPCONV_TEST_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
 )
 
 GZ_FILES = (

@@ -34,7 +34,7 @@ from xpconv.io.checkpoint import (
     save_checkpoint,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------

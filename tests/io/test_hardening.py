@@ -1,7 +1,7 @@
 """What a careful attacker and a careless user used to break: each case a minimal
 reproduction that now gets a clear, documented refusal (or the right answer).
 
-Runs on its own: ``python -m pytest tests/test_hardening.py``.
+Runs on its own: ``python -m pytest tests/io/test_hardening.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from xpconv.data.datasets import DatasetError
 from xpconv.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xpconv.nn import layers as L
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MNIST = DATA_DIR / "mnist"
 
 

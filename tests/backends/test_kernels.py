@@ -6,8 +6,8 @@ the portable one.
   (parameter names, kinds and defaults; the namespace first).
 - On every backend case, each entry of the table that backend selects equals the
   portable entry on random inputs (ties and several layouts included). The more
-  detailed checks of single entries live beside their ops (``test_conv.py``,
-  ``test_functional_ops.py``, ``test_gpu.py``).
+  detailed checks of single entries live beside their ops (``ops/test_conv.py``,
+  ``ops/test_functional_ops.py``, ``backends/test_gpu.py``).
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
-"""Programs that tests/test_distributed.py runs under ``mpiexec -n N python``.
+"""Programs that tests/parallel/test_distributed.py runs under ``mpiexec -n N python``.
 
-    mpiexec -n 2 python tests/mpi_programs.py parity OUT.json [backend [sgd|adam [N]]]
-    mpiexec -n 2 python tests/mpi_programs.py accuracy OUT.json MNIST_DIR
-    mpiexec -n 2 python tests/mpi_programs.py messages OUT.json
-    mpiexec -n 2 python tests/mpi_programs.py raise OUT.json
-    mpiexec -n 2 python tests/mpi_programs.py kill CHECKPOINT.npz
-    mpiexec -n 2 python tests/mpi_programs.py hang OUT.json
-    mpiexec -n 2 python tests/mpi_programs.py model OUT.json MODEL [backend [dtype [options]]]
-    mpiexec -n 2 python tests/mpi_programs.py bench OUT.json MODEL [global|per-rank]
+    mpiexec -n 2 python tests/parallel/mpi_programs.py parity OUT.json [backend [sgd|adam [N]]]
+    mpiexec -n 2 python tests/parallel/mpi_programs.py accuracy OUT.json MNIST_DIR
+    mpiexec -n 2 python tests/parallel/mpi_programs.py messages OUT.json
+    mpiexec -n 2 python tests/parallel/mpi_programs.py raise OUT.json
+    mpiexec -n 2 python tests/parallel/mpi_programs.py kill CHECKPOINT.npz
+    mpiexec -n 2 python tests/parallel/mpi_programs.py hang OUT.json
+    mpiexec -n 2 python tests/parallel/mpi_programs.py model OUT.json MODEL [backend [dtype [opts]]]
+    mpiexec -n 2 python tests/parallel/mpi_programs.py bench OUT.json MODEL [global|per-rank]
 
 Rank 0 writes its findings as JSON to OUT; the test asserts on them.
 """

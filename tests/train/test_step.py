@@ -22,7 +22,7 @@ import xpconv as xc
 from xpconv.backends import registry as xb
 from xpconv.train.step import TrainState, TrainStep, train_step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _small(backend, dtype: str = "float32", seed: int = 3) -> xc.Sequential:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import Case, torch_or_skip
+from numerics import assert_scaled_close, composed_tol
 
 import xpconv as xc
 from xpconv.nn.layers import ConvMaxPool
@@ -29,16 +30,9 @@ def _one_torch_thread():
         torch.set_num_threads(threads)
 
 
-def tol(case: Case) -> float:
-    return 1e-9 if case.dtype == "float64" else 1e-4
-
-
 def close(case: Case, got, expected: np.ndarray, what: str) -> None:
-    got = case.to_numpy(got) if not isinstance(got, np.ndarray) else np.asarray(got, np.float64)
-    assert got.shape == expected.shape, f"{what}: shape {got.shape} != {expected.shape}"
-    scale = max(float(np.max(np.abs(expected))), 1.0)
-    err = float(np.max(np.abs(got - expected)))
-    assert err <= tol(case) * scale, f"{what} on {case.id}: error {err:.3g} (scale {scale:.3g})"
+    got = got if isinstance(got, np.ndarray) else case.to_numpy(got)
+    assert_scaled_close(got, expected, composed_tol(case.dtype), f"{what} on {case.id}")
 
 
 def block_model(

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import Case
-from test_conv import central_difference, torch_conv2d_reference
+from numerics import assert_matches_differences, central_difference
+from test_conv import torch_conv2d_reference
 
 import xpconv as xc
 from xpconv import ops as F
@@ -87,7 +88,7 @@ def test_winograd_backward_finite_differences(case64: Case, tile: int) -> None:
         (gw, central_difference(lambda v: loss(x, v, b), wt)),
         (gb, central_difference(lambda v: loss(x, wt, v), b)),
     ):
-        np.testing.assert_allclose(case64.to_numpy(got), fd, rtol=1e-6, atol=1e-6)
+        assert_matches_differences(case64.to_numpy(got), fd)
 
 
 def test_float32_error_against_direct_convolution() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import Case, torch_or_skip
+from numerics import assert_scaled_close, composed_tol
 
 import xpconv as xc
 from xpconv.nn.layers import Parameter
@@ -22,10 +23,6 @@ from xpconv.optim.optimizers import (
 )
 
 TOTAL = 23
-
-
-def tol(case: Case) -> float:
-    return 1e-9 if case.dtype == "float64" else 1e-4
 
 
 def torch_lrs(make_scheduler, base_lr: float, steps: int) -> list[float]:
@@ -168,11 +165,11 @@ def test_adamw_matches_torch_step_by_step(case: Case, variant: str) -> None:
                 warnings.simplefilter("ignore")
                 sched.step()
         for k, p in params.items():
-            expected = tparams[k].detach().numpy()
-            err = float(np.max(np.abs(case.to_numpy(p.value) - expected)))
-            assert err <= tol(case) * max(1.0, float(np.max(np.abs(expected)))), (
-                f"{variant} step {step} {k} on {case.id}: error {err:.3g}"
-            )
+            expected = tparams[k].detach().numpy().astype(np.float64)
+            assert_scaled_close(
+                case.to_numpy(p.value), expected, composed_tol(case.dtype),
+                f"{variant} step {step} {k} on {case.id}",
+            )  # fmt: skip
     assert ours.decays("dense.weight", params["dense.weight"].value)
     assert ours.decays("conv.bias", params["conv.bias"].value) == (variant not in exclude)
 
@@ -268,7 +265,7 @@ def test_adamw_decays_its_rate_like_adam() -> None:
 
 
 #: (class, required arguments, documented defaults): torch.optim's where it has the same
-#: (SGD's and Adam's: test_optimizer_decay.py::test_defaults_and_config_round_trip).
+#: (SGD's and Adam's: optim/test_optimizer_decay.py::test_defaults_and_config_round_trip).
 DOCUMENTED_DEFAULTS = [
     (
         AdamW,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import CASES, Case, torch_or_skip
+from numerics import assert_matches_differences, central_difference
 
 import xpconv as xc
 from xpconv.backends.registry import BackendError
@@ -98,36 +99,24 @@ def test_layer_gradients_finite_differences(
     x = _distinct(rng, (2, *shape))
     proj = rng.normal(size=(2, *model.output_shape))
 
-    def loss() -> float:
-        return float(
-            np.sum(case64.to_numpy(model.forward(case64.asarray(x), training=False)) * proj)
-        )
+    def loss(inputs: np.ndarray) -> float:
+        out = model.forward(case64.asarray(inputs), training=False)
+        return float(np.sum(case64.to_numpy(out) * proj))
 
     model.forward(case64.asarray(x), training=False)
     gx = case64.to_numpy(model.backward(case64.asarray(proj), input_grad=True))
     grads = {n: case64.to_numpy(p.grad) for n, p in model.parameters().items()}
-    eps = 1e-6
-    fd = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        keep = x[idx]
-        x[idx] = keep + eps
-        up = loss()
-        x[idx] = keep - eps
-        down = loss()
-        x[idx] = keep
-        fd[idx] = (up - down) / (2 * eps)
-    np.testing.assert_allclose(gx, fd, rtol=1e-6, atol=1e-6)
+    assert_matches_differences(gx, central_difference(loss, x), "input")
     for name, p in model.parameters().items():
         host = case64.to_numpy(p.value)
-        fd = np.zeros_like(host)
-        for idx in np.ndindex(host.shape):
-            for sign in (1, -1):
-                moved = host.copy()
-                moved[idx] += sign * eps
-                p.value = case64.asarray(moved)
-                fd[idx] += sign * loss() / (2 * eps)
+
+        def loss_at(value: np.ndarray, p=p) -> float:
+            p.value = case64.asarray(value)
+            return loss(x)
+
+        fd = central_difference(loss_at, host)
         p.value = case64.asarray(host)
-        np.testing.assert_allclose(grads[name], fd, rtol=1e-6, atol=1e-6, err_msg=name)
+        assert_matches_differences(grads[name], fd, name)
 
 
 def test_dropout_layer_is_seeded_and_identity_at_inference(case: Case) -> None:

@@ -21,7 +21,7 @@ import xpconv
 import xpconv.data.datasets as ds
 from xpconv.cli import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PICTURES = ("curves.png", "filters.png", "feature_maps.png", "confusion.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = (

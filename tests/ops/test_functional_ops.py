@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from conftest import Case, torch_or_skip
+from numerics import assert_matches_differences, central_difference
 
 import xpconv
 import xpconv.ops as F
@@ -22,19 +23,8 @@ from xpconv.ops.targets import check_targets
 # ---------------------------------------------------------------------- utilities
 
 
-def central_difference(f, a: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    grad = np.zeros_like(a)
-    for idx in np.ndindex(a.shape):
-        plus, minus = a.copy(), a.copy()
-        plus[idx] += eps
-        minus[idx] -= eps
-        grad[idx] = (f(plus) - f(minus)) / (2 * eps)
-    return grad
-
-
 def assert_fd(got, fd: np.ndarray, case: Case) -> None:
-    # central differences in float64 are good to about 1e-8 relative, not 1e-10
-    np.testing.assert_allclose(case.to_numpy(got), fd, rtol=1e-6, atol=1e-6)
+    assert_matches_differences(case.to_numpy(got), fd)
 
 
 def torch_reference(fn, inputs: list[np.ndarray], grad_out: np.ndarray | float | None):

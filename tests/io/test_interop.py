@@ -863,7 +863,7 @@ def test_onnx_benchmark_runs_at_tiny_scale(tmp_path, monkeypatch) -> None:
     """The benchmark's record, never its speed."""
     from pathlib import Path
 
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     from benchmarks import onnx as bench
 
     out = tmp_path / "onnx.json"
