@@ -27,7 +27,7 @@ from xpconv.backends.jax import kernels as _jax_kernels
 from xpconv.backends.kernels import INTERFACE, PORTABLE, Kernels, kernels_for, use_portable
 from xpconv.backends.numpy import kernels as _numpy_kernels
 from xpconv.backends.torch import kernels as _torch_kernels
-from xpconv.ops.conv import conv_geometry
+from xpconv.ops.geometry import conv_geometry
 
 TABLES: dict[str, Callable[[], Kernels]] = {
     "portable": lambda: PORTABLE,
@@ -390,7 +390,7 @@ def test_torch_cpu_tanh_runs_on_the_tensors_memory() -> None:
 
 
 def test_an_explicit_choice_overrides_the_context() -> None:
-    from xpconv.ops import use_portable
+    from xpconv.backends.kernels import use_portable
 
     assert kernels_for(np, portable=True).name == "portable"
     assert kernels_for(np).name == "numpy"

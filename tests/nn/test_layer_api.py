@@ -15,9 +15,11 @@ from conftest import Case, torch_or_skip
 
 import xpconv as xc
 import xpconv.ops as F
+from xpconv.backends.kernels import kernels_for
 from xpconv.nn import layers as L
 from xpconv.nn.initializers import he_normal
 from xpconv.nn.layers import LAYERS, layer_from_config
+from xpconv.ops.conv import conv2d_matrix, conv2d_matrix_backward
 
 # ----------------------------------------------------------------- the fused op
 
@@ -60,7 +62,7 @@ def test_fused_conv_pool_matches_torch(xs, ws, pool, conv, relu, bias) -> None:
     grad = np.random.default_rng(1).normal(size=out.shape)
     ref, (gx_ref, gw_ref, gb_ref) = _torch_fused(x, w, b, pool, conv, relu, grad)
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
-    gx, gw, gb = F.conv_max_pool2d_backward_saved(grad, saved)
+    gx, gw, gb = F.conv_max_pool2d_backward(grad, saved)
     np.testing.assert_allclose(gx, gx_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(gw, gw_ref, rtol=1e-12, atol=1e-12)
     if bias:
@@ -68,7 +70,7 @@ def test_fused_conv_pool_matches_torch(xs, ws, pool, conv, relu, bias) -> None:
     np.testing.assert_allclose(
         F.conv_max_pool2d(x, w, b, pool_size=pool, relu=relu, **conv), ref, rtol=1e-12
     )
-    skipped = F.conv_max_pool2d_backward_saved(grad, saved, need_input_grad=False)
+    skipped = F.conv_max_pool2d_backward(grad, saved, need_input_grad=False)
     assert skipped[0] is None
     np.testing.assert_array_equal(skipped[1], gw)
     np.testing.assert_array_equal(skipped[2], gb)
@@ -84,7 +86,7 @@ def test_fused_conv_pool_every_backend(case: Case) -> None:
         case.asarray(x), case.asarray(w), case.asarray(b), pool_size=pool, relu=relu, **conv
     )
     case.assert_close(out, ref, "out")
-    gx, gw, gb = F.conv_max_pool2d_backward_saved(case.asarray(grad), saved)
+    gx, gw, gb = F.conv_max_pool2d_backward(case.asarray(grad), saved)
     case.assert_close(gx, gx_ref, "grad_x")
     case.assert_close(gw, gw_ref, "grad_weight")
     case.assert_close(gb, gb_ref, "grad_bias")
@@ -105,7 +107,7 @@ def test_fused_conv_pool_finite_differences(case64: Case) -> None:
     _, saved = F.conv_max_pool2d_forward(
         case64.asarray(x), case64.asarray(w), case64.asarray(b), pool_size=pool, relu=relu, **conv
     )
-    grads = F.conv_max_pool2d_backward_saved(case64.asarray(proj), saved)
+    grads = F.conv_max_pool2d_backward(case64.asarray(proj), saved)
     rng = np.random.default_rng(9)
     h = 1e-6
     for k, (value, grad) in enumerate(zip((x, w, b), grads)):
@@ -134,9 +136,9 @@ def test_fused_conv_pool_refuses_bad_arguments() -> None:
     out, saved = F.conv_max_pool2d_forward(x, w, b, pool_size=2)
     assert out.shape == (1, 2, 1, 1)
     with pytest.raises(ValueError, match=r"grad_out: expected shape \(1, 2, 1, 1\)"):
-        F.conv_max_pool2d_backward_saved(np.zeros((1, 2, 2, 2)), saved)
+        F.conv_max_pool2d_backward(np.zeros((1, 2, 2, 2)), saved)
     with pytest.raises(TypeError, match="saved: expected the ConvPoolSaved"):
-        F.conv_max_pool2d_backward_saved(np.zeros((1, 2, 1, 1)), (saved,))
+        F.conv_max_pool2d_backward(np.zeros((1, 2, 1, 1)), (saved,))
 
 
 def test_conv_max_pool_layer_is_the_two_layers_in_turn() -> None:
@@ -328,32 +330,21 @@ OP_DEFAULTS = {
     "avg_pool2d": _POOL,
     "avg_pool2d_backward": _POOL,
     "max_pool2d": _POOL,
-    "max_pool2d_backward": _POOL,
+    "max_pool2d_backward": dict(_POOL, kernel_size=None),
     "max_pool2d_forward": _POOL,
     "pool_geometry": _POOL,
     "batch_norm": dict(_BN, momentum=0.1),
     "batch_norm_forward": dict(_BN, momentum=0.1, reducer=None),
-    "batch_norm_backward": _BN,
-    "check_conv1d": _CONV,
+    "batch_norm_backward": dict(_BN, weight=None),
     "conv_geometry": _CONV,
     "conv1d": dict(_CONV, bias=None),
-    "conv2d": dict(_CONV, bias=None),
+    "conv2d": dict(_CONV, bias=None, algorithm="im2col", tile=2),
     "conv1d_backward": _CONV,
-    "conv2d_backward": _CONV,
-    "conv2d_backward_cols": dict(need_input_grad=True),
-    "conv2d_backward_matrix": dict(need_input_grad=True, x=None),
-    "conv2d_forward_matrix": dict(keep_cols=True, tanh=False),
-    "conv2d_linear_forward_matrix": dict(keep_cols=True, tanh=False),
-    "conv2d_winograd": dict(_CONV, bias=None, tile=2),
-    "conv2d_winograd_backward": dict(_CONV, tile=2),
+    "conv2d_backward": dict(_CONV, algorithm="im2col", tile=2),
     "conv_max_pool2d": _FUSED,
-    "conv_max_pool2d_forward": _FUSED,
-    "conv_max_pool2d_forward_unchecked": dict(relu=False),
-    "conv_max_pool2d_backward_saved": dict(need_input_grad=True),
+    "conv_max_pool2d_forward": dict(_FUSED, geometry=None),
+    "conv_max_pool2d_backward": dict(need_input_grad=True),
     "dropout": dict(rng=None, training=True, mask=None),
-    "grouped_matmul": dict(transpose_a=False, transpose_b=False),
-    "kernels_for": dict(portable=None),
-    "use_portable": dict(enabled=True),
     "linear": dict(bias=None),
     "leaky_relu": dict(negative_slope=0.01),
     "leaky_relu_backward": dict(out=None, negative_slope=0.01),
@@ -363,8 +354,7 @@ OP_DEFAULTS = {
     "log_softmax_backward": dict(out=None, axis=-1),
     **{f"{a}_backward": dict(out=None) for a in ("identity", "relu", "sigmoid", "tanh")},
     "mse_backward": dict(grad=1.0),
-    "softmax_cross_entropy_backward": dict(grad=1.0),
-    "softmax_cross_entropy_backward_saved": dict(grad=1.0),
+    "softmax_cross_entropy_backward": dict(labels=None, grad=1.0),
     "softmax_cross_entropy_forward": dict(check_range=True),
 }
 LAYER_DEFAULTS = {
@@ -424,7 +414,6 @@ def _calls() -> dict[str, list]:
     pooled = lambda: F.conv_pool_geometry(geom(), 2)  # noqa: E731
     fused = lambda: F.conv_max_pool2d_forward(x4(), w4(), a(4)())[1]  # noqa: E731
     ce = lambda: F.softmax_cross_entropy_forward(x2(), labels)[1]  # noqa: E731
-    cols = lambda: F.conv2d_forward(np, x4(), w4(), None, geom())[1]  # noqa: E731
 
     def call(*args, **kwargs):
         return lambda: ([v() if callable(v) else v for v in args], kwargs)
@@ -435,38 +424,27 @@ def _calls() -> dict[str, list]:
         "max_pool2d": pool,
         "max_pool2d_forward": pool,
         "avg_pool2d_backward": [call(g3, x4, 2)],
-        "max_pool2d_backward": [call(g3, x4, 2)],
+        "max_pool2d_backward": [
+            call(g3, x4, 2),
+            call(g3, lambda: F.max_pool2d_forward(x4(), 2)[1]),
+        ],
         "pool_geometry": [call((2, 3, 6, 6), 2)],
         "batch_norm": [lambda: (list(bn()), {}), lambda: ([*bn(), *stats()], {})],
         "batch_norm_forward": [lambda: (list(bn()), {}), lambda: ([*bn(), *stats()], {})],
         "batch_norm_backward": [
             lambda: ([a(4, 3, 2, 2)(), *bn()[:2]], {}),
             lambda: ([a(4, 3, 2, 2)(), *bn()[:2], *stats()], {"training": False}),
-        ],
-        "check_conv1d": [
-            call((2, 3, 2), (4, 3, 3)),
-            call((2, 3, 8), (4, 3, 3), padding="same"),
-            call((2, 3, 5), (4, 3, 3)),
+            lambda: ([a(4, 3, 2, 2)(), F.batch_norm_forward(*bn())[3]], {}),
         ],
         "conv_geometry": [call((2, 3, 6, 6), (4, 3, 3, 3))],
         "conv1d": [call(x3, w3)],
-        "conv2d": [call(x4, w4)],
+        "conv2d": [call(x4, w4), call(x4, w4, algorithm="winograd")],
         "conv1d_backward": [call(a(2, 4, 6), x3, w3)],
-        "conv2d_backward": [call(a(2, 4, 4, 4), x4, w4)],
-        "conv2d_backward_cols": [call(np, a(2, 4, 4, 4), cols, w4, geom)],
-        "conv2d_backward_matrix": [call(np, a(4, 32), cols, w4, geom)],
-        "conv2d_forward_matrix": [call(np, x4, w4, None, geom)],
-        "conv2d_linear_forward_matrix": [call(np, x4, w4, None, geom, a(5, 64))],
-        "conv2d_winograd": [call(x4, w4)],
-        "conv2d_winograd_backward": [call(a(2, 4, 4, 4), x4, w4)],
+        "conv2d_backward": [call(a(2, 4, 4, 4), x4, w4), call(a(2, 4, 4, 4), x4, w4, tile=4)],
         "conv_max_pool2d": [call(x4, w4)],
-        "conv_max_pool2d_forward": [call(x4, w4)],
-        "conv_max_pool2d_forward_unchecked": [call(np, x4, w4, None, pooled)],
-        "conv_max_pool2d_backward_saved": [call(a(2, 4, 2, 2), fused)],
+        "conv_max_pool2d_forward": [call(x4, w4), lambda: ([x4(), w4()], {"geometry": pooled()})],
+        "conv_max_pool2d_backward": [call(a(2, 4, 2, 2), fused)],
         "dropout": [call(x2, 0.5, mask=np.full((2, 3), 2.0))],
-        "grouped_matmul": [call(np, a(2, 3), a(3, 4), 1)],
-        "kernels_for": [call(np)],
-        "use_portable": [call()],
         "linear": [call(x2, w2)],
         "leaky_relu": [call(x2)],
         "leaky_relu_backward": [call(x2, x2)],
@@ -476,16 +454,14 @@ def _calls() -> dict[str, list]:
         "log_softmax_backward": [call(x2, x2)],
         **{f"{n}_backward": [call(x2, x2)] for n in ("identity", "relu", "sigmoid", "tanh")},
         "mse_backward": [call(x2, x2)],
-        "softmax_cross_entropy_backward": [call(x2, labels)],
-        "softmax_cross_entropy_backward_saved": [call(ce)],
+        "softmax_cross_entropy_backward": [call(x2, labels), call(ce)],
         "softmax_cross_entropy_forward": [call(x2, labels), call(x2, np.array([0, 3]))],
     }
 
 
 def _outcome(fn, args, kwargs):
-    """What a call gives: its values (arrays as NumPy, dataclasses field by field, the
-    op table a backend gets inside ``use_portable``), or its error."""
-    import contextlib
+    """What a call gives: its values (arrays as NumPy, dataclasses field by field), or
+    its error."""
     import dataclasses
 
     def plain(v):
@@ -499,12 +475,6 @@ def _outcome(fn, args, kwargs):
 
     try:
         result = fn(*args, **kwargs)
-        if isinstance(result, contextlib.AbstractContextManager):
-            with result:
-                return F.kernels_for(np).name
-        if fn is F.kernels_for:
-            with F.use_portable():
-                return result.name, F.kernels_for(*args, **kwargs).name
         return plain(result)
     except (TypeError, ValueError) as exc:
         return type(exc).__name__, str(exc)
@@ -625,7 +595,7 @@ def test_fused_pool_larger_than_one_side_of_the_output_is_refused(x_shape, out) 
 
 def test_fused_backward_needs_its_saved_state() -> None:
     with pytest.raises(TypeError) as info:
-        F.conv_max_pool2d_backward_saved(np.ones(2), "saved")
+        F.conv_max_pool2d_backward(np.ones(2), "saved")
     assert str(info.value) == (
         "saved: expected the ConvPoolSaved returned by conv_max_pool2d_forward, got str"
     )
@@ -703,7 +673,7 @@ def test_rank_errors_state_the_layout(call, message: str) -> None:
 def test_pool_backward_from_saved_state_names_the_dtypes() -> None:
     out, saved = F.max_pool2d_forward(np.ones((1, 1, 4, 4)), 2)
     with pytest.raises(TypeError) as info:
-        F.max_pool2d_backward_saved(np.ones(out.shape, dtype=np.float32), saved)
+        F.max_pool2d_backward(np.ones(out.shape, dtype=np.float32), saved)
     assert str(info.value) == (
         "grad_out: expected dtype float64 (the dtype of out), got float32; cast both to one dtype"
     )
@@ -760,12 +730,12 @@ def test_conv_backward_after_an_inference_pass_rebuilds_its_columns() -> None:
 def test_conv_backward_matrix_without_columns_needs_the_input() -> None:
     x, w = np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))
     geom = F.conv_geometry(x.shape, w.shape)
-    out, cols = F.conv2d_forward_matrix(np, x, w, None, geom, keep_cols=False)
+    out, cols = conv2d_matrix(np, x, w, None, geom, keep_cols=False)
     g2 = np.ones_like(out)
     with pytest.raises(ValueError, match="x: the forward's input is needed"):
-        F.conv2d_backward_matrix(np, g2, None, w, geom)
-    got = F.conv2d_backward_matrix(np, g2, None, w, geom, x=x)
-    want = F.conv2d_backward_matrix(np, g2, F.kernels_for(np).im2col(np, x, geom), w, geom)
+        conv2d_matrix_backward(np, g2, None, w, geom)
+    got = conv2d_matrix_backward(np, g2, None, w, geom, x=x)
+    want = conv2d_matrix_backward(np, g2, kernels_for(np).im2col(np, x, geom), w, geom)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
 

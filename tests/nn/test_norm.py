@@ -85,7 +85,7 @@ def test_batch_norm_matches_torch(case: Case, seed: int, training: bool) -> None
     close(case, y, ty.detach().numpy(), "y")
     close(case, new_mean, rm.numpy(), "running_mean")
     close(case, new_var, rv.numpy(), "running_var")
-    gx, gw, gb = F.batch_norm_backward_saved(a["grad"], saved)
+    gx, gw, gb = F.batch_norm_backward(a["grad"], saved)
     close(case, gx, tx.grad.numpy(), "grad_x")
     close(case, gw, tw.grad.numpy(), "grad_weight")
     close(case, gb, tb.grad.numpy(), "grad_bias")
@@ -111,7 +111,7 @@ def test_batch_norm_without_affine_or_running_stats_matches_torch(case: Case) ->
     y, m, v, saved = F.batch_norm_forward(case.asarray(d["x"]), None, None, training=True)
     assert m is None and v is None
     close(case, y, ty.detach().numpy(), "y")
-    gx, _, _ = F.batch_norm_backward_saved(case.asarray(d["grad"]), saved)
+    gx, _, _ = F.batch_norm_backward(case.asarray(d["grad"]), saved)
     close(case, gx, tx.grad.numpy(), "grad_x")
 
 
@@ -322,10 +322,10 @@ def test_numpy_batch_norm_kernels_match_portable(dtype, affine, shape, layout) -
     assert fast.batch_norm_train is _numpy_kernels.batch_norm_train
     assert fast.batch_norm_backward is _numpy_kernels.batch_norm_backward
     y, mean, var, saved = F.batch_norm_forward(x, weight, bias, *stats)
-    grads = F.batch_norm_backward_saved(g, saved)
+    grads = F.batch_norm_backward(g, saved)
     with use_portable():
         y_ref, mean_ref, var_ref, saved_ref = F.batch_norm_forward(x, weight, bias, *stats)
-        grads_ref = F.batch_norm_backward_saved(g, saved_ref)
+        grads_ref = F.batch_norm_backward(g, saved_ref)
     rtol = 1e-12 if dtype == "float64" else 2e-5
     for got, ref, what in [
         (y, y_ref, "y"),

@@ -13,7 +13,8 @@ import xpconv.ops as F
 from xpconv.backends import portable as _im2col
 from xpconv.backends.kernels import PORTABLE, kernels_for
 from xpconv.backends.registry import BackendError, get_backend
-from xpconv.ops.conv import conv_geometry
+from xpconv.ops.conv import check_conv1d
+from xpconv.ops.geometry import conv_geometry
 
 
 def random_config(seed: int) -> dict:
@@ -427,7 +428,7 @@ def test_conv1d_errors_speak_1d(kwargs: dict, exc: type, message: str) -> None:
     assert str(info.value) == message
     if x.ndim == 3 and weight.ndim == 3:  # the shape-level check the layer builds with
         with pytest.raises(exc) as info:
-            F.check_conv1d(tuple(x.shape), tuple(weight.shape), **args)
+            check_conv1d(tuple(x.shape), tuple(weight.shape), **args)
         assert str(info.value) == message
     with pytest.raises(exc) as info:
         F.conv1d_backward(np.ones((2, 4, 6)), x, weight, **args)

@@ -99,7 +99,7 @@ def test_max_pool2d_matches_torch(case: Case, cfg: dict) -> None:
     case.assert_close(F.max_pool2d_backward(ga, xa, **cfg["pool"]), ref_gx, "grad_x")
     out, saved = F.max_pool2d_forward(xa, **cfg["pool"])
     case.assert_close(out, ref, "max_pool2d_forward")
-    case.assert_close(F.max_pool2d_backward_saved(ga, saved), ref_gx, "grad_x from saved")
+    case.assert_close(F.max_pool2d_backward(ga, saved), ref_gx, "grad_x from saved")
 
 
 @pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=POOL_IDS)
@@ -631,7 +631,7 @@ def test_inputs_are_not_modified(rng: np.random.Generator) -> None:
     pool = dict(kernel_size=2, padding=(1, 0))
     F.max_pool2d_backward(g4, x4, **pool)
     out, saved = F.max_pool2d_forward(x4, **pool)
-    F.max_pool2d_backward_saved(g4, saved)
+    F.max_pool2d_backward(g4, saved)
     F.avg_pool2d_backward(g4, x4, **pool)
     F.avg_pool2d(x4, **pool)
     F.linear(x2, w, b)
@@ -692,13 +692,13 @@ BAD = [
     ),
     (
         "pool saved not saved",
-        lambda: F.max_pool2d_backward_saved(G4, X4),
+        lambda: F.max_pool2d_backward(G4, X4),
         TypeError,
         ["saved", "max_pool2d_forward"],
     ),
     (
         "pool saved grad shape",
-        lambda: F.max_pool2d_backward_saved(np.ones((2, 3, 1, 1)), F.max_pool2d_forward(X4, 2)[1]),
+        lambda: F.max_pool2d_backward(np.ones((2, 3, 1, 1)), F.max_pool2d_forward(X4, 2)[1]),
         ValueError,
         ["grad_out", "(2, 3, 3, 3)"],
     ),
@@ -912,7 +912,7 @@ def test_results_stay_on_the_input_device() -> None:
     out, saved = F.max_pool2d_forward(x, 2, padding=1)
     for a in (
         out,
-        F.max_pool2d_backward_saved(be.asarray(np.ones(tuple(out.shape))), saved),
+        F.max_pool2d_backward(be.asarray(np.ones(tuple(out.shape))), saved),
         F.avg_pool2d_backward(be.asarray(np.ones(tuple(out.shape))), x, 2, padding=1),
         F.relu(x),
         F.dropout(x, 0.5, rng=np.random.default_rng(0))[1],
@@ -1106,10 +1106,18 @@ def test_target_shape_errors_are_stated_whole(args, message: str) -> None:
             "labels: expected class indices in [0, 3) for 3 classes, got min 0 and max 3",
         ),
         (
-            lambda: F.softmax_cross_entropy_backward_saved("x"),
+            lambda: F.softmax_cross_entropy_backward("x"),
             TypeError,
-            "saved: expected the CrossEntropySaved returned by softmax_cross_entropy_forward, "
-            "got str",
+            "labels: expected class indices or float targets with logits (or logits the "
+            "saved state that softmax_cross_entropy_forward returned), got None",
+        ),
+        (
+            lambda: F.softmax_cross_entropy_backward(
+                F.softmax_cross_entropy_forward(_LOGITS, np.array([0, 1]))[1], np.array([0, 1])
+            ),
+            TypeError,
+            "labels: not read with the CrossEntropySaved of softmax_cross_entropy_forward, "
+            "got ndarray",
         ),
         (
             lambda: F.pool_geometry((2, 3, 4, 0), 2),
@@ -1152,7 +1160,7 @@ def test_cross_entropy_gradient_scales_by_a_0d_grad_of_another_dtype(labels) -> 
     grad = np.asarray(2.0, dtype=np.float32)
     direct = F.softmax_cross_entropy_backward(_LOGITS, labels, grad)
     _, saved = F.softmax_cross_entropy_forward(_LOGITS, labels)
-    for got in (direct, F.softmax_cross_entropy_backward_saved(saved, grad)):
+    for got in (direct, F.softmax_cross_entropy_backward(saved, grad=grad)):
         assert got.dtype == np.float64
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
@@ -1200,8 +1208,8 @@ def test_saved_backwards_check_the_device_of_grad() -> None:
     x = strict.asarray(np.random.default_rng(0).normal(size=(4, 3, 2, 2)))
     _, _, _, saved = F.batch_norm_forward(x, None, None)
     with pytest.raises(BackendError, match=r"grad_out is .* but x_hat is "):
-        F.batch_norm_backward_saved(strict.asarray(np.ones((4, 3, 2, 2)), device=other), saved)
+        F.batch_norm_backward(strict.asarray(np.ones((4, 3, 2, 2)), device=other), saved)
     logits = strict.asarray(_LOGITS)
     _, saved = F.softmax_cross_entropy_forward(logits, strict.asarray(np.array([0, 1])))
     with pytest.raises(BackendError, match=r"logits is .* but grad is "):
-        F.softmax_cross_entropy_backward_saved(saved, strict.asarray(2.0, device=other))
+        F.softmax_cross_entropy_backward(saved, grad=strict.asarray(2.0, device=other))

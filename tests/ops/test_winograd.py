@@ -46,8 +46,10 @@ def test_winograd_matches_torch(case: Case, shape: tuple, tile: int) -> None:
     full = dict(conv, stride=(1, 1), dilation=(1, 1), groups=1)
     ref_out, ref_gx, ref_gw, ref_gb = torch_conv2d_reference(x, wt, b, g, full, (3, 3))
     xa, wa, ba, ga = (case.asarray(a) for a in (x, wt, b, g))
-    case.assert_close(F.conv2d_winograd(xa, wa, ba, tile=tile, **conv), ref_out, "winograd")
-    gx, gw, gb = F.conv2d_winograd_backward(ga, xa, wa, tile=tile, **conv)
+    case.assert_close(
+        F.conv2d(xa, wa, ba, algorithm="winograd", tile=tile, **conv), ref_out, "winograd"
+    )
+    gx, gw, gb = F.conv2d_backward(ga, xa, wa, algorithm="winograd", tile=tile, **conv)
     case.assert_close(gx, ref_gx, "winograd grad_x")
     case.assert_close(gw, ref_gw, "winograd grad_weight")
     case.assert_close(gb, ref_gb, "winograd grad_bias")
@@ -65,8 +67,8 @@ def test_winograd_matches_direct_convolution_in_float64(
         for a in (F.conv2d(xa, wa, ba, **conv), *F.conv2d_backward(ga, xa, wa, **conv))
     ]
     got = (
-        F.conv2d_winograd(xa, wa, ba, tile=tile, **conv),
-        *F.conv2d_winograd_backward(ga, xa, wa, tile=tile, **conv),
+        F.conv2d(xa, wa, ba, algorithm="winograd", tile=tile, **conv),
+        *F.conv2d_backward(ga, xa, wa, algorithm="winograd", tile=tile, **conv),
     )
     for what, a, ref in zip(("out", "grad_x", "grad_weight", "grad_bias"), got, want):
         case64.assert_close(a, ref, f"F({tile}, 3) {what}")  # rtol 1e-10
@@ -78,10 +80,17 @@ def test_winograd_backward_finite_differences(case64: Case, tile: int) -> None:
 
     def loss(xh, wh, bh):
         args = (case64.asarray(a) for a in (xh, wh, bh))
-        return float(np.sum(case64.to_numpy(F.conv2d_winograd(*args, tile=tile, **conv)) * proj))
+        return float(
+            np.sum(case64.to_numpy(F.conv2d(*args, algorithm="winograd", tile=tile, **conv)) * proj)
+        )
 
-    gx, gw, gb = F.conv2d_winograd_backward(
-        case64.asarray(proj), case64.asarray(x), case64.asarray(wt), tile=tile, **conv
+    gx, gw, gb = F.conv2d_backward(
+        case64.asarray(proj),
+        case64.asarray(x),
+        case64.asarray(wt),
+        algorithm="winograd",
+        tile=tile,
+        **conv,
     )
     for got, fd in (
         (gx, central_difference(lambda v: loss(v, wt, b), x)),
@@ -102,7 +111,8 @@ def test_float32_error_against_direct_convolution() -> None:
     x32, w32 = x.astype(np.float32), wt.astype(np.float32)
     direct = np.max(np.abs(F.conv2d(x32, w32, padding=1) - exact)) / scale
     errors = {
-        t: np.max(np.abs(F.conv2d_winograd(x32, w32, padding=1, tile=t) - exact)) / scale
+        t: np.max(np.abs(F.conv2d(x32, w32, padding=1, algorithm="winograd", tile=t) - exact))
+        / scale
         for t in (2, 4)
     }
     eps = np.finfo(np.float32).eps
@@ -120,16 +130,17 @@ def test_float32_error_against_direct_convolution() -> None:
         (dict(groups=2), "groups: Winograd needs groups=1"),
         (dict(tile=3), r"tile: expected one of \[2, 4\], got 3"),
         (dict(tile=True), "tile: expected one of"),
+        (dict(algorithm="fft"), "algorithm: expected 'im2col' or 'winograd', got 'fft'"),
     ],
 )
 def test_winograd_refuses_what_it_does_not_run(kwargs: dict, message: str) -> None:
     x, w = np.ones((1, 2, 6, 6)), np.ones((2, 1 if "groups" in kwargs else 2, 3, 3))
     with pytest.raises(ValueError, match=message):
-        F.conv2d_winograd(x, w, **kwargs)
+        F.conv2d(x, w, **{"algorithm": "winograd", **kwargs})
     with pytest.raises(ValueError, match="kernel_size: Winograd needs a 3x3 kernel"):
-        F.conv2d_winograd(x, np.ones((2, 2, 5, 5)))
+        F.conv2d(x, np.ones((2, 2, 5, 5)), algorithm="winograd")
     with pytest.raises(ValueError, match=r"grad_out: expected shape \(1, 2, 4, 4\)"):
-        F.conv2d_winograd_backward(np.ones((1, 2, 6, 6)), x, np.ones((2, 2, 3, 3)))
+        F.conv2d_backward(np.ones((1, 2, 6, 6)), x, np.ones((2, 2, 3, 3)), algorithm="winograd")
 
 
 def test_inference_runs_the_batch_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,12 +149,12 @@ def test_inference_runs_the_batch_in_chunks(monkeypatch: pytest.MonkeyPatch) -> 
     r = np.random.default_rng(4)
     x, wt = r.normal(size=(5, 3, 6, 7)), r.normal(size=(2, 3, 3, 3))
     geom = F.conv_geometry(x.shape, wt.shape, padding=1)
-    whole, saved = W.winograd_forward_unchecked(np, x, wt, None, geom, keep=True)
+    whole, saved = W.winograd_conv2d(np, x, wt, None, geom, keep=True)
     assert saved.v is not None and saved.x is None
     per_image = 16 * (3 + 2) * 3 * 4 * 8  # alpha^2 * (C + O) * TH * TW * 8 bytes
     monkeypatch.setattr(W, "WINOGRAD_BLOCK_BYTES", 2 * per_image)
     assert W._chunk(geom, W.TILES[2], 8) == 2
-    chunked, saved = W.winograd_forward_unchecked(np, x, wt, None, geom, keep=False)
+    chunked, saved = W.winograd_conv2d(np, x, wt, None, geom, keep=False)
     assert saved.v is None and saved.x is x
     np.testing.assert_allclose(chunked, whole, rtol=1e-13, atol=1e-13)
 

@@ -52,7 +52,7 @@ class SoftmaxCrossEntropy(Loss):
 
     def backward(self) -> Array:
         saved, self._saved = self._saved, None
-        return F.softmax_cross_entropy_backward_saved(saved)
+        return F.softmax_cross_entropy_backward(saved)
 
 
 class MeanSquaredError(Loss):

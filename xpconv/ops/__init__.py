@@ -2,16 +2,24 @@
 
 No state, no globals, no in-place writes into arrays a caller can see. Each op finds
 its namespace from its arguments with ``array_api_compat`` (once per call) and works
-on any backend.
+on any backend. Every op validates its arguments (the checks live in
+:mod:`xpconv.ops.checks`) and raises naming the argument, the expected and the actual
+value.
 
-Checked ops (``conv2d``, ``max_pool2d_forward``, ...) validate every argument. Layers
-validate once when they are built and then call the unchecked entry points
-(``conv2d_forward``, ``conv2d_backward_cols``, ``conv_max_pool2d_forward_unchecked``)
-with a geometry from ``conv_geometry``: no checks per call. The argument checks
-themselves live in :mod:`xpconv.ops.checks`.
+Names say what an op computes; how it runs is an argument:
+
+- ``op(x, ...)``: the forward value (``conv2d``, ``max_pool2d``, ``batch_norm``, ...);
+  ``conv2d(..., algorithm="im2col" | "winograd")`` picks how the product is formed.
+- ``op_forward(x, ...) -> (out, saved)``: the same value and what the backward reads.
+- ``op_backward(grad_out, x, ...)``: the gradient, recomputing the forward pass; or
+  ``op_backward(grad_out, saved)`` from what ``op_forward`` kept.
+
+The layers call the same ops with a geometry checked once when they are built
+(``conv_max_pool2d_forward(..., geometry=...)``), and the layout-level functions of
+:mod:`xpconv.ops.conv` (``conv2d_matrix``: the output as a (O, columns) matrix) and
+:mod:`xpconv.ops.winograd`; those take the namespace and a geometry and check nothing.
 """
 
-from xpconv.backends.kernels import Kernels, grouped_matmul, kernels_for, use_portable
 from xpconv.backends.portable import ConvGeometry
 from xpconv.ops import checks
 from xpconv.ops.activation import (
@@ -34,31 +42,20 @@ from xpconv.ops.activation import (
     tanh_backward,
 )
 from xpconv.ops.conv import (
-    check_conv1d,
     conv1d,
     conv1d_backward,
     conv2d,
     conv2d_backward,
-    conv2d_backward_cols,
-    conv2d_backward_matrix,
-    conv2d_forward,
-    conv2d_forward_matrix,
-    conv2d_linear_forward_matrix,
-    conv_geometry,
-    conv_output_size,
-    lift_1d_arg,
-    matrix_to_output,
-    output_to_matrix,
 )
 from xpconv.ops.conv_pool import (
     ConvPoolSaved,
     conv_max_pool2d,
-    conv_max_pool2d_backward_saved,
+    conv_max_pool2d_backward,
     conv_max_pool2d_forward,
-    conv_max_pool2d_forward_unchecked,
     conv_pool_geometry,
 )
 from xpconv.ops.dropout import dropout, dropout_backward
+from xpconv.ops.geometry import conv_geometry, conv_output_size
 from xpconv.ops.linear import flatten, flatten_backward, linear, linear_backward
 from xpconv.ops.loss import (
     CrossEntropySaved,
@@ -66,7 +63,6 @@ from xpconv.ops.loss import (
     mse_backward,
     softmax_cross_entropy,
     softmax_cross_entropy_backward,
-    softmax_cross_entropy_backward_saved,
     softmax_cross_entropy_forward,
 )
 from xpconv.ops.norm import (
@@ -75,7 +71,6 @@ from xpconv.ops.norm import (
     add_backward,
     batch_norm,
     batch_norm_backward,
-    batch_norm_backward_saved,
     batch_norm_forward,
     global_avg_pool2d,
     global_avg_pool2d_backward,
@@ -87,13 +82,10 @@ from xpconv.ops.pool import (
     avg_pool2d_backward,
     max_pool2d,
     max_pool2d_backward,
-    max_pool2d_backward_saved,
     max_pool2d_forward,
     pool_geometry,
 )
 from xpconv.ops.winograd import (
-    conv2d_winograd,
-    conv2d_winograd_backward,
     winograd_supported,
 )
 
@@ -105,7 +97,6 @@ __all__ = [
     "ConvGeometry",
     "ConvPoolSaved",
     "CrossEntropySaved",
-    "Kernels",
     "MaxPoolSaved",
     "PoolGeometry",
     "add",
@@ -114,26 +105,16 @@ __all__ = [
     "avg_pool2d_backward",
     "batch_norm",
     "batch_norm_backward",
-    "batch_norm_backward_saved",
     "batch_norm_forward",
-    "check_conv1d",
     "checks",
     "conv1d",
     "conv1d_backward",
     "conv2d",
     "conv2d_backward",
-    "conv2d_backward_cols",
-    "conv2d_backward_matrix",
-    "conv2d_forward",
-    "conv2d_forward_matrix",
-    "conv2d_linear_forward_matrix",
-    "conv2d_winograd",
-    "conv2d_winograd_backward",
     "conv_geometry",
     "conv_max_pool2d",
-    "conv_max_pool2d_backward_saved",
+    "conv_max_pool2d_backward",
     "conv_max_pool2d_forward",
-    "conv_max_pool2d_forward_unchecked",
     "conv_output_size",
     "conv_pool_geometry",
     "dropout",
@@ -142,25 +123,19 @@ __all__ = [
     "flatten_backward",
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
-    "grouped_matmul",
     "identity",
     "identity_backward",
-    "kernels_for",
     "leaky_relu",
     "leaky_relu_backward",
-    "lift_1d_arg",
     "linear",
     "linear_backward",
     "log_softmax",
     "log_softmax_backward",
-    "matrix_to_output",
     "max_pool2d",
     "max_pool2d_backward",
-    "max_pool2d_backward_saved",
     "max_pool2d_forward",
     "mse",
     "mse_backward",
-    "output_to_matrix",
     "pool_geometry",
     "relu",
     "relu_backward",
@@ -170,10 +145,8 @@ __all__ = [
     "softmax_backward",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",
-    "softmax_cross_entropy_backward_saved",
     "softmax_cross_entropy_forward",
     "tanh",
     "tanh_backward",
-    "use_portable",
     "winograd_supported",
 ]

@@ -13,105 +13,27 @@ from typing import Any
 
 from xpconv.backends.kernels import grouped_matmul, kernels_for
 from xpconv.backends.portable import ConvGeometry
-from xpconv.ops.checks import check_float, check_rank, int_pair, namespace, positive_int
+from xpconv.ops.checks import check_float, check_rank, namespace, positive_int
+from xpconv.ops.geometry import IntOrPair, Padding, conv_output_size, prepare_conv2d
+from xpconv.ops.winograd import (
+    TILES,
+    winograd_conv2d,
+    winograd_conv2d_backward,
+    winograd_saved,
+    winograd_supported,
+)
 
 Array = Any
-IntOrPair = int | tuple[int, int]
-Padding = int | tuple[int, int] | str
 
 __all__ = [
     "conv1d",
     "conv1d_backward",
     "conv2d",
     "conv2d_backward",
-    "conv_geometry",
-    "conv_output_size",
 ]
 
-PADDING_MODES = ("valid", "same", "full")
 
-
-def conv_output_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
-    """Output length ``floor((I + P_total - D * (K - 1) - 1) / S) + 1``."""
-    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _resolve_padding(
-    padding: Padding, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
-) -> tuple[tuple[int, int], tuple[int, int]]:
-    if isinstance(padding, str):
-        mode = padding.lower()
-        if mode not in PADDING_MODES:
-            raise ValueError(
-                f"padding: expected an int, a pair of ints or one of {PADDING_MODES}, "
-                f"got {padding!r}"
-            )
-        if mode == "valid":
-            return (0, 0), (0, 0)
-        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
-        if mode == "full":
-            return (totals[0], totals[0]), (totals[1], totals[1])
-        if stride != (1, 1):
-            raise ValueError(f"padding: 'same' needs stride 1, got stride {stride}")
-        # PyTorch puts the extra row/column of an even kernel at the bottom/right.
-        return tuple((t // 2, t - t // 2) for t in totals)  # type: ignore[return-value]
-    ph, pw = int_pair(padding, "padding", minimum=0)
-    return (ph, ph), (pw, pw)
-
-
-def conv_geometry(
-    x_shape: tuple[int, ...],
-    weight_shape: tuple[int, ...],
-    *,
-    stride: IntOrPair = 1,
-    padding: Padding = 0,
-    dilation: IntOrPair = 1,
-    groups: int = 1,
-) -> ConvGeometry:
-    """Validate a 2-D convolution and compute all its sizes.
-
-    Raises ValueError/TypeError naming the argument, the expected and the actual value.
-    """
-    n, c, h, w = x_shape
-    o, cg, kh, kw = weight_shape
-    stride = int_pair(stride, "stride", minimum=1)
-    dilation = int_pair(dilation, "dilation", minimum=1)
-    groups = positive_int(groups, "groups")
-    if c % groups:
-        raise ValueError(f"groups: input channels ({c}) must be divisible by groups, got {groups}")
-    if o % groups:
-        raise ValueError(f"groups: output channels ({o}) must be divisible by groups, got {groups}")
-    if cg != c // groups:
-        raise ValueError(
-            f"weight: expected {c // groups} input channels per group (x has {c} channels, "
-            f"groups={groups}), got weight of shape {tuple(weight_shape)}"
-        )
-    if min(kh, kw) < 1 or min(n, c, h, w) < 1:
-        raise ValueError(
-            f"x, weight: expected non-empty arrays, got x of shape {tuple(x_shape)} and "
-            f"weight of shape {tuple(weight_shape)}"
-        )
-    pad = _resolve_padding(padding, (kh, kw), stride, dilation)
-    oh, ow = (
-        conv_output_size(size, k, s, sum(p), d)
-        for size, k, s, p, d in zip((h, w), (kh, kw), stride, pad, dilation)
-    )
-    out = (oh, ow)
-    if min(out) < 1:
-        raise ValueError(
-            f"x: input of spatial size {(h, w)} with padding {pad} is too small for kernel "
-            f"{(kh, kw)} with dilation {dilation} and stride {stride}: output size would be "
-            f"{out}, expected at least (1, 1)"
-        )
-    return ConvGeometry(n, c, (h, w), o, (kh, kw), stride, dilation, pad, groups, out)
-
-
-def _check_bias(bias: Array | None, out_channels: int) -> None:
-    if bias is not None and tuple(bias.shape) != (out_channels,):
-        raise ValueError(f"bias: expected shape ({out_channels},), got {tuple(bias.shape)}")
-
-
-def conv2d_forward_matrix(
+def conv2d_matrix(
     xp: Any,
     x: Array,
     weight: Array,
@@ -121,15 +43,15 @@ def conv2d_forward_matrix(
     keep_cols: bool = True,
     tanh: bool = False,
 ) -> tuple[Array, Array | None]:
-    """Unchecked forward: the output as a (O, columns) matrix in the column order of
-    ``geom`` (see ``_im2col``), its tanh with ``tanh=True``, and the columns for
+    """The convolution for a checked ``geom``, as a (O, columns) matrix in the column
+    order of ``geom`` (see ``im2col``), its tanh with ``tanh=True``, and the columns for
     backward (possibly ``None`` with ``keep_cols=False``, for a forward pass that no
     backward follows)."""
     w2 = xp.reshape(weight, (geom.out_channels, -1))
     return kernels_for(xp).conv_matmul(xp, x, w2, bias, geom, keep_cols, tanh)
 
 
-def conv2d_linear_forward_matrix(
+def conv2d_linear_matrix(
     xp: Any,
     x: Array,
     weight: Array,
@@ -140,8 +62,8 @@ def conv2d_linear_forward_matrix(
     keep_cols: bool = True,
     tanh: bool = False,
 ) -> tuple[Array, Array | None, Array]:
-    """Unchecked forward of a convolution and the dense layer that reads its flattened
-    output: :func:`conv2d_forward_matrix`'s output matrix and columns, and
+    """A convolution for a checked ``geom`` and the dense layer that reads its flattened
+    output: :func:`conv2d_matrix`'s output matrix and columns, and
     ``flatten(output) @ head.T`` (N, U) for a dense weight ``head`` (U, O * OH * OW),
     without the dense layer's bias."""
     w2 = xp.reshape(weight, (geom.out_channels, -1))
@@ -161,33 +83,7 @@ def output_to_matrix(xp: Any, grad_out: Array, geom: ConvGeometry) -> Array:
     return xp.reshape(xp.permute_dims(grad_out, (1, 2, 3, 0)), (geom.out_channels, -1))
 
 
-def conv2d_forward(
-    xp: Any, x: Array, weight: Array, bias: Array | None, geom: ConvGeometry
-) -> tuple[Array, Array]:
-    """Unchecked forward: returns the output (N, O, OH, OW) and the columns for backward."""
-    out, cols = conv2d_forward_matrix(xp, x, weight, bias, geom)
-    return matrix_to_output(xp, out, geom), cols
-
-
-def conv2d_backward_cols(
-    xp: Any,
-    grad_out: Array,
-    cols: Array,
-    weight: Array,
-    geom: ConvGeometry,
-    *,
-    need_input_grad: bool = True,
-) -> tuple[Array | None, Array, Array]:
-    """Unchecked backward from saved columns: (grad_x, grad_weight, grad_bias).
-
-    With ``need_input_grad=False`` (a network's first layer) grad_x is ``None`` and its
-    matmul and col2im are skipped.
-    """
-    g2 = output_to_matrix(xp, grad_out, geom)  # (O, OH*OW*N)
-    return conv2d_backward_matrix(xp, g2, cols, weight, geom, need_input_grad=need_input_grad)
-
-
-def conv2d_backward_matrix(
+def conv2d_matrix_backward(
     xp: Any,
     g2: Array,
     cols: Array | None,
@@ -197,9 +93,11 @@ def conv2d_backward_matrix(
     need_input_grad: bool = True,
     x: Array | None = None,
 ) -> tuple[Array | None, Array, Array]:
-    """:func:`conv2d_backward_cols` from the output gradient as a (O, columns) matrix.
-    ``cols`` may be None after a forward that kept none (``keep_cols=False``); they are
-    then built again from that forward's input ``x``."""
+    """Vector-Jacobian product of :func:`conv2d_matrix` from the output gradient as a
+    (O, columns) matrix ``g2``: ``(grad_x, grad_weight, grad_bias)``. ``cols`` may be
+    None after a forward that kept none (``keep_cols=False``); they are then built again
+    from that forward's input ``x``. With ``need_input_grad=False`` (a network's first
+    layer) grad_x is ``None`` and its matmul and col2im are skipped."""
     o, groups = geom.out_channels, geom.groups
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
     kernels = kernels_for(xp)
@@ -219,34 +117,41 @@ def conv2d_backward_matrix(
     return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
 
 
-def prepare_conv2d(
-    xp: Any, x: Array, weight: Array, bias: Array | None, **conv: Any
+def _prepare(
+    xp: Any, x: Array, weight: Array, bias: Array | None, conv: Any, algorithm: str, tile: int
 ) -> ConvGeometry:
-    """The checks of a 2-D convolution whose namespace ``xp`` the caller found (once per
-    call, over every array it was given); returns the validated geometry."""
-    check_rank(x, "x", 4, "(N, C, H, W)")
-    check_rank(weight, "weight", 4, "(O, C // groups, KH, KW)")
-    check_float(xp, x=x, weight=weight, bias=bias)
-    geom = conv_geometry(tuple(x.shape), tuple(weight.shape), **conv)
-    _check_bias(bias, geom.out_channels)
+    geom = prepare_conv2d(xp, x, weight, bias, **conv)
+    if algorithm not in ("im2col", "winograd"):
+        raise ValueError(f"algorithm: expected 'im2col' or 'winograd', got {algorithm!r}")
+    if algorithm == "winograd" and (reason := winograd_supported(geom)) is not None:
+        raise ValueError(f"algorithm='winograd': {reason}")
+    if tile not in TILES or isinstance(tile, bool):
+        raise ValueError(f"tile: expected one of {sorted(TILES)}, got {tile!r}")
     return geom
 
 
-def _forward2d(xp: Any, x: Array, weight: Array, bias: Array | None, conv: Any) -> Array:
-    geom = prepare_conv2d(xp, x, weight, bias, **conv)
-    return conv2d_forward(xp, x, weight, bias, geom)[0]
+def _forward2d(
+    xp: Any, x: Array, weight: Array, bias: Array | None, conv: Any, algorithm: str, tile: int
+) -> Array:
+    geom = _prepare(xp, x, weight, bias, conv, algorithm, tile)
+    if algorithm == "winograd":
+        return winograd_conv2d(xp, x, weight, bias, geom, tile=tile, keep=False)[0]
+    return matrix_to_output(xp, conv2d_matrix(xp, x, weight, bias, geom, keep_cols=False)[0], geom)
 
 
 def _backward2d(
-    xp: Any, grad_out: Array, x: Array, weight: Array, conv: Any
+    xp: Any, grad_out: Array, x: Array, weight: Array, conv: Any, algorithm: str, tile: int
 ) -> tuple[Array, Array, Array]:
-    geom = prepare_conv2d(xp, x, weight, None, **conv)
+    geom = _prepare(xp, x, weight, None, conv, algorithm, tile)
     check_float(xp, x=x, grad_out=grad_out)
     expected = (geom.batch, geom.out_channels, *geom.out)
     if tuple(grad_out.shape) != expected:
         raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
-    cols = kernels_for(xp).im2col(xp, x, geom)
-    return conv2d_backward_cols(xp, grad_out, cols, weight, geom)  # type: ignore[return-value]
+    if algorithm == "winograd":
+        saved = winograd_saved(xp, x, weight, geom, tile)
+        return winograd_conv2d_backward(xp, grad_out, saved)  # type: ignore[return-value]
+    g2 = output_to_matrix(xp, grad_out, geom)
+    return conv2d_matrix_backward(xp, g2, None, weight, geom, x=x)  # type: ignore[return-value]
 
 
 def conv2d(
@@ -258,6 +163,8 @@ def conv2d(
     padding: Padding = 0,
     dilation: IntOrPair = 1,
     groups: int = 1,
+    algorithm: str = "im2col",
+    tile: int = 2,
 ) -> Array:
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
@@ -271,13 +178,19 @@ def conv2d(
             extra row/column at the bottom/right, like PyTorch) or ``"full"``
             (``dilation * (K - 1)`` on both sides).
         groups: split channels into this many independent convolutions.
+        algorithm: how the product is formed, the same values up to rounding:
+            ``"im2col"`` (columns and one matmul; every convolution) or ``"winograd"``
+            (Winograd minimal filtering; a 3x3 kernel with stride 1, dilation 1 and one
+            group, else ValueError).
+        tile: Winograd's output tile, 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3): fewer
+            multiplies, a larger float32 rounding error); read with ``"winograd"``.
 
     Returns:
         (N, O, OH, OW) with ``OH = floor((H + 2P - D(KH - 1) - 1) / S) + 1``.
     """
     xp = namespace(x=x, weight=weight, bias=bias)  # once per call
     conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return _forward2d(xp, x, weight, bias, conv)
+    return _forward2d(xp, x, weight, bias, conv, algorithm, tile)
 
 
 def conv2d_backward(
@@ -289,6 +202,8 @@ def conv2d_backward(
     padding: Padding = 0,
     dilation: IntOrPair = 1,
     groups: int = 1,
+    algorithm: str = "im2col",
+    tile: int = 2,
 ) -> tuple[Array, Array, Array]:
     """Vector-Jacobian product of :func:`conv2d`.
 
@@ -302,7 +217,7 @@ def conv2d_backward(
     """
     xp = namespace(x=x, weight=weight, grad_out=grad_out)  # once per call
     conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    return _backward2d(xp, grad_out, x, weight, conv)
+    return _backward2d(xp, grad_out, x, weight, conv, algorithm, tile)
 
 
 # ------------------------------------------------------------------------------ 1-D
@@ -407,7 +322,7 @@ def conv1d(
     ``OL = floor((L + 2P - D(K - 1) - 1) / S) + 1``. Arguments as :func:`conv2d`.
     """
     xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation, groups, bias=bias)
-    return _forward2d(xp, x4, w4, bias, conv)[:, :, 0, :]
+    return _forward2d(xp, x4, w4, bias, conv, "im2col", 2)[:, :, 0, :]
 
 
 def conv1d_backward(
@@ -424,5 +339,5 @@ def conv1d_backward(
     xp, x4, w4, conv = _lift1d(x, weight, stride, padding, dilation, groups, grad_out=grad_out)
     check_rank(grad_out, "grad_out", 3, "(N, O, OL)")
     g4 = xp.expand_dims(grad_out, axis=2)
-    gx, gw, gb = _backward2d(xp, g4, x4, w4, conv)
+    gx, gw, gb = _backward2d(xp, g4, x4, w4, conv, "im2col", 2)
     return gx[:, :, 0, :], gw[:, :, 0, :], gb

@@ -7,13 +7,11 @@ maximum over whole blocks; bias and ReLU commute with the max and run on the
 ``KP * KQ`` times smaller pooled output; the ReLU's backward is folded into the
 recorded argmax; output rows and columns the pool drops are never computed.
 
-- :func:`conv_max_pool2d_forward`: checked, x (N, C, H, W), weight
-  (O, C // groups, KH, KW), bias (O,) -> (N, O, OH // KP, OW // KQ) and the state
-  the backward needs.
-- :func:`conv_max_pool2d_forward_unchecked`: the same from a geometry built once
-  (a layer's path: no checks per call).
-- :func:`conv_max_pool2d_backward_saved`: (grad_x, grad_weight, grad_bias) from that
-  state.
+- :func:`conv_max_pool2d_forward`: x (N, C, H, W), weight (O, C // groups, KH, KW),
+  bias (O,) -> (N, O, OH // KP, OW // KQ) and the state the backward needs; checked,
+  or, given a ``geometry`` built once by :func:`conv_pool_geometry` (a layer's path),
+  with no checks per call.
+- :func:`conv_max_pool2d_backward`: (grad_x, grad_weight, grad_bias) from that state.
 """
 
 from __future__ import annotations
@@ -24,22 +22,16 @@ from typing import Any
 from xpconv.backends.kernels import kernels_for
 from xpconv.backends.portable import ConvGeometry
 from xpconv.ops.checks import int_pair, namespace
-from xpconv.ops.conv import (
-    IntOrPair,
-    Padding,
-    conv2d_backward_matrix,
-    conv2d_forward_matrix,
-    prepare_conv2d,
-)
+from xpconv.ops.conv import conv2d_matrix, conv2d_matrix_backward
+from xpconv.ops.geometry import IntOrPair, Padding, prepare_conv2d
 
 Array = Any
 
 __all__ = [
     "ConvPoolSaved",
     "conv_max_pool2d",
-    "conv_max_pool2d_backward_saved",
+    "conv_max_pool2d_backward",
     "conv_max_pool2d_forward",
-    "conv_max_pool2d_forward_unchecked",
     "conv_pool_geometry",
 ]
 
@@ -73,19 +65,10 @@ def conv_pool_geometry(geom: ConvGeometry, pool_size: IntOrPair) -> ConvGeometry
     return replace(geom, pool=pool)
 
 
-def conv_max_pool2d_forward_unchecked(
-    xp: Any,
-    x: Array,
-    weight: Array,
-    bias: Array | None,
-    geom: ConvGeometry,
-    *,
-    relu: bool = False,
+def _forward(
+    xp: Any, x: Array, weight: Array, bias: Array | None, geom: ConvGeometry, relu: bool
 ) -> tuple[Array, ConvPoolSaved]:
-    """Unchecked forward for a geometry from :func:`conv_pool_geometry` whose batch is
-    ``x``'s: returns (N, O, PH, PW) and the state for
-    :func:`conv_max_pool2d_backward_saved`."""
-    z, cols = conv2d_forward_matrix(xp, x, weight, None, geom)  # (O, KP*KQ*PH*PW*N)
+    z, cols = conv2d_matrix(xp, x, weight, None, geom)  # (O, KP*KQ*PH*PW*N)
     (kp, kq), (ph, pw) = geom.pool, geom.pooled
     out, argmax = kernels_for(xp).max_pool_blocks(  # (O, PH, PW, N)
         xp, xp.reshape(z, (geom.out_channels, kp * kq, ph, pw, geom.batch)), bias, relu=relu
@@ -104,6 +87,7 @@ def conv_max_pool2d_forward(
     padding: Padding = 0,
     dilation: IntOrPair = 1,
     groups: int = 1,
+    geometry: ConvGeometry | None = None,
 ) -> tuple[Array, ConvPoolSaved]:
     """``max_pool2d(relu(conv2d(x, weight, bias, ...)), pool_size)`` in one op.
 
@@ -114,15 +98,20 @@ def conv_max_pool2d_forward(
             the window and it has no padding (rows and columns past ``KP * PH`` are
             dropped, as ``max_pool2d`` drops them).
         relu: apply a ReLU after the bias (before the pool: they commute).
+        geometry: the convolution and pool, checked once by :func:`conv_pool_geometry`
+            for ``x``'s batch size; when given, nothing is checked per call and
+            ``pool_size``, ``stride``, ``padding``, ``dilation`` and ``groups`` are not
+            read (a layer's path).
 
     Returns:
         ``(out, saved)``: out (N, O, OH // KP, OW // KQ), and the opaque
-        :class:`ConvPoolSaved` for :func:`conv_max_pool2d_backward_saved`.
+        :class:`ConvPoolSaved` for :func:`conv_max_pool2d_backward`.
     """
     xp = namespace(x=x, weight=weight, bias=bias)  # once per call
-    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    geom = conv_pool_geometry(prepare_conv2d(xp, x, weight, bias, **conv), pool_size)
-    return conv_max_pool2d_forward_unchecked(xp, x, weight, bias, geom, relu=bool(relu))
+    if geometry is None:
+        conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+        geometry = conv_pool_geometry(prepare_conv2d(xp, x, weight, bias, **conv), pool_size)
+    return _forward(xp, x, weight, bias, geometry, bool(relu))
 
 
 def conv_max_pool2d(
@@ -142,7 +131,7 @@ def conv_max_pool2d(
     return conv_max_pool2d_forward(x, weight, bias, pool_size=pool_size, relu=relu, **conv)[0]
 
 
-def conv_max_pool2d_backward_saved(
+def conv_max_pool2d_backward(
     grad_out: Array, saved: ConvPoolSaved, *, need_input_grad: bool = True
 ) -> tuple[Array | None, Array, Array]:
     """Vector-Jacobian product of :func:`conv_max_pool2d_forward` from its state.
@@ -170,7 +159,7 @@ def conv_max_pool2d_backward_saved(
     (kp, kq) = geom.pool
     grad = xp.permute_dims(grad_out, (1, 2, 3, 0))  # (O, PH, PW, N); the ReLU is in argmax
     blocks = kernels_for(xp).max_pool_blocks_backward(xp, grad, saved.argmax, kp * kq)
-    return conv2d_backward_matrix(
+    return conv2d_matrix_backward(
         xp,
         xp.reshape(blocks, (geom.out_channels, -1)),
         saved.cols,

@@ -33,7 +33,6 @@ __all__ = [
     "mse_backward",
     "softmax_cross_entropy",
     "softmax_cross_entropy_backward",
-    "softmax_cross_entropy_backward_saved",
     "softmax_cross_entropy_forward",
 ]
 
@@ -116,11 +115,15 @@ def cross_entropy_gradient(
     return (probs - targets) / probs.shape[0] * scale
 
 
-def softmax_cross_entropy_backward(logits: Array, labels: Array, grad: Any = 1.0) -> Array:
+def softmax_cross_entropy_backward(
+    logits: Array | CrossEntropySaved, labels: Array | None = None, grad: Any = 1.0
+) -> Array:
     """Gradient of :func:`softmax_cross_entropy` with respect to the logits.
 
     Args:
-        logits, labels: as given to :func:`softmax_cross_entropy`.
+        logits, labels: as given to :func:`softmax_cross_entropy`; or ``logits`` the
+            :class:`CrossEntropySaved` that :func:`softmax_cross_entropy_forward`
+            returned, without ``labels`` (the softmax is then ``exp(log_probs)``).
         grad: gradient with respect to the loss, a number or a 0-d array (default 1).
 
     Returns:
@@ -128,6 +131,18 @@ def softmax_cross_entropy_backward(logits: Array, labels: Array, grad: Any = 1.0
         one-hot or floating labels; ``(softmax(logits) - t) / N * grad`` when each row
         of ``t`` sums to one.
     """
+    if isinstance(logits, CrossEntropySaved):
+        if labels is not None:
+            raise TypeError(
+                "labels: not read with the CrossEntropySaved of softmax_cross_entropy_forward, "
+                f"got {type(labels).__name__}"
+            )
+        return _backward_from_saved(logits, grad)
+    if labels is None:
+        raise TypeError(
+            "labels: expected class indices or float targets with logits (or logits the "
+            "saved state that softmax_cross_entropy_forward returned), got None"
+        )
     xp, targets, indices = _targets(logits, labels, grad=grad)
     scale = _grad_scale(xp, grad, logits)
     return cross_entropy_gradient(xp, _softmax(xp, logits, 1), targets, indices, scale)
@@ -160,7 +175,7 @@ def softmax_cross_entropy_forward(
 
     Returns:
         ``(loss, saved)``: the 0-d loss and the opaque :class:`CrossEntropySaved` for
-        :func:`softmax_cross_entropy_backward_saved`.
+        :func:`softmax_cross_entropy_backward`.
     """
     xp, targets, indices = _targets(logits, labels, check_range=check_range)
     log_probs = _log_softmax(xp, logits, 1)
@@ -168,17 +183,7 @@ def softmax_cross_entropy_forward(
     return loss, CrossEntropySaved(xp, log_probs, targets, indices)
 
 
-def softmax_cross_entropy_backward_saved(saved: CrossEntropySaved, grad: Any = 1.0) -> Array:
-    """Gradient of :func:`softmax_cross_entropy` with respect to the logits (N, K), from
-    :func:`softmax_cross_entropy_forward`'s state (the softmax is ``exp(log_probs)``).
-
-    ``grad``: gradient with respect to the loss, a number or a 0-d array (default 1).
-    """
-    if not isinstance(saved, CrossEntropySaved):
-        raise TypeError(
-            "saved: expected the CrossEntropySaved returned by softmax_cross_entropy_forward, "
-            f"got {type(saved).__qualname__}"
-        )
+def _backward_from_saved(saved: CrossEntropySaved, grad: Any) -> Array:
     xp, log_probs = saved.xp, saved.log_probs
     if array_api_compat.is_array_api_obj(grad):
         namespace(logits=log_probs, grad=grad)  # the only lookup: the forward found xp

@@ -43,7 +43,6 @@ __all__ = [
     "add_backward",
     "batch_norm",
     "batch_norm_backward",
-    "batch_norm_backward_saved",
     "batch_norm_forward",
     "global_avg_pool2d",
     "global_avg_pool2d_backward",
@@ -150,7 +149,7 @@ def batch_norm_forward(
     eps: float = 1e-5,
     reducer: StatsReducer | None = None,
 ) -> tuple[Array, Array | None, Array | None, BatchNormSaved]:
-    """:func:`batch_norm` that also returns what :func:`batch_norm_backward_saved` needs.
+    """:func:`batch_norm` that also returns what :func:`batch_norm_backward` needs.
 
     ``reducer`` (training only): take the statistics of the global batch through it
     (module docstring); ``running_mean`` and ``running_var`` are then required.
@@ -275,13 +274,7 @@ def batch_norm(
     return y, rm, rv
 
 
-def batch_norm_backward_saved(grad_out: Array, saved: BatchNormSaved) -> tuple[Array, Array, Array]:
-    """Backward pass from :func:`batch_norm_forward`'s ``saved``.
-
-    Returns:
-        ``(grad_x, grad_weight, grad_bias)``: grad_x of the shape of x, the others (C,)
-        (the gradients of the scale and shift even when the forward had none).
-    """
+def _backward_from_saved(grad_out: Array, saved: BatchNormSaved) -> tuple[Array, Array, Array]:
     xp = namespace(grad_out=grad_out, x_hat=saved.x_hat)
     if saved.reducer is not None:
         return _synced_backward(xp, grad_out, saved)
@@ -292,8 +285,8 @@ def batch_norm_backward_saved(grad_out: Array, saved: BatchNormSaved) -> tuple[A
 
 def batch_norm_backward(
     grad_out: Array,
-    x: Array,
-    weight: Array | None,
+    x: Array | BatchNormSaved,
+    weight: Array | None = None,
     running_mean: Array | None = None,
     running_var: Array | None = None,
     *,
@@ -304,13 +297,26 @@ def batch_norm_backward(
 
     Args:
         grad_out: gradient with respect to y, the shape of x.
-        x, weight, running_mean, running_var, training, eps: as given to
-            :func:`batch_norm` (the running statistics matter in inference only).
+        x: the input, with ``weight``, ``running_mean``, ``running_var``, ``training``
+            and ``eps`` as given to :func:`batch_norm` (the forward pass is recomputed;
+            the running statistics matter in inference only); or the
+            :class:`BatchNormSaved` that :func:`batch_norm_forward` returned, alone.
 
     Returns:
-        ``(grad_x, grad_weight, grad_bias)`` of shapes x.shape, (C,) and (C,). In
-        training the batch statistics depend on x, and grad_x carries that dependence.
+        ``(grad_x, grad_weight, grad_bias)`` of shapes x.shape, (C,) and (C,) (the
+        gradients of the scale and shift even when the forward had none). In training
+        the batch statistics depend on x, and grad_x carries that dependence.
     """
+    if isinstance(x, BatchNormSaved):
+        for name, value in dict(weight=weight, running_mean=running_mean).items():
+            if value is not None:
+                raise TypeError(
+                    f"{name}: not read with the BatchNormSaved of batch_norm_forward, got "
+                    f"{type(value).__name__}"
+                )
+        if running_var is not None:
+            raise TypeError("running_var: not read with the BatchNormSaved of batch_norm_forward")
+        return _backward_from_saved(grad_out, x)
     xp = namespace(grad_out=grad_out, x=x)
     if tuple(grad_out.shape) != tuple(x.shape):
         raise ValueError(
@@ -321,7 +327,7 @@ def batch_norm_backward(
         x, weight, None, running_mean, running_var, training=training, eps=eps
     )
     check_float(xp, x=x, grad_out=grad_out)
-    return batch_norm_backward_saved(grad_out, saved)
+    return _backward_from_saved(grad_out, saved)
 
 
 # ------------------------------------------------------------------ global pooling

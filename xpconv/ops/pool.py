@@ -47,7 +47,6 @@ __all__ = [
     "avg_pool2d_backward",
     "max_pool2d",
     "max_pool2d_backward",
-    "max_pool2d_backward_saved",
     "max_pool2d_forward",
     "pool_geometry",
 ]
@@ -128,7 +127,7 @@ def pool_geometry(
 
 @dataclass(frozen=True)
 class MaxPoolSaved:
-    """What :func:`max_pool2d_forward` keeps for :func:`max_pool2d_backward_saved`.
+    """What :func:`max_pool2d_forward` keeps for :func:`max_pool2d_backward`.
 
     ``source`` is the ``-inf``-padded input cropped to the region the windows read,
     ``out`` the pooled output. Treat it as opaque.
@@ -293,28 +292,19 @@ def max_pool2d_forward(
 
     Returns:
         ``(out, saved)``: out (N, C, OH, OW), and an opaque :class:`MaxPoolSaved` to
-        pass to :func:`max_pool2d_backward_saved`.
+        pass to :func:`max_pool2d_backward`.
     """
     xp, geom = _prepare(x, kernel_size, stride, padding)
     return _max_forward(xp, x, geom)
 
 
-def max_pool2d_backward_saved(grad_out: Array, saved: MaxPoolSaved) -> Array:
-    """Vector-Jacobian product of :func:`max_pool2d` from :func:`max_pool2d_forward`'s state.
-
-    Args:
-        grad_out: gradient with respect to the output, (N, C, OH, OW).
-        saved: the second value returned by :func:`max_pool2d_forward`.
-
-    Returns:
-        grad_x (N, C, H, W): each output gradient goes to the first maximum of its
-        window (row-major tap order, PyTorch's choice); overlapping windows add up.
-    """
-    if not isinstance(saved, MaxPoolSaved):
-        raise TypeError(
-            "saved: expected the MaxPoolSaved returned by max_pool2d_forward, "
-            f"got {type(saved).__qualname__}"
-        )
+def _backward_from_saved(grad_out: Array, saved: MaxPoolSaved, given: dict[str, Any]) -> Array:
+    for name, value in given.items():
+        if value is not None:
+            raise TypeError(
+                f"{name}: not read with the MaxPoolSaved of max_pool2d_forward (it holds "
+                f"the geometry), got {value!r}"
+            )
     xp = namespace(out=saved.out, grad_out=grad_out)
     _check_grad(xp, grad_out, saved.out, "out", saved.geometry)
     return _max_backward(xp, grad_out, saved, None)
@@ -322,22 +312,31 @@ def max_pool2d_backward_saved(grad_out: Array, saved: MaxPoolSaved) -> Array:
 
 def max_pool2d_backward(
     grad_out: Array,
-    x: Array,
-    kernel_size: IntOrPair,
+    x: Array | MaxPoolSaved,
+    kernel_size: IntOrPair | None = None,
     stride: IntOrPair | None = None,
     padding: IntOrPair = 0,
 ) -> Array:
-    """Vector-Jacobian product of :func:`max_pool2d` (recomputes the forward pass).
+    """Vector-Jacobian product of :func:`max_pool2d`.
 
     Args:
         grad_out: gradient with respect to the output, (N, C, OH, OW).
-        x, kernel_size, stride, padding: as given to :func:`max_pool2d`.
+        x: the input (N, C, H, W), with ``kernel_size``, ``stride`` and ``padding`` as
+            given to :func:`max_pool2d` (the forward pass is recomputed); or the
+            :class:`MaxPoolSaved` that :func:`max_pool2d_forward` returned, alone.
 
     Returns:
-        grad_x (N, C, H, W); ties go to the first maximum of each window in row-major
-        order, as in PyTorch. Use :func:`max_pool2d_forward` and
-        :func:`max_pool2d_backward_saved` to avoid recomputing the forward pass.
+        grad_x (N, C, H, W): each output gradient goes to the first maximum of its
+        window (row-major tap order, as in PyTorch); overlapping windows add up.
     """
+    if isinstance(x, MaxPoolSaved):
+        given = dict(kernel_size=kernel_size, stride=stride, padding=padding or None)
+        return _backward_from_saved(grad_out, x, given)
+    if kernel_size is None:
+        raise TypeError(
+            "kernel_size: expected an int or a pair with an input x (or x the saved state "
+            "that max_pool2d_forward returned), got None"
+        )
     xp, geom = _prepare(x, kernel_size, stride, padding, grad_out)
     _check_grad(xp, grad_out, x, "x", geom)
     _, saved = _max_forward(xp, x, geom)

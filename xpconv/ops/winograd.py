@@ -45,8 +45,6 @@ import array_api_extra as xpx
 from xpconv.backends.kernels import kernels_for
 from xpconv.backends.portable import ConvGeometry
 from xpconv.backends.registry import get_backend
-from xpconv.ops.checks import namespace
-from xpconv.ops.conv import IntOrPair, Padding, prepare_conv2d
 
 Array = Any
 Matrix = tuple[tuple[float, ...], ...]
@@ -59,10 +57,9 @@ __all__ = [
     "WinogradSaved",
     "WinogradTransforms",
     "choose_algorithm",
-    "conv2d_winograd",
-    "conv2d_winograd_backward",
-    "winograd_backward_unchecked",
-    "winograd_forward_unchecked",
+    "winograd_conv2d_backward",
+    "winograd_conv2d",
+    "winograd_saved",
     "winograd_supported",
 ]
 
@@ -412,7 +409,7 @@ def _forward_part(xp: Any, x: Array, u: Array, geom: ConvGeometry, plan: _Plan) 
     return _run(xp, _output_transform, _tile_products(xp, u, v), geom, plan), v
 
 
-def winograd_forward_unchecked(
+def winograd_conv2d(
     xp: Any,
     x: Array,
     weight: Array,
@@ -422,7 +419,7 @@ def winograd_forward_unchecked(
     tile: int = 2,
     keep: bool = True,
 ) -> tuple[Array, WinogradSaved]:
-    """Unchecked forward of a convolution ``winograd_supported(geom)`` accepts: the
+    """The convolution for a checked ``geom`` that ``winograd_supported`` accepts: the
     output (N, O, OH, OW) and what the backward pass reads. With ``keep=False`` V is
     not kept and the batch runs in chunks (see :data:`WINOGRAD_BLOCK_BYTES`)."""
     t = _transforms(tile)
@@ -443,10 +440,19 @@ def winograd_forward_unchecked(
     return out, saved
 
 
-def winograd_backward_unchecked(
+def winograd_saved(
+    xp: Any, x: Array, weight: Array, geom: ConvGeometry, tile: int = 2
+) -> WinogradSaved:
+    """What :func:`winograd_conv2d_backward` reads, for the input ``x`` of a forward pass
+    that kept nothing (the filter transformed again; the input transformed on demand)."""
+    return WinogradSaved(_filter_transform(xp, weight, _transforms(tile)), None, x, geom, tile)
+
+
+def winograd_conv2d_backward(
     xp: Any, grad_out: Array, saved: WinogradSaved, *, need_input_grad: bool = True
 ) -> tuple[Array | None, Array, Array]:
-    """Unchecked backward: (grad_x or ``None``, grad_weight (O, C, 3, 3), grad_bias (O,))."""
+    """Vector-Jacobian product of :func:`winograd_conv2d` for a checked ``saved.geom``:
+    (grad_x or ``None``, grad_weight (O, C, 3, 3), grad_bias (O,))."""
     t, geom = _transforms(saved.tile), saved.geom
     plan = _plan(geom, t)
     v = saved.v if saved.v is not None else _run(xp, _input_transform, saved.x, plan)
@@ -457,71 +463,3 @@ def winograd_backward_unchecked(
         return None, grad_w, grad_b
     dv = _tile_products(xp, saved.u, dm, ta=True)
     return _run(xp, _input_adjoint, dv, geom, plan), grad_w, grad_b
-
-
-# ------------------------------------------------------------------ checked ops
-
-
-def _prepare(xp: Any, x: Array, weight: Array, bias: Array | None, conv: dict) -> ConvGeometry:
-    geom = prepare_conv2d(xp, x, weight, bias, **conv)
-    reason = winograd_supported(geom)
-    if reason is not None:
-        raise ValueError(reason)
-    return geom
-
-
-def conv2d_winograd(
-    x: Array,
-    weight: Array,
-    bias: Array | None = None,
-    *,
-    padding: Padding = 0,
-    tile: int = 2,
-    stride: IntOrPair = 1,
-    dilation: IntOrPair = 1,
-    groups: int = 1,
-) -> Array:
-    """:func:`xpconv.ops.conv2d` of a 3x3 kernel with stride 1, dilation 1 and one group,
-    by Winograd minimal filtering F(tile x tile, 3 x 3).
-
-    Args:
-        x: (N, C, H, W), float32 or float64; weight (O, C, 3, 3); bias (O,) or None.
-        padding: as :func:`xpconv.ops.conv2d` (an int, a pair, ``"valid"``, ``"same"``
-            or ``"full"``).
-        tile: output tile size, 2 (F(2x2, 3x3)) or 4 (F(4x4, 3x3): fewer multiplies, a
-            larger float32 rounding error).
-        stride, dilation, groups: accepted for the signature of ``conv2d``; anything
-            but 1 raises ValueError.
-
-    Returns:
-        (N, O, OH, OW), the same values as :func:`xpconv.ops.conv2d` up to rounding.
-    """
-    xp = namespace(x=x, weight=weight, bias=bias)
-    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    geom = _prepare(xp, x, weight, bias, conv)
-    _transforms(tile)
-    return winograd_forward_unchecked(xp, x, weight, bias, geom, tile=tile, keep=False)[0]
-
-
-def conv2d_winograd_backward(
-    grad_out: Array,
-    x: Array,
-    weight: Array,
-    *,
-    padding: Padding = 0,
-    tile: int = 2,
-    stride: IntOrPair = 1,
-    dilation: IntOrPair = 1,
-    groups: int = 1,
-) -> tuple[Array, Array, Array]:
-    """Vector-Jacobian product of :func:`conv2d_winograd`: ``(grad_x, grad_weight,
-    grad_bias)`` of shapes (N, C, H, W), (O, C, 3, 3) and (O,)."""
-    xp = namespace(x=x, weight=weight, grad_out=grad_out)
-    conv = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    geom = _prepare(xp, x, weight, None, conv)
-    expected = (geom.batch, geom.out_channels, *geom.out)
-    if tuple(grad_out.shape) != expected:
-        raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
-    t = _transforms(tile)
-    saved = WinogradSaved(_filter_transform(xp, weight, t), None, x, geom, tile)
-    return winograd_backward_unchecked(xp, grad_out, saved)  # type: ignore[return-value]

@@ -5,17 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from array_api_compat import array_namespace
-
 from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes, layer_from_config
 from xpconv.nn.layers.convolution import Conv2D
 from xpconv.nn.layers.core import Dense, Flatten
 from xpconv.nn.layers.pooling import MaxPool2D
-from xpconv.ops import (
-    conv_max_pool2d_backward_saved,
-    conv_max_pool2d_forward_unchecked,
-    conv_pool_geometry,
-)
+from xpconv.ops import conv_max_pool2d_backward, conv_max_pool2d_forward, conv_pool_geometry
 
 Array = Any
 Shape = tuple[int, ...]
@@ -97,14 +91,14 @@ class ConvMaxPool(Layer):
         weight = conv.params["weight"].value
         bias = conv.params["bias"].value if conv.use_bias else None
         geom = replace(self._geom, batch=int(x.shape[0]))
-        out, self._saved = conv_max_pool2d_forward_unchecked(
-            array_namespace(weight), x, weight, bias, geom, relu=conv.activation == "relu"
+        out, self._saved = conv_max_pool2d_forward(
+            x, weight, bias, relu=conv.activation == "relu", geometry=geom
         )
         return out
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         saved, self._saved = self._saved, None
-        gx, gw, gb = conv_max_pool2d_backward_saved(
+        gx, gw, gb = conv_max_pool2d_backward(
             grad, saved, need_input_grad=self._wants_input_grad(input_grad)
         )
         # max pooling sends each pooled gradient to one position: the bias sums agree
@@ -132,7 +126,7 @@ class ConvDense(Layer):
     (N, C, H, W) -> (N, units).
 
     The lecture network's shape: the dense layer reads the convolution's whole output.
-    The step runs :func:`xpconv.ops.conv2d_linear_forward_matrix`, whose fast
+    The step runs :func:`xpconv.ops.conv.conv2d_linear_matrix`, whose fast
     path may multiply each part of the output by the dense weight while the part is in
     cache, and leaves each of the three layers the state its own backward pass reads;
     the backward pass is theirs, in turn. Same results as the three layers one after

@@ -11,19 +11,23 @@ from array_api_compat import array_namespace
 from xpconv import ops as F
 from xpconv.nn.initializers import get_initializer, initializer_config
 from xpconv.nn.layers.base import BuildContext, Layer, LayerShapes, _ActivationMixin
-from xpconv.ops import (
-    ConvGeometry,
-    check_conv1d,
-    conv_geometry,
-    lift_1d_arg,
-)
+from xpconv.ops import ConvGeometry, conv_geometry
 from xpconv.ops.checks import int_pair, positive_int
+from xpconv.ops.conv import (
+    check_conv1d,
+    conv2d_linear_matrix,
+    conv2d_matrix,
+    conv2d_matrix_backward,
+    lift_1d_arg,
+    matrix_to_output,
+    output_to_matrix,
+)
 from xpconv.ops.winograd import (
     ALGORITHMS,
     WinogradSaved,
     choose_algorithm,
-    winograd_backward_unchecked,
-    winograd_forward_unchecked,
+    winograd_conv2d,
+    winograd_conv2d_backward,
     winograd_supported,
 )
 
@@ -168,34 +172,32 @@ class Conv2D(_ActivationMixin, Layer):
         geom = replace(self._geom, batch=int(x.shape[0]))
         bias = self.params["bias"].value if self.use_bias else None
         if self._winograd and head is None:
-            out, saved = winograd_forward_unchecked(xp, x, weight, bias, geom, keep=training)
+            out, saved = winograd_conv2d(xp, x, weight, bias, geom, keep=training)
             self._saved = (xp, saved, geom, None)
             return self._activate(out), None
         # (O, OH*OW*N); an inference pass stores no columns; tanh taken block by block
         tanh = self.activation == "tanh"
         product = None
         if head is None:
-            out, cols = F.conv2d_forward_matrix(
-                xp, x, weight, bias, geom, keep_cols=training, tanh=tanh
-            )
+            out, cols = conv2d_matrix(xp, x, weight, bias, geom, keep_cols=training, tanh=tanh)
         else:
-            out, cols, product = F.conv2d_linear_forward_matrix(
+            out, cols, product = conv2d_linear_matrix(
                 xp, x, weight, bias, geom, head, keep_cols=training, tanh=tanh
             )
         self._saved = (xp, cols, geom, x if cols is None else None)
         if self.activation not in F.ALONG_AN_AXIS:  # elementwise: on the matrix
-            return F.matrix_to_output(xp, self._activate(out, applied=tanh), geom), product
-        return self._activate(F.matrix_to_output(xp, out, geom)), product
+            return matrix_to_output(xp, self._activate(out, applied=tanh), geom), product
+        return self._activate(matrix_to_output(xp, out, geom)), product
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         xp, cols, geom, x = self._saved  # x only after an inference pass (no columns)
         if isinstance(cols, WinogradSaved):
             return self._backward_winograd(xp, grad, cols, input_grad)
         if self.activation not in F.ALONG_AN_AXIS:
-            g2 = self._deactivate(F.output_to_matrix(xp, grad, geom))
+            g2 = self._deactivate(output_to_matrix(xp, grad, geom))
         else:
-            g2 = F.output_to_matrix(xp, self._deactivate(grad), geom)
-        gx, gw, gb = F.conv2d_backward_matrix(
+            g2 = output_to_matrix(xp, self._deactivate(grad), geom)
+        gx, gw, gb = conv2d_matrix_backward(
             xp,
             g2,
             cols,
@@ -211,7 +213,7 @@ class Conv2D(_ActivationMixin, Layer):
     def _backward_winograd(
         self, xp: Any, grad: Array, saved: WinogradSaved, input_grad: bool | None
     ) -> Array | None:
-        gx, gw, gb = winograd_backward_unchecked(
+        gx, gw, gb = winograd_conv2d_backward(
             xp, self._deactivate(grad), saved, need_input_grad=self._wants_input_grad(input_grad)
         )
         self.set_gradients(xp, gw, gb)

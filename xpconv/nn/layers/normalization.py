@@ -75,7 +75,7 @@ class _BatchNorm(Layer):
         return y
 
     def backward(self, grad: Array) -> Array:
-        gx, gw, gb = F.batch_norm_backward_saved(grad, self._saved)
+        gx, gw, gb = F.batch_norm_backward(grad, self._saved)
         if self.affine:
             self.params["weight"].grad, self.params["bias"].grad = gw, gb
         self._saved = None

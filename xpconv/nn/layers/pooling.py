@@ -58,7 +58,7 @@ class MaxPool2D(_Pool2D):
         return out
 
     def backward(self, grad: Array) -> Array:
-        gx = F.max_pool2d_backward_saved(grad, self._saved)
+        gx = F.max_pool2d_backward(grad, self._saved)
         self._saved = None
         return gx
 
