@@ -311,3 +311,49 @@ def test_seeded_training_repeats_bit_for_bit_on_any_thread_count(
         host.set_blas_threads(outside)
     for name, value in runs[1].items():
         np.testing.assert_array_equal(value, runs[0][name], name)
+
+
+# In a fresh interpreter pinned to one CPU (its affinity mask, as a container's cpuset or
+# `taskset` sets it, while the machine has more): what the host layer sees, and the
+# weights of a seeded, tuned training run.
+_PINNED = """
+import json, sys
+import numpy as np
+import xpconv
+if sys.argv[1] == "pinned":
+    os = __import__("os")
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+host = xpconv.backends.numpy.host
+sample = host.cpu_sample()
+model = xpconv.Sequential([xpconv.Conv2D(4, 3, activation="relu"), xpconv.MaxPool2D(2),
+                           xpconv.Flatten(), xpconv.Dense(3)], input_shape=(1, 10, 12),
+                          backend="numpy", seed=3)
+rng = np.random.default_rng(0)
+x, y = rng.random((48, 1, 10, 12), dtype=np.float32), rng.integers(0, 3, size=48)
+xpconv.Trainer(model, xpconv.SGD(0.05, momentum=0.9), progress=False, tune_host=True,
+               seed=1).fit(x, y, epochs=2, batch_size=16)
+print(json.dumps({"usable": host.usable_cores(), "sampled": sample.cores,
+                  "balancing": host.parallel_workers() is not None,
+                  "weights": {k: np.asarray(v).tolist() for k, v in model.state_dict().items()}}))
+"""
+
+
+def _pinned_run(mode: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _PINNED, mode], env=_clean_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_restricted_cpu_set_is_what_the_host_layer_counts() -> None:
+    """Pinned to one of the machine's CPUs, the process counts one usable core (not
+    ``os.cpu_count()``), samples the load of that CPU only, does not balance threads, and
+    trains to the same weights, bit for bit, as with every CPU."""
+    if not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs an affinity mask of two CPUs or more (Linux)")
+    free, pinned = _pinned_run("free"), _pinned_run("pinned")
+    assert free["usable"] == len(os.sched_getaffinity(0)) == free["sampled"]
+    assert pinned["usable"] == 1 == pinned["sampled"]
+    assert free["balancing"] and not pinned["balancing"]
+    assert pinned["weights"] == free["weights"]
