@@ -256,3 +256,13 @@ def test_the_length_check_counts_lines_without_the_docstring() -> None:
 def test_no_function_is_longer_than_the_limit() -> None:
     long = long_functions([ROOT, ROOT.parent / "benchmarks"])
     assert not long, "split these functions:\n" + "\n".join(long)
+
+
+def test_the_tests_mirror_the_packages() -> None:
+    """Each folder of tests/ holds the tests of the xpconv subpackage of its name, and
+    each subpackage with code of its own has one."""
+    tests = Path(__file__).resolve().parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert folders <= packages, f"test folders without a package: {sorted(folders - packages)}"
+    assert packages - folders <= {"tools"}, f"untested packages: {sorted(packages - folders)}"
