@@ -108,6 +108,11 @@ CASES = [
 F64_CASES = [c for c in CASES if c.dtype == "float64"] + [
     Case("jax-cpu-f64", "jax", "cpu", "float64")
 ]
+#: The cases that run another case's code paths again (a library's second dtype, a
+#: read-only copy). They are marked ``slow``: the fast loop (``-m "not slow"``) keeps
+#: one case per library (NumPy float64, array-api-strict float32 on its second device,
+#: PyTorch and JAX float32) and CI runs them all.
+REPEATS = {"numpy-f32", "numpy-readonly-f64", "strict-f64", "torch-cpu-f64", "jax-cpu-f64"}
 
 
 def _available(case: Case) -> str | None:
@@ -140,6 +145,8 @@ def _params(cases: list[Case]) -> list[Any]:
         marks = [pytest.mark.skip(reason=f"{case.id}: {reason}")] if reason else []
         if case.gpu:
             marks.append(pytest.mark.gpu)
+        if case.id in REPEATS:
+            marks.append(pytest.mark.slow)
         params.append(pytest.param(case, id=case.id, marks=marks))
     return params
 
