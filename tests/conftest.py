@@ -115,6 +115,19 @@ F64_CASES = [c for c in CASES if c.dtype == "float64"] + [
 REPEATS = {"numpy-f32", "numpy-readonly-f64", "strict-f64", "torch-cpu-f64", "jax-cpu-f64"}
 
 
+#: How many configurations of a random sweep the fast loop runs; CI runs all of them.
+FAST_SWEEP = 12
+
+
+def sweep(configs: list[Any], ids: list[str], fast: int = FAST_SWEEP) -> list[Any]:
+    """``configs`` as parameters whose first ``fast`` run in the fast loop and the rest
+    are marked ``slow`` (a seeded sweep: the same configurations everywhere)."""
+    return [
+        pytest.param(c, id=i, marks=[pytest.mark.slow] if k >= fast else [])
+        for k, (c, i) in enumerate(zip(configs, ids))
+    ]
+
+
 def _available(case: Case) -> str | None:
     try:
         case.backend  # noqa: B018 - selecting it is the check

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import Case, torch_or_skip
+from conftest import Case, sweep, torch_or_skip
 from numerics import FD_TOL, assert_matches_differences, central_difference
 
 import xpconv
@@ -83,7 +83,7 @@ def make_data(cfg: dict, case: Case):
     return x, wt, b
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=[f"cfg{c['seed']}" for c in CONFIGS])
+@pytest.mark.parametrize("cfg", sweep(CONFIGS, [f"cfg{c['seed']}" for c in CONFIGS]))
 def test_conv2d_matches_torch(case: Case, cfg: dict) -> None:
     x, w, b = make_data(cfg, case)
     geom = conv_geometry(x.shape, w.shape, **cfg["conv"])
@@ -102,7 +102,7 @@ def test_conv2d_matches_torch(case: Case, cfg: dict) -> None:
     case.assert_close(gb, ref_gb, "grad_bias")
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:40], ids=[f"cfg{c['seed']}" for c in CONFIGS[:40]])
+@pytest.mark.parametrize("cfg", sweep(CONFIGS[:40], [f"cfg{c['seed']}" for c in CONFIGS[:40]]))
 def test_conv1d_matches_torch(case: Case, cfg: dict) -> None:
     torch = torch_or_skip()
     r = np.random.default_rng(cfg["seed"])
@@ -178,7 +178,9 @@ def test_finite_difference_tolerance_is_meaningful(rng: np.random.Generator) -> 
 ADJOINT_CONFIGS = CONFIGS[:30]
 
 
-@pytest.mark.parametrize("cfg", ADJOINT_CONFIGS, ids=[f"cfg{c['seed']}" for c in ADJOINT_CONFIGS])
+@pytest.mark.parametrize(
+    "cfg", sweep(ADJOINT_CONFIGS, [f"cfg{c['seed']}" for c in ADJOINT_CONFIGS])
+)
 def test_im2col_col2im_adjoint(case: Case, cfg: dict) -> None:
     """<im2col(x), y> == <x, col2im(y)> for the portable and the selected kernels."""
     x, w, _ = make_data(cfg, case)
@@ -501,7 +503,7 @@ POOLED = [(c, pool) for c in CONFIGS[:40] for pool in [(2, 2), (2, 3)]]
 
 
 @pytest.mark.parametrize(
-    "cfg, pool", POOLED, ids=[f"cfg{c['seed']}-pool{p[0]}x{p[1]}" for c, p in POOLED]
+    "cfg, pool", sweep(POOLED, [f"cfg{c['seed']}-pool{p[0]}x{p[1]}" for c, p in POOLED])
 )
 def test_pool_ordered_columns(case: Case, cfg: dict, pool: tuple[int, int]) -> None:
     """Pool-ordered im2col holds the plain columns of the pooled region, permuted;

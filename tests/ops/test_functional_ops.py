@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import Case, torch_or_skip
+from conftest import Case, sweep, torch_or_skip
 from numerics import assert_matches_differences, central_difference
 
 import xpconv
@@ -85,7 +85,7 @@ def out_shape(cfg: dict) -> tuple[int, ...]:
     return (*cfg["shape"][:2], *geom.out)
 
 
-@pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=POOL_IDS)
+@pytest.mark.parametrize("cfg", sweep(POOL_CONFIGS, POOL_IDS))
 def test_max_pool2d_matches_torch(case: Case, cfg: dict) -> None:
     torch = torch_or_skip()
     r = np.random.default_rng(cfg["seed"])
@@ -102,7 +102,7 @@ def test_max_pool2d_matches_torch(case: Case, cfg: dict) -> None:
     case.assert_close(F.max_pool2d_backward(ga, saved), ref_gx, "grad_x from saved")
 
 
-@pytest.mark.parametrize("cfg", POOL_CONFIGS, ids=POOL_IDS)
+@pytest.mark.parametrize("cfg", sweep(POOL_CONFIGS, POOL_IDS))
 def test_avg_pool2d_matches_torch(case: Case, cfg: dict) -> None:
     torch = torch_or_skip()
     r = np.random.default_rng(cfg["seed"])
@@ -144,7 +144,7 @@ TILED = [c for c in POOL_CONFIGS if _pool.pool_geometry(c["shape"], **c["pool"])
 ]
 
 
-@pytest.mark.parametrize("cfg", TILED, ids=[f"tiled{c['seed']}" for c in TILED])
+@pytest.mark.parametrize("cfg", sweep(TILED, [f"tiled{c['seed']}" for c in TILED]))
 def test_tiled_fast_path_equals_general_path(case: Case, cfg: dict) -> None:
     """stride == kernel: the stacked fast path gives the tap loop's results exactly,
     also with ties (small integers), and the forward equals the reshape reduction."""
