@@ -28,8 +28,13 @@ from collections import defaultdict
 from pathlib import Path
 
 MUTANTS = Path("mutants")
-# mutmut's exit codes of a checked mutant (mutmut/stats.py): 1 and 3 are kills.
+# mutmut's exit codes of a checked mutant (mutmut/stats.py): 1 and 3 are kills; a run
+# past mutmut's CPU-time limit is a kill too (the suite would not finish); 33 and 5: no
+# test run in process reaches the mutated function (code run only by subprocesses,
+# such as the programs under mpiexec, or only on a GPU). Those count as not killed.
 KILLED = {1, 3}
+TIMEOUT = {36, -24, 24, 152, 255}
+NO_TESTS = {5, 33}
 SURVIVED = {0}
 # Generating the mutants needs one ``mutmut run``; this is the smallest module.
 SEED_MODULE = "xpconv.backends.kernels*"
@@ -44,11 +49,13 @@ def read_meta() -> dict[str, int | None]:
 
 
 def module_of(name: str) -> str:
-    """``xpconv.train.trainer.xǁTrainerǁfit__mutmut_3`` -> ``xpconv/trainer.py``."""
+    """``xpconv.train.trainer.xǁTrainerǁfit__mutmut_3`` -> ``xpconv/train/trainer.py``
+    (a package's own functions -> its ``__init__.py``)."""
     parts = name.split(".")
     for i, part in enumerate(parts):
         if part.startswith("x") and ("__mutmut_" in part or "ǁ" in part):
-            return "/".join(parts[:i]) + ".py"
+            path = "/".join(parts[:i])
+            return f"{path}/__init__.py" if Path(path).is_dir() else f"{path}.py"
     raise ValueError(f"not a mutant name: {name!r}")
 
 
@@ -108,21 +115,28 @@ def command_run(args: argparse.Namespace) -> int:
     return subprocess.run(["mutmut", "run", *children, *names], env=env).returncode
 
 
+def _column(code: int | None) -> int:
+    """The score table's column of an exit code: killed (timeouts included), survived,
+    no test in process, other, not checked."""
+    if code is None:
+        return 4
+    if code in KILLED or code in TIMEOUT:
+        return 0
+    if code in SURVIVED:
+        return 1
+    return 2 if code in NO_TESTS else 3
+
+
 def command_score(args: argparse.Namespace) -> int:
-    rows: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # killed, survived, other, open
+    rows: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
     for name, code in chosen_codes(args).items():
-        row = rows[module_of(name)]
-        if code is None:
-            row[3] += 1
-        elif code in KILLED:
-            row[0] += 1
-        elif code in SURVIVED:
-            row[1] += 1
-        else:
-            row[2] += 1
-    print("| module | sampled | killed | survived | other | not checked | score (95% interval) |")
-    print("|---|---|---|---|---|---|---|")
-    total = [0, 0, 0, 0]
+        rows[module_of(name)][_column(code)] += 1
+    print(
+        "| module | sampled | killed | survived | no test in process | other | not checked "
+        "| score (95% interval) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    total = [0] * 5
     for module in sorted(rows, key=lambda m: -sum(rows[m])):
         total = [a + b for a, b in zip(total, rows[module])]
         print(format_row(f"`{module}`", rows[module]))
@@ -131,19 +145,20 @@ def command_score(args: argparse.Namespace) -> int:
 
 
 def format_row(label: str, row: list[int]) -> str:
-    killed, survived, other, unchecked = row
-    checked = killed + survived + other
+    killed, survived, untested, other, unchecked = row
+    checked = killed + survived + untested + other
     if checked:
         lo, hi = wilson(killed, checked)
         score = f"{killed / checked:.1%} ({lo:.1%}-{hi:.1%})"
     else:
         score = "-"
-    return f"| {label} | {sum(row)} | {killed} | {survived} | {other} | {unchecked} | {score} |"
+    counts = " | ".join(str(v) for v in row)
+    return f"| {label} | {sum(row)} | {counts} | {score} |"
 
 
 def command_survivors(args: argparse.Namespace) -> int:
     for name, code in chosen_codes(args).items():
-        if code is not None and code not in KILLED:
+        if code is not None and _column(code) != 0:
             print(name if code in SURVIVED else f"{name} (exit code {code})")
     return 0
 
