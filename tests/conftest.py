@@ -121,9 +121,14 @@ FAST_SWEEP = 12
 
 def sweep(configs: list[Any], ids: list[str], fast: int = FAST_SWEEP) -> list[Any]:
     """``configs`` as parameters whose first ``fast`` run in the fast loop and the rest
-    are marked ``slow`` (a seeded sweep: the same configurations everywhere)."""
+    are marked ``slow`` (a seeded sweep: the same configurations everywhere). A tuple
+    holds the values of several argument names."""
     return [
-        pytest.param(c, id=i, marks=[pytest.mark.slow] if k >= fast else [])
+        pytest.param(
+            *(c if isinstance(c, tuple) else (c,)),
+            id=i,
+            marks=[pytest.mark.slow] if k >= fast else [],
+        )
         for k, (c, i) in enumerate(zip(configs, ids))
     ]
 
