@@ -40,6 +40,22 @@ def test_help_is_written_from_the_defaults(capsys: pytest.CaptureFixture[str]) -
     assert args.distributed_timeout == cli.TRAIN_DEFAULTS["distributed_timeout"]
 
 
+def test_help_says_what_each_command_and_option_does(capsys: pytest.CaptureFixture[str]) -> None:
+    def help_of(*command: str) -> str:
+        assert main([*command, "--help"]) == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    top = help_of()
+    assert "train train a model and write metrics, checkpoints and pictures" in top
+    assert "evaluate test loss and accuracy of a checkpoint" in top
+    assert "export write a checkpoint as ONNX, PyTorch, safetensors or npz" in top
+    export = help_of("export")
+    assert "Write a model checkpoint (.npz or .safetensors) in the format the output's" in export
+    assert "--opset OPSET ONNX opset (.onnx only; default: 17)" in export
+    assert "--json PATH also write the results to this file" in help_of("evaluate")
+    assert "--no-plots do not draw the pictures" in help_of("train")
+
+
 def _small_run(tmp_path: Path, record: dict | None) -> Path:
     """A training checkpoint of a lenet-sized custom model, one epoch done."""
     rng = np.random.default_rng(0)
