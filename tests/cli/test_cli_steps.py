@@ -90,3 +90,25 @@ def test_the_model_name_is_read_from_the_run_record(
     assert load_checkpoint(out / "model.npz")[1]["model_name"] == name
     assert load_checkpoint(out / "training.npz")[1]["run"]["model"] == name
     assert "nothing to train" in captured.out
+
+
+def test_an_unknown_backend_is_a_usage_error_of_backend(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["evaluate", "model.npz", "--backend", "nope"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("xpconv evaluate: error: argument --backend: expected one of [")
+    assert last.endswith("got 'nope'")
+
+
+def test_an_error_without_a_message_is_named_by_its_type(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xpconv.cli import app
+
+    def out_of_memory(args, parser):
+        raise MemoryError
+
+    monkeypatch.setitem(app.HANDLERS, "evaluate", out_of_memory)
+    assert main(["evaluate", "model.npz"]) == 1
+    assert capsys.readouterr().err == "xpconv: error: MemoryError\n"
