@@ -112,3 +112,50 @@ def test_an_error_without_a_message_is_named_by_its_type(
     monkeypatch.setitem(app.HANDLERS, "evaluate", out_of_memory)
     assert main(["evaluate", "model.npz"]) == 1
     assert capsys.readouterr().err == "xpconv: error: MemoryError\n"
+
+
+def test_a_new_run_prints_its_recipe_and_plan_and_records_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import datetime
+
+    pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
+    out = tmp_path / "out"
+    argv = ["train", "--dataset", "digits", "--limit", "100", "--epochs", "1", "--out", str(out)]
+    code = main([*argv, "--no-plots", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert lines[0] == (
+        "recipe for lecture: sgd, lr 0.01, exponential schedule, weight decay 0, batch size 60 "
+        "(change with --optimizer, --lr, --final-lr, --schedule, --warmup, --weight-decay, "
+        "--batch-size, --augment)"
+    )  # no warm-up, no augmentation: neither is mentioned
+    assert (
+        "optimizer: SGD lr 0.01 -> 0.005 (exponential), momentum 0.9, batch size 60, 1 epoch(s)"
+        in lines
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["augment"] is None
+    # 100 images in well under a second: the rate is still given
+    assert metrics["images_per_second"] == pytest.approx(100 / metrics["seconds"])
+    finished = datetime.fromisoformat(metrics["finished"])
+    assert finished.tzinfo is not None
+    assert abs((datetime.now(finished.tzinfo) - finished).total_seconds()) < 600
+    assert load_checkpoint(out / "training.npz")[1]["run"]["batch_norm_stats"] == "global"
+
+
+def test_the_recipe_names_a_warm_up_and_an_augmentation_when_chosen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
+    argv = ["train", "--dataset", "digits", "--limit", "60", "--epochs", "1", "--no-plots"]
+    argv += ["--warmup", "0.2", "--augment", "crop", "--out", str(tmp_path / "out")]
+    code = main([*argv, "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out.splitlines()[0].startswith(
+        "recipe for lecture: sgd, lr 0.01, exponential schedule after a 20% warm-up, "
+        "weight decay 0, batch size 60, augment crop ("
+    )
+    assert "augmentation: random crop (padding 2)" in captured.out
