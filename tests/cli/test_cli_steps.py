@@ -159,3 +159,25 @@ def test_the_recipe_names_a_warm_up_and_an_augmentation_when_chosen(
         "weight decay 0, batch size 60, augment crop ("
     )
     assert "augmentation: random crop (padding 2)" in captured.out
+
+
+def test_resuming_elsewhere_says_so_and_contradicting_the_run_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
+    record = {"dataset": "digits", "limit": None, "batch_size": 10, "model": "lenet",
+              "backend": "torch", "device": "cuda:0"}  # fmt: skip
+    path = _small_run(tmp_path, record)
+    argv = ["train", "--resume", str(path), "--epochs", "1", "--no-plots", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert (
+        "note: resuming on backend numpy (was torch), device cpu (was cuda:0): results are "
+        "not bit-identical to an uninterrupted run\n" in capsys.readouterr().out
+    )
+    code = main([*argv, "--batch-size", "20", "--out", str(tmp_path / "other")])
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"xpconv: error: --resume {path}: the run continued here differs from the "
+        "checkpoint's: --batch-size 20 (the checkpoint's run: 10); resume with the same "
+        "settings, or start a new run\n"
+    )
