@@ -181,3 +181,9 @@ def test_resuming_elsewhere_says_so_and_contradicting_the_run_is_refused(
         "checkpoint's: --batch-size 20 (the checkpoint's run: 10); resume with the same "
         "settings, or start a new run\n"
     )
+    options = ["--weight-decay", "0.1", "--seed", "3", "--out", str(tmp_path / "third")]
+    assert main([*argv, *options]) == 0
+    assert (
+        "note: --weight-decay, --seed ignored with --resume (the checkpoint holds the model, "
+        "optimizer and seed)\n" in capsys.readouterr().out
+    )
