@@ -81,3 +81,15 @@ def test_gradcheck_of_a_model_names_every_parameter_and_keeps_its_statistics() -
                                                "batchnorm2d_0.running_var"]  # fmt: skip
     for key, value in before.items():
         np.testing.assert_array_equal(np.asarray(after[key]), value, err_msg=key)
+
+
+def test_gradcheck_without_inputs_says_what_it_needs() -> None:
+    with pytest.raises(TypeError, match="^inputs: expected at least one array to differentiate$"):
+        gradcheck(F.tanh, backward=F.tanh_backward)
+
+
+def test_gradcheck_draws_the_output_gradient_from_its_seed() -> None:
+    x = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    reports = [str(gradcheck(F.tanh, x, backward=F.tanh_backward, seed=s)) for s in (3, 3, 4)]
+    assert reports[0] == reports[1]  # the same G, so the same worst element and values
+    assert reports[0] != reports[2]
