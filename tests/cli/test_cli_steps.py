@@ -187,3 +187,23 @@ def test_resuming_elsewhere_says_so_and_contradicting_the_run_is_refused(
         "note: --weight-decay, --seed ignored with --resume (the checkpoint holds the model, "
         "optimizer and seed)\n" in capsys.readouterr().out
     )
+
+
+def test_an_unexpected_load_error_is_one_line_naming_file_error_and_traceback_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xpconv.io.saving
+
+    model = xc.Sequential([xc.Flatten(), xc.Dense(2)], backend="numpy", input_shape=(1, 2, 2))
+    path = tmp_path / "model.npz"
+    xc.save_model(model, path)
+
+    def crafted(*args, **kwargs):  # what a file no validation foresaw can cause
+        raise KeyError("dense_0")
+
+    monkeypatch.setattr(xpconv.io.saving, "load_model", crafted)
+    assert main(["evaluate", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"xpconv: error: {path}: cannot load the checkpoint (KeyError: 'dense_0'); rerun "
+        "with --traceback for details\n"
+    )
