@@ -207,3 +207,24 @@ def test_an_unexpected_load_error_is_one_line_naming_file_error_and_traceback_fl
         f"xpconv: error: {path}: cannot load the checkpoint (KeyError: 'dense_0'); rerun "
         "with --traceback for details\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dataset_loaded": "cifar"}, "run.dataset_loaded: expected one of ['mnist', "
+         "'fashion-mnist', 'digits'], got 'cifar'"),
+        ({"colour": 1}, "run: unexpected keys ['colour']; expected ['backend', "),
+    ],
+    ids=["dataset_loaded", "unknown-key"],
+)  # fmt: skip
+def test_a_resumed_run_record_is_checked_field_by_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict, message: str
+) -> None:
+    record = {"dataset": "digits", "limit": None, "batch_size": 10, "model": "lenet"}
+    path = _small_run(tmp_path, {**record, **change})
+    out = tmp_path / "out"
+    assert main(["train", "--resume", str(path), "--out", str(out), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"xpconv: error: {path}: the run record is not valid: {message}"), err
+    assert not out.exists()
