@@ -52,8 +52,14 @@ def test_help_says_what_each_command_and_option_does(capsys: pytest.CaptureFixtu
     export = help_of("export")
     assert "Write a model checkpoint (.npz or .safetensors) in the format the output's" in export
     assert "--opset OPSET ONNX opset (.onnx only; default: 17)" in export
-    assert "--json PATH also write the results to this file" in help_of("evaluate")
-    assert "--no-plots do not draw the pictures" in help_of("train")
+    evaluate = help_of("evaluate")
+    assert "--json PATH also write the results to this file" in evaluate
+    batch = cli.build_parser().parse_args(["evaluate", "model.npz"]).batch_size
+    assert f"--batch-size BATCH_SIZE examples per forward pass (default: {batch})" in evaluate
+    assert batch >= 1
+    train = help_of("train")
+    assert "--no-plots do not draw the pictures" in train
+    assert "--resume CHECKPOINT continue from a training.npz until --epochs epochs" in train
 
 
 def _small_run(tmp_path: Path, record: dict | None) -> Path:
