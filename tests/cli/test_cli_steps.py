@@ -234,3 +234,18 @@ def test_a_resumed_run_record_is_checked_field_by_field(
     err = capsys.readouterr().err
     assert err.startswith(f"xpconv: error: {path}: the run record is not valid: {message}"), err
     assert not out.exists()
+
+
+def test_without_out_a_run_writes_into_runs_model_dataset_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "digits", "--limit", "60", "--epochs", "1", "--no-plots"]
+    assert main([*argv, "--no-progress"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"lecture-digits-\d{8}-\d{6}", run.name), run.name
+    assert f"output: {Path('runs') / run.name}" in capsys.readouterr().out.splitlines()
+    assert json.loads((run / "metrics.json").read_text())["dataset"] == "digits"
