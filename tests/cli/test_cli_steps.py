@@ -151,15 +151,16 @@ def test_a_new_run_prints_its_recipe_and_plan_and_records_them(
     assert load_checkpoint(out / "training.npz")[1]["run"]["batch_norm_stats"] == "global"
 
 
-def test_the_recipe_names_a_warm_up_and_an_augmentation_when_chosen(
+def test_the_recipe_names_a_warm_up_and_an_augmentation_when_chosen_float64_too(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
     argv = ["train", "--dataset", "digits", "--limit", "60", "--epochs", "1", "--no-plots"]
     argv += ["--warmup", "0.2", "--augment", "crop", "--out", str(tmp_path / "out")]
-    code = main([*argv, "--no-progress"])
+    code = main([*argv, "--dtype", "float64", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["dtype"] == "float64"
     assert captured.out.splitlines()[0].startswith(
         "recipe for lecture: sgd, lr 0.01, exponential schedule after a 20% warm-up, "
         "weight decay 0, batch size 60, augment crop ("
@@ -249,3 +250,29 @@ def test_without_out_a_run_writes_into_runs_model_dataset_time(
     assert re.fullmatch(r"lecture-digits-\d{8}-\d{6}", run.name), run.name
     assert f"output: {Path('runs') / run.name}" in capsys.readouterr().out.splitlines()
     assert json.loads((run / "metrics.json").read_text())["dataset"] == "digits"
+
+
+def test_only_the_root_rank_prints(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import contextlib
+
+    from xpconv.cli import train as train_command
+
+    class Rank1:
+        is_root = False
+
+        def abort_on_error(self):
+            return contextlib.nullcontext()
+
+    def run(args, parser, comm):
+        print("epoch 1/1: loss 0.5")  # what every rank's training prints
+        return 0
+
+    monkeypatch.setattr(train_command, "_communicator", lambda args: Rank1())
+    monkeypatch.setattr(train_command, "_train_run", run)
+    assert main(["train", "--distributed", "mpi", "--no-progress"]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(Rank1, "is_root", True)
+    assert main(["train", "--distributed", "mpi", "--no-progress"]) == 0
+    assert capsys.readouterr().out == "epoch 1/1: loss 0.5\n"
