@@ -276,3 +276,18 @@ def test_only_the_root_rank_prints(
     monkeypatch.setattr(Rank1, "is_root", True)
     assert main(["train", "--distributed", "mpi", "--no-progress"]) == 0
     assert capsys.readouterr().out == "epoch 1/1: loss 0.5\n"
+
+
+def test_resuming_a_file_without_a_run_record_uses_the_given_or_the_default_batch_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("sklearn", reason="the digits set needs scikit-learn")
+    path = _small_run(tmp_path, None)
+    argv = ["train", "--resume", str(path), "--dataset", "digits", "--epochs", "2"]
+    argv += ["--no-plots", "--no-progress"]
+    default = xc.models.zoo.RECIPES["lecture"]["batch_size"]
+    for extra, batch_size in (([], default), (["--batch-size", "40"], 40)):
+        out = tmp_path / f"out{batch_size}"
+        code = main([*argv, *extra, "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        assert json.loads((out / "metrics.json").read_text())["batch_size"] == batch_size
