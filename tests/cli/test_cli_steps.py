@@ -143,6 +143,7 @@ def test_a_new_run_prints_its_recipe_and_plan_and_records_them(
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["augment"] is None
+    assert (metrics["backend"], metrics["device"], metrics["dataset"]) == ("numpy", "cpu", "digits")
     # 100 images in well under a second: the rate is still given
     assert metrics["images_per_second"] == pytest.approx(100 / metrics["seconds"])
     finished = datetime.fromisoformat(metrics["finished"])
