@@ -287,3 +287,72 @@ def test_python_m_xpconv_help() -> None:
         assert option in outputs["train"], option
     assert "--json" in outputs["evaluate"]
     assert "export" in outputs[""] and "--opset" in outputs["export"]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_onnx_prints_every_dimension_of_input_and_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        require_or_skip(False, "onnx is not installed: pip install 'xpconv[interop]'")
+    model = xpconv.Sequential([xpconv.Conv2D(2, 3)], backend="numpy", input_shape=(1, 8, 10))
+    checkpoint = tmp_path / "maps.npz"
+    xpconv.save_model(model, checkpoint)
+    out = tmp_path / "maps.onnx"
+    assert main(["export", str(checkpoint), str(out), "--opset", "17"]) == 0
+    assert capsys.readouterr().out == (
+        f"wrote {out}: input 'input' (N, 1, 8, 10) -> output 'output' (N, 2, 6, 8), "
+        "opset 17, float32\n"
+    )
+    assert out.stat().st_size > 0
+
+
+# --------------------------------------------------------------------- distributed
+
+
+class _FakeMPI:
+    """A rank of an MPI job: ``local`` is its index among the ranks of its machine."""
+
+    COMM_TYPE_SHARED = "shared"
+
+    def __init__(self, local: int) -> None:
+        self.local = local
+        self.comm = self
+        self.MPI = self
+        self.size = 4
+
+    def __call__(self, timeout: float) -> _FakeMPI:
+        return self
+
+    def Split_type(self, kind: str) -> _FakeMPI:  # noqa: N802 (mpi4py's name)
+        assert kind == self.COMM_TYPE_SHARED
+        return self
+
+    def Get_rank(self) -> int:  # noqa: N802 (mpi4py's name)
+        return self.local
+
+
+@pytest.mark.parametrize(
+    ("backend", "device"), [("torch", "cuda:1"), ("cupy", "1"), ("numpy", None)]
+)
+def test_nccl_ranks_take_the_gpu_of_their_local_rank(
+    backend: str, device: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import xpconv.parallel
+    from xpconv.cli.parser import build_parser
+    from xpconv.cli.train import _communicator
+
+    monkeypatch.setattr(xpconv.parallel, "MPICommunicator", _FakeMPI(local=1))
+    monkeypatch.delenv("XPCONV_BACKEND", raising=False)
+    args = build_parser().parse_args(["train", "--distributed", "nccl", "--backend", backend])
+    _communicator(args)
+    assert args.device == device
+    args = build_parser().parse_args(
+        ["train", "--distributed", "nccl", "--backend", backend, "--device", "7"]
+    )
+    _communicator(args)
+    assert args.device == "7"  # an explicit --device wins

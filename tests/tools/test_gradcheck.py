@@ -63,3 +63,33 @@ def test_gradcheck_of_a_float32_layer_restores_its_dtype(case: Case) -> None:
     xc.tools.gradcheck(layer, x)
     assert layer.params["weight"].value.dtype == case.backend.dtype(case.dtype)
     assert layer.buffers["running_mean"].dtype == case.backend.dtype(case.dtype)
+
+
+def test_gradcheck_of_a_model_names_every_parameter_and_keeps_its_statistics() -> None:
+    model = xc.Sequential(
+        [xc.Conv2D(2, 3), xc.BatchNorm2D(), xc.Flatten(), xc.Dense(3)],
+        backend="numpy", input_shape=(1, 5, 5), seed=0, dtype="float64",
+    )  # fmt: skip
+    before = {k: np.array(v) for k, v in model.buffers().items()}
+    x = np.random.default_rng(0).normal(size=(4, 1, 5, 5))
+    report = gradcheck(model, x)  # training mode: every forward updates the running stats
+    assert report.passed
+    assert [c.name for c in report.checks] == ["x", *model.parameters()]
+    assert [c.name for c in report.checks][1:3] == ["conv2d_0.weight", "conv2d_0.bias"]
+    after = model.buffers()
+    assert sorted(after) == sorted(before) == ["batchnorm2d_0.running_mean",
+                                               "batchnorm2d_0.running_var"]  # fmt: skip
+    for key, value in before.items():
+        np.testing.assert_array_equal(np.asarray(after[key]), value, err_msg=key)
+
+
+def test_gradcheck_without_inputs_says_what_it_needs() -> None:
+    with pytest.raises(TypeError, match="^inputs: expected at least one array to differentiate$"):
+        gradcheck(F.tanh, backward=F.tanh_backward)
+
+
+def test_gradcheck_draws_the_output_gradient_from_its_seed() -> None:
+    x = np.linspace(-1.0, 1.0, 12).reshape(3, 4)
+    reports = [str(gradcheck(F.tanh, x, backward=F.tanh_backward, seed=s)) for s in (3, 3, 4)]
+    assert reports[0] == reports[1]  # the same G, so the same worst element and values
+    assert reports[0] != reports[2]
