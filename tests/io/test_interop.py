@@ -220,6 +220,20 @@ def test_export_refuses_unsupported_layers_and_bad_arguments(tmp_path) -> None:
         interop.to_onnx(xc.Sequential([xc.Dense(3)]))
 
 
+def test_onnx_activation_exporter_names_unexpected_arguments() -> None:
+    """The public exporters of ``ONNX_ACTIVATIONS`` refuse an argument the activation
+    does not take, naming the activation, the argument and the ones it takes."""
+    from xpconv.io.onnx import OnnxGraph
+
+    graph = OnnxGraph(np.dtype(np.float32), 17, np.asarray)
+    with pytest.raises(ValueError) as info:
+        interop.ONNX_ACTIVATIONS["leaky_relu"](graph, "x", "act", negative_slope=0.2, beta=1.0)
+    assert str(info.value) == (
+        "to_onnx: activation 'leaky_relu': unexpected arguments ['beta']; expected some "
+        "of ['negative_slope']"
+    )
+
+
 def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
     """The Sequential runs Conv2D + MaxPool2D as one fused step; the graph has both."""
     plain = xc.models.zoo.lenet(batch_norm=False, backend="numpy")
@@ -829,6 +843,23 @@ def test_safetensors_refuses_truncated_crafted_and_oversized_files(tmp_path) -> 
         interop.load_safetensors(path, max_bytes=1000)
     with pytest.raises(CheckpointError, match="does not exist"):
         xc.load_model(tmp_path / "absent.safetensors")
+
+
+def test_safetensors_says_whether_the_data_is_truncated_or_has_trailing_bytes(tmp_path) -> None:
+    """A file whose data section is shorter or longer than its header declares is
+    refused with both sizes and which of the two it is."""
+    _, path = _saved(tmp_path)
+    raw = path.read_bytes()
+    for label, content, detail in (
+        ("truncated", raw[:-100], "the file is truncated"),
+        ("trailing", raw + b"\0" * 8, "it has trailing bytes"),
+    ):
+        bad = tmp_path / f"{label}.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            xc.load_model(bad)
+        assert str(info.value).endswith(f"; {detail}"), str(info.value)
+        assert "its tensors declare" in str(info.value)
 
 
 def test_safetensors_checks_weights_against_the_architecture(tmp_path) -> None:
