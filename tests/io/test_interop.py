@@ -163,6 +163,9 @@ def test_exported_graph_names_and_dynamic_batch(tmp_path) -> None:
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 10]
     assert proto.opset_import[0].version == 13
     assert {n.op_type for n in proto.graph.node} >= {"Conv", "MaxPool", "Gemm", "Relu"}
+    # the model's doc string lists its layers in order, as the summary describes them
+    assert proto.doc_string == " -> ".join(layer.describe() for layer in model.layers)
+    assert proto.doc_string.startswith(model.layers[0].describe() + " -> ")
     runtime = _runtime(path)
     for n in (1, 3, 17):
         x = _input(model, n, seed=n)
@@ -231,6 +234,37 @@ def test_onnx_activation_exporter_names_unexpected_arguments() -> None:
     assert str(info.value) == (
         "to_onnx: activation 'leaky_relu': unexpected arguments ['beta']; expected some "
         "of ['negative_slope']"
+    )
+
+
+def test_export_without_onnx_names_the_extra_to_install(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx -> ImportError
+    with pytest.raises(ImportError) as info:
+        interop.to_onnx(_layer_model("avgpool-plain"), tmp_path / "x.onnx")
+    assert str(info.value) == "to_onnx needs the onnx package: pip install 'xpconv[interop]'"
+
+
+def test_from_torch_refuses_global_hooks_and_mixed_dtypes_naming_them() -> None:
+    """A global module hook (it may change every module's outputs) is named in the
+    refusal; parameters of two dtypes are refused, listing the dtypes found."""
+    from torch.nn.modules import module as torch_module
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    handle = torch_module.register_module_forward_hook(lambda m, args, out: out)
+    try:
+        with pytest.raises(ValueError) as info:
+            interop.from_torch(net, input_shape=(4,))
+    finally:
+        handle.remove()
+    assert "hooks cannot be converted" in str(info.value)
+    assert ": global module forward hook; remove them" in str(info.value)
+    interop.from_torch(net, input_shape=(4,))  # the hook removed: converted
+    net[2].double()
+    with pytest.raises(ValueError) as info:
+        interop.from_torch(net, input_shape=(4,))
+    assert str(info.value) == (
+        "from_torch: module: expected float32 or float64 parameters of one dtype, got "
+        "['torch.float32', 'torch.float64']"
     )
 
 
