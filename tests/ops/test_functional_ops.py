@@ -500,6 +500,16 @@ def test_dropout_mask_has_mean_one(case: Case) -> None:
     assert abs((m == 0).mean() - 0.3) < 3e-3
 
 
+def test_max_pool_backward_without_kernel_size_says_what_it_needs() -> None:
+    x = np.ones((1, 1, 4, 4))
+    with pytest.raises(TypeError) as info:
+        F.max_pool2d_backward(np.ones((1, 1, 2, 2)), x)
+    assert str(info.value) == (
+        "kernel_size: expected an int or a pair with an input x (or x the saved state "
+        "that max_pool2d_forward returned), got None"
+    )
+
+
 def test_dropout_refuses_an_rng_that_is_not_a_generator() -> None:
     """The mask is drawn from a NumPy Generator; a seed or the legacy RandomState is
     refused, the message naming the argument, what it takes and what it got."""
