@@ -722,3 +722,25 @@ def test_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="directory"):
         load_checkpoint(tmp_path)
     assert not is_checkpoint(tmp_path)
+
+
+def test_a_model_file_of_another_suffix_is_refused_naming_the_suffix(tmp_path: Path) -> None:
+    """Saving or loading a model under a suffix that is not a model format says which
+    operation, the suffix and the formats there are (and, for .onnx, what writes it)."""
+    import xpconv as xc
+
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,))
+    path = tmp_path / "m.txt"
+    formats = "expected one of ['.npz', '.safetensors']"
+    with pytest.raises(ValueError) as info:
+        xc.save_model(model, path)
+    assert str(info.value) == f"{path}: cannot save a model as '.txt'; {formats}"
+    with pytest.raises(CheckpointError) as info:
+        xc.load_model(path)
+    assert str(info.value) == f"{path}: cannot load a model as '.txt'; {formats}"
+    with pytest.raises(ValueError) as info:
+        xc.save_model(model, tmp_path / "m.onnx")
+    assert str(info.value).endswith(
+        "cannot save a model as '.onnx'; write it with xpconv export (or xpconv.to_onnx / "
+        f"xpconv.to_torch); {formats}"
+    )
