@@ -744,3 +744,25 @@ def test_a_model_file_of_another_suffix_is_refused_naming_the_suffix(tmp_path: P
         "cannot save a model as '.onnx'; write it with xpconv export (or xpconv.to_onnx / "
         f"xpconv.to_torch); {formats}"
     )
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_load_model_puts_the_model_on_the_device_asked_for(tmp_path: Path, suffix: str) -> None:
+    """``load_model(..., backend, device)`` rebuilds the model with every parameter on
+    that device (array-api-strict's second device: no GPU needed)."""
+    import xpconv as xc
+
+    strict = pytest.importorskip("array_api_strict")
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,), seed=1)
+    path = tmp_path / f"m{suffix}"
+    xc.save_model(model, path)
+    loaded = xc.load_model(path, backend="array_api_strict", device="device1")
+    assert (loaded.backend.name, loaded.backend.device) == (
+        "array_api_strict",
+        strict.Device("device1"),
+    )
+    for name, p in loaded.parameters().items():
+        assert p.value.device == strict.Device("device1"), name
+        np.testing.assert_array_equal(
+            loaded.backend.to_numpy(p.value), model.parameters()[name].value
+        )
