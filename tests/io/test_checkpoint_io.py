@@ -766,3 +766,19 @@ def test_load_model_puts_the_model_on_the_device_asked_for(tmp_path: Path, suffi
         np.testing.assert_array_equal(
             loaded.backend.to_numpy(p.value), model.parameters()[name].value
         )
+
+
+def test_architecture_fuse_must_be_a_boolean() -> None:
+    """A checkpoint's ``fuse`` flag is true or false (or absent, as in older files);
+    anything else is refused naming the field and the value found."""
+    import xpconv as xc
+    from xpconv.io.schema import validate_architecture
+
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,))
+    config = json.loads(json.dumps(model.get_config()))
+    stored = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    validate_architecture({k: v for k, v in config.items() if k != "fuse"}, stored)
+    for bad in ("yes", 1, None):
+        with pytest.raises(CheckpointError) as info:
+            validate_architecture({**config, "fuse": bad}, stored)
+        assert str(info.value) == f"architecture.fuse: expected true or false, got {bad!r}"
