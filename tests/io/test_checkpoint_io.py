@@ -782,3 +782,17 @@ def test_architecture_fuse_must_be_a_boolean() -> None:
         with pytest.raises(CheckpointError) as info:
             validate_architecture({**config, "fuse": bad}, stored)
         assert str(info.value) == f"architecture.fuse: expected true or false, got {bad!r}"
+
+
+def test_architecture_without_layers_is_refused_naming_the_field() -> None:
+    import xpconv as xc
+    from xpconv.io.schema import LIMITS, validate_architecture
+
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,))
+    config = json.loads(json.dumps(model.get_config()))
+    for bad in ([], {"type": "Dense"}):
+        with pytest.raises(CheckpointError) as info:
+            validate_architecture({**config, "layers": bad}, {})
+        assert str(info.value) == (
+            f"architecture.layers: expected a list of 1 to {LIMITS['layers']} layers, got {bad!r}"
+        )
