@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -28,6 +29,19 @@ def test_missing_library_names_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(xb, "_CACHE", {})
     with pytest.raises(xb.BackendError, match=r"pip install 'xpconv\[cupy\]'.*cupy-cuda12x"):
         xb.get_backend("cupy")
+
+
+def test_cupy_without_a_visible_device_is_clear(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CuPy installed but no device visible (CUDA_VISIBLE_DEVICES=""): the error says
+    that no device was found, not a CuPy traceback later."""
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 0)
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=runtime)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(xb, "_CACHE", {})
+    with pytest.raises(xb.BackendError) as info:
+        xb.get_backend("cupy")
+    assert str(info.value) == "backend 'cupy': no CUDA device found (nvidia-smi shows none)"
 
 
 def test_torch_cuda_without_device_is_clear() -> None:

@@ -722,3 +722,77 @@ def test_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="directory"):
         load_checkpoint(tmp_path)
     assert not is_checkpoint(tmp_path)
+
+
+def test_a_model_file_of_another_suffix_is_refused_naming_the_suffix(tmp_path: Path) -> None:
+    """Saving or loading a model under a suffix that is not a model format says which
+    operation, the suffix and the formats there are (and, for .onnx, what writes it)."""
+    import xpconv as xc
+
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,))
+    path = tmp_path / "m.txt"
+    formats = "expected one of ['.npz', '.safetensors']"
+    with pytest.raises(ValueError) as info:
+        xc.save_model(model, path)
+    assert str(info.value) == f"{path}: cannot save a model as '.txt'; {formats}"
+    with pytest.raises(CheckpointError) as info:
+        xc.load_model(path)
+    assert str(info.value) == f"{path}: cannot load a model as '.txt'; {formats}"
+    with pytest.raises(ValueError) as info:
+        xc.save_model(model, tmp_path / "m.onnx")
+    assert str(info.value).endswith(
+        "cannot save a model as '.onnx'; write it with xpconv export (or xpconv.to_onnx / "
+        f"xpconv.to_torch); {formats}"
+    )
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_load_model_puts_the_model_on_the_device_asked_for(tmp_path: Path, suffix: str) -> None:
+    """``load_model(..., backend, device)`` rebuilds the model with every parameter on
+    that device (array-api-strict's second device: no GPU needed)."""
+    import xpconv as xc
+
+    strict = pytest.importorskip("array_api_strict")
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,), seed=1)
+    path = tmp_path / f"m{suffix}"
+    xc.save_model(model, path)
+    loaded = xc.load_model(path, backend="array_api_strict", device="device1")
+    assert (loaded.backend.name, loaded.backend.device) == (
+        "array_api_strict",
+        strict.Device("device1"),
+    )
+    for name, p in loaded.parameters().items():
+        assert p.value.device == strict.Device("device1"), name
+        np.testing.assert_array_equal(
+            loaded.backend.to_numpy(p.value), model.parameters()[name].value
+        )
+
+
+def test_architecture_fuse_must_be_a_boolean() -> None:
+    """A checkpoint's ``fuse`` flag is true or false (or absent, as in older files);
+    anything else is refused naming the field and the value found."""
+    import xpconv as xc
+    from xpconv.io.schema import validate_architecture
+
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,))
+    config = json.loads(json.dumps(model.get_config()))
+    stored = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    validate_architecture({k: v for k, v in config.items() if k != "fuse"}, stored)
+    for bad in ("yes", 1, None):
+        with pytest.raises(CheckpointError) as info:
+            validate_architecture({**config, "fuse": bad}, stored)
+        assert str(info.value) == f"architecture.fuse: expected true or false, got {bad!r}"
+
+
+def test_architecture_without_layers_is_refused_naming_the_field() -> None:
+    import xpconv as xc
+    from xpconv.io.schema import LIMITS, validate_architecture
+
+    model = xc.Sequential([xc.Dense(2)], input_shape=(3,))
+    config = json.loads(json.dumps(model.get_config()))
+    for bad in ([], {"type": "Dense"}):
+        with pytest.raises(CheckpointError) as info:
+            validate_architecture({**config, "layers": bad}, {})
+        assert str(info.value) == (
+            f"architecture.layers: expected a list of 1 to {LIMITS['layers']} layers, got {bad!r}"
+        )

@@ -163,6 +163,9 @@ def test_exported_graph_names_and_dynamic_batch(tmp_path) -> None:
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["N", 10]
     assert proto.opset_import[0].version == 13
     assert {n.op_type for n in proto.graph.node} >= {"Conv", "MaxPool", "Gemm", "Relu"}
+    # the model's doc string lists its layers in order, as the summary describes them
+    assert proto.doc_string == " -> ".join(layer.describe() for layer in model.layers)
+    assert proto.doc_string.startswith(model.layers[0].describe() + " -> ")
     runtime = _runtime(path)
     for n in (1, 3, 17):
         x = _input(model, n, seed=n)
@@ -218,6 +221,51 @@ def test_export_refuses_unsupported_layers_and_bad_arguments(tmp_path) -> None:
         interop.to_onnx(good, dtype="float16")
     with pytest.raises(ValueError, match="model: expected a built Sequential"):
         interop.to_onnx(xc.Sequential([xc.Dense(3)]))
+
+
+def test_onnx_activation_exporter_names_unexpected_arguments() -> None:
+    """The public exporters of ``ONNX_ACTIVATIONS`` refuse an argument the activation
+    does not take, naming the activation, the argument and the ones it takes."""
+    from xpconv.io.onnx import OnnxGraph
+
+    graph = OnnxGraph(np.dtype(np.float32), 17, np.asarray)
+    with pytest.raises(ValueError) as info:
+        interop.ONNX_ACTIVATIONS["leaky_relu"](graph, "x", "act", negative_slope=0.2, beta=1.0)
+    assert str(info.value) == (
+        "to_onnx: activation 'leaky_relu': unexpected arguments ['beta']; expected some "
+        "of ['negative_slope']"
+    )
+
+
+def test_export_without_onnx_names_the_extra_to_install(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx -> ImportError
+    with pytest.raises(ImportError) as info:
+        interop.to_onnx(_layer_model("avgpool-plain"), tmp_path / "x.onnx")
+    assert str(info.value) == "to_onnx needs the onnx package: pip install 'xpconv[interop]'"
+
+
+def test_from_torch_refuses_global_hooks_and_mixed_dtypes_naming_them() -> None:
+    """A global module hook (it may change every module's outputs) is named in the
+    refusal; parameters of two dtypes are refused, listing the dtypes found."""
+    from torch.nn.modules import module as torch_module
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    handle = torch_module.register_module_forward_hook(lambda m, args, out: out)
+    try:
+        with pytest.raises(ValueError) as info:
+            interop.from_torch(net, input_shape=(4,))
+    finally:
+        handle.remove()
+    assert "hooks cannot be converted" in str(info.value)
+    assert ": global module forward hook; remove them" in str(info.value)
+    interop.from_torch(net, input_shape=(4,))  # the hook removed: converted
+    net[2].double()
+    with pytest.raises(ValueError) as info:
+        interop.from_torch(net, input_shape=(4,))
+    assert str(info.value) == (
+        "from_torch: module: expected float32 or float64 parameters of one dtype, got "
+        "['torch.float32', 'torch.float64']"
+    )
 
 
 def test_export_uses_layers_not_fused_steps(tmp_path) -> None:
@@ -829,6 +877,23 @@ def test_safetensors_refuses_truncated_crafted_and_oversized_files(tmp_path) -> 
         interop.load_safetensors(path, max_bytes=1000)
     with pytest.raises(CheckpointError, match="does not exist"):
         xc.load_model(tmp_path / "absent.safetensors")
+
+
+def test_safetensors_says_whether_the_data_is_truncated_or_has_trailing_bytes(tmp_path) -> None:
+    """A file whose data section is shorter or longer than its header declares is
+    refused with both sizes and which of the two it is."""
+    _, path = _saved(tmp_path)
+    raw = path.read_bytes()
+    for label, content, detail in (
+        ("truncated", raw[:-100], "the file is truncated"),
+        ("trailing", raw + b"\0" * 8, "it has trailing bytes"),
+    ):
+        bad = tmp_path / f"{label}.safetensors"
+        bad.write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            xc.load_model(bad)
+        assert str(info.value).endswith(f"; {detail}"), str(info.value)
+        assert "its tensors declare" in str(info.value)
 
 
 def test_safetensors_checks_weights_against_the_architecture(tmp_path) -> None:

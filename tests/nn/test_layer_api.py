@@ -624,6 +624,8 @@ def test_block_descriptions_and_summary_rows_name_the_inner_layers() -> None:
     model = xc.Sequential([fused, L.Flatten(), L.Dense(2)], input_shape=(1, 6, 6))
     assert (fused.conv.name, fused.pool.name) == ("conv", "pool")
     lines = model.summary().splitlines()
+    # the input row: its shape with the batch axis open, and no parameter count
+    assert lines[3].split() == ["input", "(None,", "1,", "6,", "6)"], lines[3]
     for row in (
         "  convmaxpool_0.conv: Conv2D(2, 3x3, padding=0) ",
         "  convmaxpool_0.pool: MaxPool2D(2x2) ",
@@ -753,6 +755,25 @@ def test_layer_states_the_shapes_its_build_makes(kind: str) -> None:
     assert stated.buffers == {k: tuple(v.shape) for k, v in layer.buffers.items()}
     assert make().param_shapes(shape) == stated.params
     assert make().buffer_shapes(shape) == stated.buffers
+
+
+class _Counted(L.Layer):
+    """A user layer that overrides ``_build`` only: a scale per channel and a buffer."""
+
+    def _build(self, input_shape, ctx):  # noqa: ANN001, ANN202
+        channels = input_shape[0]
+        self._param(ctx, "scale", np.ones(channels))
+        self._buffer(ctx, "seen", np.zeros((channels, 2)))
+        return (channels, 2 * input_shape[1])
+
+
+def test_a_layer_that_only_builds_states_its_shapes_from_a_built_copy() -> None:
+    """A subclass without its own ``shapes_for`` gets the output, parameter and buffer
+    shapes of a throwaway build, and stays unbuilt itself."""
+    layer = _Counted()
+    assert layer.shapes_for((3, 4)) == ((3, 8), {"scale": (3,)}, {"seen": (3, 2)})
+    assert layer.buffer_shapes((5, 1)) == {"seen": (5, 2)}
+    assert not layer.built and not layer.params and not layer.buffers
 
 
 def test_layer_shapes_refuse_what_build_refuses() -> None:

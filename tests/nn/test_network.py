@@ -605,6 +605,14 @@ def test_conv_dense_fuses_only_what_it_can_run() -> None:
     assert len(plain.steps) == 3
     with pytest.raises(ValueError, match=r"^ConvDense: expected a built Conv2D"):
         L.ConvDense(L.Conv2D(2, 3), L.Flatten(), L.Dense(3))
+    children = step.children()
+    assert [(name, layer.name) for name, layer in children] == [
+        ("conv", "conv2d_0"),
+        ("flatten", "flatten_0"),
+        ("dense", "dense_0"),
+    ]
+    # the step's parameters are its children's, under the children's names
+    assert {f"{n}.{k}" for n, layer in children for k in layer.params} == set(step.params)
 
 
 @pytest.mark.parametrize(

@@ -147,3 +147,24 @@ def test_a_jax_model_trains_after_its_compiled_evaluation() -> None:
     trainer = xc.Trainer(model, xc.SGD(0.01, momentum=0.9), progress=False)
     trainer.fit(x, y, epochs=1, batch_size=4, validation_data=(x, y))
     assert model.evaluate(x, y)["loss"] < before
+
+
+def test_description_lists_per_channel_values() -> None:
+    assert xc.Standardize(0.1307, 0.3081).describe() == "Standardize(mean 0.1307, std 0.3081)"
+    layer = xc.Standardize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert layer.describe() == (
+        "Standardize(mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225])"
+    )
+
+
+def test_one_layer_follows_the_dtype_of_its_input() -> None:
+    """The layer's constants are made in the input's dtype, also when one layer sees
+    float32 and then float64 data (and back): no rounding to the first one's dtype."""
+    layer = xc.Standardize([0.1, 0.2, 0.3], [0.3, 0.7, 1.1])
+    xc.Sequential([layer], input_shape=(3, 5, 7), dtype="float32")
+    m, s = np.reshape([0.1, 0.2, 0.3], (-1, 1, 1)), np.reshape([0.3, 0.7, 1.1], (-1, 1, 1))
+    for dtype, rtol in (("float32", 1e-6), ("float64", 1e-15), ("float32", 1e-6)):
+        x = _x(dtype=dtype)
+        out = layer.forward(x, training=False)
+        assert out.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(out, (x.astype(np.float64) - m) / s, rtol=rtol, atol=rtol)

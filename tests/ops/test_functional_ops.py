@@ -500,6 +500,28 @@ def test_dropout_mask_has_mean_one(case: Case) -> None:
     assert abs((m == 0).mean() - 0.3) < 3e-3
 
 
+def test_max_pool_backward_without_kernel_size_says_what_it_needs() -> None:
+    x = np.ones((1, 1, 4, 4))
+    with pytest.raises(TypeError) as info:
+        F.max_pool2d_backward(np.ones((1, 1, 2, 2)), x)
+    assert str(info.value) == (
+        "kernel_size: expected an int or a pair with an input x (or x the saved state "
+        "that max_pool2d_forward returned), got None"
+    )
+
+
+def test_dropout_refuses_an_rng_that_is_not_a_generator() -> None:
+    """The mask is drawn from a NumPy Generator; a seed or the legacy RandomState is
+    refused, the message naming the argument, what it takes and what it got."""
+    for rng, got in ((7, "int"), (np.random.RandomState(7), "RandomState")):
+        with pytest.raises(TypeError) as info:
+            F.dropout(np.ones((2, 3)), 0.5, rng=rng)
+        assert str(info.value) == (
+            "rng: expected a numpy.random.Generator (np.random.default_rng(seed)) to draw "
+            f"the dropout mask from, got {got}"
+        )
+
+
 def test_dropout_backward_finite_differences(case64: Case, rng: np.random.Generator) -> None:
     x, proj = rng.normal(size=(3, 5)), rng.normal(size=(3, 5))
     _, mask = F.dropout(case64.asarray(x), 0.4, rng=rng)
@@ -1202,6 +1224,84 @@ def test_shape_errors_are_stated_whole(call, message: str) -> None:
     assert str(info.value) == message
 
 
+class _Group:
+    """Processes that share a global batch, run one after another here: a
+    ``StatsReducer`` per process. In ``"record"`` mode each process's buffer is kept and
+    answered as by a group of one; in ``"share"`` mode ``gather`` answers every
+    process's row (and a row of zeros for a process that only fills in) and
+    ``backward`` the sum of every process's gradient sums."""
+
+    def __init__(self, xp, processes: int) -> None:  # noqa: ANN001
+        self.xp, self.mode = xp, "record"
+        self.stats: list = [None] * processes
+        self.sums: list = [None] * processes
+
+    def member(self, rank: int):  # noqa: ANN201
+        group = self
+
+        class Reducer:
+            def gather(self, stats):  # noqa: ANN001, ANN202
+                if group.mode == "record":
+                    group.stats[rank] = stats
+                    return group.xp.stack([stats])
+                return group.xp.stack([*group.stats, group.xp.zeros_like(stats)])
+
+            def backward(self, sums):  # noqa: ANN001, ANN202
+                if group.mode == "record":
+                    group.sums[rank] = sums
+                    return sums
+                total = group.sums[0]
+                for other in group.sums[1:]:
+                    total = total + other
+                return total
+
+        return Reducer()
+
+
+def test_synced_batch_norm_of_the_parts_is_batch_norm_of_the_whole_batch(
+    case: Case, rng: np.random.Generator
+) -> None:
+    """Two processes holding 3 and 5 examples of a batch of 8 (with different means),
+    and a third that only fills in: each one's output and input gradient are its rows
+    of the unsynchronised batch norm of the whole batch, the running statistics are the
+    whole batch's, and the parameter gradients add up to the whole batch's."""
+    shape, cut = (8, 3, 4, 5), 3
+    x = rng.normal(size=shape) * np.array([1.0, 2.0, 0.5])[:, None, None]
+    x[cut:] += np.array([0.5, -1.0, 2.0])[:, None, None]
+    g = rng.normal(size=shape)
+    w, b = rng.normal(size=3), rng.normal(size=3)
+    stats = dict(running_mean=case.asarray(np.full(3, 0.2)), running_var=case.asarray(np.ones(3)))
+    a = case.asarray
+    y, mean, var, saved = F.batch_norm_forward(a(x), a(w), a(b), **stats, momentum=0.3)
+    gx, gw, gb = F.batch_norm_backward(a(g), saved)
+    parts = [slice(0, cut), slice(cut, None)]
+    group = _Group(case.xp, len(parts))
+    reducers = [group.member(r) for r in range(len(parts))]
+
+    def forward(r: int) -> tuple:
+        kw = dict(momentum=0.3, reducer=reducers[r])
+        return F.batch_norm_forward(a(x[parts[r]]), a(w), a(b), **stats, **kw)
+
+    for r in range(len(parts)):
+        forward(r)
+    group.mode = "share"
+    outs = [forward(r) for r in range(len(parts))]
+    group.mode = "record"
+    for r, out in enumerate(outs):
+        F.batch_norm_backward(a(g[parts[r]]), out[3])
+    group.mode = "share"
+    grads = [F.batch_norm_backward(a(g[parts[r]]), out[3]) for r, out in enumerate(outs)]
+    for r, ((y_r, mean_r, var_r, _), (gx_r, _, _)) in enumerate(zip(outs, grads)):
+        case.assert_close(y_r, case.to_numpy(y)[parts[r]], f"y of process {r}")
+        case.assert_close(mean_r, case.to_numpy(mean), f"running mean of process {r}")
+        case.assert_close(var_r, case.to_numpy(var), f"running var of process {r}")
+        case.assert_close(gx_r, case.to_numpy(gx)[parts[r]], f"grad_x of process {r}")
+    for i, (what, whole) in enumerate((("weight", gw), ("bias", gb)), start=1):
+        total = sum(case.to_numpy(grad[i]) for grad in grads)
+        np.testing.assert_allclose(total, case.to_numpy(whole), rtol=case.rtol, atol=case.rtol)
+        assert total.shape == (3,), what
+
+
 def test_saved_backwards_check_the_device_of_grad() -> None:
     strict = pytest.importorskip("array_api_strict")
     other = strict.Device("device1")
@@ -1213,3 +1313,6 @@ def test_saved_backwards_check_the_device_of_grad() -> None:
     _, saved = F.softmax_cross_entropy_forward(logits, strict.asarray(np.array([0, 1])))
     with pytest.raises(BackendError, match=r"logits is .* but grad is "):
         F.softmax_cross_entropy_backward(saved, grad=strict.asarray(2.0, device=other))
+    _, saved = F.max_pool2d_forward(x, 2)
+    with pytest.raises(BackendError, match=r"out is .* but grad_out is .*device1"):
+        F.max_pool2d_backward(strict.asarray(np.ones((4, 3, 1, 1)), device=other), saved)
