@@ -376,13 +376,20 @@ def _bad_dtype(p: dict[str, Path]) -> tuple[Path, str]:
 
 def _bad_ndim(p: dict[str, Path]) -> tuple[Path, str]:
     p[STEMS[1]].write_bytes(_idx(np.zeros((6, 1))))
-    return p[STEMS[1]], "1 dimension"
+    return p[STEMS[1]], "IDX file of labels with 1 dimension(s), found 2"
+
+
+def _bad_ndim_images(p: dict[str, Path]) -> tuple[Path, str]:
+    p[STEMS[0]].write_bytes(_idx(np.zeros((6, 16))))
+    return p[STEMS[0]], "IDX file of images with 3 dimension(s), found 2"
 
 
 def _truncated(p: dict[str, Path]) -> tuple[Path, str]:
     data = p[STEMS[0]].read_bytes()
     p[STEMS[0]].write_bytes(data[:-10])
-    return p[STEMS[0]], "truncated"
+    return p[
+        STEMS[0]
+    ], "expected 96 bytes of data after the header (6 x 4 x 4), found 86 (truncated"
 
 
 def _trailing(p: dict[str, Path]) -> tuple[Path, str]:
@@ -424,6 +431,7 @@ def _gzipped(p: dict[str, Path]) -> tuple[Path, str]:
         _bad_magic,
         _bad_dtype,
         _bad_ndim,
+        _bad_ndim_images,
         _truncated,
         _trailing,
         _short_header,
@@ -547,6 +555,16 @@ def test_all_mirrors_fail(isolated: Path, mirrors) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds.load_dataset("mnist", mirrors=urls, allow_fallback=False, progress=False)
+
+
+def test_digits_without_scikit_learn_says_how_to_install_it(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    with pytest.raises(ds.DatasetError) as info:
+        ds.digits()
+    assert str(info.value) == (
+        "The digits dataset needs scikit-learn, which is not installed. "
+        "Install it with `pip install scikit-learn` (or `pip install xpconv[cli]`)."
+    )
 
 
 def test_fallback_when_offline_and_not_downloading() -> None:

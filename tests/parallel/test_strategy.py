@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import xpconv as xc
-from xpconv.parallel import SingleProcessCommunicator
+from xpconv.parallel import Communicator, SingleProcessCommunicator
 from xpconv.parallel.data_parallel import DataParallel, SyncStats
 from xpconv.parallel.strategy import SingleProcess, Strategy, batch_norm_layers
 from xpconv.train.checkpoints import validate_training
@@ -97,6 +97,19 @@ def _built_lenet() -> xc.Sequential:
     return model
 
 
+def test_sync_stats_of_one_rank_inside_a_compiled_jax_step() -> None:
+    """On JAX the reducer's all-reduce is a host callback, so it runs inside jax.jit."""
+    jax = pytest.importorskip("jax")
+    reducer = SyncStats(SingleProcessCommunicator())
+    stats = jax.numpy.arange(5.0)
+    gathered = jax.jit(reducer.gather)(stats)
+    assert gathered.shape == (1, 5)
+    np.testing.assert_array_equal(np.asarray(gathered), np.arange(5.0)[None, :])
+    reducer.share = 0.5
+    np.testing.assert_allclose(np.asarray(jax.jit(reducer.backward)(stats)), np.arange(5.0))
+    assert reducer.calls == 2
+
+
 def test_sync_stats_of_one_rank() -> None:
     reducer = SyncStats(SingleProcessCommunicator())
     stats = np.arange(5.0)
@@ -125,6 +138,71 @@ def test_synchronised_batch_norm_of_one_rank_trains_the_one_process_model(backen
     for name, value in models[0].items():
         scale = max(float(np.max(np.abs(value))), 1e-300)
         assert np.max(np.abs(models[1][name] - value)) <= 1e-12 * scale, name
+
+
+class _RankZeroOfTwo(Communicator):
+    """Rank 0 of a simulated pair: an all-reduce adds the peer's ``theirs`` (host)."""
+
+    def __init__(self, theirs: np.ndarray) -> None:
+        super().__init__(0, 2)
+        self.theirs = theirs
+
+    def _allreduce(self, buffer):
+        return buffer + self.theirs
+
+    def _broadcast(self, buffer, root):
+        return buffer
+
+
+def test_per_rank_running_statistics_become_their_mean_over_the_ranks() -> None:
+    """With per-rank statistics each rank's running statistics drift apart; the end of
+    an epoch replaces them by their mean (one all-reduce), so every rank holds, and
+    saves, the same model. Synchronised ones are equal already: nothing is sent."""
+    model = _built_lenet()
+    mine = {k: np.array(v) for k, v in model.buffers().items()}
+    rng = np.random.default_rng(5)
+    theirs = {k: rng.uniform(0.5, 2.0, size=v.shape) for k, v in mine.items()}
+    comm = _RankZeroOfTwo(np.concatenate([v.ravel() for v in theirs.values()]))
+    DataParallel(comm, sync_batch_norm=False).end_epoch(model)
+    assert comm.allreduce_calls == 1
+    after = model.buffers()
+    assert list(after) == list(mine)
+    for k in mine:
+        assert after[k].shape == mine[k].shape
+        np.testing.assert_allclose(after[k], (mine[k] + theirs[k]) / 2, rtol=1e-15, err_msg=k)
+    DataParallel(comm, sync_batch_norm=True).end_epoch(model)
+    plain = xc.Sequential([xc.Flatten(), xc.Dense(3)], input_shape=(1, 4, 4), dtype="float64")
+    DataParallel(comm, sync_batch_norm=False).end_epoch(plain)  # no batch norm: no buffers
+    assert comm.allreduce_calls == 1
+
+
+def test_a_stand_in_row_leaves_the_per_rank_running_statistics() -> None:
+    """A rank with no rows of a global batch trains a stand-in row with weight 0 (so
+    that every rank runs the same collectives); with per-rank statistics that row must
+    not enter the running statistics. A rank with rows keeps what its rows gave."""
+    model = xc.Sequential(
+        [xc.Conv2D(3, 3), xc.BatchNorm2D(), xc.Flatten(), xc.Dense(2)],
+        input_shape=(1, 6, 6),
+        dtype="float64",
+        seed=2,
+    )
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(1, 1, 6, 6)) + 3.0, np.array([1])
+    strategy = DataParallel(SingleProcessCommunicator(), sync_batch_norm=False)
+    step = xc.TrainStep(model, xc.SGD(0.1))
+    before = {k: np.array(v) for k, v in model.buffers().items()}
+    strategy.begin_step(model, 0, 1)
+    step(x, y)
+    moved = model.buffers()["batchnorm2d_0.running_mean"]
+    assert not np.allclose(moved, before["batchnorm2d_0.running_mean"])  # the row's
+    strategy.end_step(model)
+    for k, v in model.buffers().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+    strategy.begin_step(model, 1, 1)
+    step(x, y)
+    strategy.end_step(model)
+    kept = model.buffers()["batchnorm2d_0.running_mean"]
+    assert not np.allclose(kept, before["batchnorm2d_0.running_mean"])
 
 
 def test_a_last_batch_of_one_example_is_refused_before_training() -> None:

@@ -559,6 +559,22 @@ def test_a_training_file_with_another_optimizer_state_is_refused(tmp_path, optim
         xc.load_training(path, progress=False)
 
 
+def test_a_training_file_missing_a_history_list_is_refused(tmp_path) -> None:
+    """A file whose history lacks a list (a damaged or hand-edited file) is refused by
+    name when it is loaded, not resumed with a History that cannot record an epoch."""
+    from xpconv.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    trainer = xc.Trainer(_model(), SGD(0.1), progress=False)
+    trainer.fit(*_data(20), batch_size=10)
+    path = tmp_path / "training.npz"
+    xc.save_training(trainer, path)
+    arrays, metadata = load_checkpoint(path)
+    del metadata["trainer"]["history"]["val_loss"]
+    save_checkpoint(path, arrays, metadata)
+    with pytest.raises(CheckpointError, match=r"trainer.history: missing keys \['val_loss'\]"):
+        xc.load_training(path, progress=False)
+
+
 def test_feature_rows_train_a_dense_model() -> None:
     x, y = _data(20)
     model = xc.Sequential([L.Dense(3)], input_shape=(16,), seed=0)
