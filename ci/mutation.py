@@ -7,8 +7,8 @@ drawn per module with a fixed seed (a ``--fraction`` of its mutants, at least
 its survivors are a fair picture of what the tests miss. ``score`` prints the estimate
 with a 95% Wilson interval.
 
-    python ci/mutation.py run --fraction 0.03 --minimum 8 --seed 0   # check the sample
-    python ci/mutation.py score --fraction 0.03 --minimum 8 --seed 0  # the docs' table
+    python ci/mutation.py run --fraction 0.03 --minimum 8 --seed 0 --limit 5   # check the sample
+    python ci/mutation.py score --fraction 0.03 --minimum 8 --seed 0 --limit 5  # the docs table
     python ci/mutation.py survivors --fraction 0.03 --minimum 8 --seed 0
 
 Run it from the repository root; ``run`` passes ``--max-children`` to mutmut (default:
@@ -59,9 +59,12 @@ def module_of(name: str) -> str:
     raise ValueError(f"not a mutant name: {name!r}")
 
 
-def sample(names: list[str], fraction: float, seed: int, minimum: int = 1) -> list[str]:
+def sample(
+    names: list[str], fraction: float, seed: int, minimum: int = 1, limit: int | None = None
+) -> list[str]:
     """A seeded uniform sample of ``fraction`` of each module's mutants, at least
-    ``minimum`` of them (all of a module that has fewer)."""
+    ``minimum`` of them (all of a module that has fewer); with ``limit``, the first
+    ``limit`` of each module's draw (itself a uniform sample, nested in the larger one)."""
     if not 0.0 < fraction <= 1.0:
         raise SystemExit(f"--fraction must be in (0, 1], got {fraction}")
     by_module: dict[str, list[str]] = defaultdict(list)
@@ -72,7 +75,7 @@ def sample(names: list[str], fraction: float, seed: int, minimum: int = 1) -> li
     for module in sorted(by_module):
         group = by_module[module]
         count = min(len(group), max(minimum, 1, round(fraction * len(group))))
-        chosen += rng.sample(group, count)
+        chosen += rng.sample(group, count)[:limit]
     return sorted(chosen)
 
 
@@ -90,7 +93,7 @@ def chosen_codes(args: argparse.Namespace) -> dict[str, int | None]:
     codes = read_meta()
     if not codes:
         raise SystemExit("no mutants yet: run `python ci/mutation.py run` first")
-    chosen = sample(list(codes), args.fraction, args.seed, args.minimum)
+    chosen = sample(list(codes), args.fraction, args.seed, args.minimum, args.limit)
     return {name: codes[name] for name in chosen}
 
 
@@ -170,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         "--fraction", type=float, default=0.03, help="share of each module's mutants"
     )
     parser.add_argument("--minimum", type=int, default=8, help="least mutants per module")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="check only the first LIMIT of each module's draw"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
