@@ -492,11 +492,23 @@ def available_backends() -> list[str]:
 
 
 def is_traced(a: Array) -> bool:
-    """Whether ``a`` is a placeholder of a function being compiled (a JAX tracer): arrays
-    made from it must not outlive the trace, so nothing built from it may be cached."""
+    """Whether ``a`` is a placeholder of a function being compiled (a JAX tracer, a
+    PyTorch fake tensor, or any tensor while TorchDynamo traces): arrays made from it
+    must not outlive the trace, so nothing built from it may be cached."""
     jax_core = sys.modules.get("jax.core")
     tracer = getattr(jax_core, "Tracer", None)
-    return tracer is not None and isinstance(a, tracer)
+    if tracer is not None and isinstance(a, tracer):
+        return True
+    fake = getattr(sys.modules.get("torch._subclasses.fake_tensor"), "FakeTensor", None)
+    if fake is not None and isinstance(a, fake):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and array_api_compat.is_torch_array(a) and _dynamo_tracing(torch)
+
+
+def _dynamo_tracing(torch: Any) -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and bool(compiler.is_compiling())
 
 
 def backend_of(a: Array) -> Backend:
