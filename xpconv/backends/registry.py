@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 Array = Any
+#: a function of host arrays, run from a compiled function (see :meth:`Backend.host_call`)
+HostFunction = Callable[[np.ndarray], np.ndarray]
 
 
 class BackendError(RuntimeError):
@@ -84,6 +86,10 @@ class Backend:
     )
     # ``_compile(fn, donate_argnums)``: a compiled version of a pure function of arrays
     _compile: Callable[[Callable[..., Any], tuple[int, ...]], Callable[..., Any]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    # ``_host_call(fn, values, shape)``: :meth:`host_call` inside compiled functions
+    _host_call: Callable[[HostFunction, Array, tuple[int, ...]], Array] | None = field(
         default=None, repr=False, compare=False
     )
     # the host scheduling of the library's kernels: the opt-in process-wide tuning, and
@@ -122,6 +128,18 @@ class Backend:
         if self._compile is None:
             raise BackendError(f"backend {self.name!r} does not compile functions")
         return self._compile(fn, donate_argnums)
+
+    def host_call(self, fn: HostFunction, values: Array, shape: tuple[int, ...]) -> Array:
+        """``fn(values)`` run on the host: ``values`` copied to a NumPy array, ``fn``'s
+        result, of ``shape`` and ``values``' dtype, moved back to the device. Inside a
+        function being compiled it is a host callback of the compiled code (JAX:
+        ``io_callback``, ordered; PyTorch: an opaque custom operator), so ``fn`` runs at
+        every call of the compiled function, not once while tracing; elsewhere it is
+        called directly."""
+        if self._host_call is not None and is_traced(values):
+            return self._host_call(fn, values, shape)
+        out = np.asarray(fn(self.to_numpy(values)))
+        return self.asarray(out, dtype=out.dtype.name)
 
     @property
     def label(self) -> str:
@@ -353,7 +371,26 @@ def _load_jax(device: Any) -> Backend:
     def compile_fn(fn: Callable[..., Any], donate: tuple[int, ...]) -> Callable[..., Any]:
         return jax.jit(fn, donate_argnums=donate)
 
-    return Backend("jax", xp, dev, xp.float32, to_numpy, dtype_problem, host_int_dtype, compile_fn)
+    return Backend(
+        "jax",
+        xp,
+        dev,
+        xp.float32,
+        to_numpy,
+        dtype_problem,
+        host_int_dtype,
+        compile_fn,
+        _host_call=_jax_host_call,
+    )
+
+
+def _jax_host_call(fn: HostFunction, values: Array, shape: tuple[int, ...]) -> Array:
+    """:meth:`Backend.host_call` in a traced JAX function: an ordered ``io_callback``."""
+    import jax
+    from jax.experimental import io_callback
+
+    spec = jax.ShapeDtypeStruct(shape, values.dtype)
+    return io_callback(fn, spec, values, ordered=True)
 
 
 @dataclass(frozen=True)
