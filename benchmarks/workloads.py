@@ -210,8 +210,9 @@ def copy_weights(model: Any, net: Any) -> None:
 
 
 class XpconvRunner:
-    """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles,
-    ``xpconv.TrainStep``), or ``model.forward`` in eval mode; before every step
+    """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles by
+    default, see ``Backend.compiles_by_default``: ``xpconv.TrainStep``, whose first
+    step, the warm-up's, compiles), or ``model.forward`` in eval mode; before every step
     ``xpconv.backends.numpy.host.balance_threads()``, as ``Trainer.fit`` does (it does nothing
     unless ``xpconv.tune_host`` switched it on)."""
 
@@ -223,7 +224,7 @@ class XpconvRunner:
         self.y = self.model.as_target(y, batch)
         self.mode = mode
         self.train_step = None
-        if self.model.backend.can_compile:
+        if self.model.backend.compiles_by_default:
             from xpconv import TrainStep
 
             self.train_step = TrainStep(self.model, self.optimizer)

@@ -88,6 +88,9 @@ class Backend:
     _compile: Callable[[Callable[..., Any], tuple[int, ...]], Callable[..., Any]] | None = field(
         default=None, repr=False, compare=False
     )
+    # whether inference (``Sequential.predict``, ``evaluate``) runs compiled too, where
+    # the backend compiles (see :attr:`compiles_inference`)
+    _compile_inference: bool = field(default=True, repr=False, compare=False)
     # ``_host_call(fn, values, shape)``: :meth:`host_call` inside compiled functions
     _host_call: Callable[[HostFunction, Array, tuple[int, ...]], Array] | None = field(
         default=None, repr=False, compare=False
@@ -114,17 +117,39 @@ class Backend:
 
     @property
     def can_compile(self) -> bool:
-        """Whether :meth:`compile` makes a compiled function (JAX) rather than none."""
+        """Whether :meth:`compile` makes a compiled function rather than none: JAX;
+        PyTorch where ``torch.compile`` finds what it builds kernels with (a C++
+        compiler for the CPU, Triton for CUDA)."""
         return self._compile is not None
+
+    @property
+    def compiles_by_default(self) -> bool:
+        """Whether what compiles unless told otherwise (``TrainStep(compile=None)``,
+        compiled inference) compiles here: the backend can compile, and the environment
+        variable ``XPCONV_COMPILE``, when set and not empty, names it (backend names
+        separated by commas, ``"jax,torch"``; ``"none"``: no backend). Read at each call."""
+        if not self.can_compile:
+            return False
+        names = os.environ.get("XPCONV_COMPILE", "").strip()
+        return not names or self.name in {n.strip().lower() for n in names.split(",")}
+
+    @property
+    def compiles_inference(self) -> bool:
+        """Whether ``Sequential.predict`` and ``evaluate`` run compiled here (JAX, see
+        :attr:`compiles_by_default`), rather than layer by layer. PyTorch compiles only
+        training steps: inference is called on batches of many shapes, and each new
+        shape is a compile."""
+        return self._compile_inference and self.compiles_by_default
 
     def compile(
         self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()
     ) -> Callable[..., Any]:
         """``fn``, a pure function of arrays (nested dicts and tuples of them), compiled
         for this backend (once per input shape), with the arguments at
-        ``donate_argnums`` donated: their buffers are reused for the outputs, and the
-        caller must not use them afterwards. Raises ``BackendError`` on backends that
-        do not compile (see :attr:`can_compile`)."""
+        ``donate_argnums`` donated where the library can (JAX: their buffers are
+        reused for the outputs, and the caller must not use them afterwards; PyTorch
+        ignores it). Raises ``BackendError`` on backends that do not compile (see
+        :attr:`can_compile`)."""
         if self._compile is None:
             raise BackendError(f"backend {self.name!r} does not compile functions")
         return self._compile(fn, donate_argnums)
@@ -298,7 +323,19 @@ def _load_torch(device: Any) -> Backend:
     def to_numpy(a: Array) -> np.ndarray:
         return a.detach().cpu().numpy()
 
-    return Backend("torch", xp, dev, xp.float32, to_numpy)
+    from xpconv.backends.torch import compiler
+
+    compile_fn = compiler.compile_function if compiler.can_compile(dev) else None
+    return Backend(
+        "torch",
+        xp,
+        dev,
+        xp.float32,
+        to_numpy,
+        _compile=compile_fn,
+        _compile_inference=False,
+        _host_call=compiler.host_call,
+    )
 
 
 def _load_cupy(device: Any) -> Backend:
