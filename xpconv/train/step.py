@@ -11,7 +11,8 @@ It does not repeat any numerics: it binds the values it is given into the model'
 layers for the duration of the call, runs the layers' own forward and backward passes
 and the loss, collects the gradients, applies :meth:`Optimizer.update
 <xpconv.optim.optimizers.Optimizer.update>`, and puts the model back as it was. Nothing
-inside reads a value back to the host, so ``jax.jit`` traces it as it stands.
+inside reads a value back to the host, so ``jax.jit`` traces it as it stands, and so
+does PyTorch's ``make_fx`` before ``torch.compile``.
 
 :class:`TrainStep` is the friendly form: ``step(x, y) -> loss``. It draws the dropout
 masks on the host from the model's generator (the same draws, in the same order, as

@@ -12,6 +12,12 @@ to oneDNN's matrix product (the inner-product primitive PyTorch itself compiles
 ``nn.Linear`` to) instead of ``torch.mm``'s BLAS, for the shapes where it is faster
 (:func:`matmul`; measurements in docs/performance.md). PyTorch is imported only when
 the kernels run.
+
+In a function traced for ``torch.compile`` (fake tensors, see
+:func:`~xpconv.backends.registry.is_traced`) the kernels keep the strided im2col and
+col2im but take traceable forms for the rest: ``torch.max`` pooling, a broadcast
+comparison for its backward, plain products and ``torch.tanh``, which the compiler
+fuses, instead of the NumPy views, oneDNN calls and ``out=`` loops of eager execution.
 """
 
 from __future__ import annotations
