@@ -374,7 +374,7 @@ def _roofline_section(args: argparse.Namespace, result: dict, threads: int) -> N
 def _extra_tables(args: argparse.Namespace, settings: cpu.Settings, result: dict) -> None:
     """Operation counts, the per-layer table, the lecture loops and the busy check, as
     asked for; each printed and stored in ``result``."""
-    if any(c in opcount.COUNTABLE for c in settings.contenders):
+    if any(opcount.COUNTED_AS.get(c, c) in opcount.COUNTABLE for c in settings.contenders):
         result["ops_per_step"] = opcount.ops_per_step(
             settings.workloads, settings.contenders, seed=settings.seed
         )

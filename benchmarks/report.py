@@ -40,6 +40,7 @@ RECORD_KEYS = (
 SHORT = {
     "xpconv-numpy": "xpconv-numpy",
     "xpconv-torch": "xpconv-torch",
+    "xpconv-torch-eager": "xpconv-torch eager",
     "xpconv-array_api_strict": "xpconv-strict*",
     "xpconv-jax": "xpconv-jax",
     "torch": "torch nn",
@@ -152,7 +153,11 @@ def rate_table(
     return _align(lines)
 
 
-CPU_RATIOS = (("xpconv-numpy", "numpy/torch"), ("xpconv-torch", "xp-torch/torch"))
+CPU_RATIOS = (
+    ("xpconv-numpy", "numpy/torch"),
+    ("xpconv-torch", "xp-torch/torch"),
+    ("xpconv-torch-eager", "xp-torch eager/torch"),
+)
 
 
 def format_table(

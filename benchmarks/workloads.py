@@ -7,8 +7,12 @@ before timing, so transfers are never timed.
 
 A *contender* is one implementation being timed:
 
-- ``"xpconv-numpy"``, ``"xpconv-torch"`` (xpconv on PyTorch CPU tensors) and
-  ``"xpconv-array_api_strict"`` (a reference only: correct, not built for speed);
+- ``"xpconv-numpy"``, ``"xpconv-torch"`` (xpconv on PyTorch CPU tensors, trained
+  through ``xpconv.TrainStep``, compiled by ``torch.compile`` where PyTorch finds its
+  C++ compiler and ``XPCONV_COMPILE`` does not leave torch out),
+  ``"xpconv-torch-eager"`` (xpconv on PyTorch stepped eagerly, by
+  ``model.train_batch`` + ``SGD.step``) and ``"xpconv-array_api_strict"`` (a
+  reference only: correct, not built for speed);
 - ``"torch"``: PyTorch's own ``nn.Sequential`` of the same layers, trained with
   ``torch.optim.SGD`` (momentum 0.9) and ``F.cross_entropy`` through autograd;
 - ``"xpconv-jax"``: xpconv on JAX, trained through ``xpconv.TrainStep`` (the whole
@@ -40,6 +44,7 @@ __all__ = [
     "CLASSES",
     "CONTENDERS",
     "DTYPE",
+    "EAGER",
     "IMAGE_SHAPE",
     "LR",
     "MODES",
@@ -66,11 +71,14 @@ MODES = ("train", "inference")
 XPCONV_BACKENDS = {
     "xpconv-numpy": "numpy",
     "xpconv-torch": "torch",
+    "xpconv-torch-eager": "torch",
     "xpconv-array_api_strict": "array_api_strict",
     "xpconv-jax": "jax",
 }
 CONTENDERS = (*XPCONV_BACKENDS, "torch", "jax")
 REFERENCE_ONLY = frozenset({"xpconv-array_api_strict"})
+#: xpconv contenders that never compile their step, on a backend that could
+EAGER = frozenset({"xpconv-torch-eager"})
 
 
 def is_xpconv(contender: str) -> bool:
@@ -122,6 +130,7 @@ def available_contenders() -> dict[str, str | None]:
     return {
         "xpconv-numpy": None,
         "xpconv-torch": torch_missing,
+        "xpconv-torch-eager": torch_missing,
         "xpconv-array_api_strict": strict_missing,
         "xpconv-jax": jax_missing,
         "torch": torch_missing,
@@ -210,12 +219,22 @@ def copy_weights(model: Any, net: Any) -> None:
 
 
 class XpconvRunner:
-    """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles,
-    ``xpconv.TrainStep``), or ``model.forward`` in eval mode; before every step
+    """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles by
+    default, see ``Backend.compiles_by_default``, unless ``compile`` is False:
+    ``xpconv.TrainStep``, whose first step, the warm-up's, compiles), or
+    ``model.forward`` in eval mode; before every step
     ``xpconv.backends.numpy.host.balance_threads()``, as ``Trainer.fit`` does (it does nothing
     unless ``xpconv.tune_host`` switched it on)."""
 
-    def __init__(self, workload: str, backend: str, mode: str, batch: int, seed: int = 0):
+    def __init__(
+        self,
+        workload: str,
+        backend: str,
+        mode: str,
+        batch: int,
+        seed: int = 0,
+        compile: bool = True,
+    ):
         self.model = build_xpconv(workload, backend, seed)
         self.optimizer = SGD(LR, momentum=MOMENTUM)
         x, y = make_data(batch, seed)
@@ -223,7 +242,7 @@ class XpconvRunner:
         self.y = self.model.as_target(y, batch)
         self.mode = mode
         self.train_step = None
-        if self.model.backend.can_compile:
+        if compile and self.model.backend.compiles_by_default:
             from xpconv import TrainStep
 
             self.train_step = TrainStep(self.model, self.optimizer)
@@ -352,5 +371,6 @@ def make_runner(contender: str, workload: str, mode: str, batch: int, seed: int 
     if contender == "jax":
         return JaxRunner(workload, mode, batch, seed)
     if contender in XPCONV_BACKENDS:
-        return XpconvRunner(workload, XPCONV_BACKENDS[contender], mode, batch, seed)
+        backend = XPCONV_BACKENDS[contender]
+        return XpconvRunner(workload, backend, mode, batch, seed, contender not in EAGER)
     raise ValueError(f"contender: expected one of {CONTENDERS}, got {contender!r}")

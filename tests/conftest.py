@@ -12,6 +12,14 @@ Cases whose library or device is missing are skipped with a visible reason (``-r
 In CI (``CI=true``) a missing oracle, data set or CPU backend fails the run instead
 (:func:`require_or_skip`); only GPU cases may skip there.
 
+Training steps compile by default only on JAX here: ``XPCONV_COMPILE=jax`` is set for
+the whole run (and the processes it starts) unless the environment sets it. PyTorch's
+``torch.compile`` takes seconds per model and batch shape, and the suite trains many
+small models on torch, so there the steps run eagerly unless a test asks for the
+compiled step (``TrainStep(compile=True)``, or ``XPCONV_COMPILE`` changed): those tests
+are in ``tests/train/test_compiled_step.py``. ``XPCONV_COMPILE=jax,torch pytest`` runs
+every torch step compiled.
+
 JAX runs in its 64-bit mode for the whole test run (set here, before any JAX array
 exists), so its float32 and float64 cases share one process: the float32 cases then
 also check that nothing is promoted to float64 by accident. JAX with 64-bit mode off,
@@ -31,6 +39,8 @@ import pytest
 from numerics import assert_scaled_close
 
 from xpconv.backends import registry as xb
+
+os.environ.setdefault("XPCONV_COMPILE", "jax")  # see the module docstring
 
 try:
     import jax

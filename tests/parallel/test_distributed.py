@@ -271,10 +271,12 @@ def test_ranks_train_the_one_process_model_float64(
     assert r["accuracy"] == r["ref_accuracy"] and r["val_accuracy"] == r["ref_val_accuracy"]
 
 
-def _model_parity(tmp_path: Path, n: int, name: str, backend: str, dtype: str, options: str):
+def _model_parity(
+    tmp_path: Path, n: int, name: str, backend: str, dtype: str, options: str, **environ: str
+):
     pytest.importorskip(backend, reason=f"backend {backend} not installed")
     out = tmp_path / "out.json"
-    env = _env()
+    env = {**_env(), **environ}
     if backend == "jax":
         env["JAX_ENABLE_X64"] = "1"
     args = [str(PROGRAMS), "model", str(out), name, backend, dtype, options]
@@ -335,6 +337,18 @@ def test_ranks_train_the_one_process_model_with_batch_norm(
 @pytest.mark.parametrize("name", ["lenet", "dropout"])
 def test_ranks_train_the_one_process_model_on_torch(tmp_path: Path, name: str) -> None:
     _assert_equal_to_one_process(_model_parity(tmp_path, 2, name, "torch", "float64", ""), 1e-9)
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_ranks_train_the_one_process_model_on_torch_compiled_once(tmp_path: Path) -> None:
+    """PyTorch with its steps compiled (the suite runs them eagerly): the batch-norm
+    all-reduces are the xpconv::host_call operator inside the compiled gradients,
+    compiled once for the one shape of the shares, and the run is one process's."""
+    r = _model_parity(tmp_path, 2, "lenet", "torch", "float64", "even", XPCONV_COMPILE="torch")
+    _assert_equal_to_one_process(r, 1e-9)
+    assert r["sync_calls"] > 0
+    assert r["compiled"] == {"whole": 0, "gradients": 1, "update": 1}, r
 
 
 @pytest.mark.mpi

@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 Array = Any
+#: a function of host arrays, run from a compiled function (see :meth:`Backend.host_call`)
+HostFunction = Callable[[np.ndarray], np.ndarray]
 
 
 class BackendError(RuntimeError):
@@ -86,6 +88,13 @@ class Backend:
     _compile: Callable[[Callable[..., Any], tuple[int, ...]], Callable[..., Any]] | None = field(
         default=None, repr=False, compare=False
     )
+    # whether inference (``Sequential.predict``, ``evaluate``) runs compiled too, where
+    # the backend compiles (see :attr:`compiles_inference`)
+    _compile_inference: bool = field(default=True, repr=False, compare=False)
+    # ``_host_call(fn, values, shape)``: :meth:`host_call` inside compiled functions
+    _host_call: Callable[[HostFunction, Array, tuple[int, ...]], Array] | None = field(
+        default=None, repr=False, compare=False
+    )
     # the host scheduling of the library's kernels: the opt-in process-wide tuning, and
     # what runs between two training steps (see :meth:`tune_host`, :meth:`between_steps`)
     _tune_host: Callable[[], dict[str, bool]] | None = field(
@@ -108,20 +117,54 @@ class Backend:
 
     @property
     def can_compile(self) -> bool:
-        """Whether :meth:`compile` makes a compiled function (JAX) rather than none."""
+        """Whether :meth:`compile` makes a compiled function rather than none: JAX;
+        PyTorch where ``torch.compile`` finds what it builds kernels with (a C++
+        compiler for the CPU, Triton for CUDA)."""
         return self._compile is not None
+
+    @property
+    def compiles_by_default(self) -> bool:
+        """Whether what compiles unless told otherwise (``TrainStep(compile=None)``,
+        compiled inference) compiles here: the backend can compile, and the environment
+        variable ``XPCONV_COMPILE``, when set and not empty, names it (backend names
+        separated by commas, ``"jax,torch"``; ``"none"``: no backend). Read at each call."""
+        if not self.can_compile:
+            return False
+        names = os.environ.get("XPCONV_COMPILE", "").strip()
+        return not names or self.name in {n.strip().lower() for n in names.split(",")}
+
+    @property
+    def compiles_inference(self) -> bool:
+        """Whether ``Sequential.predict`` and ``evaluate`` run compiled here (JAX, see
+        :attr:`compiles_by_default`), rather than layer by layer. PyTorch compiles only
+        training steps: inference is called on batches of many shapes, and each new
+        shape is a compile."""
+        return self._compile_inference and self.compiles_by_default
 
     def compile(
         self, fn: Callable[..., Any], donate_argnums: tuple[int, ...] = ()
     ) -> Callable[..., Any]:
         """``fn``, a pure function of arrays (nested dicts and tuples of them), compiled
         for this backend (once per input shape), with the arguments at
-        ``donate_argnums`` donated: their buffers are reused for the outputs, and the
-        caller must not use them afterwards. Raises ``BackendError`` on backends that
-        do not compile (see :attr:`can_compile`)."""
+        ``donate_argnums`` donated where the library can (JAX: their buffers are
+        reused for the outputs, and the caller must not use them afterwards; PyTorch
+        ignores it). Raises ``BackendError`` on backends that do not compile (see
+        :attr:`can_compile`)."""
         if self._compile is None:
             raise BackendError(f"backend {self.name!r} does not compile functions")
         return self._compile(fn, donate_argnums)
+
+    def host_call(self, fn: HostFunction, values: Array, shape: tuple[int, ...]) -> Array:
+        """``fn(values)`` run on the host: ``values`` copied to a NumPy array, ``fn``'s
+        result, of ``shape`` and ``values``' dtype, moved back to the device. Inside a
+        function being compiled it is a host callback of the compiled code (JAX:
+        ``io_callback``, ordered; PyTorch: an opaque custom operator), so ``fn`` runs at
+        every call of the compiled function, not once while tracing; elsewhere it is
+        called directly."""
+        if self._host_call is not None and is_traced(values):
+            return self._host_call(fn, values, shape)
+        out = np.asarray(fn(self.to_numpy(values)))
+        return self.asarray(out, dtype=out.dtype.name)
 
     @property
     def label(self) -> str:
@@ -280,7 +323,19 @@ def _load_torch(device: Any) -> Backend:
     def to_numpy(a: Array) -> np.ndarray:
         return a.detach().cpu().numpy()
 
-    return Backend("torch", xp, dev, xp.float32, to_numpy)
+    from xpconv.backends.torch import compiler
+
+    compile_fn = compiler.compile_function if compiler.can_compile(dev) else None
+    return Backend(
+        "torch",
+        xp,
+        dev,
+        xp.float32,
+        to_numpy,
+        _compile=compile_fn,
+        _compile_inference=False,
+        _host_call=compiler.host_call,
+    )
 
 
 def _load_cupy(device: Any) -> Backend:
@@ -353,7 +408,26 @@ def _load_jax(device: Any) -> Backend:
     def compile_fn(fn: Callable[..., Any], donate: tuple[int, ...]) -> Callable[..., Any]:
         return jax.jit(fn, donate_argnums=donate)
 
-    return Backend("jax", xp, dev, xp.float32, to_numpy, dtype_problem, host_int_dtype, compile_fn)
+    return Backend(
+        "jax",
+        xp,
+        dev,
+        xp.float32,
+        to_numpy,
+        dtype_problem,
+        host_int_dtype,
+        compile_fn,
+        _host_call=_jax_host_call,
+    )
+
+
+def _jax_host_call(fn: HostFunction, values: Array, shape: tuple[int, ...]) -> Array:
+    """:meth:`Backend.host_call` in a traced JAX function: an ordered ``io_callback``."""
+    import jax
+    from jax.experimental import io_callback
+
+    spec = jax.ShapeDtypeStruct(shape, values.dtype)
+    return io_callback(fn, spec, values, ordered=True)
 
 
 @dataclass(frozen=True)
@@ -492,11 +566,23 @@ def available_backends() -> list[str]:
 
 
 def is_traced(a: Array) -> bool:
-    """Whether ``a`` is a placeholder of a function being compiled (a JAX tracer): arrays
-    made from it must not outlive the trace, so nothing built from it may be cached."""
+    """Whether ``a`` is a placeholder of a function being compiled (a JAX tracer, a
+    PyTorch fake tensor, or any tensor while TorchDynamo traces): arrays made from it
+    must not outlive the trace, so nothing built from it may be cached."""
     jax_core = sys.modules.get("jax.core")
     tracer = getattr(jax_core, "Tracer", None)
-    return tracer is not None and isinstance(a, tracer)
+    if tracer is not None and isinstance(a, tracer):
+        return True
+    fake = getattr(sys.modules.get("torch._subclasses.fake_tensor"), "FakeTensor", None)
+    if fake is not None and isinstance(a, fake):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and array_api_compat.is_torch_array(a) and _dynamo_tracing(torch)
+
+
+def _dynamo_tracing(torch: Any) -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and bool(compiler.is_compiling())
 
 
 def backend_of(a: Array) -> Backend:

@@ -237,9 +237,10 @@ class Sequential:
     # ------------------------------------------------------------------ inference
     def _infer(self, x: Array) -> Array:
         """The inference pass of :meth:`predict` and :meth:`evaluate`: on a backend that
-        compiles (JAX), one compiled function per input shape with the parameters and
-        buffers as its arguments (so it follows training), else layer by layer."""
-        if not self.backend.can_compile:
+        compiles inference (JAX, see ``Backend.compiles_inference``), one compiled
+        function per input shape with the parameters and buffers as its arguments (so it
+        follows training), else layer by layer."""
+        if not self.backend.compiles_inference:
             return self._run(x, False)
         if getattr(self, "_infer_for", None) is not self.backend:
             self._infer_compiled = self.backend.compile(self._bound_inference)

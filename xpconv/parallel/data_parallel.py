@@ -45,9 +45,10 @@ class SyncStats:
 
     ``fill`` is 1 when this rank trains real rows and 0 when it trains a stand-in row
     (its statistics then count for nothing); ``share`` is this rank's examples over the
-    global batch's. On JAX the all-reduce runs as an ordered host callback
-    (``jax.experimental.io_callback``), so it works inside the compiled step; elsewhere
-    the communicator is called directly. ``calls`` counts the all-reduces.
+    global batch's. The all-reduce runs through :meth:`Backend.host_call
+    <xpconv.backends.registry.Backend.host_call>`: inside a compiled step as a host
+    callback of the compiled code (JAX, PyTorch), elsewhere directly. ``calls`` counts
+    the all-reduces.
     """
 
     def __init__(self, communicator: Communicator) -> None:
@@ -78,15 +79,7 @@ class SyncStats:
         return out.astype(host.dtype, copy=False)
 
     def _call(self, fn: Any, values: Array, shape: tuple[int, ...]) -> Array:
-        be = backend_of(values)
-        if be.name == "jax":
-            import jax
-            from jax.experimental import io_callback
-
-            spec = jax.ShapeDtypeStruct(shape, values.dtype)
-            return io_callback(fn, spec, values, ordered=True)
-        out = fn(be.to_numpy(values))
-        return be.asarray(out, dtype=out.dtype.name)
+        return backend_of(values).host_call(fn, values, shape)
 
     def gather(self, stats: Array) -> Array:
         """Every rank's ``stats`` (k,) as rows of (size, k) (one all-reduce)."""

@@ -11,14 +11,16 @@ It does not repeat any numerics: it binds the values it is given into the model'
 layers for the duration of the call, runs the layers' own forward and backward passes
 and the loss, collects the gradients, applies :meth:`Optimizer.update
 <xpconv.optim.optimizers.Optimizer.update>`, and puts the model back as it was. Nothing
-inside reads a value back to the host, so ``jax.jit`` traces it as it stands.
+inside reads a value back to the host, so ``jax.jit`` traces it as it stands, and so
+does PyTorch's ``make_fx`` before ``torch.compile``.
 
 :class:`TrainStep` is the friendly form: ``step(x, y) -> loss``. It draws the dropout
 masks on the host from the model's generator (the same draws, in the same order, as
 ``model.train_batch``, so one seed gives the same run on every backend), calls the
 core, and leaves the model and optimizer holding the new values. On a backend that
-compiles (JAX) the core runs as one compiled function per input shape, parameters,
-buffers and optimizer state donated; elsewhere it runs eagerly.
+compiles (JAX; PyTorch where ``torch.compile`` finds its C++ compiler) the core runs as
+one compiled function per input shape (on JAX with parameters, buffers and optimizer
+state donated); elsewhere it runs eagerly.
 """
 
 from __future__ import annotations
@@ -195,22 +197,36 @@ class TrainStep:
     in the same state, except that ``Parameter.grad`` is left ``None``: the step uses
     the gradients up.
 
-    On a backend that compiles (JAX) the whole step is one compiled function per input
-    shape; parameters, buffers and optimizer state are donated, so arrays read from
-    ``model.parameters()`` before a step are invalid after it (copy them with
-    ``model.state_dict()``). The learning rate and step number enter as 0-d arrays, so
-    a decaying schedule does not cause recompilation. Elsewhere the same step runs
-    eagerly.
+    On a backend that compiles (:attr:`Backend.can_compile
+    <xpconv.backends.registry.Backend.can_compile>`) the whole step is one compiled
+    function per input shape: the first step of each shape (the last, smaller batch of
+    an epoch is another) takes the compile, the later ones reuse it. The learning rate
+    and step number enter as 0-d arrays, so a decaying schedule does not cause
+    recompilation. The compiled step gives the eager step's results to the rounding of
+    the dtype (the compiler orders and fuses the arithmetic its own way).
+
+    - JAX: ``jax.jit``; parameters, buffers and optimizer state are donated, so arrays
+      read from ``model.parameters()`` before a step are invalid after it (copy them
+      with ``model.state_dict()``).
+    - PyTorch: ``torch.compile`` (TorchInductor), where the C++ compiler it builds CPU
+      kernels with is installed (for CUDA, Triton); without it the step runs eagerly.
+      Nothing is donated.
+
+    Elsewhere the same step runs eagerly.
 
     Args:
         model: a :class:`~xpconv.nn.sequential.Sequential` (built now or on the first batch).
         optimizer: an :class:`~xpconv.optim.optimizers.Optimizer`.
         gradient_hook: ``hook(grads) -> grads`` with ``grads`` a dict by
             ``model.parameters()`` name, applied between backward and the update (an
-            all-reduce across processes, say). It runs on the host: on JAX the step is
-            then two compiled functions (gradients; update) with the hook between.
-        compile: ``None`` (default) compiles where the backend can; ``False`` runs
-            eagerly everywhere.
+            all-reduce across processes, say). It runs on the host: on a backend that
+            compiles, the step is then two compiled functions (gradients; update) with
+            the hook between.
+        compile: ``None`` (default): compile where the backend compiles by default
+            (every backend that can, unless the environment variable
+            ``XPCONV_COMPILE`` names others, see :attr:`compiled`); ``True``: compile
+            where the backend can; ``False``: run eagerly everywhere (on PyTorch, for
+            short runs, where the compile would take longer than the steps it saves).
     """
 
     def __init__(
@@ -241,8 +257,15 @@ class TrainStep:
 
     @property
     def compiled(self) -> bool:
-        """Whether the step runs compiled on the model's current backend."""
-        return self.compile is not False and self.model.backend.can_compile
+        """Whether the step runs compiled on the model's current backend: with
+        ``compile=None``, where the backend compiles by default
+        (:attr:`Backend.compiles_by_default
+        <xpconv.backends.registry.Backend.compiles_by_default>`); with ``True``, where
+        it can compile at all."""
+        backend = self.model.backend
+        if self.compile is None:
+            return backend.compiles_by_default
+        return self.compile and backend.can_compile
 
     # ------------------------------------------------------------------ state
     def _state(self) -> TrainState:

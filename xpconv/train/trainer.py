@@ -119,7 +119,7 @@ class Trainer:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer: expected an Optimizer, got {type(optimizer).__name__}")
         self.model, self.optimizer = model, optimizer
-        # the whole step (compiled on JAX); replace it to add a gradient hook
+        # the whole step (compiled where the backend compiles); replace it for a hook or compile
         self.train_step = TrainStep(model, optimizer)
         self.seed = seed
         if not isinstance(tune_host, bool):
@@ -466,7 +466,7 @@ class Trainer:
             or (hook is not None and step_fn.gradient_hook is not hook)
         ):  # keep a hook the user gave when the strategy has none
             hook = step_fn.gradient_hook if hook is None else hook
-            step_fn = TrainStep(model, self.optimizer, gradient_hook=hook)
+            step_fn = TrainStep(model, self.optimizer, gradient_hook=hook, compile=step_fn.compile)
             self.train_step = step_fn
         return step_fn
 

@@ -12,6 +12,12 @@ to oneDNN's matrix product (the inner-product primitive PyTorch itself compiles
 ``nn.Linear`` to) instead of ``torch.mm``'s BLAS, for the shapes where it is faster
 (:func:`matmul`; measurements in docs/performance.md). PyTorch is imported only when
 the kernels run.
+
+In a function traced for ``torch.compile`` (fake tensors, see
+:func:`~xpconv.backends.registry.is_traced`) the kernels keep the strided im2col and
+col2im but take traceable forms for the rest: ``torch.max`` pooling, a broadcast
+comparison for its backward, plain products and ``torch.tanh``, which the compiler
+fuses, instead of the NumPy views, oneDNN calls and ``out=`` loops of eager execution.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import numpy as np
 
 from xpconv.backends.kernels import PORTABLE, Kernels, register_fast_path
 from xpconv.backends.portable import ConvGeometry
+from xpconv.backends.registry import is_traced
 from xpconv.backends.strided import StridedPlan, strided_plan
 
 Array = Any
@@ -73,11 +80,12 @@ def max_pool_blocks(
     and three int8 operations on the code (``(k - code) * later`` added), then bias
     and ReLU in place (faster there than ``torch.max(blocks, dim=1)`` with its
     indices). On a GPU ``torch.max`` is one launch for what the loop takes fifteen, so a
-    GPU keeps it.
+    GPU keeps it, and so does a function being compiled (the compiler fuses it; the
+    loop's ``out=`` arguments cannot be traced).
     """
     import torch
 
-    if blocks.device.type != "cpu":
+    if blocks.device.type != "cpu" or is_traced(blocks):
         out, index = torch.max(blocks, dim=1)  # PyTorch returns the first of equal maxima
         code = index.to(torch.int8)
     else:
@@ -104,9 +112,14 @@ def max_pool_blocks_backward(xp: Any, grad_out: Array, argmax: Array, taps: int)
     """Pool-ordered max-pool backward (contract in ``_pool``): each tap's block is
     ``argmax == k`` compared in the gradient's dtype straight into the output, then
     multiplied by the gradient in place (on the CPU faster than comparing the int8
-    codes themselves, or a scatter). Windows marked -1 pass nothing."""
+    codes themselves, or a scatter). Windows marked -1 pass nothing. In a function
+    being compiled, one broadcast comparison instead, which the compiler fuses."""
     import torch
 
+    if is_traced(grad_out):
+        k = torch.arange(taps, dtype=argmax.dtype, device=argmax.device)
+        hit = argmax.unsqueeze(1) == k.reshape(1, taps, *(1,) * (argmax.ndim - 1))
+        return hit.to(grad_out.dtype) * grad_out.unsqueeze(1)
     out = grad_out.new_empty((grad_out.shape[0], taps, *grad_out.shape[1:]))
     codes = argmax.to(grad_out.dtype)
     for k in range(taps):
@@ -118,10 +131,12 @@ def max_pool_blocks_backward(xp: Any, grad_out: Array, argmax: Array, taps: int)
 
 def _host_view(t: Array) -> Any:
     """The NumPy array sharing the memory of a CPU float32/float64 tensor, or None
-    (another device or dtype, or a tensor that records gradients)."""
+    (another device or dtype, a tensor that records gradients, or one being traced)."""
     import torch
 
     if t.device.type != "cpu" or t.requires_grad or t.dtype not in (torch.float32, torch.float64):
+        return None
+    if is_traced(t):
         return None
     return t.numpy()
 
@@ -182,7 +197,8 @@ _SMALL = 1 << 16
 
 def _onednn_pays(a: Array, b: Array) -> bool:
     """Whether the 2-D ``a @ b`` is a CPU float32 product large enough for oneDNN (see
-    :func:`matmul`), ``a`` row-major or small, nothing recording gradients."""
+    :func:`matmul`), ``a`` row-major or small, nothing recording gradients, nothing
+    being traced (a compiled function's products are the compiler's to choose)."""
     import torch
 
     if a.ndim != 2 or b.ndim != 2:
@@ -194,6 +210,7 @@ def _onednn_pays(a: Array, b: Array) -> bool:
         and (m * k * n >= _ONEDNN_MIN_MACS or k >= _ONEDNN_MIN_INNER)
         and (a.is_contiguous() or a.numel() <= _SMALL)
         and not (a.requires_grad or b.requires_grad)
+        and not is_traced(a)
         and _onednn_linear() is not None
     )
 
