@@ -222,9 +222,9 @@ class XpconvRunner:
     """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles by
     default, see ``Backend.compiles_by_default``, unless ``compile`` is False:
     ``xpconv.TrainStep``, whose first step, the warm-up's, compiles), or
-    ``model.forward`` in eval mode; before every step
-    ``xpconv.backends.numpy.host.balance_threads()``, as ``Trainer.fit`` does (it does nothing
-    unless ``xpconv.tune_host`` switched it on)."""
+    ``model.predict`` of one batch (compiled on a backend that compiles inference);
+    before every step ``xpconv.backends.numpy.host.balance_threads()``, as
+    ``Trainer.fit`` does (it does nothing unless ``xpconv.tune_host`` switched it on)."""
 
     def __init__(
         self,
@@ -262,7 +262,7 @@ class XpconvRunner:
         out = None
         for _ in range(steps):
             balance_threads()
-            out = model.forward(x, training=False)
+            out = model.predict(x, batch_size=int(x.shape[0]))  # compiled where it compiles
         return float(out[0, 0])
 
 
