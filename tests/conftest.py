@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from numerics import assert_scaled_close
+from numerics import assert_scaled_close, composed_tol
 
 from xpconv.backends import registry as xb
 
@@ -220,3 +220,27 @@ def torch_or_skip() -> Any:
     except ImportError as exc:
         require_or_skip(False, f"PyTorch is the independent oracle and is missing ({exc})")
     return torch
+
+
+@pytest.fixture
+def one_torch_thread():
+    """PyTorch on one thread for the test (``pytest.mark.usefixtures``): on tiny arrays
+    its thread pool only adds waits (seconds per test on a loaded machine)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def close_composed(case: Case, got: Any, expected: np.ndarray, what: str) -> None:
+    """``got`` (an array of ``case``, or host) matches ``expected`` within the tolerance
+    of a few layers composed (:func:`numerics.composed_tol`)."""
+    got = got if isinstance(got, np.ndarray) else case.to_numpy(got)
+    assert_scaled_close(got, expected, composed_tol(case.dtype), f"{what} on {case.id}")

@@ -6,33 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import Case, torch_or_skip
-from numerics import assert_scaled_close, composed_tol
+from conftest import Case, close_composed, torch_or_skip
 
 import xpconv as xc
 from xpconv.nn.layers import ConvMaxPool
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These arrays are tiny: torch's thread pool only adds waits (seconds per test on a
-    loaded machine), so the torch cases run on one thread."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def close(case: Case, got, expected: np.ndarray, what: str) -> None:
-    got = got if isinstance(got, np.ndarray) else case.to_numpy(got)
-    assert_scaled_close(got, expected, composed_tol(case.dtype), f"{what} on {case.id}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def block_model(
@@ -159,42 +138,48 @@ def test_blocks_match_torch_over_training_steps_and_in_eval(case: Case) -> None:
         model.train()
         y = model.forward(case.asarray(x))
         gx = model.backward(case.asarray(g), input_grad=True)
-        close(case, y, ty.detach().numpy(), f"step {step} output")
-        close(case, gx, tx.grad.numpy(), f"step {step} grad_x")
+        close_composed(case, y, ty.detach().numpy(), f"step {step} output")
+        close_composed(case, gx, tx.grad.numpy(), f"step {step} grad_x")
         grads = {n: p.grad for n, p in model.parameters().items()}
-        close(case, grads["conv2d_0.weight"], twin[0].weight.grad.numpy(), "conv2d_0 grad")
-        close(
+        close_composed(case, grads["conv2d_0.weight"], twin[0].weight.grad.numpy(), "conv2d_0 grad")
+        close_composed(
             case,
             grads["residual_0.shortcut.conv2d_0.weight"],
             twin[4].shortcut[0].weight.grad.numpy(),
             "shortcut conv grad",
         )
-        close(
+        close_composed(
             case,
             grads["residual_0.batchnorm2d_1.weight"],
             twin[4].branch[4].weight.grad.numpy(),
             "inner BN weight grad",
         )
-        close(case, grads["batchnorm1d_0.bias"], twin[9].bias.grad.numpy(), "BN1D bias grad")
+        close_composed(
+            case, grads["batchnorm1d_0.bias"], twin[9].bias.grad.numpy(), "BN1D bias grad"
+        )
         twin.zero_grad()
     buffers = model.buffers()
-    close(
+    close_composed(
         case,
         buffers["batchnorm2d_0.running_var"],
         twin[2].running_var.numpy(),
         "running_var (momentum 0.3)",
     )
-    close(
+    close_composed(
         case,
         buffers["residual_0.shortcut.batchnorm2d_0.running_mean"],
         twin[4].shortcut[1].running_mean.numpy(),
         "shortcut running_mean",
     )
-    close(case, buffers["batchnorm1d_0.running_var"], twin[9].running_var.numpy(), "BN1D var")
+    close_composed(
+        case, buffers["batchnorm1d_0.running_var"], twin[9].running_var.numpy(), "BN1D var"
+    )
     x = case.host(r.normal(size=(4, 2, 8, 8)))
     twin.eval()
     model.eval()
-    close(case, model.forward(case.asarray(x)), twin(torch.tensor(x)).detach().numpy(), "eval")
+    close_composed(
+        case, model.forward(case.asarray(x)), twin(torch.tensor(x)).detach().numpy(), "eval"
+    )
     before = {k: case.to_numpy(v) for k, v in model.buffers().items()}
     model.forward(case.asarray(x))
     for k, v in model.buffers().items():
@@ -252,12 +237,16 @@ def test_buffers_in_state_dict_checkpoints_and_to(tmp_path, case: Case) -> None:
     xc.save_model(model, tmp_path / "m.npz")
     loaded = xc.load_model(tmp_path / "m.npz", backend=case.backend)
     assert loaded.get_config() == model.get_config()
-    close(case, loaded.predict(case.asarray(x)), ref.astype(np.float64), "reloaded predictions")
+    close_composed(
+        case, loaded.predict(case.asarray(x)), ref.astype(np.float64), "reloaded predictions"
+    )
     model.to(case.backend)
     for k, v in model.buffers().items():
         assert case.backend.owns(v), k
         np.testing.assert_array_equal(case.to_numpy(v), state[k].astype(np.float64), err_msg=k)
-    close(case, model.predict(case.asarray(x)), ref.astype(np.float64), "moved predictions")
+    close_composed(
+        case, model.predict(case.asarray(x)), ref.astype(np.float64), "moved predictions"
+    )
     bad = dict(state)
     del bad["batchnorm1d_0.running_mean"]
     with pytest.raises(ValueError, match="batchnorm1d_0.running_mean"):

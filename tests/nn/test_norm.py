@@ -8,34 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import Case, torch_or_skip
-from numerics import assert_scaled_close, composed_tol
+from conftest import Case, close_composed, torch_or_skip
 
 import xpconv as xc
 import xpconv.ops as F
 from xpconv.tools import gradcheck
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These arrays are tiny: torch's thread pool only adds waits (seconds per test on a
-    loaded machine), so the torch cases run on one thread."""
-    try:
-        import torch
-    except ImportError:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def close(case: Case, got, expected: np.ndarray, what: str) -> None:
-    got = got if isinstance(got, np.ndarray) else case.to_numpy(got)
-    assert_scaled_close(got, expected, composed_tol(case.dtype), f"{what} on {case.id}")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def bn_shape(seed: int) -> tuple[int, ...]:
@@ -82,24 +61,24 @@ def test_batch_norm_matches_torch(case: Case, seed: int, training: bool) -> None
     y, new_mean, new_var, saved = F.batch_norm_forward(
         a["x"], a["weight"], a["bias"], a["mean"], a["var"], training=training, momentum=momentum
     )
-    close(case, y, ty.detach().numpy(), "y")
-    close(case, new_mean, rm.numpy(), "running_mean")
-    close(case, new_var, rv.numpy(), "running_var")
+    close_composed(case, y, ty.detach().numpy(), "y")
+    close_composed(case, new_mean, rm.numpy(), "running_mean")
+    close_composed(case, new_var, rv.numpy(), "running_var")
     gx, gw, gb = F.batch_norm_backward(a["grad"], saved)
-    close(case, gx, tx.grad.numpy(), "grad_x")
-    close(case, gw, tw.grad.numpy(), "grad_weight")
-    close(case, gb, tb.grad.numpy(), "grad_bias")
+    close_composed(case, gx, tx.grad.numpy(), "grad_x")
+    close_composed(case, gw, tw.grad.numpy(), "grad_weight")
+    close_composed(case, gb, tb.grad.numpy(), "grad_bias")
     # the stateless pair gives the same
     y2, m2, v2 = F.batch_norm(
         a["x"], a["weight"], a["bias"], a["mean"], a["var"], training=training, momentum=momentum
     )
-    close(case, y2, ty.detach().numpy(), "batch_norm y")
+    close_composed(case, y2, ty.detach().numpy(), "batch_norm y")
     g2 = F.batch_norm_backward(
         a["grad"], a["x"], a["weight"], a["mean"], a["var"], training=training
     )
-    close(case, g2[0], tx.grad.numpy(), "batch_norm_backward grad_x")
+    close_composed(case, g2[0], tx.grad.numpy(), "batch_norm_backward grad_x")
     # the caller's running statistics are untouched
-    close(case, a["mean"], d["mean"], "running_mean input")
+    close_composed(case, a["mean"], d["mean"], "running_mean input")
 
 
 def test_batch_norm_without_affine_or_running_stats_matches_torch(case: Case) -> None:
@@ -110,9 +89,9 @@ def test_batch_norm_without_affine_or_running_stats_matches_torch(case: Case) ->
     ty.backward(torch.tensor(d["grad"]))
     y, m, v, saved = F.batch_norm_forward(case.asarray(d["x"]), None, None, training=True)
     assert m is None and v is None
-    close(case, y, ty.detach().numpy(), "y")
+    close_composed(case, y, ty.detach().numpy(), "y")
     gx, _, _ = F.batch_norm_backward(case.asarray(d["grad"]), saved)
-    close(case, gx, tx.grad.numpy(), "grad_x")
+    close_composed(case, gx, tx.grad.numpy(), "grad_x")
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -146,9 +125,9 @@ def test_global_avg_pool_matches_torch(case: Case, shape) -> None:
     ty = torch.nn.functional.adaptive_avg_pool2d(tx, 1)
     ty.backward(torch.tensor(g).reshape(ty.shape))
     y = F.global_avg_pool2d(case.asarray(x))
-    close(case, y, ty.detach().numpy().reshape(shape[:2]), "y")
+    close_composed(case, y, ty.detach().numpy().reshape(shape[:2]), "y")
     gx = F.global_avg_pool2d_backward(case.asarray(g), shape)
-    close(case, gx, tx.grad.numpy(), "grad_x")
+    close_composed(case, gx, tx.grad.numpy(), "grad_x")
 
 
 def test_global_avg_pool_and_add_gradcheck(case64: Case, rng: np.random.Generator) -> None:
@@ -165,10 +144,10 @@ def test_global_avg_pool_and_add_gradcheck(case64: Case, rng: np.random.Generato
 
 def test_add_matches_numpy(case: Case, rng: np.random.Generator) -> None:
     a, b = case.host(rng.normal(size=(3, 4))), case.host(rng.normal(size=(3, 4)))
-    close(case, F.add(case.asarray(a), case.asarray(b)), a + b, "a + b")
+    close_composed(case, F.add(case.asarray(a), case.asarray(b)), a + b, "a + b")
     ga, gb = F.add_backward(case.asarray(a))
-    close(case, ga, a, "grad a")
-    close(case, gb, a, "grad b")
+    close_composed(case, ga, a, "grad a")
+    close_composed(case, gb, a, "grad b")
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -184,12 +163,12 @@ def test_conv2d_without_bias_matches_torch(case: Case, seed: int) -> None:
     g = case.host(r.normal(size=tuple(ty.shape)))
     ty.backward(torch.tensor(g))
     y = F.conv2d(case.asarray(x), case.asarray(w), None, stride=stride, padding=1)
-    close(case, y, ty.detach().numpy(), "y")
+    close_composed(case, y, ty.detach().numpy(), "y")
     gx, gw, _ = F.conv2d_backward(
         case.asarray(g), case.asarray(x), case.asarray(w), stride=stride, padding=1
     )
-    close(case, gx, tx.grad.numpy(), "grad_x")
-    close(case, gw, tw.grad.numpy(), "grad_weight")
+    close_composed(case, gx, tx.grad.numpy(), "grad_x")
+    close_composed(case, gw, tw.grad.numpy(), "grad_weight")
 
 
 def _arr(shape, dtype="float64"):
