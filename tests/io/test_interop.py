@@ -117,24 +117,30 @@ def _input(model: xc.Sequential, n: int = 5, seed: int = 1) -> np.ndarray:
     return x.astype(model.dtype_name)
 
 
+def _exported_matching(model, path, x):
+    """Export ``model`` to ``path``, check the file (ONNX's full check; what was written
+    is what ``to_onnx`` returned), check that onnxruntime's outputs for ``x`` match the
+    model's, and return the loaded ``ModelProto``."""
+    proto = interop.to_onnx(model, path)
+    loaded = onnx.load(path)
+    onnx.checker.check_model(loaded, full_check=True)
+    assert loaded.SerializeToString() == proto.SerializeToString()
+    want = _predict(model, x)
+    got = _run_onnx(path, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
+    return loaded
+
+
 @pytest.mark.parametrize("name", sorted(LAYER_CASES))
 def test_every_layer_config_exports_and_matches_onnxruntime(name: str, tmp_path) -> None:
     model = _layer_model(name)
     # biases are zero at initialisation: give them values so that they are checked too
     state = {k: v + (0.1 if k.endswith("bias") else 0.0) for k, v in model.state_dict().items()}
     model.load_state_dict(state)
-    path = tmp_path / "m.onnx"
-    proto = interop.to_onnx(model, path)
-    loaded = onnx.load(path)
-    onnx.checker.check_model(loaded, full_check=True)
-    assert loaded.SerializeToString() == proto.SerializeToString()
-    x = _input(model)
-    want = _predict(model, x)
-    got = _run_onnx(path, x)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
-    # the graph is made of ONNX's own operators
+    loaded = _exported_matching(model, tmp_path / "m.onnx", _input(model))
     ops = {node.op_type for node in loaded.graph.node}
+    # the graph is made of ONNX's own operators
     assert ops <= {
         "Conv",
         "MaxPool",
@@ -611,15 +617,8 @@ def _kinds(layers: list[Layer]) -> list:
 @pytest.mark.parametrize("name", sorted(BLOCK_CASES))
 def test_norm_pool_and_residual_layers_export_and_match_onnxruntime(name: str, tmp_path) -> None:
     model = _trained_block_model(name)
-    path = tmp_path / "m.onnx"
-    interop.to_onnx(model, path)
-    loaded = onnx.load(path)
-    onnx.checker.check_model(loaded, full_check=True)
-    x, _ = _data(model, 6, seed=9)
-    want = _predict(model, x)  # inference mode: the running statistics
-    got = _run_onnx(path, x)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=_atol(want))
+    x, _ = _data(model, 6, seed=9)  # predicted in inference mode: the running statistics
+    loaded = _exported_matching(model, tmp_path / "m.onnx", x)
     ops = {node.op_type for node in loaded.graph.node}
     assert ops <= {
         "Conv",
