@@ -7,6 +7,12 @@ drawn per module with a fixed seed (a ``--fraction`` of its mutants, at least
 its survivors are a fair picture of what the tests miss. ``score`` prints the estimate
 with a 95% Wilson interval.
 
+Every survivor is reviewed in ``tests/mutation_survivors.md``: a test that kills it, or a
+one-line reason why no test run by mutmut can. ``score`` leaves the latter out of the
+score, in a column of their own: equivalent mutants (no behaviour changes), code that
+runs at import time (before mutmut selects a mutant), and code that only runs where the
+mutation run cannot (a CUDA device; JAX, whose cases the run leaves out).
+
     python ci/mutation.py run --fraction 0.03 --minimum 8 --seed 0 --limit 5   # check the sample
     python ci/mutation.py score --fraction 0.03 --minimum 8 --seed 0 --limit 5  # the docs table
     python ci/mutation.py survivors --fraction 0.03 --minimum 8 --seed 0
@@ -38,6 +44,9 @@ NO_TESTS = {5, 33}
 SURVIVED = {0}
 # Generating the mutants needs one ``mutmut run``; this is the smallest module.
 SEED_MODULE = "xpconv.backends.kernels*"
+REVIEW = Path("tests", "mutation_survivors.md")
+#: The reviews' words for a mutant no test run by mutmut can kill (see the module doc).
+NOT_MEASURABLE = ("equivalent", "import time", "GPU only", "JAX only", "a JAX test")
 
 
 def read_meta() -> dict[str, int | None]:
@@ -57,6 +66,39 @@ def module_of(name: str) -> str:
             path = "/".join(parts[:i])
             return f"{path}/__init__.py" if Path(path).is_dir() else f"{path}.py"
     raise ValueError(f"not a mutant name: {name!r}")
+
+
+def _named(line: str) -> list[str]:
+    """The mutants a review line names: ```xpconv.m.x_f__mutmut_3`, `_7`, `_g__mutmut_2``
+    -> ``x_f__mutmut_3``, ``x_f__mutmut_7`` and ``x__g__mutmut_2`` of ``xpconv.m`` (a
+    method's second name: another method of the same class)."""
+    names: list[str] = []
+    for token in line.split(": ", 1)[0].split("`")[1::2]:
+        if token.startswith("xpconv."):
+            names.append(token)
+        elif names and token[1:].isdigit():  # `_7`: another mutant of the same function
+            names.append(names[-1].rsplit("__mutmut_", 1)[0] + "__mutmut" + token)
+        elif names and "ǁ" in names[-1]:  # `_g__mutmut_2`: a method of the same class
+            names.append(names[-1].rpartition("ǁ")[0] + "ǁ" + token)
+        elif names:  # a function of the same module
+            names.append(names[-1].rpartition(".")[0] + ".x_" + token)
+    return names
+
+
+def not_measurable(review: Path = REVIEW) -> set[str]:
+    """The reviewed mutants that no test run by mutmut can kill (equivalent, import
+    time, GPU only, JAX only), read from the review's ``- `name`: verdict`` lines."""
+    if not review.exists():
+        return set()
+    found: set[str] = set()
+    for line in review.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("- `xpconv.") or ": " not in line:
+            continue
+        verdict = line.split(": ", 1)[1]
+        killed = verdict.startswith("killed by") and "a JAX test" not in verdict
+        if not killed and any(word in verdict for word in NOT_MEASURABLE):
+            found.update(_named(line))
+    return found
 
 
 def sample(
@@ -118,28 +160,32 @@ def command_run(args: argparse.Namespace) -> int:
     return subprocess.run(["mutmut", "run", *children, *names], env=env).returncode
 
 
-def _column(code: int | None) -> int:
-    """The score table's column of an exit code: killed (timeouts included), survived,
-    no test in process, other, not checked."""
-    if code is None:
-        return 4
+#: The score table's columns, in order.
+COLUMNS = ("killed", "survived", "no test in process", "other", "not checked", "not measurable")
+
+
+def _column(code: int | None, measurable: bool = True) -> int:
+    """The score table's column of an exit code (see :data:`COLUMNS`; timeouts are
+    kills); a mutant not killed that the review finds not measurable goes to the last."""
     if code in KILLED or code in TIMEOUT:
         return 0
+    if not measurable:
+        return 5
+    if code is None:
+        return 4
     if code in SURVIVED:
         return 1
     return 2 if code in NO_TESTS else 3
 
 
 def command_score(args: argparse.Namespace) -> int:
-    rows: dict[str, list[int]] = defaultdict(lambda: [0] * 5)
+    excluded = not_measurable()
+    rows: dict[str, list[int]] = defaultdict(lambda: [0] * len(COLUMNS))
     for name, code in chosen_codes(args).items():
-        rows[module_of(name)][_column(code)] += 1
-    print(
-        "| module | sampled | killed | survived | no test in process | other | not checked "
-        "| score (95% interval) |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    total = [0] * 5
+        rows[module_of(name)][_column(code, name not in excluded)] += 1
+    print(f"| module | sampled | {' | '.join(COLUMNS)} | score (95% interval) |")
+    print("|---" * (len(COLUMNS) + 3) + "|")
+    total = [0] * len(COLUMNS)
     for module in sorted(rows, key=lambda m: -sum(rows[m])):
         total = [a + b for a, b in zip(total, rows[module])]
         print(format_row(f"`{module}`", rows[module]))
@@ -148,8 +194,9 @@ def command_score(args: argparse.Namespace) -> int:
 
 
 def format_row(label: str, row: list[int]) -> str:
-    killed, survived, untested, other, unchecked = row
-    checked = killed + survived + untested + other
+    """A table row: the counts, and the share killed of the checked measurable mutants."""
+    killed, unchecked, excluded = row[0], row[4], row[5]
+    checked = sum(row) - unchecked - excluded
     if checked:
         lo, hi = wilson(killed, checked)
         score = f"{killed / checked:.1%} ({lo:.1%}-{hi:.1%})"
@@ -160,8 +207,10 @@ def format_row(label: str, row: list[int]) -> str:
 
 
 def command_survivors(args: argparse.Namespace) -> int:
+    """Print the checked sampled mutants not killed that the review does not set aside."""
+    excluded = not_measurable()
     for name, code in chosen_codes(args).items():
-        if code is not None and _column(code) != 0:
+        if code is not None and _column(code, name not in excluded) not in (0, 5):
             print(name if code in SURVIVED else f"{name} (exit code {code})")
     return 0
 
