@@ -271,6 +271,19 @@ def torch_or_skip() -> Any:
     return torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_worker() -> None:
+    """Under pytest-xdist (``-n``) the workers share the cores: PyTorch on one thread in
+    each, as its threads on the other workers' cores only wait for them."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def one_torch_thread():
     """PyTorch on one thread for the test (``pytest.mark.usefixtures``): on tiny arrays
