@@ -128,6 +128,34 @@ REPEATS = {"numpy-f32", "numpy-readonly-f64", "strict-f64", "torch-cpu-f64", "ja
 #: How many configurations of a random sweep the fast loop runs; CI runs all of them.
 FAST_SWEEP = 12
 
+#: JAX compiles every op for every new shape (seconds each), so the fast loop runs a
+#: test on the JAX case with its first parametrisation only (the first configuration of
+#: a sweep), and not at all the tests here, whose code paths on JAX a cheaper test runs.
+SLOW_ON_JAX = {
+    # 25 geometries each; tests/backends/test_kernels.py compares the same JAX kernels
+    "tests/ops/test_conv.py::test_fast_path_matches_portable",
+    "tests/ops/test_conv.py::test_fast_col2im_matches_portable",
+    # test_buffers_in_state_dict_checkpoints_and_to runs the blocks on JAX
+    "tests/nn/test_blocks.py::test_blocks_match_torch_over_training_steps_and_in_eval",
+    # tests/nn/test_layer_api.py::test_fused_conv_pool_every_backend runs the fusion
+    "tests/nn/test_network.py::test_conv_pool_fusion_changes_nothing",
+    # test_conv_dense_step_matches_torch_autograd runs the fused step on JAX
+    "tests/nn/test_network.py::test_conv_dense_fusion_changes_nothing",
+    # tests/nn/test_preprocessing.py trains a JAX model with the Trainer
+    "tests/nn/test_network.py::test_trainer_learns_with_history_and_validation",
+    # tests/parallel/test_strategy.py reduces the statistics inside a compiled JAX step
+    "tests/ops/test_functional_ops.py::"
+    "test_synced_batch_norm_of_the_parts_is_batch_norm_of_the_whole_batch",
+    # test_gradient_hook_runs_between_backward_and_update[jax] runs the JAX TrainStep
+    "tests/train/test_step.py::test_train_step_equals_train_batch_then_step",
+}
+#: The MPI programs (``mpiexec``, a Python process per rank) are slow, except this one:
+#: two ranks train the one-process model, so the fast loop still runs ``mpiexec``.
+FAST_MPI = {
+    "tests/parallel/test_distributed.py::test_ranks_train_the_one_process_model_float64"
+    "[2-numpy-sgd-162]"
+}
+
 
 def sweep(configs: list[Any], ids: list[str], fast: int = FAST_SWEEP) -> list[Any]:
     """``configs`` as parameters whose first ``fast`` run in the fast loop and the rest
@@ -141,6 +169,27 @@ def sweep(configs: list[Any], ids: list[str], fast: int = FAST_SWEEP) -> list[An
         )
         for k, (c, i) in enumerate(zip(configs, ids))
     ]
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects the slow tests
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark slow the repeated JAX parametrisations and the MPI programs (see
+    :data:`SLOW_ON_JAX` and :data:`FAST_MPI`)."""
+    jax_seen: set[str] = set()
+    for item in items:
+        if item.get_closest_marker("slow"):
+            continue
+        if item.get_closest_marker("mpi"):
+            if item.nodeid not in FAST_MPI:
+                item.add_marker(pytest.mark.slow)
+            continue
+        params = getattr(item, "callspec", None)
+        case = params.params.get("case") if params else None
+        if isinstance(case, Case) and case.backend_name == "jax":
+            test = item.nodeid.split("[")[0]
+            if test in jax_seen or test in SLOW_ON_JAX:
+                item.add_marker(pytest.mark.slow)
+            jax_seen.add(test)
 
 
 def _available(case: Case) -> str | None:
@@ -220,6 +269,19 @@ def torch_or_skip() -> Any:
     except ImportError as exc:
         require_or_skip(False, f"PyTorch is the independent oracle and is missing ({exc})")
     return torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread_per_worker() -> None:
+    """Under pytest-xdist (``-n``) the workers share the cores: PyTorch on one thread in
+    each, as its threads on the other workers' cores only wait for them."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -74,6 +74,14 @@ def test_lecture_loops_record():
 # ----------------------------------------------------------------- timing
 
 
+@pytest.fixture
+def no_full_collections(monkeypatch):
+    """The timing loop collects garbage before every repeat: late in a run of the suite
+    a full collection of the test process's heap takes a second, and these tests check
+    the rounds, not the collector."""
+    monkeypatch.setattr(timing.gc, "collect", lambda *args: 0)
+
+
 class _FakeRunner:
     def __init__(self, name, log):
         self.name, self.log = name, log
@@ -83,6 +91,7 @@ class _FakeRunner:
         return 1.5
 
 
+@pytest.mark.usefixtures("no_full_collections")
 def test_interleaved_rounds_rotate_and_respect_policies():
     log = []
     runners = {name: _FakeRunner(name, log) for name in ("a", "b", "c")}
@@ -99,6 +108,7 @@ def test_interleaved_rounds_rotate_and_respect_policies():
     assert all(s >= 0 for s in result["a"].samples)
 
 
+@pytest.mark.usefixtures("no_full_collections")
 def test_warm_up_lasts_at_least_warmup_s():
     """Warm-up steps go on one at a time until ``warmup_s`` has passed (a fresh
     process's balancer decides after 0.1 s), then calibration and the rounds."""
@@ -139,6 +149,7 @@ def _check_record(rec):
     assert rec["finite"] is True
 
 
+@pytest.mark.usefixtures("no_full_collections")
 def test_throughput_numpy_only_has_no_ratio():
     settings = cpu.Settings(
         workloads=("W1",),
@@ -158,6 +169,7 @@ def test_throughput_numpy_only_has_no_ratio():
         assert rec["ratio_vs_torch"] is None
 
 
+@pytest.mark.slow  # every contender and report (minutes); the parts are tested above
 def test_smoke_run_writes_json_and_png(tmp_path, capsys):
     _torch()
     json_path, png_path = tmp_path / "bench.json", tmp_path / "ratios.png"
@@ -299,6 +311,7 @@ def test_context_line_names_the_variables_that_choose_kernels():
     assert "OMP_NUM_THREADS" not in line
 
 
+@pytest.mark.usefixtures("no_full_collections")
 def test_busy_repeats_are_run_again_within_bounds():
     log = []
     runners = {"a": _FakeRunner("a", log)}

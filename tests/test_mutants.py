@@ -90,6 +90,13 @@ def _copy(tmp_path: Path) -> Path:
     return root
 
 
+def test_every_snippet_is_in_the_package_once() -> None:
+    """The fast loop's part of the check (planting runs a pytest per mutant, in CI):
+    each snippet can still be planted."""
+    for name, file, original, _, _ in MUTANTS:
+        assert (ROOT / "xpconv" / file).read_text().count(original) == 1, name
+
+
 @pytest.mark.slow
 def test_unmutated_copy_passes(tmp_path: Path) -> None:
     """The control: the same tests on an unchanged copy pass, so a failure below is the

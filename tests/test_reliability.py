@@ -343,6 +343,7 @@ for i in range(1000):
 """
 
 
+@pytest.mark.slow  # three child processes; tests/io/test_checkpoint_io.py kills one
 def test_sigkill_during_checkpoint_write_keeps_previous_loadable(tmp_path: Path) -> None:
     path = tmp_path / "training.npz"
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -763,6 +763,7 @@ def test_benchmarks_gpu_without_a_device_exits_2() -> None:
     assert not (REPO_ROOT / "never-written.json").exists()
 
 
+@pytest.mark.slow  # every GPU workload's record, without a device
 def test_gpu_dry_run_writes_records_and_tables(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -653,6 +653,7 @@ def test_cli_sigint_to_one_rank_ends_the_job_at_once(tmp_path: Path, mnist_dir) 
     assert "rank 1/2: interrupted; stopping every rank" in err
 
 
+@pytest.mark.slow  # trains in a new process
 def test_cli_a_last_batch_of_one_example_is_refused_before_training(
     tmp_path: Path, mnist_dir
 ) -> None:
@@ -696,6 +697,7 @@ def _run_record(out: Path) -> dict:
     return load_checkpoint(out / "training.npz")[1]["run"]
 
 
+@pytest.mark.slow  # trains in a new process
 def test_cli_resume_checks_the_batch_norm_statistics_setting(tmp_path: Path, mnist_dir) -> None:
     """The statistics setting is part of the run record: a resume with another one is
     refused, naming it."""
