@@ -266,3 +266,26 @@ def test_the_tests_mirror_the_packages() -> None:
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")}
     assert folders <= packages, f"test folders without a package: {sorted(folders - packages)}"
     assert packages - folders <= {"tools"}, f"untested packages: {sorted(packages - folders)}"
+
+
+def test_the_fast_loop_names_tests_that_exist() -> None:
+    """Every test :data:`conftest.SLOW_ON_JAX` and :data:`conftest.FAST_MPI` name is
+    defined where they say (a renamed test would silently change the fast loop), and the
+    one MPI program the fast loop keeps is parametrised with the id it names."""
+    from conftest import FAST_MPI, SLOW_ON_JAX
+
+    tests = Path(__file__).resolve().parent
+    for nodeid in sorted(SLOW_ON_JAX | FAST_MPI):
+        path, _, name = nodeid.partition("::")
+        source = (tests.parent / path).read_text(encoding="utf-8")
+        function = name.split("[")[0]
+        assert f"def {function}(" in source, f"{nodeid}: no test {function} in {path}"
+    (kept,) = FAST_MPI
+    found = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", kept],
+        cwd=tests.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert kept in found.stdout, f"{kept} is not collected:\n{found.stdout[-2000:]}"
