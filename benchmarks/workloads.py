@@ -219,7 +219,8 @@ def copy_weights(model: Any, net: Any) -> None:
 
 
 class XpconvRunner:
-    """Times xpconv: ``model.train_batch`` + ``SGD.step`` (on a backend that compiles by
+    """Times xpconv: ``model.train_batch`` + ``SGD.step`` on data checked once, as
+    ``Trainer.fit`` checks it (``validate=False``) (on a backend that compiles by
     default, see ``Backend.compiles_by_default``, unless ``compile`` is False:
     ``xpconv.TrainStep``, whose first step, the warm-up's, compiles), or
     ``model.predict`` of one batch (compiled on a backend that compiles inference);
@@ -256,7 +257,7 @@ class XpconvRunner:
                 if self.train_step is not None:
                     loss = self.train_step(x, self.y, validate=False)
                     continue
-                loss = model.train_batch(x, self.y)
+                loss = model.train_batch(x, self.y, validate=False)  # checked once, above
                 self.optimizer.step(model.parameters())
             return float(loss)
         out = None
