@@ -42,8 +42,8 @@ KILLED = {1, 3}
 TIMEOUT = {36, -24, 24, 152, 255}
 NO_TESTS = {5, 33}
 SURVIVED = {0}
-# Generating the mutants needs one ``mutmut run``; this is the smallest module.
-SEED_MODULE = "xpconv.backends.kernels*"
+# Generating the mutants needs one ``mutmut run``: of these few (the package's ``__dir__``).
+SEED_MUTANTS = "xpconv.x___dir____mutmut_*"
 REVIEW = Path("tests", "mutation_survivors.md")
 #: The reviews' words for a mutant no test run by mutmut can kill (see the module doc).
 NOT_MEASURABLE = ("equivalent", "import time", "GPU only", "JAX only", "a JAX test")
@@ -148,7 +148,7 @@ def command_run(args: argparse.Namespace) -> int:
     # One small mutmut run first: it makes the mutants (or remakes those of changed
     # functions) and collects the statistics of new tests, so the sample is drawn
     # from the mutants of the current code.
-    first = next((n for n, c in sorted(codes.items()) if c in KILLED), SEED_MODULE)
+    first = next((n for n, c in sorted(codes.items()) if c in KILLED), SEED_MUTANTS)
     subprocess.run(["mutmut", "run", *children, first], env=env, check=True)
     # mutmut checks every mutant it is named again; killed ones stay killed (a changed
     # function's mutants are reset by mutmut itself), so name only the others.
