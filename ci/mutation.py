@@ -8,10 +8,12 @@ its survivors are a fair picture of what the tests miss. ``score`` prints the es
 with a 95% Wilson interval.
 
 Every survivor is reviewed in ``tests/mutation_survivors.md``: a test that kills it, or a
-one-line reason why no test run by mutmut can. ``score`` leaves the latter out of the
-score, in a column of their own: equivalent mutants (no behaviour changes), code that
-runs at import time (before mutmut selects a mutant), and code that only runs where the
-mutation run cannot (a CUDA device; JAX, whose cases the run leaves out).
+one-line reason why no test run by mutmut can. ``score`` reads the review. A mutant the
+run cannot select or reach (code run at import time, before mutmut selects a mutant,
+or only on JAX, whose cases the run leaves out) that a test kills when the mutated line
+is planted by hand counts as killed, in a column of its own. Equivalent mutants (no
+behaviour changes) and code that runs only on a CUDA device are left out of the score,
+in the last column.
 
     python ci/mutation.py run --fraction 0.03 --minimum 8 --seed 0 --limit 5   # check the sample
     python ci/mutation.py score --fraction 0.03 --minimum 8 --seed 0 --limit 5  # the docs table
@@ -47,6 +49,7 @@ SEED_MUTANTS = "xpconv.x___dir____mutmut_*"
 REVIEW = Path("tests", "mutation_survivors.md")
 #: The reviews' words for a mutant no test run by mutmut can kill (see the module doc).
 NOT_MEASURABLE = ("equivalent", "import time", "GPU only", "JAX only", "a JAX test")
+BY_HAND, LEFT_OUT = "killed by hand", "not measurable"
 
 
 def read_meta() -> dict[str, int | None]:
@@ -85,19 +88,30 @@ def _named(line: str) -> list[str]:
     return names
 
 
-def not_measurable(review: Path = REVIEW) -> set[str]:
-    """The reviewed mutants that no test run by mutmut can kill (equivalent, import
-    time, GPU only, JAX only), read from the review's ``- `name`: verdict`` lines."""
+def _verdict(text: str) -> str | None:
+    """A review's verdict on a mutant: :data:`BY_HAND` (a test kills it planted by hand,
+    or a JAX test kills it), :data:`LEFT_OUT` (equivalent, GPU only, or out of the run
+    with no test found), or None (a test the run sees kills it)."""
+    jax_test = text.startswith("killed by") and "a JAX test" in text
+    if jax_test or ("planted by hand" in text and "kill" in text):
+        return BY_HAND
+    if text.startswith("killed by") or not any(word in text for word in NOT_MEASURABLE):
+        return None
+    return LEFT_OUT
+
+
+def reviewed(review: Path = REVIEW) -> dict[str, str]:
+    """The review's verdicts (see :func:`_verdict`), read from its ``- `name`: verdict``
+    lines; mutants a run sees killed are left out."""
     if not review.exists():
-        return set()
-    found: set[str] = set()
+        return {}
+    found: dict[str, str] = {}
     for line in review.read_text(encoding="utf-8").splitlines():
         if not line.startswith("- `xpconv.") or ": " not in line:
             continue
-        verdict = line.split(": ", 1)[1]
-        killed = verdict.startswith("killed by") and "a JAX test" not in verdict
-        if not killed and any(word in verdict for word in NOT_MEASURABLE):
-            found.update(_named(line))
+        verdict = _verdict(line.split(": ", 1)[1])
+        if verdict is not None:
+            found.update(dict.fromkeys(_named(line), verdict))
     return found
 
 
@@ -161,28 +175,36 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 #: The score table's columns, in order.
-COLUMNS = ("killed", "survived", "no test in process", "other", "not checked", "not measurable")
+COLUMNS = (
+    "killed",
+    BY_HAND,
+    "survived",
+    "no test in process",
+    "other",
+    "not checked",
+    LEFT_OUT,
+)
 
 
-def _column(code: int | None, measurable: bool = True) -> int:
-    """The score table's column of an exit code (see :data:`COLUMNS`; timeouts are
-    kills); a mutant not killed that the review finds not measurable goes to the last."""
+def _column(code: int | None, verdict: str | None = None) -> int:
+    """The score table's column (see :data:`COLUMNS`) of a mutant's exit code (timeouts
+    are kills) and its review's verdict, for one the run did not kill."""
     if code in KILLED or code in TIMEOUT:
         return 0
-    if not measurable:
-        return 5
+    if verdict is not None:
+        return COLUMNS.index(verdict)
     if code is None:
-        return 4
+        return 5
     if code in SURVIVED:
-        return 1
-    return 2 if code in NO_TESTS else 3
+        return 2
+    return 3 if code in NO_TESTS else 4
 
 
 def command_score(args: argparse.Namespace) -> int:
-    excluded = not_measurable()
+    verdicts = reviewed()
     rows: dict[str, list[int]] = defaultdict(lambda: [0] * len(COLUMNS))
     for name, code in chosen_codes(args).items():
-        rows[module_of(name)][_column(code, name not in excluded)] += 1
+        rows[module_of(name)][_column(code, verdicts.get(name))] += 1
     print(f"| module | sampled | {' | '.join(COLUMNS)} | score (95% interval) |")
     print("|---" * (len(COLUMNS) + 3) + "|")
     total = [0] * len(COLUMNS)
@@ -194,8 +216,9 @@ def command_score(args: argparse.Namespace) -> int:
 
 
 def format_row(label: str, row: list[int]) -> str:
-    """A table row: the counts, and the share killed of the checked measurable mutants."""
-    killed, unchecked, excluded = row[0], row[4], row[5]
+    """A table row: the counts, and the share killed (by the run or by hand) of the
+    checked measurable mutants."""
+    killed, unchecked, excluded = row[0] + row[1], row[5], row[6]
     checked = sum(row) - unchecked - excluded
     if checked:
         lo, hi = wilson(killed, checked)
@@ -207,10 +230,10 @@ def format_row(label: str, row: list[int]) -> str:
 
 
 def command_survivors(args: argparse.Namespace) -> int:
-    """Print the checked sampled mutants not killed that the review does not set aside."""
-    excluded = not_measurable()
+    """Print the checked sampled mutants neither killed nor reviewed."""
+    verdicts = reviewed()
     for name, code in chosen_codes(args).items():
-        if code is not None and _column(code, name not in excluded) not in (0, 5):
+        if code is not None and _column(code, verdicts.get(name)) in (2, 3, 4):
             print(name if code in SURVIVED else f"{name} (exit code {code})")
     return 0
 

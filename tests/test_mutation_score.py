@@ -42,50 +42,58 @@ def test_a_mutant_belongs_to_its_module_file() -> None:
         mutation.module_of("xpconv.ops.conv")
 
 
-def test_the_review_sets_aside_only_the_mutants_no_run_can_kill(tmp_path: Path) -> None:
+def test_the_review_counts_kills_by_hand_and_sets_aside_what_no_run_can_kill(
+    tmp_path: Path,
+) -> None:
     review = tmp_path / "review.md"
     review.write_text(
         "- `xpconv.a.x_f__mutmut_1`, `_7`: equivalent: the default is the same.\n"
         "- `xpconv.a.xǁCǁg__mutmut_2`, `_h__mutmut_4` (no test in process): GPU only: CUDA.\n"
-        "- `xpconv.b.x_k__mutmut_9`, `_m__mutmut_2`: JAX only (the run leaves JAX out).\n"
+        "- `xpconv.b.x_k__mutmut_9`, `_m__mutmut_2`: JAX only; planted by hand, "
+        "`tests/b.py::test_k[jax]` kills each.\n"
+        "- `xpconv.b.x_k__mutmut_3`: import time: no test planted yet.\n"
         "- `xpconv.b.x_k__mutmut_5`: killed by `tests/b.py::test_k` (not equivalent)\n"
         "- `xpconv.b.x_k__mutmut_6`: killed by `tests/b.py::test_k[jax]` (a JAX test)\n"
         "An equivalent `xpconv.c.x_q__mutmut_1` outside a review line.\n",
         encoding="utf-8",
     )
-    assert mutation.not_measurable(review) == {
-        "xpconv.a.x_f__mutmut_1",
-        "xpconv.a.x_f__mutmut_7",
-        "xpconv.a.xǁCǁg__mutmut_2",
-        "xpconv.a.xǁCǁ_h__mutmut_4",
-        "xpconv.b.x_k__mutmut_9",
-        "xpconv.b.x__m__mutmut_2",
-        "xpconv.b.x_k__mutmut_6",
+    by_hand, left_out = mutation.BY_HAND, mutation.LEFT_OUT
+    assert mutation.reviewed(review) == {
+        "xpconv.a.x_f__mutmut_1": left_out,
+        "xpconv.a.x_f__mutmut_7": left_out,
+        "xpconv.a.xǁCǁg__mutmut_2": left_out,
+        "xpconv.a.xǁCǁ_h__mutmut_4": left_out,
+        "xpconv.b.x_k__mutmut_9": by_hand,
+        "xpconv.b.x__m__mutmut_2": by_hand,
+        "xpconv.b.x_k__mutmut_3": left_out,
+        "xpconv.b.x_k__mutmut_6": by_hand,
     }
-    assert mutation.not_measurable(tmp_path / "absent.md") == set()
+    assert mutation.reviewed(tmp_path / "absent.md") == {}
 
 
 def test_every_reviewed_name_is_a_mutant_name() -> None:
-    for name in mutation.not_measurable():
+    for name in mutation.reviewed():
         assert mutation.module_of(name).startswith("xpconv/"), name
 
 
 @pytest.mark.parametrize(
-    ("code", "measurable", "column"),
-    [(1, True, 0), (3, False, 0), (36, True, 0), (0, True, 1), (33, True, 2), (5, True, 2)]
-    + [(-11, True, 3), (None, True, 4), (0, False, 5), (None, False, 5), (33, False, 5)],
+    ("code", "verdict", "column"),
+    [(1, None, 0), (3, "not measurable", 0), (36, None, 0), (None, "killed by hand", 1)]
+    + [(0, None, 2), (33, None, 3), (5, None, 3), (-11, None, 4), (None, None, 5)]
+    + [(0, "not measurable", 6), (33, "not measurable", 6), (0, "killed by hand", 1)],
 )
-def test_each_exit_code_has_its_column(code: int | None, measurable: bool, column: int) -> None:
-    assert mutation._column(code, measurable) == column
+def test_each_exit_code_has_its_column(code: int | None, verdict: str | None, column: int) -> None:
+    assert mutation._column(code, verdict) == column
 
 
 def test_the_score_counts_the_checked_measurable_mutants_only() -> None:
-    # 8 killed, 1 survived, 1 no test in process, 2 not checked, 3 not measurable
-    row = mutation.format_row("`m.py`", [8, 1, 1, 0, 2, 3])
+    # 6 + 2 killed (by the run, by hand), 1 survived, 1 no test in process, 2 not
+    # checked, 3 not measurable
+    row = mutation.format_row("`m.py`", [6, 2, 1, 1, 0, 2, 3])
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:8] == ["`m.py`", "15", "8", "1", "1", "0", "2", "3"]
+    assert cells[:9] == ["`m.py`", "15", "6", "2", "1", "1", "0", "2", "3"]
     lo, hi = mutation.wilson(8, 10)
-    assert cells[8] == f"80.0% ({lo:.1%}-{hi:.1%})"
+    assert cells[9] == f"80.0% ({lo:.1%}-{hi:.1%})"
     assert 0.49 < lo < 0.5 and 0.94 < hi < 0.95  # the Wilson interval of 8 of 10
-    assert mutation.format_row("x", [0, 0, 0, 0, 4, 1]).endswith("| - |")
+    assert mutation.format_row("x", [0, 0, 0, 0, 0, 4, 1]).endswith("| - |")
     assert mutation.wilson(0, 0) == (0.0, 1.0)
