@@ -311,6 +311,27 @@ def test_export_onnx_prints_every_dimension_of_input_and_output(
     assert out.stat().st_size > 0
 
 
+def test_export_without_onnx_names_the_extra_and_the_other_formats_need_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = xpconv.Sequential([xpconv.Conv2D(2, 3)], backend="numpy", input_shape=(1, 8, 10))
+    checkpoint = tmp_path / "maps.npz"
+    xpconv.save_model(model, checkpoint)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    assert main(["export", str(checkpoint), str(tmp_path / "maps.onnx")]) == 1
+    assert capsys.readouterr().err == (
+        "xpconv: error: export needs the onnx package: pip install 'xpconv[interop]'\n"
+    )
+    assert not (tmp_path / "maps.onnx").exists()
+    copy = tmp_path / "copy.npz"
+    assert main(["export", str(checkpoint), str(copy)]) == 0
+    assert capsys.readouterr().out == f"wrote {copy}: the model as npz, float32\n"
+    np.testing.assert_array_equal(
+        xpconv.load_model(copy).predict(np.ones((1, 1, 8, 10), np.float32)),
+        model.predict(np.ones((1, 1, 8, 10), np.float32)),
+    )
+
+
 # --------------------------------------------------------------------- distributed
 
 

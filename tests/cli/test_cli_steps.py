@@ -292,3 +292,29 @@ def test_resuming_a_file_without_a_run_record_uses_the_given_or_the_default_batc
         code = main([*argv, *extra, "--out", str(out)])
         assert code == 0, capsys.readouterr().err
         assert json.loads((out / "metrics.json").read_text())["batch_size"] == batch_size
+
+
+def test_the_pictures_are_titled_with_the_model_the_dataset_and_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from xpconv.cli import report
+    from xpconv.tools import plots
+
+    seen: dict[str, object] = {}
+
+    def save_all(model, dataset, history, out, *, steps, title):  # noqa: ANN001, ANN202
+        seen.update(title=title, steps=steps)
+        return [out / "curves.png"]
+
+    monkeypatch.setattr(plots, "save_all", save_all)
+    model = xc.Sequential([xc.Dense(2)], backend="numpy", input_shape=(3,))
+    history = SimpleNamespace(epoch=[1, 2], step_losses=[[3.0, 2.0], [1.0]])
+    dataset = SimpleNamespace(name="fashion-mnist")
+    names = report._pictures(model, dataset, history, tmp_path, "lenet", 60)
+    assert names == ["curves.png"]
+    assert seen["title"] == (
+        "lenet model on Fashion-MNIST (60 training images): 2 epoch(s), backend numpy"
+    )
+    assert seen["steps"] == ([0.5, 1.0, 2.0], [3.0, 2.0, 1.0])

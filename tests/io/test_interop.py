@@ -901,8 +901,9 @@ def test_safetensors_checks_weights_against_the_architecture(tmp_path) -> None:
     meta = {"kind": "model", "architecture": model.get_config()}
     wrong_dtype = {k: v.astype(np.float64) for k, v in state.items()}
     interop.save_safetensors(tmp_path / "f64.safetensors", wrong_dtype, meta)
-    with pytest.raises(CheckpointError, match="has dtype float64, expected float32"):
+    with pytest.raises(CheckpointError, match="has dtype float64, expected float32") as info:
         xc.load_model(tmp_path / "f64.safetensors")
+    assert str(info.value).endswith("expected float32 (the architecture's dtype)")
     wrong_shape = dict(state)
     wrong_shape["dense_0.weight"] = np.zeros((3, 3), np.float32)
     interop.save_safetensors(tmp_path / "shape.safetensors", wrong_shape, meta)

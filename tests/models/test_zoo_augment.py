@@ -166,6 +166,12 @@ def test_recipes_build_the_optimizers_they_name() -> None:
     assert lenet.schedule(99, 100) < 1e-5
     step = build_optimizer("sgd", 0.1, schedule="step", total_steps=90)
     assert [step.schedule(s, 90) for s in (0, 29, 30, 60)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    # with a warm-up, the thirds are of the steps after it (here 100 - 10)
+    warm = build_optimizer("sgd", 0.1, schedule="step", total_steps=100, warmup=0.1)
+    lrs = [warm.schedule(s, 100) for s in (0, 10, 39, 40, 69, 70)]
+    assert lrs == pytest.approx([0.01, 0.1, 0.1, 0.01, 0.01, 0.001])
+    short = build_optimizer("sgd", 0.1, schedule="step", total_steps=3)  # a third: one step
+    assert [short.schedule(s, 3) for s in range(3)] == pytest.approx([0.1, 0.01, 0.001])
     for bad, words in (
         (dict(optimizer="rmsprop"), "optimizer"),
         (dict(schedule="poly"), "schedule"),

@@ -129,6 +129,17 @@ def test_dropout_layer_is_seeded_and_identity_at_inference(case: Case) -> None:
     assert set(np.unique(masked)) <= {0.0, 2.0} and 0 < masked.mean() < 2
 
 
+def test_dropout_of_zero_draws_no_mask_and_leaves_the_generator_to_the_next_layer() -> None:
+    """The masks a compiled step draws ahead (``draw_mask``): none for ``p == 0``, and
+    the shared generator untouched, so the next dropout layer draws what it draws alone."""
+    both = xc.Sequential([L.Dropout(0.0), L.Dropout(0.5)], input_shape=(50,), seed=11)
+    alone = xc.Sequential([L.Dropout(0.5)], input_shape=(50,), seed=11)
+    assert both.layers[0].draw_mask(4, both.backend, both.dtype) is None
+    mask = both.layers[1].draw_mask(4, both.backend, both.dtype)
+    np.testing.assert_array_equal(mask, alone.layers[0].draw_mask(4, alone.backend, alone.dtype))
+    assert set(np.unique(mask)) == {0.0, 2.0}
+
+
 def test_dense_infers_and_checks_input_width() -> None:
     model = xc.Sequential([L.Flatten(), L.Dense(neurons=10)], input_shape=(2, 3, 4))
     assert model.parameters()["dense_0.weight"].shape == (10, 24)

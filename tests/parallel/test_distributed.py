@@ -178,6 +178,23 @@ def test_check_same_names_what_differs() -> None:
         check_same(comm, items)
 
 
+def test_a_broadcast_state_that_arrives_changed_is_named() -> None:
+    """The state is broadcast, then its digest is compared: a peer whose copy differs
+    (here: rank 0's digest, as the peer sees it, is another) stops every rank."""
+
+    class Peer(_TwoRanks):
+        def _broadcast(self, buffer, root):
+            return 255 - buffer if buffer.dtype == np.uint8 else buffer  # the digest differs
+
+    comm = Peer(lambda size: np.ones(size))  # the peer counts its own mismatch
+    state = {"w": np.arange(6.0).reshape(2, 3), "b": np.zeros(2)}
+    with pytest.raises(
+        DistributedError,
+        match=r"^ranks disagree on the broadcast state \(2 rank\(s\) differ from rank 0\)",
+    ):
+        broadcast_state(comm, state)
+
+
 def test_get_communicator_by_engine_name() -> None:
     assert isinstance(get_communicator(None), SingleProcessCommunicator)
     assert get_communicator("single").size == 1
