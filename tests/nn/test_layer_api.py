@@ -624,6 +624,7 @@ def test_block_descriptions_and_summary_rows_name_the_inner_layers() -> None:
     model = xc.Sequential([fused, L.Flatten(), L.Dense(2)], input_shape=(1, 6, 6))
     assert (fused.conv.name, fused.pool.name) == ("conv", "pool")
     lines = model.summary().splitlines()
+    assert lines[1].split() == ["layer", "output", "shape", "params"], lines[1]  # the header
     # the input row: its shape with the batch axis open, and no parameter count
     assert lines[3].split() == ["input", "(None,", "1,", "6,", "6)"], lines[3]
     for row in (
