@@ -318,3 +318,43 @@ def test_the_pictures_are_titled_with_the_model_the_dataset_and_the_run(
         "lenet model on Fashion-MNIST (60 training images): 2 epoch(s), backend numpy"
     )
     assert seen["steps"] == ([0.5, 1.0, 2.0], [3.0, 2.0, 1.0])
+
+
+def test_an_interrupt_exits_130_saying_so_on_stderr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xpconv.cli import app
+
+    def interrupted(args: object, parser: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(app.HANDLERS, "evaluate", interrupted)
+    assert main(["evaluate", "model.npz"]) == 130
+    out = capsys.readouterr()
+    assert (out.out, out.err) == ("", "\nxpconv: interrupted\n")
+
+
+def test_evaluate_refuses_an_unknown_dataset_when_parsing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["evaluate", "model.npz", "--dataset", "cifar10"]) == 2
+    assert "argument --dataset: invalid choice: 'cifar10'" in capsys.readouterr().err
+
+
+def test_the_data_is_loaded_with_the_progress_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    import xpconv.data.datasets as datasets
+    from xpconv.cli.common import load_data
+
+    calls: list[dict[str, object]] = []
+
+    def load_dataset(name: str, data_dir: object, **options: object) -> str:
+        calls.append({"name": name, "data_dir": data_dir, **options})
+        return "data"
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert load_data("mnist", "d", False) == "data"
+    assert load_data("digits", None, True, fallback=False) == "data"
+    assert calls == [
+        {"name": "mnist", "data_dir": "d", "progress": False, "allow_fallback": True},
+        {"name": "digits", "data_dir": None, "progress": True, "allow_fallback": False},
+    ]

@@ -161,6 +161,11 @@ def test_metadata_details_round_trip(tmp_path: Path) -> None:
     # Metadata as returned (with the marker keys) can be saved again unchanged.
     save_checkpoint(path, {}, meta)
     assert load_checkpoint(path)[1]["pair"] == [1, 2]
+    # the same list under two keys is shared, not circular
+    shared = [1, {"k": "v"}]
+    save_checkpoint(path, {}, {"a": shared, "b": shared, "c": [shared, shared]})
+    meta = load_checkpoint(path)[1]
+    assert meta["a"] == meta["b"] == [1, {"k": "v"}] and meta["c"] == [shared, shared]
 
 
 def test_writes_exactly_the_given_path(tmp_path: Path) -> None:
@@ -796,3 +801,36 @@ def test_architecture_without_layers_is_refused_naming_the_field() -> None:
         assert str(info.value) == (
             f"architecture.layers: expected a list of 1 to {LIMITS['layers']} layers, got {bad!r}"
         )
+
+
+def test_an_architecture_that_is_not_an_object_is_refused_naming_it() -> None:
+    from xpconv.io.schema import validate_architecture
+
+    for bad in (["Dense"], "Sequential", None):
+        with pytest.raises(CheckpointError) as info:
+            validate_architecture(bad, {})
+        assert str(info.value) == f"architecture: expected an object, got {type(bad).__name__}"
+
+
+def test_blocks_nest_at_most_the_limit_deep() -> None:
+    """Residual blocks inside blocks: as deep as ``LIMITS["block_depth"]`` loads, one
+    level more is refused naming the field, before anything is built."""
+    import xpconv as xc
+    from xpconv.io.schema import LIMITS, validate_architecture
+
+    def nested(levels: int) -> dict:
+        block: xc.Layer = xc.ReLU()
+        for _ in range(levels):
+            block = xc.Residual([block])
+        model = xc.Sequential([xc.Flatten(), block, xc.Dense(2)], input_shape=(3,))
+        return json.loads(json.dumps(model.get_config()))
+
+    limit = LIMITS["block_depth"]
+    validate_architecture(nested(limit), {"dense_0.weight": (2, 3), "dense_0.bias": (2,)})
+    with pytest.raises(CheckpointError) as info:
+        validate_architecture(nested(limit + 1), {})
+    field = "architecture.layers[1]" + ".config.layers[0]" * limit
+    assert str(info.value) == (
+        f"{field}.config.layers: expected at most {LIMITS['layers']} inner layers nested at "
+        f"most {limit} deep"
+    )
