@@ -834,3 +834,18 @@ def test_blocks_nest_at_most_the_limit_deep() -> None:
         f"{field}.config.layers: expected at most {LIMITS['layers']} inner layers nested at "
         f"most {limit} deep"
     )
+
+
+def test_an_input_of_the_limit_elements_loads_and_one_more_is_refused() -> None:
+    import xpconv as xc
+    from xpconv.io.schema import LIMITS, validate_architecture
+
+    model = xc.Sequential([xc.Flatten()], input_shape=(2, 3))
+    config = json.loads(json.dumps(model.get_config()))
+    limit = LIMITS["activation_elements"]
+    validate_architecture({**config, "input_shape": [2, limit // 2]}, {})
+    with pytest.raises(CheckpointError) as info:
+        validate_architecture({**config, "input_shape": [1, limit + 1]}, {})
+    assert str(info.value) == (
+        f"architecture.input_shape: (1, {limit + 1}) has more than {limit} elements per example"
+    )
