@@ -117,3 +117,13 @@ def test_backend_of_and_check(case: Case) -> None:
 def test_namespace_of_rejects_non_arrays() -> None:
     with pytest.raises(TypeError, match=r"x: expected an array, got builtins.list"):
         xb.namespace_of(x=[1.0, 2.0])
+
+
+def test_a_backend_owns_only_arrays_on_its_own_device() -> None:
+    pytest.importorskip("array_api_strict")
+    default, second = xb.get_backend("array_api_strict"), xb.get_backend("array_api_strict:device1")
+    a = second.asarray(np.ones(3))
+    assert second.owns(a) and not default.owns(a)
+    with pytest.raises(xb.BackendError, match=r"^x: expected an array of backend .*device1"):
+        default.check(a, "x")
+    assert not default.owns(np.ones(3)) and not default.owns([1.0])

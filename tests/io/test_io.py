@@ -117,3 +117,17 @@ def test_progress_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     assert _io.progress_bar(True, 10, "x") is None
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux's /proc only")
+def test_the_umask_is_read_from_proc_without_setting_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Setting the umask to read it back changes it for every thread of the process for
+    a moment; where Linux shows it in /proc, it is read from there."""
+    status = Path("/proc/self/status").read_text(encoding="ascii").splitlines()
+    expected = int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+
+    def umask(mask: int) -> int:
+        raise AssertionError("os.umask was called: it sets the mask process-wide")
+
+    monkeypatch.setattr(_io.os, "umask", umask)
+    assert _io._current_umask() == expected
