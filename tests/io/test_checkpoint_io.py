@@ -849,3 +849,18 @@ def test_an_input_of_the_limit_elements_loads_and_one_more_is_refused() -> None:
     assert str(info.value) == (
         f"architecture.input_shape: (1, {limit + 1}) has more than {limit} elements per example"
     )
+
+
+def test_an_archive_with_an_entry_twice_is_refused_as_crafted(tmp_path: Path) -> None:
+    path = tmp_path / "twice.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(METADATA_KEY + ".npy", _valid_meta_npy())
+        zf.writestr("w.npy", _npy_bytes(np.full(2, 1.0)))
+        with pytest.warns(UserWarning, match="Duplicate name"):  # which would a reader take?
+            zf.writestr("w.npy", _npy_bytes(np.full(2, 2.0)))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"cannot load checkpoint {str(path)!r}: the archive contains the entry 'w.npy' more "
+        "than once; the file is corrupt or was crafted"
+    )
