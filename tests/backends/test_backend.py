@@ -127,3 +127,19 @@ def test_a_backend_owns_only_arrays_on_its_own_device() -> None:
     with pytest.raises(xb.BackendError, match=r"^x: expected an array of backend .*device1"):
         default.check(a, "x")
     assert not default.owns(np.ones(3)) and not default.owns([1.0])
+
+
+def test_placeholders_of_a_compiled_function_are_traced() -> None:
+    """JAX tracers and PyTorch fake tensors are placeholders (nothing made from them
+    may be cached); concrete arrays are not."""
+    assert not xb.is_traced(np.ones(2))
+    seen: list[bool] = []
+    jax = pytest.importorskip("jax")
+    jax.jit(lambda a: seen.append(xb.is_traced(a)) or a)(np.ones(2))
+    assert seen == [True] and not xb.is_traced(jax.numpy.ones(2))
+    torch = pytest.importorskip("torch")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(torch.ones(2))
+    assert xb.is_traced(fake) and not xb.is_traced(torch.ones(2))
