@@ -181,6 +181,78 @@ def test_cpu_sample_reads_the_machine() -> None:
     assert 0.0 <= second.others_since(first) <= second.cores
 
 
+_STAT = """cpu  400 0 200 9000 100 0 0 0 0 0
+cpu0 100 0 50 3000 30 0 0 0 0 0
+cpu1 200 0 100 3000 40 0 0 0 0 0
+cpu2 100 0 50 3000 30 0 0 0 0 0
+intr 12345
+"""
+
+
+def _fake_stat(monkeypatch: pytest.MonkeyPatch, allowed: set[int] | None) -> None:
+    import io
+
+    monkeypatch.setattr(host, "open", lambda path: io.StringIO(_STAT), raising=False)
+    if allowed is None:
+        monkeypatch.delattr(host.os, "sched_getaffinity", raising=False)
+    else:
+        monkeypatch.setattr(host.os, "sched_getaffinity", lambda pid: allowed)
+
+
+@pytest.mark.skipif(not hasattr(os, "sysconf"), reason="needs the clock tick of POSIX")
+def test_cpu_sample_counts_only_the_cpus_this_process_may_run_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tick = os.sysconf("SC_CLK_TCK")
+    _fake_stat(monkeypatch, {0, 2})  # busy: user + nice + system (+ irq, softirq, steal)
+    sample = host.cpu_sample()
+    assert sample is not None and sample.cores == 2
+    assert sample.machine_busy == pytest.approx((150 + 150) / tick)
+    _fake_stat(monkeypatch, {5})  # a CPU /proc/stat does not list: the whole machine
+    sample = host.cpu_sample()
+    assert sample is not None and (sample.cores, sample.machine_busy) == (3, 600 / tick)
+    _fake_stat(monkeypatch, None)  # no affinity mask (not Linux): the whole machine
+    sample = host.cpu_sample()
+    assert sample is not None and (sample.cores, sample.machine_busy) == (3, 600 / tick)
+
+
+def test_tune_host_reports_each_change_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("XPCONV_HOST_TUNING", raising=False)
+    balancer = host._Balancer()
+    monkeypatch.setattr(host, "_BALANCER", balancer)
+    monkeypatch.setattr(host, "keep_freed_memory", lambda: False)
+    monkeypatch.setattr(host, "one_blas_thread", lambda: True)
+    monkeypatch.setattr(balancer, "enable", lambda: setattr(balancer, "enabled", True))
+    assert host.tune_host() == {
+        "keep_freed_memory": False,
+        "one_blas_thread": True,
+        "balance_threads": True,
+    }
+
+
+def test_the_balancer_forgets_samples_exactly_one_horizon_old(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sample exactly ``horizon`` older than the next is dropped: the decision reads
+    the last ``horizon`` seconds only (binary-exact times, so the edge is the edge)."""
+    samples: list[host.CpuSample] = []
+    monkeypatch.setattr(host, "cpu_sample", lambda: samples[-1])
+    monkeypatch.setattr(host, "usable_cores", lambda: 2)
+    monkeypatch.setattr(host.time, "monotonic", lambda: samples[-1].wall)
+    balancer = host._Balancer()
+    balancer.window, balancer.horizon = 0.25, 0.5
+
+    def at(wall: float, busy: float) -> int | None:
+        samples.append(host.CpuSample(wall, busy, 0.0, 2))
+        return balancer.step()
+
+    samples.append(host.CpuSample(0.0, 0.0, 0.0, 2))
+    balancer.enable()
+    assert at(0.0, 0.0) == 1  # the first step
+    assert at(0.25, 1.0) == 1  # others took every core
+    assert at(0.75, 1.0) == 2  # then none; 0.25 is a horizon back, so 0.0 drops out
+
+
 def test_balancer_gives_one_thread_while_others_are_busy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
