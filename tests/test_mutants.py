@@ -93,6 +93,8 @@ def _copy(tmp_path: Path) -> Path:
 def test_every_snippet_is_in_the_package_once() -> None:
     """The fast loop's part of the check (planting runs a pytest per mutant, in CI):
     each snippet can still be planted."""
+    if "MUTANT_UNDER_TEST" in os.environ:
+        pytest.skip("mutmut's copy of the package holds every mutant's version of the code")
     for name, file, original, _, _ in MUTANTS:
         assert (ROOT / "xpconv" / file).read_text().count(original) == 1, name
 
