@@ -32,7 +32,7 @@ def evaluate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     test = model.evaluate(dataset.x_test, dataset.y_test, batch_size=args.batch_size)
     result = {
         "checkpoint": str(path),
-        "test_accuracy": finite(test["accuracy"]),
+        "test_accuracy": test["accuracy"],
         "test_loss": finite(test["loss"]),
         "test_examples": len(dataset.y_test),
         "backend": backend.name,
