@@ -797,3 +797,16 @@ def test_checkpoint_schema_asks_the_layers_and_refuses_a_padded_pool() -> None:
     config["layers"][0]["config"]["padding"] = [2, 2]
     with pytest.raises(CheckpointError, match="padding: expected at most half"):
         validate_architecture(config, stored)
+
+
+@pytest.mark.parametrize(
+    ("activation", "fused"),
+    [(None, True), ("identity", True), ("relu", True), ("tanh", False), ("sigmoid", False)],
+)
+def test_a_conv_fuses_with_its_max_pool_with_no_activation_or_relu(
+    activation: str | None, fused: bool
+) -> None:
+    conv = L.Conv2D(2, 3, activation=activation)
+    assert L.ConvMaxPool.fits(conv, L.MaxPool2D(2)) is fused
+    assert not L.ConvMaxPool.fits(conv, L.MaxPool2D(2, stride=1))  # overlapping windows
+    assert not L.ConvMaxPool.fits(conv, L.AvgPool2D(2))

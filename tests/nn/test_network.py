@@ -660,3 +660,15 @@ def test_conv_pool_fusion_changes_nothing(case: Case, rng, size: int, pool, lead
     case.assert_close(fused.train_batch(x, y), case.to_numpy(plain.train_batch(x, y)), "loss")
     for (name, p), q in zip(fused.parameters().items(), plain.parameters().values()):
         case.assert_close(p.grad, case.to_numpy(q.grad), name)
+
+
+def test_device_arrays_of_another_float_dtype_are_cast_and_integers_refused(case: Case) -> None:
+    if case.backend_name == "numpy":
+        pytest.skip("NumPy arrays are host data (cast on the host path)")
+    model = xc.Sequential([L.Dense(2)], input_shape=(3,), backend=case.backend, dtype="float32")
+    be = model.backend
+    with pytest.warns(UserWarning, match=r"^x: \S*float64 data cast to the model's float32"):
+        x = model.as_input(be.asarray(np.ones((2, 3)), dtype="float64"))
+    assert x.dtype == be.xp.float32
+    with pytest.raises(TypeError, match=r"^x: expected a floating array, got .*int64"):
+        model.as_input(be.asarray(np.ones((2, 3), dtype=np.int64)))
