@@ -672,3 +672,7 @@ def test_device_arrays_of_another_float_dtype_are_cast_and_integers_refused(case
     assert x.dtype == be.xp.float32
     with pytest.raises(TypeError, match=r"^x: expected a floating array, got .*int64"):
         model.as_input(be.asarray(np.ones((2, 3), dtype=np.int64)))
+    nan = be.asarray(np.full((2, 3), np.nan), dtype="float32")
+    with pytest.raises(ValueError, match="^x: "):
+        model.as_input(nan)
+    assert model.as_input(nan, finite=False).shape == (2, 3)  # checked before: not again
