@@ -117,6 +117,9 @@ def test_backend_of_and_check(case: Case) -> None:
 def test_namespace_of_rejects_non_arrays() -> None:
     with pytest.raises(TypeError, match=r"x: expected an array, got builtins.list"):
         xb.namespace_of(x=[1.0, 2.0])
+    for nothing in ({}, {"x": None, "bias": None}):  # no array at all: nothing to go by
+        with pytest.raises(TypeError, match="^expected at least one array$"):
+            xb.namespace_of(**nothing)
 
 
 def test_a_backend_owns_only_arrays_on_its_own_device() -> None:
