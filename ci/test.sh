@@ -20,4 +20,6 @@ python -m pip install -q -e ".[test,cli]"
 
 ruff check .
 ruff format --check .
-python -m pytest -rs -n "${XPCONV_TEST_WORKERS:-2}" "$@"
+# worksteal: an idle worker takes queued tests from the busy one, so a long test at the
+# end of one worker's queue does not leave the other idle
+python -m pytest -rs -n "${XPCONV_TEST_WORKERS:-2}" --dist worksteal "$@"
