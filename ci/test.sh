@@ -20,6 +20,4 @@ python -m pip install -q -e ".[test,cli]"
 
 ruff check .
 ruff format --check .
-# worksteal: an idle worker takes queued tests from the busy one, so a long test at the
-# end of one worker's queue does not leave the other idle
-python -m pytest -rs -n "${XPCONV_TEST_WORKERS:-2}" --dist worksteal "$@"
+python -m pytest -rs -n "${XPCONV_TEST_WORKERS:-2}" "$@"
