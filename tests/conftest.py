@@ -128,6 +128,13 @@ REPEATS = {"numpy-f32", "numpy-readonly-f64", "strict-f64", "torch-cpu-f64", "ja
 #: How many configurations of a random sweep the fast loop runs; CI runs all of them.
 FAST_SWEEP = 12
 
+#: How many configurations of a random sweep the JAX case runs, in CI too. JAX compiles
+#: every op for every new shape: one configuration of conv2d's sweep takes about 2.4 s
+#: on JAX and 3 ms on NumPy, and the JAX case of the 200-configuration sweep alone was
+#: a quarter of the suite's time. The rest skip with this reason; the portable kernels
+#: JAX runs are checked on every configuration by array-api-strict.
+JAX_SWEEP = 40
+
 #: JAX compiles every op for every new shape (seconds each), so the fast loop runs a
 #: test on the JAX case with its first parametrisation only (the first configuration of
 #: a sweep), and not at all the tests here, whose code paths on JAX a cheaper test runs.
@@ -165,7 +172,7 @@ def sweep(configs: list[Any], ids: list[str], fast: int = FAST_SWEEP) -> list[An
         pytest.param(
             *(c if isinstance(c, tuple) else (c,)),
             id=i,
-            marks=[pytest.mark.slow] if k >= fast else [],
+            marks=[pytest.mark.sweep(k), *([pytest.mark.slow] if k >= fast else [])],
         )
         for k, (c, i) in enumerate(zip(configs, ids))
     ]
@@ -174,9 +181,11 @@ def sweep(configs: list[Any], ids: list[str], fast: int = FAST_SWEEP) -> list[An
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects the slow tests
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark slow the repeated JAX parametrisations and the MPI programs (see
-    :data:`SLOW_ON_JAX` and :data:`FAST_MPI`)."""
+    :data:`SLOW_ON_JAX` and :data:`FAST_MPI`); skip the JAX case past the first
+    :data:`JAX_SWEEP` configurations of a sweep."""
     jax_seen: set[str] = set()
     for item in items:
+        _skip_late_jax_sweep(item)
         if item.get_closest_marker("slow"):
             continue
         if item.get_closest_marker("mpi"):
@@ -190,6 +199,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             if test in jax_seen or test in SLOW_ON_JAX:
                 item.add_marker(pytest.mark.slow)
             jax_seen.add(test)
+
+
+def _skip_late_jax_sweep(item: pytest.Item) -> None:
+    params = getattr(item, "callspec", None)
+    case = params.params.get("case") if params else None
+    position = item.get_closest_marker("sweep")
+    if isinstance(case, Case) and case.backend_name == "jax" and position is not None:
+        if position.args[0] >= JAX_SWEEP:
+            reason = f"JAX runs the first {JAX_SWEEP} configurations of a sweep (JAX_SWEEP)"
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def _available(case: Case) -> str | None:
@@ -269,6 +288,19 @@ def torch_or_skip() -> Any:
     except ImportError as exc:
         require_or_skip(False, f"PyTorch is the independent oracle and is missing ({exc})")
     return torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n``) the workers share the cores: OpenBLAS on one thread
+    in each worker and in the programs the tests start (unless the environment says
+    otherwise). Its idle threads wait spinning, so two workers each training with two
+    BLAS threads took 2-5x longer. It reads the setting when NumPy loads, so it is set
+    here, in the controller, before the workers start. xpconv's kernels then split
+    their large products over their own threads (``host.product_threads``); the
+    tests that need OpenBLAS threading set its count themselves."""
+    workers = getattr(config.option, "numprocesses", None)
+    if workers and not os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
