@@ -133,7 +133,7 @@ FAST_SWEEP = 12
 #: on JAX and 3 ms on NumPy, and the JAX case of the 200-configuration sweep alone was
 #: a quarter of the suite's time. The rest skip with this reason; the portable kernels
 #: JAX runs are checked on every configuration by array-api-strict.
-JAX_SWEEP = 40
+JAX_SWEEP = 20
 
 #: JAX compiles every op for every new shape (seconds each), so the fast loop runs a
 #: test on the JAX case with its first parametrisation only (the first configuration of
