@@ -20,6 +20,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 import pytest
+from numerics import assert_scaled_close
 
 from xpconv.backends import strided as _strided
 from xpconv.backends.cupy import kernels as _cupy_kernels
@@ -400,3 +401,33 @@ def test_an_explicit_choice_overrides_the_context() -> None:
         assert kernels_for(np, portable=False).name == "numpy"
     with use_portable(False):
         assert kernels_for(np).name == "numpy"
+
+
+def test_numpy_products_are_right_whether_openblas_or_xpconv_threads_them() -> None:
+    """The two ways the NumPy kernels run a large product: one BLAS call that OpenBLAS
+    threads (its default) and parts over xpconv's threads while OpenBLAS runs on one
+    (``OPENBLAS_NUM_THREADS=1``, ``tune_host``, and the pytest-xdist workers): both
+    match the float64 products."""
+    from xpconv.backends.numpy import host
+
+    before = host.blas_threads()
+    if before is None:
+        pytest.skip("no OpenBLAS whose thread count can be set is loaded")
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(512, 256)), rng.normal(size=(256, 520))  # 2**26 multiply-adds
+    x, w, bias = rng.normal(size=(32, 1, 28, 28)), rng.normal(size=(16, 25)), rng.normal(size=16)
+    geom = conv_geometry(x.shape, (16, 1, 5, 5), padding="same")
+    expected = (a @ b, w @ PORTABLE.im2col(np, x, geom) + bias[:, None])
+    f32 = [v.astype(np.float32) for v in (a, b, x, w, bias)]
+    try:
+        for threads in (2, 1):
+            host.set_blas_threads(threads)
+            assert (host.product_threads() is None) == (threads > 1)
+            got = (
+                _numpy_kernels.matmul(np, f32[0], f32[1]),
+                _numpy_kernels.conv_matmul(np, f32[2], f32[3], f32[4], geom)[0],
+            )
+            for g, e, what in zip(got, expected, ("matmul", "conv_matmul")):
+                assert_scaled_close(g, e, 1e-5, f"{what} with {threads} BLAS threads")
+    finally:
+        host.set_blas_threads(before)
