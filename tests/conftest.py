@@ -185,30 +185,29 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     :data:`JAX_SWEEP` configurations of a sweep."""
     jax_seen: set[str] = set()
     for item in items:
-        _skip_late_jax_sweep(item)
+        on_jax = _on_jax(item)
+        position = item.get_closest_marker("sweep")
+        if on_jax and position is not None and position.args[0] >= JAX_SWEEP:
+            reason = f"JAX runs the first {JAX_SWEEP} configurations of a sweep (JAX_SWEEP)"
+            item.add_marker(pytest.mark.skip(reason=reason))
         if item.get_closest_marker("slow"):
             continue
         if item.get_closest_marker("mpi"):
             if item.nodeid not in FAST_MPI:
                 item.add_marker(pytest.mark.slow)
             continue
-        params = getattr(item, "callspec", None)
-        case = params.params.get("case") if params else None
-        if isinstance(case, Case) and case.backend_name == "jax":
+        if on_jax:
             test = item.nodeid.split("[")[0]
             if test in jax_seen or test in SLOW_ON_JAX:
                 item.add_marker(pytest.mark.slow)
             jax_seen.add(test)
 
 
-def _skip_late_jax_sweep(item: pytest.Item) -> None:
+def _on_jax(item: pytest.Item) -> bool:
+    """Whether ``item`` runs on a JAX case of the ``case`` fixture."""
     params = getattr(item, "callspec", None)
     case = params.params.get("case") if params else None
-    position = item.get_closest_marker("sweep")
-    if isinstance(case, Case) and case.backend_name == "jax" and position is not None:
-        if position.args[0] >= JAX_SWEEP:
-            reason = f"JAX runs the first {JAX_SWEEP} configurations of a sweep (JAX_SWEEP)"
-            item.add_marker(pytest.mark.skip(reason=reason))
+    return isinstance(case, Case) and case.backend_name == "jax"
 
 
 def _available(case: Case) -> str | None:
