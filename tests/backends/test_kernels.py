@@ -431,3 +431,37 @@ def test_numpy_products_are_right_whether_openblas_or_xpconv_threads_them() -> N
                 assert_scaled_close(g, e, 1e-5, f"{what} with {threads} BLAS threads")
     finally:
         host.set_blas_threads(before)
+
+
+def test_numpy_piece_cuts_a_row_into_equal_pieces_under_the_limit() -> None:
+    piece = _numpy_kernels._piece
+    # the lecture's convolution at batch 128: 16 x 25 weight, rows of 28 * 128 columns
+    assert piece(28 * 128, _numpy_kernels._UNPACKED_GEMM // (16 * 25)) == 1792
+    assert piece(40, 40) == 40  # within the limit: whole
+    assert piece(40, 20) == 20
+    assert piece(42, 14) == 14  # three pieces
+    assert piece(40, 14) == 10  # three do not divide 40: four
+    assert piece(40, 9) == 40  # no cut into at most four pieces fits: whole
+    assert piece(7, 3) == 7  # no equal cut: whole
+
+
+@pytest.mark.parametrize("limit", [10**9, 3 * 18 * 20, 3 * 18 * 14])
+def test_numpy_conv_products_in_pieces_match_float64(
+    limit: int, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NumPy convolution whose block products are cut into pieces (batched over
+    the pieces of each row) or not, with the dense head, bias, tanh and kept columns:
+    the float64 products, whichever way the blocks were multiplied."""
+    monkeypatch.setattr(_numpy_kernels, "_UNPACKED_GEMM", limit)
+    x, w = rng.normal(size=(4, 2, 9, 10)), rng.normal(size=(3, 18))  # rows of 10 * 4 columns
+    bias, head = rng.normal(size=3), rng.normal(size=(5, 3 * 9 * 10))
+    geom = conv_geometry(x.shape, (3, 2, 3, 3), padding="same")
+    cols = PORTABLE.im2col(np, x, geom)
+    want = np.tanh(w @ cols + bias[:, None])
+    f32 = [v.astype(np.float32) for v in (x, w, bias, head)]
+    out, got_cols, product = _numpy_kernels.conv_linear(np, *f32[:3], geom, f32[3], True, True)
+    assert_scaled_close(out, want, 1e-5, f"conv_linear, limit {limit}")
+    assert_scaled_close(product, head @ want.reshape(-1, 4), 1e-5, f"head, limit {limit}")
+    np.testing.assert_array_equal(got_cols, cols.astype(np.float32))
+    out, _ = _numpy_kernels.conv_matmul(np, *f32[:3], geom, False, False)
+    assert_scaled_close(out, w @ cols + bias[:, None], 1e-5, f"conv_matmul, limit {limit}")

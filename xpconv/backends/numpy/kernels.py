@@ -209,6 +209,10 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _CONV_BLOCK = 1 << 19  # bytes of columns built and multiplied at a time: they stay in cache
+# OpenBLAS's Skylake-X kernels multiply a product of at most 10**6 multiply-adds without
+# packing its operands: for a convolution's thin weight about twice as fast per
+# multiply-add (docs/performance.md), so a block's product is cut into pieces under it
+_UNPACKED_GEMM = 10**6
 
 
 def conv_matmul(
@@ -227,8 +231,10 @@ def conv_matmul(
     added to its outputs and their tanh taken, while it is still in cache; only the
     output (and the columns, when ``keep_cols``) go to memory. Without ``keep_cols`` (a
     forward pass no backward follows) the columns are never stored at all. While
-    OpenBLAS runs on one thread the output rows are split over the cores, each block a
-    one-thread BLAS call, the same blocks every time (see :func:`matmul`).
+    OpenBLAS runs on one thread the output rows are split over the cores, each block
+    one-thread BLAS products, the same blocks every time (see :func:`matmul`); a block's
+    product over more than ``_UNPACKED_GEMM`` multiply-adds is one batched call over
+    pieces of its columns.
     Pool-ordered columns (the fused conv + pool step) and grouped convolutions take the
     one-pass path. Returns ``(output, columns or None)``.
     """
@@ -288,6 +294,7 @@ def _conv_blocks(
     out = np.empty((w2.shape[0], oh * per_row), dtype=np.result_type(w2, src))
     cols = np.empty(windows.shape, dtype=src.dtype) if keep_cols else None
     step = max(1, _CONV_BLOCK // (rows * per_row * src.itemsize))  # output rows per block
+    piece = _piece(per_row, _UNPACKED_GEMM // (rows * len(w2)))
     shift = None if bias is None else np.asarray(bias, dtype=out.dtype).reshape(-1, 1)
     # (O, U, OH * OW): per output channel, the head's columns that read it
     head_by_channel = None if head is None else head.reshape(len(head), len(w2), -1).swapaxes(0, 1)
@@ -301,7 +308,7 @@ def _conv_blocks(
             block = scratch[..., : b - a, :, :] if cols is None else cols[..., a:b, :, :]
             np.copyto(block, windows[..., a:b, :, :])
             product = out[:, a * per_row : b * per_row]
-            np.matmul(w2, block.reshape(rows, -1), out=product)
+            _thin_product(w2, block.reshape(rows, -1), product, piece)
             if shift is not None:
                 product += shift
             if tanh:
@@ -314,6 +321,30 @@ def _conv_blocks(
     _in_parts(work, oh, out.nbytes if threads else 0, _PARALLEL_COMPUTE_BYTES, threads or 1)
     head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
     return out, None if cols is None else cols.reshape(rows, -1), head_out  # type: ignore[return-value]
+
+
+def _piece(columns: int, limit: int) -> int:
+    """The widest piece of at most ``limit`` columns that cuts ``columns`` into 2, 3 or
+    4 equal pieces; ``columns`` itself when it is within ``limit`` or no such cut exists."""
+    if columns <= limit:
+        return columns
+    cuts = (columns // k for k in (2, 3, 4) if columns % k == 0 and columns // k <= limit)
+    return next(cuts, columns)
+
+
+def _thin_product(w2: np.ndarray, block: np.ndarray, out: np.ndarray, piece: int) -> None:
+    """``w2 @ block`` into ``out`` (a view whose last axis is contiguous), as one batched
+    call of products of ``piece`` columns each (``piece`` divides the columns of one
+    output row, so those of every block of whole rows)."""
+    if piece >= block.shape[1]:
+        np.matmul(w2, block, out=out)
+        return
+    pieces = block.shape[1] // piece
+    np.matmul(
+        w2,
+        block.reshape(len(block), pieces, piece).swapaxes(0, 1),
+        out=out.reshape(len(out), pieces, piece).swapaxes(0, 1),  # a view: the last axis is split
+    )
 
 
 def weight_grad(xp: Any, grad2: np.ndarray, cols: np.ndarray) -> np.ndarray:
