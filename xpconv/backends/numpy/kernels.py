@@ -31,7 +31,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from xpconv.backends.kernels import PORTABLE, Kernels, register_fast_path
-from xpconv.backends.numpy import host
+from xpconv.backends.numpy import host, scratch
 from xpconv.backends.portable import ConvGeometry
 from xpconv.backends.strided import StridedPlan, strided_plan
 
@@ -98,7 +98,7 @@ def _padded_chwn(x: np.ndarray, plan: StridedPlan) -> np.ndarray:
     xt = x.transpose(1, 2, 3, 0)
     if not plan.zero:
         return np.ascontiguousarray(xt)
-    buf = np.empty(plan.padded, dtype=x.dtype)
+    buf = scratch.take(plan.padded, x.dtype)
     for region in plan.zero:
         buf[region] = 0
     buf[plan.inside] = xt
@@ -112,7 +112,7 @@ def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     windows = as_strided(
         src, shape=plan.windows, strides=plan.window_strides(*src.strides), writeable=False
     )
-    cols = np.empty(windows.shape, dtype=src.dtype)
+    cols = scratch.take(windows.shape, src.dtype)
     if geom.in_channels == 1 and geom.pool == (1, 1):  # split the kernel taps instead
         kw = geom.kernel[1]
 
@@ -127,6 +127,8 @@ def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
             np.copyto(cols[lo:hi], windows[lo:hi])
 
         _in_parts(copy, geom.in_channels, cols.nbytes)
+    if plan.zero:  # the padded copy is this call's own
+        scratch.give(src)
     return cols.reshape(geom.in_channels * geom.taps, geom.columns)
 
 
@@ -177,14 +179,12 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a, b = np.asarray(a), np.asarray(b)
     (m, k), n = a.shape, b.shape[1]
-    if m * n * k < _SPLIT_GEMM:
-        return a @ b
-    threads = host.product_threads()
+    threads = None if m * n * k < _SPLIT_GEMM else host.product_threads()
     if threads is None:
-        return a @ b
+        return np.matmul(a, b, out=scratch.take((m, n), np.result_type(a, b)))
     parts, workers = _cores(), _workers(threads)
-    out = np.empty((m, n), dtype=np.result_type(a, b))
     if max(m, n) >= _SPLIT_MIN * parts:
+        out = scratch.take((m, n), np.result_type(a, b))
         if n >= m:
 
             def columns(lo: int, hi: int) -> None:
@@ -291,8 +291,8 @@ def _conv_blocks(
     )
     rows, (oh, ow), n = w2.shape[1], geom.out, geom.batch
     per_row = ow * n  # columns of one output row
-    out = np.empty((w2.shape[0], oh * per_row), dtype=np.result_type(w2, src))
-    cols = np.empty(windows.shape, dtype=src.dtype) if keep_cols else None
+    out = scratch.take((w2.shape[0], oh * per_row), np.result_type(w2, src))
+    cols = scratch.take(windows.shape, src.dtype) if keep_cols else None
     step = max(1, _CONV_BLOCK // (rows * per_row * src.itemsize))  # output rows per block
     piece = _piece(per_row, _UNPACKED_GEMM // (rows * len(w2)))
     shift = None if bias is None else np.asarray(bias, dtype=out.dtype).reshape(-1, 1)
@@ -320,6 +320,8 @@ def _conv_blocks(
     threads = host.product_threads()  # None: a BLAS that threads on its own, one part
     _in_parts(work, oh, out.nbytes if threads else 0, _PARALLEL_COMPUTE_BYTES, threads or 1)
     head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
+    if plan.zero:
+        scratch.give(src)
     return out, None if cols is None else cols.reshape(rows, -1), head_out  # type: ignore[return-value]
 
 
@@ -418,7 +420,7 @@ def max_pool_blocks_backward(
     """Pool-ordered max-pool backward (contract in ``_pool``), written tap by tap into
     one buffer and split over the cores by channel."""
     grad, argmax = np.asarray(grad_out), np.asarray(argmax)
-    out = np.empty((grad.shape[0], taps, *grad.shape[1:]), dtype=grad.dtype)
+    out = scratch.take((grad.shape[0], taps, *grad.shape[1:]), grad.dtype)
 
     def scatter(lo: int, hi: int) -> None:
         for k in range(taps):
@@ -426,6 +428,15 @@ def max_pool_blocks_backward(
 
     _in_parts(scatter, grad.shape[0], out.nbytes)
     return out
+
+
+def release(xp: Any, array: np.ndarray, keep: np.ndarray | None = None) -> None:
+    """Keep the memory of ``array``, which its op will not read again, for the next
+    step's arrays of the same size (:mod:`~xpconv.backends.numpy.scratch`); nothing
+    when it may share memory with ``keep``."""
+    if keep is not None and np.may_share_memory(array, keep):
+        return
+    scratch.give(array)
 
 
 def _dense(a: np.ndarray) -> bool:
@@ -608,6 +619,7 @@ def _load() -> Kernels:
         batch_norm_train=batch_norm_train,
         batch_norm_backward=batch_norm_backward,
         row_sums=row_sums,
+        release=release,
     )
 
 
