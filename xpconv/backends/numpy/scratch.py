@@ -5,8 +5,9 @@ columns, its output before the pool, their gradients. glibc gives memory that la
 back to the system when it is freed (the heap's top is trimmed, or the block was a
 mapping of its own), and NumPy asks for 2 MiB pages for it, so the next step has every
 one of those pages zeroed again on first touch. Keeping the freed arrays inside xpconv
-avoids that without any process-wide setting (:func:`~xpconv.backends.numpy.host.
-keep_freed_memory` is the process-wide way, for whoever asks for it).
+avoids that without any process-wide setting
+(:func:`~xpconv.backends.numpy.host.keep_freed_memory` is the process-wide way, for
+whoever asks for it).
 
 :func:`take` hands out arrays of at least :data:`SMALLEST` bytes whose memory xpconv
 allocated; :func:`give` returns one when the op that made it knows nothing else holds
