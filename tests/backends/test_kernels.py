@@ -75,7 +75,7 @@ SPECIALISED = {
     "numpy": {
         "im2col", "col2im", "matmul", "conv_matmul", "conv_linear", "weight_grad",
         "batch_innermost", "max_pool_blocks", "max_pool_blocks_backward", "tanh", "tanh_backward",
-        "batch_norm_train", "batch_norm_backward", "row_sums", "release",
+        "batch_norm_train", "batch_norm_backward", "row_sums",
     },
     "torch": {
         "im2col", "col2im", "matmul", "weight_grad", "batch_innermost", "max_pool_blocks",

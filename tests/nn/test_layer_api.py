@@ -343,7 +343,7 @@ OP_DEFAULTS = {
     "conv2d_backward": dict(_CONV, algorithm="im2col", tile=2),
     "conv_max_pool2d": _FUSED,
     "conv_max_pool2d_forward": dict(_FUSED, geometry=None),
-    "conv_max_pool2d_backward": dict(need_input_grad=True, consume=False),
+    "conv_max_pool2d_backward": dict(need_input_grad=True),
     "dropout": dict(rng=None, training=True, mask=None),
     "linear": dict(bias=None),
     "leaky_relu": dict(negative_slope=0.01),

@@ -35,8 +35,6 @@ a test checks every registered table against them. Shapes:
   biased: batch norm with the batch statistics (contract in ``_norm``)
 - ``batch_norm_backward(xp, grad_out, x_hat, invstd, weight, training)``: ->
   ``(grad_x, grad_weight, grad_bias)``, in training or inference
-- ``release(xp, array, keep=None)``: nothing returned; ``array`` (any shape) will not
-  be read again, unless it shares memory with ``keep``
 
 ``L`` is ``OH * OW * N`` in the column order of ``_im2col`` (pool-ordered when
 ``geom.pool != (1, 1)``); ``T = KP * KQ`` pooling taps (contract in ``portable.max_pool_blocks``).
@@ -131,10 +129,6 @@ class Tanh(Protocol):
 
 class TanhBackward(Protocol):
     def __call__(self, xp: Any, grad_out: Array, t: Array) -> Array: ...
-
-
-class Release(Protocol):
-    def __call__(self, xp: Any, array: Array, keep: Array | None = None) -> None: ...
 
 
 class BatchNormTrain(Protocol):
@@ -292,10 +286,6 @@ def _batch_norm_backward(
     return g_hat * _per_channel(xp, invstd, nd), grad_weight, grad_bias
 
 
-def _release(xp: Any, array: Any, keep: Any = None) -> None:
-    """Nothing: the portable path leaves freed arrays to the garbage collector."""
-
-
 def _batch_innermost(xp: Any, x: Any) -> bool:
     """Whether ``x`` (N, ...) is stored with its batch axis innermost (unknown: False)."""
     return False
@@ -328,9 +318,6 @@ class Kernels:
       ``grad_out * (1 - t**2)``.
     - ``batch_norm_train`` and ``batch_norm_backward``: batch normalization with the
       batch statistics, and its backward in either mode.
-    - ``release``: an op's word that a large array it made will not be read again
-      (unless it shares memory with ``keep``), so a backend may reuse its memory in
-      the next step; the ops call it, never on an array the caller holds.
 
     Entries left out are the portable ones.
     """
@@ -350,7 +337,6 @@ class Kernels:
     row_sums: RowSums = _row_sums
     batch_norm_train: BatchNormTrain = _batch_norm_train
     batch_norm_backward: BatchNormBackward = _batch_norm_backward
-    release: Release = _release
 
 
 #: The interface of each entry of :class:`Kernels`, by field name.
@@ -369,7 +355,6 @@ INTERFACE: dict[str, type] = {
     "row_sums": RowSums,
     "batch_norm_train": BatchNormTrain,
     "batch_norm_backward": BatchNormBackward,
-    "release": Release,
 }
 
 

@@ -92,19 +92,15 @@ def conv2d_matrix_backward(
     *,
     need_input_grad: bool = True,
     x: Array | None = None,
-    consume_cols: bool = False,
 ) -> tuple[Array | None, Array, Array]:
     """Vector-Jacobian product of :func:`conv2d_matrix` from the output gradient as a
     (O, columns) matrix ``g2``: ``(grad_x, grad_weight, grad_bias)``. ``cols`` may be
     None after a forward that kept none (``keep_cols=False``); they are then built again
     from that forward's input ``x``. With ``need_input_grad=False`` (a network's first
-    layer) grad_x is ``None`` and its matmul and col2im are skipped. With
-    ``consume_cols=True`` the caller reads ``cols`` no more after this call (a layer's
-    backward, which drops them), so the backend may reuse their memory."""
+    layer) grad_x is ``None`` and its matmul and col2im are skipped."""
     o, groups = geom.out_channels, geom.groups
     w2 = xp.reshape(weight, (o, -1))  # (O, Cg*KH*KW)
     kernels = kernels_for(xp)
-    built = cols is None or consume_cols
     if cols is None:
         if x is None:
             raise ValueError("x: the forward's input is needed when cols is None, got None")
@@ -114,13 +110,10 @@ def conv2d_matrix_backward(
         grad_w = kernels.weight_grad(xp, g2, cols)
     else:
         grad_w = grouped_matmul(xp, g2, cols, groups, transpose_b=True)
-    if built:  # nobody reads the columns again
-        kernels.release(xp, cols)
     if not need_input_grad:
         return None, xp.reshape(grad_w, weight.shape), grad_bias
     grad_cols = grouped_matmul(xp, w2, g2, groups, transpose_a=True)
     grad_x = kernels.col2im(xp, grad_cols, geom)
-    kernels.release(xp, grad_cols, keep=grad_x)  # col2im may return a view of it
     return grad_x, xp.reshape(grad_w, weight.shape), grad_bias
 
 

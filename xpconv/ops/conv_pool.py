@@ -70,11 +70,9 @@ def _forward(
 ) -> tuple[Array, ConvPoolSaved]:
     z, cols = conv2d_matrix(xp, x, weight, None, geom)  # (O, KP*KQ*PH*PW*N)
     (kp, kq), (ph, pw) = geom.pool, geom.pooled
-    kernels = kernels_for(xp)
-    out, argmax = kernels.max_pool_blocks(  # (O, PH, PW, N)
+    out, argmax = kernels_for(xp).max_pool_blocks(  # (O, PH, PW, N)
         xp, xp.reshape(z, (geom.out_channels, kp * kq, ph, pw, geom.batch)), bias, relu=relu
     )
-    kernels.release(xp, z)
     return xp.permute_dims(out, (3, 0, 1, 2)), ConvPoolSaved(xp, geom, cols, weight, argmax)
 
 
@@ -134,7 +132,7 @@ def conv_max_pool2d(
 
 
 def conv_max_pool2d_backward(
-    grad_out: Array, saved: ConvPoolSaved, *, need_input_grad: bool = True, consume: bool = False
+    grad_out: Array, saved: ConvPoolSaved, *, need_input_grad: bool = True
 ) -> tuple[Array | None, Array, Array]:
     """Vector-Jacobian product of :func:`conv_max_pool2d_forward` from its state.
 
@@ -142,9 +140,6 @@ def conv_max_pool2d_backward(
         grad_out: gradient with respect to the output, (N, O, PH, PW).
         saved: the second value the forward returned.
         need_input_grad: ``False`` skips grad_x (a network's first layer): ``None``.
-        consume: the caller uses ``saved`` no more (a layer's backward, which drops
-            it), so the backend may reuse its memory for the next step; a later
-            backward from the same ``saved`` is then wrong.
 
     Returns:
         ``(grad_x, grad_weight, grad_bias)`` of shapes (N, C, H, W),
@@ -163,16 +158,12 @@ def conv_max_pool2d_backward(
         raise ValueError(f"grad_out: expected shape {expected}, got {tuple(grad_out.shape)}")
     (kp, kq) = geom.pool
     grad = xp.permute_dims(grad_out, (1, 2, 3, 0))  # (O, PH, PW, N); the ReLU is in argmax
-    kernels = kernels_for(xp)
-    blocks = kernels.max_pool_blocks_backward(xp, grad, saved.argmax, kp * kq)
-    grads = conv2d_matrix_backward(
+    blocks = kernels_for(xp).max_pool_blocks_backward(xp, grad, saved.argmax, kp * kq)
+    return conv2d_matrix_backward(
         xp,
         xp.reshape(blocks, (geom.out_channels, -1)),
         saved.cols,
         saved.weight,
         geom,
         need_input_grad=need_input_grad,
-        consume_cols=consume,
     )
-    kernels.release(xp, blocks)
-    return grads

@@ -96,9 +96,10 @@ def _in_parts(
 def _padded_chwn(x: np.ndarray, plan: StridedPlan) -> np.ndarray:
     """(N, C, H, W) -> (C, Hp, Wp, N) with zero padding, in one pass."""
     xt = x.transpose(1, 2, 3, 0)
-    if not plan.zero:
-        return np.ascontiguousarray(xt)
     buf = scratch.take(plan.padded, x.dtype)
+    if not plan.zero:
+        np.copyto(buf, xt)
+        return buf
     for region in plan.zero:
         buf[region] = 0
     buf[plan.inside] = xt
@@ -127,8 +128,6 @@ def im2col(xp: Any, x: np.ndarray, geom: ConvGeometry) -> np.ndarray:
             np.copyto(cols[lo:hi], windows[lo:hi])
 
         _in_parts(copy, geom.in_channels, cols.nbytes)
-    if plan.zero:  # the padded copy is this call's own
-        scratch.give(src)
     return cols.reshape(geom.in_channels * geom.taps, geom.columns)
 
 
@@ -139,7 +138,8 @@ def col2im(xp: Any, cols: np.ndarray, geom: ConvGeometry) -> np.ndarray:
     cols = np.asarray(cols).reshape(plan.windows)
     if plan.reshape_only:
         return cols.reshape(c, *geom.in_size, geom.batch).transpose(3, 0, 1, 2)
-    acc = np.zeros(plan.padded, dtype=cols.dtype)
+    acc = scratch.take(plan.padded, cols.dtype)
+    acc.fill(0)
     strides = plan.tap_strides(*acc.strides)
 
     def accumulate(lo: int, hi: int) -> None:
@@ -302,10 +302,10 @@ def _conv_blocks(
 
     def work(lo: int, hi: int) -> None:
         if cols is None:  # one block's columns, reused
-            scratch = np.empty((*windows.shape[:5], step, *windows.shape[6:]), dtype=src.dtype)
+            block_cols = np.empty((*windows.shape[:5], step, *windows.shape[6:]), src.dtype)
         for a in range(lo, hi, step):
             b = min(a + step, hi)
-            block = scratch[..., : b - a, :, :] if cols is None else cols[..., a:b, :, :]
+            block = block_cols[..., : b - a, :, :] if cols is None else cols[..., a:b, :, :]
             np.copyto(block, windows[..., a:b, :, :])
             product = out[:, a * per_row : b * per_row]
             _thin_product(w2, block.reshape(rows, -1), product, piece)
@@ -320,8 +320,6 @@ def _conv_blocks(
     threads = host.product_threads()  # None: a BLAS that threads on its own, one part
     _in_parts(work, oh, out.nbytes if threads else 0, _PARALLEL_COMPUTE_BYTES, threads or 1)
     head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
-    if plan.zero:
-        scratch.give(src)
     return out, None if cols is None else cols.reshape(rows, -1), head_out  # type: ignore[return-value]
 
 
@@ -389,7 +387,7 @@ def max_pool_blocks(
     cores by channel, each part finished in place while it is in cache."""
     blocks = np.asarray(blocks)
     o, taps = blocks.shape[:2]
-    best = np.empty((o, *blocks.shape[2:]), dtype=blocks.dtype)
+    best = scratch.take((o, *blocks.shape[2:]), blocks.dtype)
     code = np.zeros(best.shape, dtype=np.int8)
     shift = None if bias is None else np.asarray(bias, dtype=blocks.dtype).reshape(o, 1, 1, 1)
 
@@ -430,15 +428,6 @@ def max_pool_blocks_backward(
     return out
 
 
-def release(xp: Any, array: np.ndarray, keep: np.ndarray | None = None) -> None:
-    """Keep the memory of ``array``, which its op will not read again, for the next
-    step's arrays of the same size (:mod:`~xpconv.backends.numpy.scratch`); nothing
-    when it may share memory with ``keep``."""
-    if keep is not None and np.may_share_memory(array, keep):
-        return
-    scratch.give(array)
-
-
 def _dense(a: np.ndarray) -> bool:
     """Whether ``a`` fills its memory without gaps, in any axis order."""
     expected = a.itemsize
@@ -460,7 +449,7 @@ def _elementwise(
         return None
     if not _dense(first):
         return None
-    out = np.empty_like(first)  # same memory order
+    out = as_strided(scratch.take((first.size,), first.dtype), first.shape, first.strides)
     flat = [np.ravel(a, order="K") for a in (out, *arrays)]  # views: all dense
 
     def run(lo: int, hi: int) -> None:
@@ -533,7 +522,7 @@ def batch_norm_train(
         return PORTABLE.batch_norm_train(xp, x, weight, bias, eps)
     rows, order = found
     c, m = rows.shape
-    xh, y = np.empty_like(rows), np.empty_like(rows)
+    xh, y = scratch.take(rows.shape, rows.dtype), scratch.take(rows.shape, rows.dtype)
     mean, var, invstd = (np.empty(c, dtype=x.dtype) for _ in range(3))
     step = max(1, _BN_BLOCK // m)
 
@@ -575,7 +564,7 @@ def batch_norm_backward(
         return PORTABLE.batch_norm_backward(xp, grad_out, x_hat, invstd, weight, training)
     (g, order), (h, _) = found_g, found_h
     c, m = g.shape
-    gx = np.empty_like(g)
+    gx = scratch.take(g.shape, g.dtype)
     gw, gb = np.empty(c, dtype=g.dtype), np.empty(c, dtype=g.dtype)
     scale = invstd if weight is None else weight * invstd
     step = max(1, _BN_BLOCK // m)
@@ -619,7 +608,6 @@ def _load() -> Kernels:
         batch_norm_train=batch_norm_train,
         batch_norm_backward=batch_norm_backward,
         row_sums=row_sums,
-        release=release,
     )
 
 

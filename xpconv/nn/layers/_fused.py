@@ -99,7 +99,7 @@ class ConvMaxPool(Layer):
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
         saved, self._saved = self._saved, None
         gx, gw, gb = conv_max_pool2d_backward(
-            grad, saved, need_input_grad=self._wants_input_grad(input_grad), consume=True
+            grad, saved, need_input_grad=self._wants_input_grad(input_grad)
         )
         # max pooling sends each pooled gradient to one position: the bias sums agree
         self.conv.set_gradients(saved.xp, gw, gb)

@@ -190,9 +190,7 @@ class Conv2D(_ActivationMixin, Layer):
         return self._activate(matrix_to_output(xp, out, geom)), product
 
     def backward(self, grad: Array, *, input_grad: bool | None = None) -> Array | None:
-        # x only after an inference pass (no columns); dropped here, so nothing reads
-        # the columns after the backward pass may reuse their memory
-        (xp, cols, geom, x), self._saved = self._saved, None
+        xp, cols, geom, x = self._saved  # x only after an inference pass (no columns)
         if isinstance(cols, WinogradSaved):
             return self._backward_winograd(xp, grad, cols, input_grad)
         if self.activation not in F.ALONG_AN_AXIS:
@@ -207,9 +205,9 @@ class Conv2D(_ActivationMixin, Layer):
             geom,
             need_input_grad=self._wants_input_grad(input_grad),
             x=x,
-            consume_cols=True,
         )
         self.set_gradients(xp, gw, gb)
+        self._saved = None
         return gx
 
     def _backward_winograd(
@@ -219,6 +217,7 @@ class Conv2D(_ActivationMixin, Layer):
             xp, self._deactivate(grad), saved, need_input_grad=self._wants_input_grad(input_grad)
         )
         self.set_gradients(xp, gw, gb)
+        self._saved = None
         return gx
 
     def set_gradients(self, xp: Any, grad_weight: Array, grad_bias: Array) -> None:
