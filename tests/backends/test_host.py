@@ -342,13 +342,16 @@ def test_product_threads_follow_openblas_configuration(monkeypatch: pytest.Monke
         host.set_blas_threads(found)
 
 
-def _lenet_steps(x: object, y: object) -> dict:
+def _training_steps(build: str, x: object, y: object) -> dict:
     import numpy as np
 
     import xpconv
     from xpconv.models import zoo
 
-    model = zoo.lenet(backend="numpy", batch_norm=False, seed=0)
+    if build == "lenet":
+        model = zoo.lenet(backend="numpy", batch_norm=False, seed=0)
+    else:  # the fused convolution + dense step, its head product in parts
+        model = zoo.lecture(backend="numpy", seed=0)
     optimizer = xpconv.SGD(0.05, momentum=0.9)
     for _ in range(3):
         model.train_batch(x, y)
@@ -356,12 +359,15 @@ def _lenet_steps(x: object, y: object) -> dict:
     return {k: np.array(v) for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("build", ["lenet", "lecture"])
 @pytest.mark.parametrize("tuned", [False, True])
 def test_seeded_training_repeats_bit_for_bit_on_any_thread_count(
-    monkeypatch: pytest.MonkeyPatch, tuned: bool
+    monkeypatch: pytest.MonkeyPatch, tuned: bool, build: str
 ) -> None:
-    """The same seeded LeNet steps give the same bits whether the balancer lets the
-    NumPy kernels use one thread or two: untuned (OpenBLAS threads whole products) and
+    """The same seeded steps of LeNet and of the lecture network give the same bits
+    whether the NumPy kernels may use one thread or two, or wait for OpenBLAS's
+    spinning threads: untuned (OpenBLAS threads the products it is given; the kernels
+    give it whole only those they cannot cut into parts it keeps on one thread) and
     tuned (OpenBLAS on one thread, the products cut into the same parts every time)."""
     _needs_linux_openblas()
     import numpy as np
@@ -376,9 +382,11 @@ def test_seeded_training_repeats_bit_for_bit_on_any_thread_count(
         if tuned:
             host.set_blas_threads(1)
             monkeypatch.setattr(host._OWNER, "before", outside)
+        else:  # OpenBLAS's own count decides nothing more (CI's workers have one)
+            monkeypatch.setattr(host, "product_threads", lambda: None)
         for workers in (2, 1):
             monkeypatch.setattr(host, "parallel_workers", lambda w=workers: w)
-            runs.append(_lenet_steps(x, y))
+            runs.append(_training_steps(build, x, y))
     finally:
         host.set_blas_threads(outside)
     for name, value in runs[1].items():

@@ -441,8 +441,10 @@ def test_numpy_piece_cuts_a_row_into_equal_pieces_under_the_limit() -> None:
     assert piece(40, 20) == 20
     assert piece(42, 14) == 14  # three pieces
     assert piece(40, 14) == 10  # three do not divide 40: four
-    assert piece(40, 9) == 40  # no cut into at most four pieces fits: whole
-    assert piece(7, 3) == 7  # no equal cut: whole
+    assert piece(40, 9) == 8  # five
+    assert piece(28 * 128, 2**18 // (16 * 25)) == 512  # seven: OpenBLAS's one-thread size
+    assert piece(40, 2) == 40  # no cut into at most 16 pieces fits: whole
+    assert piece(17, 5) == 17  # no equal cut: whole
 
 
 @pytest.mark.parametrize("limit", [10**9, 3 * 18 * 20, 3 * 18 * 14])
@@ -465,3 +467,85 @@ def test_numpy_conv_products_in_pieces_match_float64(
     np.testing.assert_array_equal(got_cols, cols.astype(np.float32))
     out, _ = _numpy_kernels.conv_matmul(np, *f32[:3], geom, False, False)
     assert_scaled_close(out, w @ cols + bias[:, None], 1e-5, f"conv_matmul, limit {limit}")
+
+
+def _untuned(monkeypatch: pytest.MonkeyPatch, workers: int) -> None:
+    """The NumPy kernels as without the host tuning (OpenBLAS threads the products it
+    is given), on ``workers`` threads, whatever OpenBLAS's own count is here."""
+    from xpconv.backends.numpy import host
+
+    monkeypatch.setattr(host, "product_threads", lambda: None)
+    monkeypatch.setattr(host, "parallel_workers", lambda: workers)
+    monkeypatch.setattr(_numpy_kernels._BlasThreads, "woken", -1.0)
+
+
+def test_numpy_one_thread_cuts_keep_each_part_under_openblas_threading() -> None:
+    limit = _numpy_kernels._SINGLE_THREAD_GEMM
+    for m, n, k in [(128, 12544, 10), (12544, 128, 10), (10, 12544, 128), (32, 100352, 9)]:
+        cuts = _numpy_kernels._one_thread_cuts(m, n, k)
+        assert cuts is not None and cuts[0] == 0 and cuts[-1] == max(m, n)
+        widths = np.diff(cuts)
+        assert (widths * k * min(m, n) <= limit).all() and (widths[:-1] % 16 == 0).all()
+        assert widths[0] >= 128 and widths[0] + 16 > limit // (k * min(m, n))  # widest
+    assert _numpy_kernels._one_thread_cuts(64, 25088, 288) is None  # parts under 128 wide
+
+
+@pytest.mark.parametrize(
+    "shape", [(128, 10, 12544), (12544, 10, 128), (300, 40, 129), (64, 288, 2000)]
+)
+def test_numpy_untuned_products_match_float64_on_any_thread_count(
+    shape: tuple[int, int, int], rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the host tuning, products cut into parts OpenBLAS keeps on one thread,
+    and one it must thread (the last shape): the float64 product, the same bits on one
+    thread and two; only the uncut one marks OpenBLAS's threads as woken."""
+    m, k, n = shape
+    a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
+    got = []
+    for workers in (2, 1):
+        _untuned(monkeypatch, workers)
+        got.append(_numpy_kernels.matmul(np, a.astype(np.float32), b.astype(np.float32)))
+        woken = _numpy_kernels._BlasThreads.woken > 0
+        assert woken == (_numpy_kernels._one_thread_cuts(m, n, k) is None)
+        assert _numpy_kernels._workers() == (1 if woken else min(workers, _numpy_kernels._cores()))
+    assert_scaled_close(got[0], a @ b, 1e-5, f"{shape}")
+    np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_numpy_untuned_row_sums_and_head_products_in_parts(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the host tuning: row sums as NumPy sums, and the convolution with its
+    dense head in pieces and head products of a few rows (a small one-thread size here
+    so that they are cut): the float64 values, the same bits on one thread and two."""
+    monkeypatch.setattr(_numpy_kernels, "_SINGLE_THREAD_GEMM", 400)
+    x, w = rng.normal(size=(4, 2, 9, 10)), rng.normal(size=(3, 18))  # rows of 10 * 4 columns
+    bias, head = rng.normal(size=3), rng.normal(size=(5, 3 * 9 * 10))
+    geom = conv_geometry(x.shape, (3, 2, 3, 3), padding="same")
+    want = np.tanh(w @ PORTABLE.im2col(np, x, geom) + bias[:, None])
+    f32 = [v.astype(np.float32) for v in (x, w, bias, head)]
+    long_rows = rng.normal(size=(6, 5000))
+    runs = []
+    for workers in (2, 1):
+        _untuned(monkeypatch, workers)
+        out, _, product = _numpy_kernels.conv_linear(np, *f32[:3], geom, f32[3], True, True)
+        sums = _numpy_kernels.row_sums(np, long_rows.astype(np.float32))
+        assert _numpy_kernels._BlasThreads.woken < 0  # nothing OpenBLAS would thread
+        runs.append((out, product, sums))
+    assert_scaled_close(runs[0][0], want, 1e-5, "conv_linear")
+    assert_scaled_close(runs[0][1], head @ want.reshape(-1, 4), 1e-5, "head")
+    assert_scaled_close(runs[0][2], long_rows.sum(axis=1), 1e-5, "row sums")
+    for one, two in zip(*runs):
+        np.testing.assert_array_equal(one, two)
+
+
+def test_numpy_kernels_run_on_one_thread_while_openblas_threads_spin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _untuned(monkeypatch, 2)
+    every = min(2, _numpy_kernels._cores())
+    assert _numpy_kernels._workers() == every
+    _numpy_kernels._blas_wakes()
+    assert _numpy_kernels._workers() == 1
+    monkeypatch.setattr(_numpy_kernels._BlasThreads, "woken", -1.0)  # long ago
+    assert _numpy_kernels._workers() == every

@@ -14,15 +14,24 @@ cores (NumPy releases the GIL inside its loops, and one core does not saturate m
 bandwidth), always into the same parts, so results do not depend on how many threads
 run them.
 
-Matrix products are split over xpconv's threads only while OpenBLAS runs on one thread
-(:func:`xpconv.backends.numpy.host.product_threads`); otherwise each product is one
-BLAS call that OpenBLAS threads itself. The kernels never change OpenBLAS's settings.
+Matrix products: while OpenBLAS runs on one thread
+(:func:`xpconv.backends.numpy.host.product_threads`, the host tuning's way), large
+ones are split into one part per core over xpconv's threads. While OpenBLAS threads its
+products itself (the default), the kernels keep its threads asleep where they can: a
+product OpenBLAS would thread runs as parts small enough for it to keep on the calling
+thread (at most 2**18 multiply-adds), over xpconv's threads, when those parts are still
+wide; row sums are NumPy's instead of a matrix-vector product. A product that cannot be
+cut so is one call OpenBLAS threads; its threads then spin for a while, and xpconv's
+kernels run their parts on one thread meanwhile instead of fighting them for the cores.
+The kernels never change OpenBLAS's settings, and the parts never depend on how many
+threads run them. Large arrays take their memory from :mod:`.scratch`.
 Measured timings are in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from typing import Any
@@ -57,9 +66,27 @@ if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's t
     os.register_at_fork(after_in_child=_executor.cache_clear)
 
 
+# OpenBLAS keeps the threads of a threaded product spinning for 2**28 cycles after it
+_BLAS_SPIN_S = 0.15
+
+
+class _BlasThreads:
+    """When OpenBLAS last threaded one of xpconv's products (monotonic seconds)."""
+
+    woken = -1.0
+
+
+def _blas_wakes() -> None:
+    """Note that OpenBLAS is about to thread a product: its threads spin a while."""
+    _BlasThreads.woken = time.monotonic()
+
+
 def _workers(limit: int | None = None) -> int:
     """Threads the parts may run on now: every core, fewer while the host balancing
-    (``host.balance_threads``) sees the machine busy, at most ``limit``."""
+    (``host.balance_threads``) sees the machine busy, one while OpenBLAS's own threads
+    still spin after a product xpconv let it thread, at most ``limit``."""
+    if time.monotonic() - _BlasThreads.woken < _BLAS_SPIN_S:
+        return 1
     allowed = host.parallel_workers() or _cores()
     return max(1, min(allowed, _cores(), limit or allowed))
 
@@ -165,8 +192,44 @@ def _bounds(size: int, parts: int) -> list[int]:
     return [0, *inner, size]
 
 
+def _one_thread_cuts(m: int, n: int, k: int) -> list[int] | None:
+    """Boundaries that cut an (M, K) @ (K, N) product by columns (or rows, whichever are
+    more) into parts of at most 2**18 multiply-adds, the size OpenBLAS keeps on the
+    calling thread, each as wide as that allows at a multiple of 16; ``None`` when a
+    part would be narrower than 128."""
+    width = _SINGLE_THREAD_GEMM // (k * min(m, n)) // _SPLIT_ALIGN * _SPLIT_ALIGN
+    if width < _SPLIT_MIN:
+        return None
+    return [*range(0, max(m, n), width), max(m, n)]
+
+
+def _unthreaded_parts(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
+    """``a @ b`` into ``out`` in the parts of :func:`_one_thread_cuts`, over xpconv's
+    threads, the same parts every time; False, with nothing done, when it gives none."""
+    (m, k), n = a.shape, b.shape[1]
+    cuts = _one_thread_cuts(m, n, k)
+    if cuts is None:
+        return False
+
+    def multiply(lo: int, hi: int) -> None:
+        for p, q in zip(cuts[lo:hi], cuts[lo + 1 : hi + 1]):
+            if n >= m:
+                np.matmul(a, b[:, p:q], out=out[:, p:q])
+            else:
+                np.matmul(a[p:q], b, out=out[p:q])
+
+    _in_parts(multiply, len(cuts) - 1, out.nbytes, _PARALLEL_COMPUTE_BYTES)
+    return True
+
+
 def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for (M, K) and (K, N).
+
+    While OpenBLAS threads its products itself (``product_threads()`` is ``None``), a
+    product it would thread whose parts of at most 2**18 multiply-adds, the size it
+    keeps on the calling thread, are still 128 columns (or rows) wide runs as those
+    parts over xpconv's threads: OpenBLAS's own threads are never woken, so they never
+    spin beside xpconv's. Other products are one call.
 
     While OpenBLAS runs on one thread (:func:`~xpconv.backends.numpy.host.product_threads`
     is not ``None``), a product of 2**23 multiply-adds or more is cut into one part per
@@ -179,9 +242,14 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a, b = np.asarray(a), np.asarray(b)
     (m, k), n = a.shape, b.shape[1]
-    threads = None if m * n * k < _SPLIT_GEMM else host.product_threads()
-    if threads is None:
-        return np.matmul(a, b, out=scratch.take((m, n), np.result_type(a, b)))
+    threads = None if m * n * k <= _SINGLE_THREAD_GEMM else host.product_threads()
+    if threads is None or m * n * k < _SPLIT_GEMM:
+        out = scratch.take((m, n), np.result_type(a, b))
+        if threads is None and m * n * k > _SINGLE_THREAD_GEMM:
+            if _unthreaded_parts(a, b, out):
+                return out
+            _blas_wakes()
+        return np.matmul(a, b, out=out)
     parts, workers = _cores(), _workers(threads)
     if max(m, n) >= _SPLIT_MIN * parts:
         out = scratch.take((m, n), np.result_type(a, b))
@@ -294,7 +362,12 @@ def _conv_blocks(
     out = scratch.take((w2.shape[0], oh * per_row), np.result_type(w2, src))
     cols = scratch.take(windows.shape, src.dtype) if keep_cols else None
     step = max(1, _CONV_BLOCK // (rows * per_row * src.itemsize))  # output rows per block
-    piece = _piece(per_row, _UNPACKED_GEMM // (rows * len(w2)))
+    threads = host.product_threads()  # None: OpenBLAS threads its products itself
+    # then every product is one OpenBLAS keeps on the calling thread, so that its own
+    # threads never wake and spin beside xpconv's
+    limit = _UNPACKED_GEMM if threads else _SINGLE_THREAD_GEMM
+    piece = _piece(per_row, limit // (rows * len(w2)))
+    head_rows = oh if threads or head is None else _SINGLE_THREAD_GEMM // (len(head) * per_row)
     shift = None if bias is None else np.asarray(bias, dtype=out.dtype).reshape(-1, 1)
     # (O, U, OH * OW): per output channel, the head's columns that read it
     head_by_channel = None if head is None else head.reshape(len(head), len(w2), -1).swapaxes(0, 1)
@@ -313,22 +386,36 @@ def _conv_blocks(
                 product += shift
             if tanh:
                 np.tanh(product, out=product)
-        if head_by_channel is not None:  # (O, U, R) @ (O, R, N), summed over O
-            done = out[:, lo * per_row : hi * per_row].reshape(len(w2), -1, n)
-            partial[lo] = np.matmul(head_by_channel[:, :, lo * ow : hi * ow], done).sum(axis=0)
+        if head_by_channel is not None:
+            partial[lo] = _head_part(head_by_channel, out, lo, hi, ow, max(1, head_rows))
 
-    threads = host.product_threads()  # None: a BLAS that threads on its own, one part
-    _in_parts(work, oh, out.nbytes if threads else 0, _PARALLEL_COMPUTE_BYTES, threads or 1)
+    _in_parts(work, oh, out.nbytes, _PARALLEL_COMPUTE_BYTES, threads or 0)
     head_out = None if head is None else sum(partial[lo] for lo in sorted(partial))
     return out, None if cols is None else cols.reshape(rows, -1), head_out  # type: ignore[return-value]
 
 
+def _head_part(
+    head_by_channel: np.ndarray, out: np.ndarray, lo: int, hi: int, ow: int, rows: int
+) -> np.ndarray:
+    """The (U, N) product of the head's columns with output rows ``lo:hi`` of the
+    (O, OH * OW * N) ``out``: (O, U, R) @ (O, R, N) summed over O, ``rows`` output rows
+    per product, the partial products added in order."""
+    n = out.shape[1] // head_by_channel.shape[2]
+    total = None
+    for a in range(lo, hi, rows):
+        b = min(a + rows, hi)
+        done = out[:, a * ow * n : b * ow * n].reshape(len(out), -1, n)
+        product = np.matmul(head_by_channel[:, :, a * ow : b * ow], done).sum(axis=0)
+        total = product if total is None else total + product
+    return total  # type: ignore[return-value]
+
+
 def _piece(columns: int, limit: int) -> int:
-    """The widest piece of at most ``limit`` columns that cuts ``columns`` into 2, 3 or
-    4 equal pieces; ``columns`` itself when it is within ``limit`` or no such cut exists."""
+    """The widest piece of at most ``limit`` columns that cuts ``columns`` into 2 to 16
+    equal pieces; ``columns`` itself when it is within ``limit`` or no such cut exists."""
     if columns <= limit:
         return columns
-    cuts = (columns // k for k in (2, 3, 4) if columns % k == 0 and columns // k <= limit)
+    cuts = (columns // k for k in range(2, 17) if columns % k == 0 and columns // k <= limit)
     return next(cuts, columns)
 
 
@@ -480,10 +567,20 @@ def tanh_backward(xp: Any, grad_out: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 
 def row_sums(xp: Any, a: np.ndarray) -> np.ndarray:
-    """Row sums of (M, K) ``a`` as a matrix-vector product (faster than
-    ``sum(axis=1)`` on long rows): (M,)."""
+    """Row sums of (M, K) ``a``: (M,). A matrix-vector product (faster than
+    ``sum(axis=1)`` on long rows), except while OpenBLAS threads its products itself:
+    it threads that one from 9,216 values, waking threads that then spin beside
+    xpconv's, so the sums are NumPy's, split by rows over xpconv's threads."""
     a = np.asarray(a)
-    return a @ np.ones(a.shape[1], dtype=a.dtype)
+    if host.product_threads() is not None or a.size < 9216:
+        return a @ np.ones(a.shape[1], dtype=a.dtype)
+    out = np.empty(a.shape[0], dtype=a.dtype)
+
+    def add(lo: int, hi: int) -> None:
+        np.sum(a[lo:hi], axis=1, out=out[lo:hi])
+
+    _in_parts(add, a.shape[0], a.nbytes)
+    return out
 
 
 def _channel_rows(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
