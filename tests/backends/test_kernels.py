@@ -488,6 +488,7 @@ def test_numpy_one_thread_cuts_keep_each_part_under_openblas_threading() -> None
         assert (widths * k * min(m, n) <= limit).all() and (widths[:-1] % 16 == 0).all()
         assert widths[0] >= 128 and widths[0] + 16 > limit // (k * min(m, n))  # widest
     assert _numpy_kernels._one_thread_cuts(64, 25088, 288) is None  # parts under 128 wide
+    assert np.diff(_numpy_kernels._one_thread_cuts(128, 5000, 16))[0] == 128  # just wide enough
 
 
 @pytest.mark.parametrize(
@@ -537,6 +538,30 @@ def test_numpy_untuned_row_sums_and_head_products_in_parts(
     assert_scaled_close(runs[0][2], long_rows.sum(axis=1), 1e-5, "row sums")
     for one, two in zip(*runs):
         np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("size", [9215, 9216])
+def test_numpy_row_sums_are_numpy_sums_where_openblas_would_thread_them(
+    size: int, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row sums: a matrix-vector product while OpenBLAS runs on one thread, and below
+    9,216 values; NumPy's sums from there while OpenBLAS threads on its own."""
+    from xpconv.backends.numpy import host
+
+    a = rng.normal(size=(3, size // 3)).astype(np.float32)
+    product, sums = a @ np.ones(a.shape[1], np.float32), np.sum(a, axis=1)
+    assert not np.array_equal(product, sums)  # the two ways round differently here
+    monkeypatch.setattr(host, "product_threads", lambda: 1)
+    np.testing.assert_array_equal(_numpy_kernels.row_sums(np, a), product)
+    _untuned(monkeypatch, 2)
+    got = _numpy_kernels.row_sums(np, a)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, product if size < 9216 else sums)
+    tall = a.reshape(-1, 3)  # more rows than columns: every row summed
+    np.testing.assert_array_equal(
+        _numpy_kernels.row_sums(np, tall),
+        tall @ np.ones(3, np.float32) if size < 9216 else np.sum(tall, axis=1),
+    )
 
 
 def test_numpy_kernels_run_on_one_thread_while_openblas_threads_spin(

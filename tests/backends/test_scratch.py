@@ -47,9 +47,24 @@ def test_memory_comes_back_once_no_view_of_it_is_left() -> None:
     assert _address(other) != start
     del view
     assert scratch.kept_bytes() == 512 * 1024 * 4
+    elsewhere = np.empty(512 * 1024 * 4, np.uint8)  # would get freed memory's address
     again = scratch.take((256, 2048), np.int32)  # the same size, any shape and dtype
+    assert not np.shares_memory(again, elsewhere)
     assert _address(again) == start and again.shape == (256, 2048)
     assert again.dtype == np.int32 and scratch.kept_bytes() == 0
+
+
+def test_a_free_list_hands_back_what_it_keeps_by_size() -> None:
+    free = scratch._FreeList()
+    a, b = np.empty(1 << 20, np.uint8), np.empty(2 << 20, np.uint8)
+    free.put(a)
+    free.put(b)
+    assert free.bytes == 3 << 20
+    assert free.get(3 << 20) is None and free.get(2 << 20) is b and free.get(1 << 20) is a
+    assert free.get(1 << 20) is None and free.bytes == 0
+    with free.lock:  # re-entrant: a finalizer may put while this thread holds it
+        free.put(a)
+    assert free.bytes == 1 << 20
 
 
 def test_small_arrays_are_plain_and_never_kept() -> None:

@@ -24,7 +24,8 @@ wide; row sums are NumPy's instead of a matrix-vector product. A product that ca
 cut so is one call OpenBLAS threads; its threads then spin for a while, and xpconv's
 kernels run their parts on one thread meanwhile instead of fighting them for the cores.
 The kernels never change OpenBLAS's settings, and the parts never depend on how many
-threads run them. Large arrays take their memory from :mod:`.scratch`.
+threads run them. Large arrays take their memory from
+:mod:`xpconv.backends.numpy.scratch`.
 Measured timings are in docs/performance.md.
 """
 
