@@ -57,14 +57,14 @@ def test_memory_comes_back_once_no_view_of_it_is_left() -> None:
 def test_a_free_list_hands_back_what_it_keeps_by_size() -> None:
     free = scratch._FreeList()
     a, b = np.empty(1 << 20, np.uint8), np.empty(2 << 20, np.uint8)
-    free.put(a)
-    free.put(b)
-    assert free.bytes == 3 << 20
+    lease = free.lend(a)
+    with free.lock:
+        free.put(b)
+    assert free.bytes == 2 << 20
+    assert free.get(1 << 20) is None  # a is lent
+    del lease  # its weak reference's callback runs no Python: the next call collects
     assert free.get(3 << 20) is None and free.get(2 << 20) is b and free.get(1 << 20) is a
-    assert free.get(1 << 20) is None and free.bytes == 0
-    with free.lock:  # re-entrant: a finalizer may put while this thread holds it
-        free.put(a)
-    assert free.bytes == 1 << 20
+    assert free.get(1 << 20) is None and free.bytes == 0 and not free.lent
 
 
 def test_small_arrays_are_plain_and_never_kept() -> None:

@@ -23,6 +23,7 @@ import ctypes
 import math
 import threading
 import weakref
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -36,22 +37,43 @@ KEPT_BYTES = 1 << 28
 
 
 class _FreeList:
-    """Memory no array views, by size in bytes (a re-entrant lock: a finalizer may run
-    on this thread while it holds the lock, when an allocation starts the collector)."""
+    """Memory no array views, by size in bytes, and the memory lent out now.
+
+    A lease's death is noted by a weak reference whose callback is a deque's ``append``
+    (C code: no Python runs in whichever thread, or garbage collection, ends the last
+    view); the next :func:`take` moves what came back to the free list.
+    """
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.free: dict[int, list[np.ndarray]] = {}
         self.bytes = 0
+        self.lent: dict[int, tuple[weakref.ref[Any], np.ndarray]] = {}  # by id(ref)
+        self.returned: deque[weakref.ref[Any]] = deque()
+
+    def lend(self, memory: np.ndarray) -> Any:
+        """A ctypes array over ``memory`` whose death returns it."""
+        lease = (ctypes.c_char * memory.nbytes).from_buffer(memory.data)
+        ref = weakref.ref(lease, self.returned.append)
+        with self.lock:
+            self.lent[id(ref)] = (ref, memory)
+        return lease
 
     def put(self, memory: np.ndarray) -> None:
-        with self.lock:
-            if self.bytes + memory.nbytes <= KEPT_BYTES:
-                self.free.setdefault(memory.nbytes, []).append(memory)
-                self.bytes += memory.nbytes
+        """Keep ``memory`` for reuse, unless that would pass :data:`KEPT_BYTES`
+        (callers hold the lock)."""
+        if self.bytes + memory.nbytes <= KEPT_BYTES:
+            self.free.setdefault(memory.nbytes, []).append(memory)
+            self.bytes += memory.nbytes
+
+    def collect(self) -> None:
+        """Move the memory whose leases died to the free list (callers hold the lock)."""
+        while self.returned:
+            self.put(self.lent.pop(id(self.returned.popleft()))[1])
 
     def get(self, size: int) -> np.ndarray | None:
         with self.lock:
+            self.collect()
             found = self.free.get(size)
             if not found:
                 return None
@@ -73,19 +95,20 @@ def take(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     memory = _FREE.get(size)
     if memory is None:
         memory = np.empty(size, dtype=np.uint8)
-    # every view of the array keeps ``lease`` alive; when the last one goes, so does it
-    lease = (ctypes.c_char * size).from_buffer(memory)
-    weakref.finalize(lease, _FREE.put, memory).atexit = False
-    return np.frombuffer(lease, dtype=dtype).reshape(shape)
+    # every view of the array keeps the lease alive; when the last one goes, so does it
+    return np.frombuffer(_FREE.lend(memory), dtype=dtype).reshape(shape)
 
 
 def kept_bytes() -> int:
     """Bytes waiting for reuse now."""
-    return _FREE.bytes
+    with _FREE.lock:
+        _FREE.collect()
+        return _FREE.bytes
 
 
 def clear() -> None:
     """Free the memory waiting for reuse (arrays in use are not affected)."""
     with _FREE.lock:
+        _FREE.collect()
         _FREE.free.clear()
         _FREE.bytes = 0
