@@ -3,10 +3,10 @@
 A training step allocates and frees the same large arrays every time: a convolution's
 columns, its output, their gradients. glibc gives memory that large back to the
 system when it is freed (the heap's top is trimmed, or the block was a mapping of its
-own), and every step then pays page faults, and the system calls and TLB flushes of
-giving it back, again. Keeping the memory inside xpconv avoids that without any
-process-wide setting (:func:`~xpconv.backends.numpy.host.keep_freed_memory` is the
-process-wide way, for whoever asks for it).
+own), and every step then pays page faults, and the system calls of giving it back,
+again. Keeping the memory inside xpconv avoids that without any process-wide setting
+(:func:`~xpconv.backends.numpy.host.keep_freed_memory` is the process-wide way, for
+whoever asks for it).
 
 :func:`take` is ``np.empty`` for arrays of at least :data:`SMALLEST` bytes. The array
 it returns views memory xpconv keeps; when that array and every view of it are gone
