@@ -27,6 +27,7 @@ from xpconv.optim.optimizers import SGD
 
 @pytest.fixture(autouse=True)
 def _empty() -> None:
+    gc.collect()  # arrays earlier tests left in reference cycles give their memory back
     scratch.clear()
     yield
     scratch.clear()
@@ -118,6 +119,7 @@ def _train(build, smallest: int, monkeypatch: pytest.MonkeyPatch, steps: int = 3
     least ``smallest`` bytes taken from reused memory; checks on the way that the
     gradients the user held from each step still have that step's values."""
     monkeypatch.setattr(scratch, "SMALLEST", smallest)
+    gc.collect()  # arrays earlier tests left in reference cycles give their memory back
     scratch.clear()
     model = build()
     rng = np.random.default_rng(0)

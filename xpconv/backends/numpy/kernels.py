@@ -124,6 +124,8 @@ def _in_parts(
 def _padded_chwn(x: np.ndarray, plan: StridedPlan) -> np.ndarray:
     """(N, C, H, W) -> (C, Hp, Wp, N) with zero padding, in one pass."""
     xt = x.transpose(1, 2, 3, 0)
+    if not plan.zero and xt.flags.c_contiguous:  # stored batch-innermost: no copy
+        return xt
     buf = scratch.take(plan.padded, x.dtype)
     if not plan.zero:
         np.copyto(buf, xt)
@@ -243,10 +245,12 @@ def matmul(xp: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     a, b = np.asarray(a), np.asarray(b)
     (m, k), n = a.shape, b.shape[1]
-    threads = None if m * n * k <= _SINGLE_THREAD_GEMM else host.product_threads()
+    if m * n * k <= _SINGLE_THREAD_GEMM:  # one thread whatever OpenBLAS's count
+        return a @ b
+    threads = host.product_threads()
     if threads is None or m * n * k < _SPLIT_GEMM:
         out = scratch.take((m, n), np.result_type(a, b))
-        if threads is None and m * n * k > _SINGLE_THREAD_GEMM:
+        if threads is None:
             if _unthreaded_parts(a, b, out):
                 return out
             _blas_wakes()
